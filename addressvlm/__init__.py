@@ -1,0 +1,1 @@
+"""AddressVLM recipes: data tools, model wrappers, inference and metrics for XTuner."""

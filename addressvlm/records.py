@@ -1,0 +1,307 @@
+"""The project's data files: one reader and one writer per format, each with a schema check.
+
+Formats (DESIGN.md section 2):
+- ``locations.csv``: the city table, one row per street-view image.
+- LLaVA JSON (``train.json``/``val.json`` of either stage): ``[{"id", "image", "conversations": [...]}]``.
+- ``test_questions.jsonl``: one single-turn question per line.
+- ``predictions.jsonl``: ``{"question_id", "prediction"}``, appended and flushed per line.
+- Any other append-only JSONL (alignment labels): ``JsonlAppender`` plus ``read_jsonl``.
+
+Errors name the file and the line (1-based, as an editor shows it) so a user can fix the row.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+class DataError(ValueError):
+    """A malformed input file; the message names the file and line."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, message: str):
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+        self.path, self.line = str(path), line
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a whole file through a temporary file and a rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------- city table
+LOCATION_COLUMNS = ("image", "location_id", "lat", "lon", "street", "district")
+LOCATION_OPTIONAL = ("heading", "cross_street", "split")
+
+
+@dataclass(frozen=True)
+class Location:
+    """One street-view image of the city table. ``image`` is relative to the city root."""
+
+    image: str
+    location_id: str
+    lat: float
+    lon: float
+    street: str
+    district: str
+    heading: float | None = None
+    cross_street: str = ""
+    split: str = ""
+
+
+def _check_location(row: Location, path, line: int) -> None:
+    if not row.image:
+        raise DataError(path, line, "empty 'image'")
+    if not row.location_id:
+        raise DataError(path, line, "empty 'location_id'")
+    if not row.street.strip():
+        raise DataError(path, line, f"empty 'street' for image {row.image!r}")
+    if not row.district.strip():
+        raise DataError(path, line, f"empty 'district' for image {row.image!r}")
+    if not (-90.0 <= row.lat <= 90.0) or math.isnan(row.lat):
+        raise DataError(path, line, f"latitude {row.lat} out of range [-90, 90]")
+    if not (-180.0 <= row.lon <= 180.0) or math.isnan(row.lon):
+        raise DataError(path, line, f"longitude {row.lon} out of range [-180, 180]")
+    if row.split and row.split not in ("train", "val", "test"):
+        raise DataError(path, line, f"split {row.split!r} is not train, val or test")
+
+
+def read_locations(path: str | os.PathLike) -> list[Location]:
+    """Read and validate ``locations.csv``: required columns, ranges, no duplicate image."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, "city table not found")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in LOCATION_COLUMNS if c not in header]
+        if missing:
+            raise DataError(path, 1, f"missing column(s) {', '.join(missing)}; header is {', '.join(header)}")
+        rows, seen = [], {}
+        for line, raw in enumerate(reader, start=2):
+            try:
+                heading = raw.get("heading") or ""
+                row = Location(
+                    image=(raw["image"] or "").strip(),
+                    location_id=(raw["location_id"] or "").strip(),
+                    lat=float(raw["lat"]),
+                    lon=float(raw["lon"]),
+                    street=" ".join((raw["street"] or "").split()),
+                    district=" ".join((raw["district"] or "").split()),
+                    heading=float(heading) if heading.strip() else None,
+                    cross_street=" ".join((raw.get("cross_street") or "").split()),
+                    split=(raw.get("split") or "").strip(),
+                )
+            except (TypeError, ValueError) as exc:
+                raise DataError(path, line, f"bad value: {exc}") from None
+            _check_location(row, path, line)
+            if row.image in seen:
+                raise DataError(path, line, f"duplicate image {row.image!r} (first on line {seen[row.image]})")
+            seen[row.image] = line
+            rows.append(row)
+    if not rows:
+        raise DataError(path, None, "city table has no rows")
+    return rows
+
+
+def write_locations(path: str | os.PathLike, rows: Iterable[Location]) -> None:
+    """Write ``locations.csv`` (validated, written atomically). Optional columns appear only when used."""
+    rows = list(rows)
+    for i, row in enumerate(rows, start=2):
+        _check_location(row, path, i)
+    used_optional = [c for c in LOCATION_OPTIONAL if any(getattr(r, c) not in (None, "") for r in rows)]
+    columns = list(LOCATION_COLUMNS) + used_optional
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        values = []
+        for c in columns:
+            v = getattr(row, c)
+            values.append("" if v is None else (repr(v) if isinstance(v, float) else v))
+        writer.writerow(values)
+    write_atomic(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------------- LLaVA JSON
+def _check_conversation_record(rec: Any, path, index: int) -> None:
+    where = f"record {index}"
+    if not isinstance(rec, dict) or "conversations" not in rec or "id" not in rec:
+        raise DataError(path, None, f"{where}: needs 'id' and 'conversations'")
+    conv = rec["conversations"]
+    if not conv or len(conv) % 2:
+        raise DataError(path, None, f"{where} ({rec['id']}): conversations must be human/gpt pairs")
+    for turn, msg in enumerate(conv):
+        expected = "human" if turn % 2 == 0 else "gpt"
+        if msg.get("from") != expected or not isinstance(msg.get("value"), str):
+            raise DataError(path, None, f"{where} ({rec['id']}): turn {turn} should be from {expected!r} with a text value")
+    if "image" in rec and "<image>" not in conv[0]["value"]:
+        raise DataError(path, None, f"{where} ({rec['id']}): has an image but its first turn lacks '<image>'")
+
+
+def read_llava_json(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, "LLaVA JSON not found")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
+    if not isinstance(records, list):
+        raise DataError(path, 1, "a LLaVA JSON file holds a list of records")
+    for i, rec in enumerate(records):
+        _check_conversation_record(rec, path, i)
+    return records
+
+
+def write_llava_json(path: str | os.PathLike, records: list[dict]) -> None:
+    for i, rec in enumerate(records):
+        _check_conversation_record(rec, path, i)
+    # One record per line keeps diffs and `head` readable while staying a plain JSON list.
+    body = ",\n".join(json.dumps(r, ensure_ascii=False, sort_keys=True) for r in records)
+    write_atomic(path, "[\n" + body + "\n]\n")
+
+
+# --------------------------------------------------------------------------------------------- JSONL
+def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)``; a malformed line or a missing key is a ``DataError``.
+
+    A truncated last line (a crash mid-write) is an error too: callers that resume use ``JsonlAppender``,
+    which repairs it.
+    """
+    required = tuple(required)
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(path, line_no, f"invalid JSON: {exc.msg}") from None
+            if not isinstance(rec, dict):
+                raise DataError(path, line_no, "each line must be a JSON object")
+            missing = [k for k in required if k not in rec]
+            if missing:
+                raise DataError(path, line_no, f"missing key(s) {', '.join(missing)}")
+            yield line_no, rec
+
+
+class JsonlAppender:
+    """Append-only JSONL writer for resumable work: each record is flushed (and fsynced) as it is written.
+
+    On open it drops a torn last line left by a crash, and ``done`` holds the keys already written, so a
+    rerun skips them.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str, required: Iterable[str] = ()):
+        self.path, self.key = Path(path), key
+        self.required = tuple(required) + (key,)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set = set()
+        if self.path.exists():
+            self._drop_torn_tail()
+            for _, rec in read_jsonl(self.path, self.required):
+                self.done.add(rec[key])
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def _drop_torn_tail(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data[: data.rfind(b"\n") + 1]
+            self.path.write_bytes(keep)
+
+    def write(self, record: dict) -> None:
+        missing = [k for k in self.required if k not in record]
+        if missing:
+            raise ValueError(f"{self.path}: record lacks {', '.join(missing)}")
+        self._f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.done.add(record[self.key])
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------- questions
+LEVELS = ("district", "street", "address")
+QTYPES = ("generation", "judgment", "multiple_choice")
+QUESTION_KEYS = ("question_id", "image", "level", "qtype", "question", "answer", "street", "district")
+
+
+def check_question(rec: dict, path, line: int | None) -> None:
+    missing = [k for k in QUESTION_KEYS if k not in rec]
+    if missing:
+        raise DataError(path, line, f"missing key(s) {', '.join(missing)}")
+    if rec["level"] not in LEVELS:
+        raise DataError(path, line, f"level {rec['level']!r} not in {LEVELS}")
+    if rec["qtype"] not in QTYPES:
+        raise DataError(path, line, f"qtype {rec['qtype']!r} not in {QTYPES}")
+    if rec["qtype"] == "multiple_choice":
+        opts = rec.get("options")
+        if not isinstance(opts, dict) or sorted(opts) != ["A", "B", "C", "D"]:
+            raise DataError(path, line, "multiple_choice needs options A, B, C, D")
+        if rec["answer"] not in opts:
+            raise DataError(path, line, f"answer {rec['answer']!r} is not an option letter")
+    if rec["qtype"] == "judgment" and rec["answer"] not in ("Yes", "No"):
+        raise DataError(path, line, f"judgment answer {rec['answer']!r} is not Yes or No")
+
+
+def read_questions(path: str | os.PathLike) -> list[dict]:
+    out, seen = [], {}
+    for line, rec in read_jsonl(path):
+        check_question(rec, path, line)
+        if rec["question_id"] in seen:
+            raise DataError(path, line, f"duplicate question_id {rec['question_id']!r} (first on line {seen[rec['question_id']]})")
+        seen[rec["question_id"]] = line
+        out.append(rec)
+    return out
+
+
+def write_questions(path: str | os.PathLike, questions: Iterable[dict]) -> None:
+    lines = []
+    for i, q in enumerate(questions, start=1):
+        check_question(q, path, i)
+        lines.append(json.dumps(q, ensure_ascii=False, sort_keys=True))
+    write_atomic(path, "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------------- predictions
+PREDICTION_KEYS = ("question_id", "prediction")
+
+
+def open_predictions(path: str | os.PathLike) -> JsonlAppender:
+    """The predictions writer: resumable, one flushed line per answer."""
+    return JsonlAppender(path, key="question_id", required=PREDICTION_KEYS)
+
+
+def read_predictions(path: str | os.PathLike) -> dict[str, tuple[int, str]]:
+    """``question_id -> (line, prediction)``; a duplicate id or a non-string prediction is an error."""
+    out: dict[str, tuple[int, str]] = {}
+    for line, rec in read_jsonl(path, PREDICTION_KEYS):
+        if not isinstance(rec["prediction"], str):
+            raise DataError(path, line, "prediction must be a string")
+        qid = rec["question_id"]
+        if qid in out:
+            raise DataError(path, line, f"duplicate question_id {qid!r} (first on line {out[qid][0]})")
+        out[qid] = (line, rec["prediction"])
+    return out
