@@ -266,15 +266,20 @@ def check_question(rec: dict, path, line: int | None) -> None:
         raise DataError(path, line, f"judgment answer {rec['answer']!r} is not Yes or No")
 
 
-def read_questions(path: str | os.PathLike) -> list[dict]:
+def read_numbered_questions(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """``(line, question)`` pairs, for callers whose own errors must name a question's line."""
     out, seen = [], {}
     for line, rec in read_jsonl(path):
         check_question(rec, path, line)
         if rec["question_id"] in seen:
             raise DataError(path, line, f"duplicate question_id {rec['question_id']!r} (first on line {seen[rec['question_id']]})")
         seen[rec["question_id"]] = line
-        out.append(rec)
+        out.append((line, rec))
     return out
+
+
+def read_questions(path: str | os.PathLike) -> list[dict]:
+    return [rec for _, rec in read_numbered_questions(path)]
 
 
 def write_questions(path: str | os.PathLike, questions: Iterable[dict]) -> None:
