@@ -1,0 +1,1 @@
+"""Cartography for stage-1 data: georeferenced rasters, street geometry, and labelled satellite crops."""

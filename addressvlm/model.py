@@ -1,0 +1,121 @@
+"""The LLaVA model the recipes train: XTuner's ``LLaVAModel`` with a stage chain that cannot fail silently.
+
+XTuner loads ``pretrained_pth`` with ``strict=False`` and ignores every mismatch, and its LLaVA model starts from a
+random projector. A two-stage recipe needs the opposite on both counts:
+
+- stage 1 starts from the *trained* LLaVA-Phi3-mini: the LLM and CLIP weights come from their folders, and the
+  projector from the release's ``projector/`` folder (``projector_name_or_path``); without it we refuse to start;
+- stage 2 starts from stage 1's final checkpoint, found from stage 1's ``work_dir`` (``init_from_work_dir``), and
+  refuses to start, naming the keys, if any LoRA or projector tensor of that checkpoint did not load.
+
+Stage 2 *continues* stage 1's LoRA adapters (same rank, same target modules) rather than merging them and opening new
+ones: the adapters keep all of stage 1's update, the chain stays one adapter per module (one merge at export), and
+the step-0 equality with stage 1 is checkable tensor by tensor.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from mmengine import print_log
+
+from addressvlm import xtuner_shims  # noqa: F401  (applies the CPU shims before XTuner runs)
+from xtuner.model import LLaVAModel
+from xtuner.model.modules import ProjectorModel
+from xtuner.model.utils import guess_load_checkpoint
+
+
+class StageChainError(RuntimeError):
+    """A stage would start from the wrong weights."""
+
+
+def find_last_checkpoint(work_dir: str | os.PathLike) -> Path:
+    """The checkpoint a finished run left in ``work_dir``: mmengine's ``last_checkpoint`` pointer, else the highest
+    ``iter_N.pth`` (a file, or a DeepSpeed folder)."""
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        raise StageChainError(f"previous stage's work_dir {work_dir} does not exist: run that stage first")
+    pointer = work_dir / "last_checkpoint"
+    if pointer.is_file():
+        target = Path(pointer.read_text().strip())
+        if not target.is_absolute() and not target.exists():
+            target = work_dir / target.name
+        if target.exists():
+            return target
+    numbered = []
+    for path in work_dir.glob("iter_*.pth"):
+        match = re.fullmatch(r"iter_(\d+)\.pth", path.name)
+        if match:
+            numbered.append((int(match.group(1)), path))
+    if not numbered:
+        raise StageChainError(f"no checkpoint (last_checkpoint or iter_N.pth) in {work_dir}: did that stage finish?")
+    return max(numbered)[1]
+
+
+def _is_chained_tensor(key: str) -> bool:
+    return "lora_" in key or key.startswith("projector.")
+
+
+class AddressLLaVAModel(LLaVAModel):
+    """``LLaVAModel`` plus a loaded projector and a checked stage chain.
+
+    Args (beyond ``LLaVAModel``'s):
+        projector_name_or_path: the trained projector folder (``<llava-phi-3-mini-xtuner>/projector``).
+        init_from_work_dir: the previous stage's ``work_dir``; its final checkpoint initialises LoRA and projector.
+    """
+
+    def __init__(self, *args, projector_name_or_path: str | None = None, init_from_work_dir: str | None = None,
+                 pretrained_pth: str | None = None, **kwargs):
+        if pretrained_pth is not None:
+            raise StageChainError(
+                "pretrained_pth loads with strict=False and ignores mismatches; use init_from_work_dir "
+                "(the previous stage's work_dir) so every LoRA and projector tensor is checked")
+        if projector_name_or_path is None:
+            raise StageChainError(
+                "no projector_name_or_path: a LLaVA stage must start from the trained LLaVA-Phi3-mini projector "
+                "(xtuner/llava-phi-3-mini-xtuner/projector), not a random one")
+        super().__init__(*args, **kwargs)
+        self._load_projector(projector_name_or_path)
+        if init_from_work_dir is not None:
+            self.load_previous_stage(init_from_work_dir)
+
+    def _load_projector(self, path: str) -> None:
+        if not Path(path).is_dir():
+            raise StageChainError(f"projector folder {path} not found: download the trained LLaVA-Phi3-mini "
+                                  "(see the recipe's header)")
+        trained = ProjectorModel.from_pretrained(path).state_dict()
+        own = self.projector.state_dict()
+        wrong = sorted(k for k in own if k not in trained or trained[k].shape != own[k].shape)
+        if wrong:
+            raise StageChainError(f"projector in {path} does not fit this LLM/vision pair: {wrong}")
+        self.projector.load_state_dict({k: v.to(own[k].dtype) for k, v in trained.items()})
+        print_log(f"Loaded the trained projector from {path}", "current")
+
+    def load_previous_stage(self, work_dir: str) -> Path:
+        checkpoint = find_last_checkpoint(work_dir)
+        state = guess_load_checkpoint(str(checkpoint))
+        chained = {k: v for k, v in state.items() if _is_chained_tensor(k)}
+        if not chained:
+            raise StageChainError(f"{checkpoint} holds no LoRA or projector tensor: is it a stage checkpoint?")
+        own = super(LLaVAModel, self).state_dict()  # the full state, not LLaVAModel's trainable subset
+        missing_here = sorted(k for k in chained if k not in own)
+        wrong_shape = sorted(k for k in chained if k in own and own[k].shape != chained[k].shape)
+        expected = sorted(k for k in own if _is_chained_tensor(k) and k not in chained)
+        if missing_here or wrong_shape or expected:
+            raise StageChainError(
+                f"stage chain from {checkpoint} does not fit this model (same LoRA rank and targets needed):\n"
+                f"  in the checkpoint but not in this model: {missing_here[:20]}{' ...' if len(missing_here) > 20 else ''}\n"
+                f"  with another shape: {wrong_shape[:20]}\n"
+                f"  in this model but not in the checkpoint: {expected[:20]}{' ...' if len(expected) > 20 else ''}")
+        result = self.load_state_dict(chained, strict=False)
+        if result.unexpected_keys:
+            raise StageChainError(f"tensors of {checkpoint} did not load: {sorted(result.unexpected_keys)[:20]}")
+        with torch.no_grad():
+            full = super(LLaVAModel, self).state_dict()
+            unequal = [k for k, v in chained.items() if not torch.equal(full[k].cpu(), v.to(full[k].dtype).cpu())]
+        if unequal:
+            raise StageChainError(f"tensors of {checkpoint} differ after loading: {unequal[:20]}")
+        print_log(f"Continued from {checkpoint}: {len(chained)} LoRA/projector tensors loaded and checked", "current")
+        return checkpoint

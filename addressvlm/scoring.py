@@ -1,0 +1,326 @@
+"""Scoring of test predictions: the paper's Table 2 metrics (DESIGN.md section 3, docs/metrics.md).
+
+Two steps, kept apart as in lm-evaluation-harness: *extraction* turns raw model text into an answer of the
+question's kind (one function per question type: ``extract_generation``, ``extract_judgment``,
+``extract_choice``, ``extract_address``), then the *metric* compares it with the ground truth and averages.
+
+Every question scores 0 or 1. The ten columns are accuracies per level and type, micro-averages per level
+(``A_d``, ``A_s``: judgment weighs twice because the test set asks it twice per image), the overall micro-average
+``A`` over district and street questions, and ``A_sd`` over the ``address`` questions.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import unicodedata
+from functools import lru_cache
+from typing import Iterable, Mapping, NamedTuple
+
+from addressvlm.records import DataError, read_numbered_questions, read_predictions, write_atomic
+
+# ------------------------------------------------------------------------------------------ normalisation
+# Typographic quotes survive NFKC; map them to ASCII so the end-stripping below catches them.
+_ASCII_QUOTES = str.maketrans({
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "`": "'", "\u00b4": "'",
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u00ab": '"', "\u00bb": '"', "\u2033": '"',
+})
+_END_PUNCTUATION = " \t\r\n'\".,;:!?()[]{}<>*_-"
+
+# USPS street-suffix abbreviations (Publication 28, Appendix C1) that occur in city street names, plus a few
+# title words. The first word of a multi-word name is read differently for the two that are ambiguous there:
+# "St Clair St" is Saint Clair Street, "Dr Martin Luther King Jr Way" is Doctor ...
+STREET_ABBREVIATIONS = {
+    "st": "street", "str": "street", "ave": "avenue", "av": "avenue", "avn": "avenue", "blvd": "boulevard",
+    "rd": "road", "dr": "drive", "ln": "lane", "pl": "place", "sq": "square", "ct": "court", "crt": "court",
+    "pkwy": "parkway", "pky": "parkway", "hwy": "highway", "ter": "terrace", "terr": "terrace", "cir": "circle",
+    "aly": "alley", "expy": "expressway", "fwy": "freeway", "trl": "trail", "plz": "plaza", "cres": "crescent",
+    "hts": "heights", "br": "bridge", "brg": "bridge", "tpke": "turnpike", "xing": "crossing", "mt": "mount",
+    "ft": "fort", "jr": "junior", "hl": "hill", "pk": "park", "sta": "station", "cv": "cove", "row": "row",
+}
+FIRST_WORD_ABBREVIATIONS = {
+    "st": "saint", "dr": "doctor",
+    "n": "north", "s": "south", "e": "east", "w": "west", "ne": "northeast", "nw": "northwest",
+    "se": "southeast", "sw": "southwest",
+}
+# Numbered streets are written both ways ("5th Ave", "Fifth Avenue"); spell the common ones out.
+_ORDINAL_WORDS = (
+    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth fourteenth "
+    "fifteenth sixteenth seventeenth eighteenth nineteenth twentieth"
+).split()
+ORDINALS = {f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}": word
+            for n, word in enumerate(_ORDINAL_WORDS, start=1)}
+
+
+@lru_cache(maxsize=None)
+def normalize_name(text: str) -> str:
+    """A place name in canonical form: NFKC, case-folded, quotes and punctuation at the ends and a leading
+    "the" removed, whitespace collapsed, periods inside words dropped, street-type abbreviations and ordinals
+    spelt out. ``normalize_name("'The Forbes Ave.'") == "forbes avenue"``.
+    """
+    text = unicodedata.normalize("NFKC", text).translate(_ASCII_QUOTES).casefold().strip(_END_PUNCTUATION)
+    words = [w.replace(".", "") for w in text.split()]
+    words = [w for w in words if w]
+    if len(words) > 1 and words[0] == "the":
+        words = words[1:]
+    out = []
+    for i, word in enumerate(words):
+        if i == 0 and len(words) > 1 and word in FIRST_WORD_ABBREVIATIONS:
+            out.append(FIRST_WORD_ABBREVIATIONS[word])
+        else:
+            out.append(ORDINALS.get(word) or STREET_ABBREVIATIONS.get(word, word))
+    return " ".join(out)
+
+
+# ------------------------------------------------------------------------------------------ extraction
+def extract_generation(prediction: str) -> str:
+    """The whole answer, normalised: a generation question asks for a single word or phrase."""
+    return normalize_name(prediction)
+
+
+_YES_NO = re.compile(r"\b(yes|no)\b")
+
+
+def extract_judgment(prediction: str) -> str | None:
+    """``"Yes"``/``"No"`` from the first yes/no word (``"No, it is not"`` -> No); None when there is none."""
+    found = _YES_NO.search(unicodedata.normalize("NFKC", prediction).casefold())
+    return found.group(1).capitalize() if found else None
+
+
+@lru_cache(maxsize=64)
+def _letter_patterns(letters: str) -> tuple[re.Pattern, ...]:
+    """The accepted ways to write an option letter, for one set of letters (usually ABCD).
+
+    A lone lower-case "a" is usually an article, so forms embedded in a sentence need the upper-case letter
+    unless brackets or the word "option" make the intent plain.
+    """
+    cls = f"[{letters}]"
+    return (
+        re.compile(rf"\(?({cls})\)?[.:)]?", re.IGNORECASE),                    # whole answer: B, (B), B., b
+        re.compile(rf"\(({cls})\)", re.IGNORECASE),                             # (B) anywhere
+        re.compile(rf"\boption\s*\(?({cls})\)?(?![A-Za-z])", re.IGNORECASE),    # Option B, option (b)
+        re.compile(rf"^({cls})[.:)]\s"),                                        # B. Forbes Avenue
+        re.compile(rf"(?i:\banswer)(?:\s+is)?\s*[:\-]?\s*({cls})(?![A-Za-z])"),  # The answer is B
+    )
+
+
+def _contains_words(haystack: str, needle: str) -> bool:
+    return bool(needle) and f" {needle} " in f" {haystack} "
+
+
+_INNER_PUNCTUATION = re.compile(r"[,;:!?()\[\]{}\"]")
+
+
+def extract_choice(prediction: str, options: Mapping[str, str]) -> str | None:
+    """The option letter a multiple-choice reply names, or None when it names none or several.
+
+    Letters first (``B``, ``(B)``, ``B.``, ``Option B``, ``The answer is B``); without any, the reply may name
+    exactly one option by its text (equal after normalisation, or contained in the reply as whole words; an
+    option contained only inside a longer named option does not count).
+    """
+    text = unicodedata.normalize("NFKC", prediction).strip()
+    whole, *embedded = _letter_patterns("".join(sorted(options)))
+    found = {m.group(1).upper() for m in [whole.fullmatch(text)] if m}
+    for pattern in embedded:
+        found.update(m.upper() for m in pattern.findall(text))
+    if found:
+        return found.pop() if len(found) == 1 else None
+
+    reply = normalize_name(_INNER_PUNCTUATION.sub(" ", prediction))
+    names = {letter: normalize_name(name) for letter, name in options.items()}
+    equal = [letter for letter, name in names.items() if name == reply]
+    if equal:
+        return equal[0] if len(equal) == 1 else None
+    named = [letter for letter, name in names.items() if _contains_words(reply, name)]
+    outermost = [a for a in named if not any(b != a and _contains_words(names[b], names[a]) for b in named)]
+    return outermost[0] if len(outermost) == 1 else None
+
+
+_ADDRESS_SEPARATORS = re.compile(r"[,;\n]")
+
+
+def extract_address(prediction: str) -> tuple[str, ...]:
+    """The normalised parts of a "STREET, DISTRICT" reply, split at commas, semicolons and line breaks."""
+    parts = (normalize_name(p) for p in _ADDRESS_SEPARATORS.split(prediction))
+    return tuple(p for p in parts if p)
+
+
+# ------------------------------------------------------------------------------------------ metric
+def is_correct(question: Mapping, extracted) -> bool:
+    """Whether an extracted answer (from the extractor ``extract_answer`` picks) matches the question's truth.
+
+    An address question is right when one part of the reply is the street and another part the district,
+    in either order; extra parts (a city, a country) are allowed.
+    """
+    if extracted is None:
+        return False
+    if question["level"] == "address" and question["qtype"] == "generation":
+        street, district = normalize_name(question["street"]), normalize_name(question["district"])
+        return any(part == street and any(other == district for j, other in enumerate(extracted) if j != i)
+                   for i, part in enumerate(extracted))
+    if question["qtype"] == "generation":
+        return extracted == normalize_name(question["answer"])
+    return extracted == question["answer"]
+
+
+def extract_answer(question: Mapping, prediction: str | None):
+    """Dispatch to the extractor of the question's kind; a missing prediction extracts to None."""
+    if prediction is None:
+        return None
+    qtype = question["qtype"]
+    if qtype == "generation":
+        return extract_address(prediction) if question["level"] == "address" else extract_generation(prediction)
+    if qtype == "judgment":
+        return extract_judgment(prediction)
+    return extract_choice(prediction, question["options"])
+
+
+class ScoredQuestion(NamedTuple):
+    question: dict
+    prediction: str | None  # None: no prediction (counted wrong under allow_missing)
+    extracted: object
+    correct: bool
+
+    def as_record(self) -> dict:
+        q = self.question
+        extracted = list(self.extracted) if isinstance(self.extracted, tuple) else self.extracted
+        return {"question_id": q["question_id"], "level": q["level"], "qtype": q["qtype"], "answer": q["answer"],
+                "prediction": self.prediction, "extracted": extracted, "correct": int(self.correct)}
+
+
+def score_each(questions: Iterable[dict], predictions: Mapping[str, str]) -> list[ScoredQuestion]:
+    """Per-sample scores; a question without a prediction scores 0."""
+    out = []
+    for q in questions:
+        prediction = predictions.get(q["question_id"])
+        extracted = extract_answer(q, prediction)
+        out.append(ScoredQuestion(q, prediction, extracted, is_correct(q, extracted)))
+    return out
+
+
+# Table 2's columns: name, printed header, and the (level, qtype) pairs it averages over.
+_LEVEL_TYPES = {
+    "A_d_G": [("district", "generation")], "A_d_J": [("district", "judgment")],
+    "A_d_M": [("district", "multiple_choice")],
+    "A_s_G": [("street", "generation")], "A_s_J": [("street", "judgment")],
+    "A_s_M": [("street", "multiple_choice")],
+}
+_LEVEL_TYPES["A_d"] = _LEVEL_TYPES["A_d_G"] + _LEVEL_TYPES["A_d_J"] + _LEVEL_TYPES["A_d_M"]
+_LEVEL_TYPES["A_s"] = _LEVEL_TYPES["A_s_G"] + _LEVEL_TYPES["A_s_J"] + _LEVEL_TYPES["A_s_M"]
+_LEVEL_TYPES["A"] = _LEVEL_TYPES["A_d"] + _LEVEL_TYPES["A_s"]
+_LEVEL_TYPES["A_sd"] = [("address", qtype) for qtype in ("generation", "judgment", "multiple_choice")]
+METRICS = ("A_d_G", "A_d_J", "A_d_M", "A_d", "A_s_G", "A_s_J", "A_s_M", "A_s", "A", "A_sd")
+HEADERS = dict(zip(METRICS, ("A_d^G", "A_d^J", "A_d^M", "mean A_d", "A_s^G", "A_s^J", "A_s^M", "mean A_s",
+                             "mean A", "A_sd")))
+
+
+def percent(correct: int, total: int) -> float | None:
+    return round(100.0 * correct / total, 2) if total else None
+
+
+def _accuracy_by(scored: Iterable[ScoredQuestion], level: str, key: str) -> dict[str, dict]:
+    tally: dict[str, list[int]] = {}
+    for s in scored:
+        if s.question["level"] == level:
+            t = tally.setdefault(s.question[key], [0, 0])
+            t[0] += s.correct
+            t[1] += 1
+    return {name: {"accuracy": percent(c, n), "correct": c, "total": n} for name, (c, n) in sorted(tally.items())}
+
+
+def aggregate(scored: list[ScoredQuestion]) -> dict:
+    """The ten metrics (percentages, two decimals; None where no question counts), with counts and the
+    accuracy per district (district-level questions) and per street (street-level questions)."""
+    tally: dict[tuple[str, str], list[int]] = {}
+    for s in scored:
+        t = tally.setdefault((s.question["level"], s.question["qtype"]), [0, 0])
+        t[0] += s.correct
+        t[1] += 1
+    metrics: dict = {}
+    counts: dict = {}
+    for name in METRICS:
+        correct = sum(tally.get(k, (0, 0))[0] for k in _LEVEL_TYPES[name])
+        total = sum(tally.get(k, (0, 0))[1] for k in _LEVEL_TYPES[name])
+        metrics[name] = percent(correct, total)
+        counts[name] = {"correct": correct, "total": total}
+    metrics["counts"] = counts
+    metrics["per_district"] = _accuracy_by(scored, "district", "district")
+    metrics["per_street"] = _accuracy_by(scored, "street", "street")
+    return metrics
+
+
+def id_mismatches(question_ids: Iterable[str], prediction_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+    """``(unknown, missing)``: predicted ids that are no question, and question ids without a prediction,
+    each in the order given."""
+    question_ids, prediction_ids = list(question_ids), list(prediction_ids)
+    asked, answered = set(question_ids), set(prediction_ids)
+    return [i for i in prediction_ids if i not in asked], [i for i in question_ids if i not in answered]
+
+
+def score(questions: list[dict], predictions: Mapping[str, str], allow_missing: bool = False) -> dict:
+    """Metrics for in-memory questions and ``{question_id: prediction}``; see ``aggregate``.
+
+    An unknown question id is a ValueError, and so is a missing prediction unless ``allow_missing`` (then it
+    counts wrong).
+    """
+    unknown, missing = id_mismatches((q["question_id"] for q in questions), predictions)
+    if unknown:
+        raise ValueError(f"{len(unknown)} prediction(s) for unknown question ids, first {unknown[0]!r}")
+    if missing and not allow_missing:
+        raise ValueError(f"{len(missing)} question(s) without a prediction, first {missing[0]!r}")
+    return aggregate(score_each(questions, predictions))
+
+
+def score_files(questions_path: str | os.PathLike, predictions_path: str | os.PathLike,
+                allow_missing: bool = False) -> tuple[dict, list[ScoredQuestion]]:
+    """``score`` over the two files, with errors (``DataError``) that name the file and line to fix."""
+    numbered = read_numbered_questions(questions_path)
+    predicted = read_predictions(predictions_path)
+    question_line = {q["question_id"]: line for line, q in numbered}
+    unknown, missing = id_mismatches(question_line, predicted)
+    if unknown:
+        raise DataError(predictions_path, predicted[unknown[0]][0],
+                        f"unknown question_id {unknown[0]!r}: not in {questions_path}"
+                        f" ({len(unknown)} unknown id(s) in all)")
+    if missing and not allow_missing:
+        raise DataError(questions_path, question_line[missing[0]],
+                        f"no prediction for question_id {missing[0]!r} in {predictions_path}"
+                        f" ({len(missing)} missing in all; --allow-missing counts them wrong)")
+    scored = score_each((q for _, q in numbered), {qid: text for qid, (_, text) in predicted.items()})
+    return aggregate(scored), scored
+
+
+def write_per_sample(path: str | os.PathLike, scored: Iterable[ScoredQuestion]) -> None:
+    lines = [json.dumps(s.as_record(), ensure_ascii=False) for s in scored]
+    write_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def format_table(metrics: Mapping) -> str:
+    """Table 2's columns as text: accuracy (%) over correct/total."""
+    cells = [(HEADERS[m], "-" if metrics[m] is None else f"{metrics[m]:.2f}",
+              f"{metrics['counts'][m]['correct']}/{metrics['counts'][m]['total']}") for m in METRICS]
+    widths = [max(len(c) for c in column) + 2 for column in cells]
+    rows = []
+    for label, index in (("", 0), ("acc %", 1), ("correct", 2)):
+        rows.append(f"{label:<8}" + "".join(f"{column[index]:>{w}}" for column, w in zip(cells, widths)))
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------ chance level
+def chance_accuracy(qtype: str, n_options: int = 4) -> float | None:
+    """Accuracy of guessing: 1/2 for judgment, 1/n_options for multiple choice. None for generation, where
+    a guess is not drawn uniformly from a known list (1/number-of-names would be a meaningless floor)."""
+    if qtype == "judgment":
+        return 0.5
+    if qtype == "multiple_choice":
+        return 1.0 / n_options
+    if qtype == "generation":
+        return None
+    raise ValueError(f"unknown qtype {qtype!r}")
+
+
+def binomial_p_value(correct: int, total: int, chance: float) -> float:
+    """One-sided p-value that ``correct`` of ``total`` is no better than guessing at ``chance``."""
+    from scipy.stats import binomtest  # scipy takes a while to import; only the demo report needs it
+
+    return float(binomtest(correct, total, chance, alternative="greater").pvalue)

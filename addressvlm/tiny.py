@@ -1,0 +1,96 @@
+"""Tiny LLaVA-Phi3-mini-shaped model sets, laid out like the real ``xtuner/llava-phi-3-mini-xtuner`` release.
+
+The release is one folder: the LLM and its tokenizer at the root, ``visual_encoder/`` (CLIP vision tower plus its
+``preprocessor_config.json``) and ``projector/`` (XTuner's ``ProjectorModel``). Writing the same layout with random
+weights and a locally trained tokenizer means pointing a recipe at it changes model paths only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+# Phi-3's chat tokens must be single tokens, or XTuner's phi3_chat template would encode differently.
+CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+BOS, EOS, UNK = "<s>", "<|endoftext|>", "<unk>"
+
+_BASE_CORPUS = [
+    "The street view in the right-upper corner appears to be taken near the intersection of two streets.",
+    "Tell me the district where this image was captured. Identify the street in this image, please.",
+    "Answer the question using a single word or phrase. Is this image taken on this street, Yes or No?",
+    "Which of the following street correctly represents the location shown in the image?",
+    "(A) (B) (C) (D). Please select the correct option (A/B/C/D). Yes No",
+    "Based on the visual clues provided in the image, the satellite map shows labelled roads and buildings.",
+]
+
+
+@dataclass(frozen=True)
+class TinySize:
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 128
+    vocab: int = 1024
+    image_size: int = 56
+    patch_size: int = 14
+    vision_hidden: int = 64
+    vision_layers: int = 2
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int):
+    """A byte-level BPE with Phi-3's special tokens, wrapped as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[UNK, BOS, EOS, *CHAT_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(corpus), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=UNK,
+        additional_special_tokens=CHAT_TOKENS, model_max_length=4096, padding_side="right",
+    )
+
+
+def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterable[str] = (), seed: int = 0) -> Path:
+    """Write a tiny LLaVA-Phi3-mini model set to ``out`` (deterministic for a seed) and return ``out``."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, Phi3Config, Phi3ForCausalLM
+    from xtuner.model.modules import ProjectorConfig, ProjectorModel
+
+    out = Path(out)
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer([*_BASE_CORPUS, *corpus], size.vocab)
+    tokenizer.save_pretrained(out)
+
+    llm_config = Phi3Config(
+        vocab_size=len(tokenizer), hidden_size=size.hidden, intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.heads,
+        max_position_embeddings=4096, original_max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    Phi3ForCausalLM(llm_config).save_pretrained(out)
+
+    vision_config = CLIPVisionConfig(
+        image_size=size.image_size, patch_size=size.patch_size, hidden_size=size.vision_hidden,
+        intermediate_size=size.vision_hidden * 2, num_hidden_layers=size.vision_layers,
+        num_attention_heads=max(1, size.vision_hidden // 16), projection_dim=size.vision_hidden,
+    )
+    CLIPVisionModel(vision_config).save_pretrained(out / "visual_encoder")
+    CLIPImageProcessor(
+        size={"shortest_edge": size.image_size},
+        crop_size={"height": size.image_size, "width": size.image_size},
+    ).save_pretrained(out / "visual_encoder")
+
+    projector = ProjectorModel(ProjectorConfig(
+        visual_hidden_size=size.vision_hidden, llm_hidden_size=size.hidden, depth=2))
+    projector.save_pretrained(out / "projector")
+    return out
