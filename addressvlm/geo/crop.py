@@ -1,0 +1,272 @@
+"""Satellite crops around street-view locations, with street names drawn along the roads (paper Fig. 3a).
+
+A crop is ``size_m`` ground metres square, north up, ``pixels`` wide; with ``jitter_m`` its centre is moved off the
+location by a seeded random offset so the camera is not always in the middle. Names are written along each named
+street inside the crop, white with a dark halo, in DejaVu Sans (matplotlib's font, which covers non-ASCII names),
+placed so they do not overlap each other or a reserved box (the corner the street view will cover).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+from shapely import affinity
+from shapely.geometry import LineString, Polygon, box
+
+from addressvlm.geo.raster import GeoTiffRaster, RasterError, TileFolderRaster, find_city_raster, open_raster
+from addressvlm.geo.streets import StreetMap, find_city_streets, read_street_map
+from addressvlm.records import DataError, JsonlAppender, Location, read_locations
+
+HALO_FILL = (20, 20, 20)
+TEXT_FILL = (255, 255, 255)
+ANCHOR_FRACTIONS = (0.5, 0.35, 0.65, 0.2, 0.8)  # where along a street to try the label, in order
+CROPS_INDEX = "crops.jsonl"
+CROPS_PARAMS = "params.json"
+
+
+@lru_cache(maxsize=None)
+def label_font(px: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans at ``px`` pixels: shipped with matplotlib, covers Latin, Greek, Cyrillic (ä, ö, å, ß, é...)."""
+    from matplotlib import font_manager
+
+    path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=False)
+    return ImageFont.truetype(path, px)
+
+
+def default_font_px(pixels: int) -> int:
+    return max(10, round(pixels / 28))
+
+
+def _text_tile(name: str, font: ImageFont.FreeTypeFont, halo: int) -> Image.Image:
+    left, top, right, bottom = font.getbbox(name, stroke_width=halo)
+    tile = Image.new("RGBA", (right - left, bottom - top), (0, 0, 0, 0))
+    ImageDraw.Draw(tile).text((-left, -top), name, font=font, fill=TEXT_FILL + (255,),
+                              stroke_width=halo, stroke_fill=HALO_FILL + (255,))
+    return tile
+
+
+def _label_candidates(line: LineString, text_w: float):
+    """(centre x, centre y, angle in degrees) spots where a straight label of ``text_w`` fits along the line."""
+    length = line.length
+    if length < text_w * 1.1:
+        return
+    for frac in ANCHOR_FRACTIONS:
+        mid = frac * length
+        a, b = mid - text_w / 2, mid + text_w / 2
+        if a < 0 or b > length:
+            continue
+        p, q = line.interpolate(a), line.interpolate(b)
+        if math.hypot(q.x - p.x, q.y - p.y) < 0.92 * text_w:
+            continue  # the street bends under the label: try elsewhere
+        angle = math.degrees(math.atan2(-(q.y - p.y), q.x - p.x))  # image y grows downwards
+        if angle > 90:
+            angle -= 180
+        elif angle <= -90:
+            angle += 180
+        c = line.interpolate(mid)
+        yield c.x, c.y, angle
+
+
+def draw_street_labels(image: Image.Image, streets: dict[str, list[LineString]], font_px: int,
+                       reserved: list[Polygon] = ()) -> list[tuple[str, Polygon]]:
+    """Write each street's name once along its longest visible piece. Lines are in image pixel coordinates.
+
+    Returns ``(name, footprint)`` of every label drawn; names that fit nowhere are left out rather than overlapped.
+    """
+    font = label_font(font_px)
+    halo = max(1, round(font_px / 6))
+    frame = box(1, 1, image.width - 1, image.height - 1)
+    placed: list[tuple[str, Polygon]] = []
+    taken = list(reserved)
+    # Longest streets first: they carry the layout and have the most room.
+    by_length = sorted(streets.items(), key=lambda kv: -max(l.length for l in kv[1]))
+    for name, pieces in by_length:
+        tile = _text_tile(name, font, halo)
+        done = False
+        for piece in sorted(pieces, key=lambda l: -l.length):
+            for cx, cy, angle in _label_candidates(piece, tile.width):
+                footprint = affinity.rotate(
+                    box(cx - tile.width / 2, cy - tile.height / 2, cx + tile.width / 2, cy + tile.height / 2),
+                    -angle, origin=(cx, cy))
+                if not frame.contains(footprint) or any(footprint.intersects(t) for t in taken):
+                    continue
+                rotated = tile.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+                image.paste(rotated, (round(cx - rotated.width / 2), round(cy - rotated.height / 2)), rotated)
+                taken.append(footprint)
+                placed.append((name, footprint))
+                done = True
+                break
+            if done:
+                break
+    return placed
+
+
+def streets_in_pixels(street_map: StreetMap, lat: float, lon: float, size_m: float,
+                      pixels: int) -> dict[str, list[LineString]]:
+    """Named street pieces inside the crop centred on (lat, lon), in its pixel coordinates, grouped by name."""
+    scale = pixels / size_m
+    half = size_m / 2
+    view = box(-half, -half, half, half)
+    out: dict[str, list[LineString]] = {}
+    for street in street_map.near(lat, lon, radius_m=half * math.sqrt(2)):
+        clipped = street.line.intersection(view)
+        parts = getattr(clipped, "geoms", [clipped])
+        for part in parts:
+            if isinstance(part, LineString) and not part.is_empty:
+                px = affinity.affine_transform(part, [scale, 0, 0, -scale, half * scale, half * scale])
+                out.setdefault(street.name, []).append(px)
+    return out
+
+
+def render_crop(raster: GeoTiffRaster | TileFolderRaster, street_map: StreetMap | None, lat: float, lon: float,
+                size_m: float, pixels: int, labels: bool = True, font_px: int | None = None,
+                reserved_box: tuple[float, float, float, float] | None = None,
+                attribution: str | None = None) -> Image.Image:
+    """One crop centred on (lat, lon). ``reserved_box`` (x0, y0, x1, y1 as fractions of the side) stays label-free."""
+    image = raster.read_square(lat, lon, size_m, pixels)
+    if labels:
+        if street_map is None:
+            raise ValueError("labels=True needs a street map")
+        reserved = [box(*(v * pixels for v in reserved_box))] if reserved_box else []
+        font_px = font_px or default_font_px(pixels)
+        if attribution:
+            reserved.append(box(0, pixels - font_px - 4, pixels, pixels))
+        draw_street_labels(image, streets_in_pixels(street_map, lat, lon, size_m, pixels), font_px, reserved)
+    if attribution:
+        font = label_font(max(8, (font_px or default_font_px(pixels)) * 2 // 3))
+        ImageDraw.Draw(image).text((3, pixels - 3), attribution, font=font, fill=TEXT_FILL, anchor="ld",
+                                   stroke_width=1, stroke_fill=HALO_FILL)
+    return image
+
+
+def jitter_offset(location_id: str, jitter_m: float, seed: int) -> tuple[float, float]:
+    """A reproducible (east, north) offset in metres, uniform in the square [-jitter_m, jitter_m]^2."""
+    if jitter_m <= 0:
+        return 0.0, 0.0
+    digest = hashlib.sha256(f"{seed}:{location_id}".encode()).digest()
+    rng = random.Random(int.from_bytes(digest[:8], "big"))
+    return rng.uniform(-jitter_m, jitter_m), rng.uniform(-jitter_m, jitter_m)
+
+
+def offset_latlon(lat: float, lon: float, east_m: float, north_m: float) -> tuple[float, float]:
+    """The point ``east_m``/``north_m`` metres from (lat, lon) (exact through the local equidistant frame)."""
+    from pyproj import Transformer
+
+    from addressvlm.geo.raster import local_crs
+
+    lon2, lat2 = Transformer.from_crs(local_crs(lat, lon), "EPSG:4326", always_xy=True).transform(east_m, north_m)
+    return lat2, lon2
+
+
+def crop_file_name(location_id: str) -> str:
+    """A file name for a location's crop: readable, filesystem-safe, and distinct for distinct ids."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", location_id).strip("._") or "location"
+    if safe != location_id:
+        safe += "-" + hashlib.sha1(location_id.encode()).hexdigest()[:8]
+    return safe + ".png"
+
+
+@dataclass
+class CropReport:
+    written: int = 0
+    already_done: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (location_id, reason naming the file)
+
+    def summary(self) -> str:
+        lines = [f"crops: {self.written} written, {self.already_done} already done, {len(self.failed)} failed"]
+        lines += [f"  failed {loc}: {why}" for loc, why in self.failed]
+        return "\n".join(lines)
+
+
+def _check_params(out_dir: Path, params: dict) -> None:
+    """A rerun must use the crop settings of the run that wrote the existing crops, or mixed data results."""
+    path = out_dir / CROPS_PARAMS
+    if path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous != params:
+            raise ValueError(f"{path}: crops here were made with {previous}, not {params}; "
+                             "use another output folder or delete this one")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(params, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _group_by_location(rows: list[Location]) -> dict[str, tuple[float, float]]:
+    """One crop per location: the mean position of its views (they normally coincide)."""
+    sums: dict[str, list[float]] = {}
+    for r in rows:
+        s = sums.setdefault(r.location_id, [0.0, 0.0, 0])
+        s[0] += r.lat
+        s[1] += r.lon
+        s[2] += 1
+    return {loc: (s[0] / s[2], s[1] / s[2]) for loc, s in sums.items()}
+
+
+def crop_city(city_root, out_dir, size_m: float, pixels: int, jitter_m: float = 0, labels: bool = True,
+              seed: int = 0, *, raster=None, streets=None, font_px: int | None = None,
+              reserved_box: tuple[float, float, float, float] | None = None, attribution: str | None = None,
+              progress: bool = True) -> CropReport:
+    """One crop per ``location_id`` of ``<city_root>/locations.csv`` into ``out_dir/<crop_file_name(id)>``.
+
+    Resumable and idempotent: ``out_dir/crops.jsonl`` records each finished crop (with its centre and the
+    location's offset from it) and a rerun skips those. A location the raster does not cover is reported, not fatal.
+    """
+    from tqdm import tqdm
+
+    if jitter_m * 2 >= size_m:
+        raise ValueError(f"jitter_m={jitter_m} would move the location out of a {size_m} m crop")
+    city_root, out_dir = Path(city_root), Path(out_dir)
+    locations = _group_by_location(read_locations(city_root / "locations.csv"))
+    raster_path = Path(raster) if raster else find_city_raster(city_root)
+    street_path = (Path(streets) if streets else find_city_streets(city_root)) if labels else None
+    _check_params(out_dir, {"size_m": size_m, "pixels": pixels, "jitter_m": jitter_m, "labels": labels,
+                            "seed": seed, "raster": str(raster_path), "streets": str(street_path or ""),
+                            "font_px": font_px, "reserved_box": list(reserved_box) if reserved_box else None,
+                            "attribution": attribution})
+    street_map = read_street_map(street_path) if labels else None
+    report = CropReport()
+    source = open_raster(raster_path)
+    try:
+        with JsonlAppender(out_dir / CROPS_INDEX, key="location_id") as index:
+            todo = [loc for loc in locations if loc not in index.done or not (out_dir / crop_file_name(loc)).is_file()]
+            report.already_done = len(locations) - len(todo)
+            for loc in tqdm(todo, desc="satellite crops", unit="crop", disable=not progress):
+                lat, lon = locations[loc]
+                east, north = jitter_offset(loc, jitter_m, seed)
+                # The crop centre moves by the offset; the location sits at -offset from the centre.
+                clat, clon = offset_latlon(lat, lon, east, north)
+                try:
+                    image = render_crop(source, street_map, clat, clon, size_m, pixels, labels, font_px,
+                                        reserved_box, attribution)
+                except RasterError as exc:
+                    report.failed.append((loc, str(exc)))
+                    continue
+                target = out_dir / crop_file_name(loc)
+                tmp = target.with_name(f".{target.name}.tmp")
+                image.save(tmp, format="PNG")
+                os.replace(tmp, target)
+                index.write({"location_id": loc, "file": target.name, "lat": lat, "lon": lon,
+                             "center_lat": clat, "center_lon": clon, "location_east_m": -east,
+                             "location_north_m": -north, "size_m": size_m, "pixels": pixels})
+                report.written += 1
+    finally:
+        source.close()
+    return report
+
+
+def read_crop_index(crops_dir) -> dict[str, dict]:
+    """``location_id -> record`` of ``crops.jsonl`` (where each crop is centred, where its location lies in it)."""
+    from addressvlm.records import read_jsonl
+
+    path = Path(crops_dir) / CROPS_INDEX
+    if not path.is_file():
+        raise DataError(path, None, "crop index not found: run datasets_prep/crop_satellite.py first")
+    return {rec["location_id"]: rec for _, rec in read_jsonl(path, ("location_id", "file"))}

@@ -1,0 +1,184 @@
+"""Satellite crops: metre-true centring in any CRS, XYZ tiles, labels only along roads, batch resume."""
+import json
+import math
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from PIL import Image
+from pyproj import Transformer
+from shapely.geometry import LineString, Point
+
+from addressvlm.geo.crop import (crop_city, crop_file_name, draw_street_labels, label_font, offset_latlon,
+                                 read_crop_index, render_crop, streets_in_pixels)
+from addressvlm.geo.raster import RasterError, open_raster
+from addressvlm.geo.streets import read_street_map
+from addressvlm.records import Location, write_locations
+
+LAT, LON = 60.1699, 24.9384  # central Helsinki, UTM zone 35N
+GREY = (100, 110, 120)
+RED = (255, 0, 0)
+
+
+def write_geotiff(path, crs, ground_m_per_px, half_extent_m, markers=((LAT, LON),), marker_m=4.0):
+    """A grey GeoTIFF around (LAT, LON) in ``crs`` with red squares of ``marker_m`` ground metres at ``markers``.
+
+    Pixel size in CRS units is scaled so one pixel is ``ground_m_per_px`` on the ground at LAT (Web Mercator
+    units are 1/cos(lat) larger than ground metres).
+    """
+    to_crs = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    stretch = 1 / math.cos(math.radians(LAT)) if "3857" in str(crs) else 1.0
+    unit = ground_m_per_px * stretch
+    cx, cy = to_crs.transform(LON, LAT)
+    n = int(2 * half_extent_m / ground_m_per_px)
+    transform = Affine(unit, 0, cx - n / 2 * unit, 0, -unit, cy + n / 2 * unit)
+    data = np.empty((3, n, n), np.uint8)
+    data[:] = np.array(GREY, np.uint8)[:, None, None]
+    for lat, lon in markers:
+        mx, my = to_crs.transform(lon, lat)
+        col, row = ~transform @ (mx, my)
+        r = marker_m / 2 / ground_m_per_px
+        centres = np.arange(n) + 0.5  # paint the pixels whose centres fall inside the square
+        rows, cols = np.abs(centres - row) < r, np.abs(centres - col) < r
+        data[:, rows[:, None] & cols[None, :]] = np.array(RED, np.uint8)[:, None]
+    with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=3, dtype="uint8", crs=crs,
+                       transform=transform) as ds:
+        ds.write(data)
+    return path
+
+
+def red_centroid(image):
+    a = np.asarray(image).astype(int)
+    mask = (a[..., 0] > 180) & (a[..., 1] < 80) & (a[..., 2] < 80)
+    assert mask.sum() > 0, "marker not in the crop"
+    ys, xs = np.nonzero(mask)
+    return xs.mean(), ys.mean()
+
+
+def test_crop_centred_on_known_point_in_utm_and_web_mercator(tmp_path):
+    for crs, ground in (("EPSG:32635", 1.0), ("EPSG:3857", 1.0), ("EPSG:32635", 0.2)):
+        raster = open_raster(write_geotiff(tmp_path / f"sat_{crs[5:]}_{ground}.tif", crs, ground, half_extent_m=150))
+        size_m, pixels = 100.0, 200  # 0.5 m per output pixel
+        x, y = red_centroid(raster.read_square(LAT, LON, size_m, pixels))
+        assert abs(x - 99.5) <= 1.0 and abs(y - 99.5) <= 1.0, (crs, ground, x, y)
+        # Centre the crop 20 m east and 10 m north of the marker: it must appear 40 px left and 20 px down.
+        lat2, lon2 = offset_latlon(LAT, LON, 20.0, 10.0)
+        x, y = red_centroid(raster.read_square(lat2, lon2, size_m, pixels))
+        assert abs(x - (99.5 - 40)) <= 1.0 and abs(y - (99.5 + 20)) <= 1.0, (crs, ground, x, y)
+        with pytest.raises(RasterError, match="outside the raster"):
+            raster.read_square(LAT + 0.01, LON, size_m, pixels)
+        raster.close()
+
+
+def write_tiles(root, z, marker=(LAT, LON), suffix=".png"):
+    """256-px XYZ tiles around the marker at zoom ``z``: grey with a red 6x6 px square on the marker."""
+    world = 256 * 2 ** z
+    mx = (marker[1] + 180) / 360 * world
+    my = (1 - math.asinh(math.tan(math.radians(marker[0]))) / math.pi) / 2 * world
+    tx, ty = int(mx // 256), int(my // 256)
+    for x in range(tx - 1, tx + 2):
+        for y in range(ty - 1, ty + 2):
+            a = np.empty((256, 256, 3), np.uint8)
+            a[:] = GREY
+            px, py = mx - x * 256, my - y * 256
+            a[max(0, int(py - 3)):max(0, int(py + 3)), max(0, int(px - 3)):max(0, int(px + 3))] = RED
+            (root / str(z) / str(x)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(a).save(root / str(z) / str(x) / f"{y}{suffix}")
+    return root
+
+
+def test_crop_from_xyz_tiles(tmp_path):
+    raster = open_raster(write_tiles(tmp_path / "tiles", 18))
+    x, y = red_centroid(raster.read_square(LAT, LON, 100.0, 200))
+    assert abs(x - 99.5) <= 1.0 and abs(y - 99.5) <= 1.0
+    lat2, lon2 = offset_latlon(LAT, LON, -15.0, 0.0)
+    x, y = red_centroid(raster.read_square(lat2, lon2, 100.0, 200))
+    assert abs(x - (99.5 + 30)) <= 1.0 and abs(y - 99.5) <= 1.0
+    with pytest.raises(RasterError, match="no tile"):
+        raster.read_square(LAT + 0.05, LON, 100.0, 200)
+
+
+def write_streets(path, extra=()):
+    """Two named streets crossing near (LAT, LON) plus a non-ASCII one, as WGS84 GeoJSON."""
+    def line(*offsets):
+        return [list(reversed(offset_latlon(LAT, LON, e, n))) for e, n in offsets]
+
+    features = [
+        {"type": "Feature", "properties": {"name": "Mannerheimintie"},
+         "geometry": {"type": "LineString", "coordinates": line((-120, -5), (120, 5))}},
+        {"type": "Feature", "properties": {"name": "Yrjönkatu"},
+         "geometry": {"type": "LineString", "coordinates": line((-60, -110), (50, 110))}},
+        {"type": "Feature", "properties": {"name": "Kaivopiha", "kind": "square"},
+         "geometry": {"type": "Point", "coordinates": line((30, 30))[0]}},
+        {"type": "Feature", "properties": {"highway": "footway"},  # unnamed: ignored
+         "geometry": {"type": "LineString", "coordinates": line((-100, 80), (100, 80))}},
+        *extra,
+    ]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8")
+    return path
+
+
+def test_labels_are_drawn_only_along_roads(tmp_path):
+    raster = open_raster(write_geotiff(tmp_path / "sat.tif", "EPSG:32635", 1.0, 200, markers=()))
+    streets = read_street_map(write_streets(tmp_path / "streets.geojson"))
+    size_m, pixels, font_px = 160.0, 336, 12
+    plain = np.asarray(render_crop(raster, streets, LAT, LON, size_m, pixels, labels=False)).astype(int)
+    labelled = np.asarray(render_crop(raster, streets, LAT, LON, size_m, pixels, labels=True, font_px=font_px))
+    changed = np.abs(labelled.astype(int) - plain).sum(-1) > 30
+    assert changed.sum() > 200, "no label was drawn"
+    lines = [l for pieces in streets_in_pixels(streets, LAT, LON, size_m, pixels).values() for l in pieces]
+    ys, xs = np.nonzero(changed)
+    far = max(min(l.distance(Point(x, y)) for l in lines) for x, y in zip(xs, ys))
+    # Half a line of text plus the halo and antialiasing: any ink further out is not on a road.
+    assert far <= font_px * 0.75 + 3, f"label ink {far:.1f} px from the nearest road"
+
+    placed = draw_street_labels(Image.fromarray(plain.astype(np.uint8)),
+                                streets_in_pixels(streets, LAT, LON, size_m, pixels), font_px)
+    assert sorted(n for n, _ in placed) == ["Mannerheimintie", "Yrjönkatu"]
+    assert not placed[0][1].intersects(placed[1][1]), "labels overlap"
+    assert "DejaVuSans" in label_font(font_px).path
+
+
+def test_reserved_corner_stays_free_of_labels(tmp_path):
+    raster = open_raster(write_geotiff(tmp_path / "sat.tif", "EPSG:32635", 1.0, 200, markers=()))
+    streets = read_street_map(write_streets(tmp_path / "streets.geojson"))
+    reserved = (0.5, 0.0, 1.0, 0.5)
+    plain = np.asarray(render_crop(raster, streets, LAT, LON, 160.0, 336, labels=False)).astype(int)
+    labelled = np.asarray(render_crop(raster, streets, LAT, LON, 160.0, 336, labels=True, reserved_box=reserved))
+    changed = np.abs(labelled.astype(int) - plain).sum(-1) > 30
+    assert changed.sum() > 200
+    assert changed[:168, 168:].sum() == 0
+
+
+def test_crop_city_batch_resumes_and_reports_uncovered_locations(tmp_path):
+    city = tmp_path / "city"
+    city.mkdir()
+    here = offset_latlon(LAT, LON, 30.0, -20.0)
+    write_geotiff(city / "satellite.tif", "EPSG:3857", 1.0, 200, markers=(here,), marker_m=3.0)
+    write_streets(city / "streets.geojson")
+    far = offset_latlon(LAT, LON, 5000.0, 0.0)
+    write_locations(city / "locations.csv", [
+        Location("img/a_0.jpg", "loc/a", here[0], here[1], "Mannerheimintie", "Kluuvi"),
+        Location("img/a_1.jpg", "loc/a", here[0], here[1], "Mannerheimintie", "Kluuvi"),
+        Location("img/b_0.jpg", "loc/b", LAT, LON, "Yrjönkatu", "Kamppi"),
+        Location("img/c_0.jpg", "loc/c", far[0], far[1], "Nowhere Road", "Elsewhere"),
+    ])
+    out = city / "stage1" / "crops"
+    report = crop_city(city, out, size_m=100, pixels=200, jitter_m=20, seed=3, progress=False)
+    assert (report.written, report.already_done) == (2, 0)
+    assert len(report.failed) == 1 and report.failed[0][0] == "loc/c" and "satellite.tif" in report.failed[0][1]
+    index = read_crop_index(out)
+    assert set(index) == {"loc/a", "loc/b"}
+    # With jitter the location is off-centre, exactly where the index says.
+    rec = index["loc/a"]
+    assert math.hypot(rec["location_east_m"], rec["location_north_m"]) > 1.0
+    x, y = red_centroid(Image.open(out / crop_file_name("loc/a")))
+    assert abs(x - (99.5 + rec["location_east_m"] * 2)) <= 1.5
+    assert abs(y - (99.5 - rec["location_north_m"] * 2)) <= 1.5
+
+    again = crop_city(city, out, size_m=100, pixels=200, jitter_m=20, seed=3, progress=False)
+    assert (again.written, again.already_done, len(again.failed)) == (0, 2, 1)
+    with pytest.raises(ValueError, match="made with"):
+        crop_city(city, out, size_m=120, pixels=200, jitter_m=20, seed=3, progress=False)
+    assert crop_file_name("loc/a") != crop_file_name("loc_a")
