@@ -1,0 +1,465 @@
+"""From an image-address dataset as published to the city table ``locations.csv`` (DESIGN.md section 2).
+
+Sources this understands:
+- any CSV, JSON (a list of objects) or JSONL table, its columns named through a column map;
+- AddressCLIP-style address strings, "Forbes Ave & Craig St, Oakland": main street, cross streets, district;
+- coordinates as lat/lon columns, as UTM easting/northing columns with a zone, from SF-XL file names
+  (``@utm_e@utm_n@zone@band@lat@lon@pano@tile@heading@...@.jpg``), or from a Pitts250k specification ``.mat``
+  (``dbStruct`` with the image names and their UTM coordinates);
+- ``location_id`` from a column, or made by grouping images that share coordinates (within a tolerance) and address.
+
+Every error names the source file and line (for JSON lists, the record number), so the row can be fixed.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from addressvlm.records import DataError, Location, write_locations
+
+# Canonical fields a column map may name. The first six plus heading/cross_street/split are locations.csv columns;
+# the others are inputs ingest converts.
+CANONICAL_FIELDS = (
+    "image", "location_id", "lat", "lon", "street", "district", "heading", "cross_street", "split",
+    "address", "utm_e", "utm_n", "utm_zone",
+)
+COORDINATE_SOURCES = ("auto", "columns", "utm", "sfxl-name", "pitts-mat")
+CROSS_STREET_SEPARATOR = " & "
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ------------------------------------------------------------------------------------------- address strings
+@dataclass(frozen=True)
+class Address:
+    street: str
+    cross_streets: tuple[str, ...]
+    district: str
+
+
+def parse_address(text: str) -> Address:
+    """Split an AddressCLIP-style address: "Main St & Cross St & Other St, District[, City, ...]".
+
+    The main street is the first name before the first comma, cross streets follow it after "&", and the district
+    is the part after the first comma; later comma parts (city, state) are not address levels we ask about.
+    Whitespace is collapsed. A missing street or district raises ``ValueError``.
+    """
+    parts = [_squash(p) for p in text.split(",")]
+    streets = [_squash(s) for s in parts[0].split("&")]
+    if not streets[0]:
+        raise ValueError(f"address {text!r} has no street before the first comma")
+    if len(parts) < 2 or not parts[1]:
+        raise ValueError(f"address {text!r} has no district (expected 'Street[ & Cross St], District')")
+    empty_cross = [s for s in streets[1:] if not s]
+    if empty_cross:
+        raise ValueError(f"address {text!r} has an empty cross street around '&'")
+    return Address(street=streets[0], cross_streets=tuple(streets[1:]), district=parts[1])
+
+
+# ------------------------------------------------------------------------------------------- coordinates
+@dataclass(frozen=True)
+class SfxlName:
+    utm_east: float
+    utm_north: float
+    utm_zone: int
+    utm_band: str
+    lat: float
+    lon: float
+    pano_id: str
+    heading: float | None
+
+
+def parse_sfxl_name(path: str) -> SfxlName:
+    """Parse an SF-XL image file name: ``@utm_e@utm_n@zone@band@lat@lon@pano@tile@heading@...@.jpg``.
+
+    Only the file name counts (folders are ignored). Raises ``ValueError`` naming what is wrong.
+    """
+    name = PurePosixPath(str(path).replace(os.sep, "/")).name
+    fields = name.split("@")
+    if len(fields) < 11 or fields[0] != "":
+        raise ValueError(f"{name!r} is not an SF-XL file name (@utm_e@utm_n@zone@band@lat@lon@pano@tile@heading@...)")
+    try:
+        heading = float(fields[9]) if fields[9].strip() else None
+        parsed = SfxlName(
+            utm_east=float(fields[1]), utm_north=float(fields[2]), utm_zone=int(fields[3]),
+            utm_band=fields[4].strip().upper(), lat=float(fields[5]), lon=float(fields[6]),
+            pano_id=fields[7], heading=heading,
+        )
+    except ValueError as exc:
+        raise ValueError(f"SF-XL file name {name!r} has a malformed field: {exc}") from None
+    return parsed
+
+
+def _south_hemisphere(band: str) -> bool:
+    """A UTM latitude band letter (C-M south, N-X north) or the words north/south."""
+    band = band.strip().upper()
+    if band in ("NORTH", "SOUTH"):
+        return band == "SOUTH"
+    if len(band) == 1 and band in "CDEFGHJKLMNPQRSTUVWX":
+        return band < "N"
+    raise ValueError(f"UTM band {band!r} is not a latitude band letter (C-X) nor north/south")
+
+
+def parse_utm_zone(zone: str) -> tuple[int, str]:
+    """ "17T" -> (17, "T"); "17N"/"17 north" also name the hemisphere. Note: "S" is band S (north), as in "10S"."""
+    text = zone.strip().replace(" ", "")
+    digits = "".join(ch for ch in text if ch.isdigit())
+    rest = text[len(digits):]
+    if not digits or not text.startswith(digits) or not rest:
+        raise ValueError(f"UTM zone {zone!r} should look like '17T' (number and band letter) or '17north'")
+    number = int(digits)
+    if not 1 <= number <= 60:
+        raise ValueError(f"UTM zone number {number} out of range 1-60")
+    _south_hemisphere(rest)
+    return number, rest
+
+
+@lru_cache(maxsize=None)
+def _utm_transformer(zone: int, south: bool):
+    from pyproj import Transformer
+
+    epsg = (32700 if south else 32600) + zone  # WGS 84 / UTM zone N or S
+    return Transformer.from_crs(f"EPSG:{epsg}", "EPSG:4326", always_xy=True)
+
+
+def utm_to_latlon(easting, northing, zone: int, band: str):
+    """WGS84 (lat, lon) from UTM easting/northing in metres; scalars or equal-length sequences."""
+    lon, lat = _utm_transformer(zone, _south_hemisphere(band)).transform(easting, northing)
+    return lat, lon
+
+
+def read_pitts_mat(path: str | os.PathLike, which: str = "db") -> dict[str, tuple[float, float]]:
+    """Image name -> (easting, northing) from a Pitts250k/NetVLAD specification file (``dbStruct``).
+
+    ``which`` is "db" (``dbImageFns``/``utmDb``, the database images) or "q" (``qImageFns``/``utmQ``, the queries).
+    The UTM coordinates are a 2 x N array (row 0 easting, row 1 northing) in zone 17T for Pittsburgh.
+    """
+    from scipy.io import loadmat
+
+    path = Path(path)
+    if which not in ("db", "q"):
+        raise ValueError(f"which must be 'db' or 'q', not {which!r}")
+    try:
+        mat = loadmat(path, squeeze_me=False, struct_as_record=True)
+    except (OSError, ValueError) as exc:
+        raise DataError(path, None, f"cannot read MATLAB file: {exc}") from None
+    if "dbStruct" not in mat:
+        raise DataError(path, None, f"no 'dbStruct' variable (found {', '.join(k for k in mat if not k.startswith('__'))})")
+    struct = mat["dbStruct"][0, 0]
+    names = struct.dtype.names
+    image_field = next((f for f in (f"{which}ImageFns", f"{which}Image") if f in names), None)
+    utm_field = f"utm{'Db' if which == 'db' else 'Q'}"
+    if image_field is None or utm_field not in names:
+        raise DataError(path, None, f"dbStruct lacks {which}ImageFns/{utm_field}; its fields are {', '.join(names)}")
+    images = [str(cell.ravel()[0]) for cell in struct[image_field].ravel()]
+    utm = struct[utm_field]
+    if utm.shape[0] != 2 and utm.shape[-1] == 2:
+        utm = utm.T
+    if utm.shape != (2, len(images)):
+        raise DataError(path, None, f"{utm_field} has shape {utm.shape}, expected (2, {len(images)})")
+    return {img: (float(utm[0, i]), float(utm[1, i])) for i, img in enumerate(images)}
+
+
+# ------------------------------------------------------------------------------------------- tables
+def parse_column_map(spec: str) -> dict[str, str]:
+    """ "image=path,lat=latitude" -> {"image": "path", "lat": "latitude"} (canonical field -> source column)."""
+    mapping: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        field, sep, column = item.partition("=")
+        field, column = field.strip(), column.strip()
+        if not sep or not field or not column:
+            raise ValueError(f"column map entry {item!r} should be FIELD=COLUMN")
+        if field not in CANONICAL_FIELDS:
+            raise ValueError(f"unknown field {field!r} in column map; known: {', '.join(CANONICAL_FIELDS)}")
+        mapping[field] = column
+    return mapping
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One record of the source table: where it is (for errors) and its values by source column."""
+
+    line: int | None
+    where: str  # "" for CSV/JSONL (the line says it), "record N: " for a JSON list
+    values: dict
+
+
+def read_table(path: str | os.PathLike) -> tuple[list[str], list[SourceRow]]:
+    """Read a CSV, JSON list or JSONL table: (columns, rows). Rows keep their line (record) for error messages."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, "table not found")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            rows = []
+            start = 2
+            for raw in reader:
+                rows.append(SourceRow(start, "", raw))
+                start = reader.line_num + 1
+        return columns, rows
+    if suffix == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(path, line_no, f"invalid JSON: {exc.msg}") from None
+                if not isinstance(rec, dict):
+                    raise DataError(path, line_no, "each line must be a JSON object")
+                rows.append(SourceRow(line_no, "", rec))
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise DataError(path, None, "a JSON table must be a list of objects")
+        rows = [SourceRow(None, f"record {i}: ", rec) for i, rec in enumerate(data, start=1)]
+    else:
+        raise DataError(path, None, f"unknown table format {suffix!r}; use .csv, .json or .jsonl")
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row.values if k not in columns)
+    return columns, rows
+
+
+# ------------------------------------------------------------------------------------------- ingest
+@dataclass
+class IngestOptions:
+    """How to read a source table. ``columns`` maps canonical fields to source columns (identity by default)."""
+
+    columns: dict[str, str]
+    coords: str = "auto"
+    utm_zone: str = ""              # "17T": for UTM columns and Pitts .mat coordinates
+    pitts_mat: str | None = None
+    pitts_which: str = "db"
+    image_root: str | None = None   # where source image paths are relative to; default the city root
+    group_tolerance_m: float = 1.0  # images closer than this with the same address share a location
+    check_files: bool = True
+
+
+def _resolve_columns(header: Sequence[str], mapping: dict[str, str], path) -> dict[str, str]:
+    """Canonical field -> source column: the explicit map, plus identically named columns."""
+    resolved = {f: f for f in CANONICAL_FIELDS if f in header}
+    for field, column in mapping.items():
+        if column not in header:
+            raise DataError(path, 1, f"column {column!r} (for {field!r}) not in the table; columns are {', '.join(header)}")
+        resolved[field] = column
+    return resolved
+
+
+def _choose_coordinates(options: IngestOptions, fields: dict[str, str], path) -> str:
+    mode = options.coords
+    if mode not in COORDINATE_SOURCES:
+        raise ValueError(f"coords must be one of {COORDINATE_SOURCES}, not {mode!r}")
+    if mode == "auto":
+        if "lat" in fields and "lon" in fields:
+            mode = "columns"
+        elif "utm_e" in fields and "utm_n" in fields:
+            mode = "utm"
+        elif options.pitts_mat:
+            mode = "pitts-mat"
+        else:
+            mode = "sfxl-name"
+    needed = {"columns": ("lat", "lon"), "utm": ("utm_e", "utm_n")}.get(mode, ())
+    missing = [f for f in needed if f not in fields]
+    if missing:
+        raise DataError(path, 1, f"coordinates from {mode} need column(s) {', '.join(missing)} (map them with --columns)")
+    if mode == "utm" and not options.utm_zone and "utm_zone" not in fields:
+        raise DataError(path, 1, "UTM coordinates need a zone: give --utm-zone (e.g. 17T) or a utm_zone column")
+    if mode == "pitts-mat" and not options.pitts_mat:
+        raise ValueError("coords 'pitts-mat' needs the .mat file (--pitts-mat)")
+    if mode == "pitts-mat" and not options.utm_zone:
+        raise ValueError("coords 'pitts-mat' needs --utm-zone (17T for Pittsburgh)")
+    return mode
+
+
+def _text(values: dict, fields: dict[str, str], field: str) -> str:
+    column = fields.get(field)
+    value = values.get(column) if column else None
+    return "" if value is None else _squash(str(value))
+
+
+def _float(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not a number") from None
+    if math.isnan(value):
+        raise ValueError(f"{what} is NaN")
+    return value
+
+
+def _normalise_image(image: str, image_root: Path, city_root: Path) -> str:
+    path = image_root / image.replace("\\", "/")
+    rel = os.path.relpath(path, city_root)
+    return PurePosixPath(Path(rel).as_posix()).as_posix()
+
+
+def ingest_table(table: str | os.PathLike, out_csv: str | os.PathLike, options: IngestOptions) -> list[Location]:
+    """Convert a source table into ``out_csv`` (the city root is its folder); returns the rows written."""
+    table, out_csv = Path(table), Path(out_csv)
+    city_root = out_csv.resolve().parent
+    image_root = Path(options.image_root).resolve() if options.image_root else city_root
+    header, rows = read_table(table)
+    fields = _resolve_columns(header, options.columns, table)
+    if "image" not in fields:
+        raise DataError(table, 1, "missing column 'image' (map it with --columns image=COLUMN)")
+    has_streets = "street" in fields and "district" in fields
+    if not has_streets and "address" not in fields:
+        raise DataError(table, 1, "need 'street' and 'district' columns or an 'address' column (map them with --columns)")
+    mode = _choose_coordinates(options, fields, table)
+    pitts = read_pitts_mat(options.pitts_mat, options.pitts_which) if mode == "pitts-mat" else {}
+    zone = parse_utm_zone(options.utm_zone) if options.utm_zone else None
+
+    partial = []  # (source row, image, easting|lat, northing|lon, zone or None, street, district, cross, heading)
+    seen: dict[str, str] = {}
+    for row in rows:
+        where = f"{row.where}"
+        try:
+            image = _text(row.values, fields, "image")
+            if not image:
+                raise ValueError("empty 'image'")
+            rel = _normalise_image(image, image_root, city_root)
+            if rel.startswith("../"):
+                raise ValueError(f"image {image!r} lies outside the city root {city_root}")
+            if rel in seen:
+                raise ValueError(f"duplicate image {rel!r} (first at {seen[rel]})")
+            street, district = _text(row.values, fields, "street"), _text(row.values, fields, "district")
+            cross = [c for c in _text(row.values, fields, "cross_street").split("&") if c.strip()]
+            address_text = _text(row.values, fields, "address")
+            if address_text and not (street and district):
+                parsed = parse_address(address_text)
+                street, district = street or parsed.street, district or parsed.district
+                cross = cross or list(parsed.cross_streets)
+            if not street:
+                raise ValueError(f"empty 'street' for image {rel!r}")
+            if not district:
+                raise ValueError(f"empty 'district' for image {rel!r}")
+            heading_text = _text(row.values, fields, "heading")
+            heading = _float(heading_text, "heading") if heading_text else None
+            if mode == "columns":
+                a, b, row_zone = _float(_text(row.values, fields, "lat"), "lat"), _float(_text(row.values, fields, "lon"), "lon"), None
+            elif mode == "utm":
+                zone_text = _text(row.values, fields, "utm_zone")
+                row_zone = parse_utm_zone(zone_text) if zone_text else zone
+                a, b = _float(_text(row.values, fields, "utm_e"), "utm_e"), _float(_text(row.values, fields, "utm_n"), "utm_n")
+            elif mode == "pitts-mat":
+                key = image.replace("\\", "/")
+                if key not in pitts:
+                    raise ValueError(f"image {image!r} is not in {options.pitts_mat}")
+                (a, b), row_zone = pitts[key], zone
+            else:
+                sfxl = parse_sfxl_name(image)
+                a, b, row_zone = sfxl.lat, sfxl.lon, None
+                heading = heading if heading is not None else sfxl.heading
+            if options.check_files and not (city_root / rel).is_file():
+                raise ValueError(f"image file {city_root / rel} does not exist")
+        except ValueError as exc:
+            raise DataError(table, row.line, f"{where}{exc}") from None
+        seen[rel] = f"line {row.line}" if row.line else row.where.rstrip(": ")
+        partial.append((row, rel, a, b, row_zone, street, district, CROSS_STREET_SEPARATOR.join(_squash(c) for c in cross), heading))
+    if not partial:
+        raise DataError(table, None, "table has no rows")
+
+    lat_lon = _to_latlon(partial)
+    for (row, rel, *_), (lat, lon) in zip(partial, lat_lon):
+        if not (-90.0 <= lat <= 90.0):
+            raise DataError(table, row.line, f"{row.where}latitude {lat} out of range [-90, 90]")
+        if not (-180.0 <= lon <= 180.0):
+            raise DataError(table, row.line, f"{row.where}longitude {lon} out of range [-180, 180]")
+
+    if "location_id" in fields:
+        location_ids = []
+        for row, *_ in partial:
+            loc = _text(row.values, fields, "location_id")
+            if not loc or "/" in loc:
+                raise DataError(table, row.line, f"{row.where}location_id {loc!r} must be non-empty and free of '/'")
+            location_ids.append(loc)
+    else:
+        location_ids = group_locations(
+            [(lat, lon, p[5], p[6]) for p, (lat, lon) in zip(partial, lat_lon)], options.group_tolerance_m)
+
+    out = []
+    for (row, rel, _a, _b, _z, street, district, cross, heading), (lat, lon), loc in zip(partial, lat_lon, location_ids):
+        split = _text(row.values, fields, "split")
+        if split and split not in ("train", "val", "test"):
+            raise DataError(table, row.line, f"{row.where}split {split!r} is not train, val or test")
+        out.append(Location(image=rel, location_id=loc, lat=round(lat, 7), lon=round(lon, 7), street=street,
+                            district=district, heading=heading, cross_street=cross, split=split))
+    write_locations(out_csv, out)
+    return out
+
+
+def _to_latlon(partial: list) -> list[tuple[float, float]]:
+    """Convert each row's coordinates to (lat, lon); UTM rows are converted in one pyproj call per zone."""
+    result: list[tuple[float, float] | None] = [None] * len(partial)
+    by_zone: dict[tuple[int, str], list[int]] = {}
+    for i, p in enumerate(partial):
+        if p[4] is None:
+            result[i] = (p[2], p[3])
+        else:
+            by_zone.setdefault(p[4], []).append(i)
+    for (zone, band), idx in by_zone.items():
+        lats, lons = utm_to_latlon([partial[i][2] for i in idx], [partial[i][3] for i in idx], zone, band)
+        for i, lat, lon in zip(idx, lats, lons):
+            result[i] = (float(lat), float(lon))
+    return result  # type: ignore[return-value]
+
+
+def group_locations(points: Sequence[tuple[float, float, str, str]], tolerance_m: float) -> list[str]:
+    """Location ids for (lat, lon, street, district) points: points within ``tolerance_m`` metres of each other
+    (transitively) and with the same street and district share one id.
+
+    Ids are zero-padded numbers in order of each location's first point, so the same input gives the same ids.
+    """
+    if tolerance_m <= 0:
+        raise ValueError("group tolerance must be positive")
+    metres_per_deg = 111_320.0
+    lat0 = sum(p[0] for p in points) / len(points)
+    kx = metres_per_deg * math.cos(math.radians(lat0))
+    parent = list(range(len(points)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    cells: dict[tuple, list[int]] = {}
+    for i, (lat, lon, street, district) in enumerate(points):
+        x, y = lon * kx, lat * metres_per_deg
+        cx, cy = math.floor(x / tolerance_m), math.floor(y / tolerance_m)
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for j in cells.get((street, district, cx + dx, cy + dy), ()):
+                    lat_j, lon_j = points[j][0], points[j][1]
+                    if math.hypot(x - lon_j * kx, y - lat_j * metres_per_deg) <= tolerance_m:
+                        ri, rj = find(i), find(j)
+                        if ri != rj:
+                            parent[max(ri, rj)] = min(ri, rj)
+        cells.setdefault((street, district, cx, cy), []).append(i)
+    numbering: dict[int, str] = {}
+    width = len(str(len(points)))
+    ids = []
+    for i in range(len(points)):
+        root = find(i)
+        if root not in numbering:
+            numbering[root] = str(len(numbering)).zfill(width)
+        ids.append(numbering[root])
+    return ids
+

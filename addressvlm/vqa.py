@@ -1,0 +1,422 @@
+"""Stage-2 address VQA from the city table: splits, training conversations, single-turn test questions, and the
+variants the ablations need (view/location subsampling, merged cities, general-data mixing).
+
+Every random choice comes from a ``random.Random`` seeded with a string built from the seed and what is being
+decided (the split, a location, an image), so the same input and seed give byte-identical files, and an image
+keeps its questions when other images are added or dropped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter, defaultdict
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from addressvlm import templates
+from addressvlm.records import (
+    DataError, Location, read_llava_json, read_locations, read_questions, write_atomic, write_llava_json,
+    write_questions,
+)
+
+SPLITS = ("train", "val", "test")
+DISTRACTOR_MODES = ("random", "nearest")
+MAX_ROUNDS = 7
+# The six level x type questions in a cycle where any three consecutive entries hold one question of each type and
+# neighbours alternate levels: an image with r < 6 rounds takes r consecutive entries starting where the previous
+# image stopped, so over the file the types stay 1:1:1 and the levels 1:1.
+ROUND_CYCLE = (
+    ("district", "generation"), ("street", "judgment"), ("district", "multiple_choice"),
+    ("street", "generation"), ("district", "judgment"), ("street", "multiple_choice"),
+)
+IMAGE_TOKEN = "<image>\n"
+
+
+# ------------------------------------------------------------------------------------------- splits
+def parse_split(spec: str) -> tuple[float, float, float]:
+    """ "7:2:1" -> (0.7, 0.2, 0.1)."""
+    parts = spec.split(":")
+    try:
+        weights = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"split {spec!r} should be three numbers like 7:2:1") from None
+    if len(weights) != 3 or any(w < 0 or math.isnan(w) for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"split {spec!r} should be three non-negative numbers like 7:2:1")
+    total = sum(weights)
+    return tuple(w / total for w in weights)  # type: ignore[return-value]
+
+
+def assign_splits(rows: Sequence[Location], seed: int, ratios: tuple[float, float, float],
+                  path: str | Path = "locations.csv") -> dict[str, str]:
+    """location_id -> split. A location keeps the ``split`` its rows name (conflicting names are an error); the
+    others are shuffled with the seed and cut by ``ratios``."""
+    preset: dict[str, tuple[str, int]] = {}
+    for line, row in enumerate(rows, start=2):
+        if not row.split:
+            continue
+        first = preset.setdefault(row.location_id, (row.split, line))
+        if first[0] != row.split:
+            raise DataError(path, line, f"location {row.location_id!r} is in split {row.split!r} here but in "
+                                        f"{first[0]!r} on line {first[1]}: a location cannot straddle splits")
+    free = sorted({row.location_id for row in rows} - preset.keys())
+    random.Random(f"split:{seed}").shuffle(free)
+    n = len(free)
+    cut_train = round(n * ratios[0])
+    cut_val = round(n * (ratios[0] + ratios[1]))
+    assignment = {loc: split for loc, (split, _) in preset.items()}
+    for i, loc in enumerate(free):
+        assignment[loc] = "train" if i < cut_train else "val" if i < cut_val else "test"
+    return assignment
+
+
+def _keep_count(fraction: float, n: int) -> int:
+    return max(1, math.ceil(fraction * n - 1e-9))
+
+
+def subsample(rows: Sequence[Location], seed: int, view_fraction: float = 1.0,
+              location_fraction: float = 1.0) -> list[Location]:
+    """Thin a split for the density ablation (Fig. 7): keep a seeded ``location_fraction`` of its locations and a
+    seeded ``view_fraction`` of each kept location's views (at least one of each). Nested: with the same seed the
+    rows kept at 1/4 are among those kept at 1/2, because both keep a prefix of one seeded order."""
+    for name, f in (("view_fraction", view_fraction), ("location_fraction", location_fraction)):
+        if not 0.0 < f <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], not {f}")
+    by_location: dict[str, list[Location]] = defaultdict(list)
+    for row in rows:
+        by_location[row.location_id].append(row)
+    locations = sorted(by_location)
+    random.Random(f"locations:{seed}").shuffle(locations)
+    kept: list[Location] = []
+    for loc in locations[: _keep_count(location_fraction, len(locations))]:
+        views = sorted(by_location[loc], key=lambda r: r.image)
+        random.Random(f"views:{seed}:{loc}").shuffle(views)
+        kept.extend(views[: _keep_count(view_fraction, len(views))])
+    return sorted(kept, key=lambda r: r.image)
+
+
+# ------------------------------------------------------------------------------------------- distractors
+class Distractors:
+    """Wrong answers of a level: other names of that level in the same city, never the image's own name nor one of
+    its cross streets (an intersection photo shows both, so asking "No" about the cross street would be false).
+
+    ``random`` draws them uniformly; ``nearest`` takes the three names whose nearest location is closest to the
+    image's location, the harder choice (neighbouring streets look alike).
+    """
+
+    def __init__(self, rows: Sequence[Location], mode: str, path: str | Path = "locations.csv"):
+        if mode not in DISTRACTOR_MODES:
+            raise ValueError(f"distractors must be one of {DISTRACTOR_MODES}, not {mode!r}")
+        self.mode = mode
+        self.names = {level: sorted({getattr(r, level) for r in rows}) for level in templates.LEVELS}
+        for level, names in self.names.items():
+            if len(names) < 4:
+                raise DataError(path, None, f"the city has {len(names)} distinct {level} name(s); multiple-choice "
+                                            "questions need the answer and three others")
+        if mode == "nearest":
+            self._build_nearest(rows)
+
+    def _build_nearest(self, rows: Sequence[Location]) -> None:
+        import numpy as np
+        from scipy.spatial import cKDTree
+
+        sums: dict[str, list[float]] = {}
+        for r in rows:
+            s = sums.setdefault(r.location_id, [0.0, 0.0, 0])
+            s[0] += r.lat
+            s[1] += r.lon
+            s[2] += 1
+        self.location_index = {loc: i for i, loc in enumerate(sorted(sums))}
+        latlon = np.array([[sums[loc][0] / sums[loc][2], sums[loc][1] / sums[loc][2]] for loc in sorted(sums)])
+        # Local equirectangular metres: at city scale the error is far below the gaps between streets.
+        xy = np.column_stack([np.radians(latlon[:, 1]) * math.cos(math.radians(latlon[:, 0].mean())),
+                              np.radians(latlon[:, 0])]) * 6_371_000.0
+        self.order = {}
+        for level, names in self.names.items():
+            members: dict[str, set[int]] = defaultdict(set)
+            for r in rows:
+                members[getattr(r, level)].add(self.location_index[r.location_id])
+            distance = np.empty((len(xy), len(names)))
+            for j, name in enumerate(names):
+                distance[:, j] = cKDTree(xy[sorted(members[name])]).query(xy)[0]
+            # Stable sort: ties (two streets through one point) fall back to name order, deterministically.
+            self.order[level] = np.argsort(distance, axis=1, kind="stable").tolist()
+
+    def pick(self, level: str, row: Location, rng: random.Random) -> list[str]:
+        """Three wrong names of ``level`` for ``row``."""
+        names = self.names[level]
+        excluded = {getattr(row, level)}
+        if level == "street" and row.cross_street:
+            excluded.update(s.strip() for s in row.cross_street.split("&"))
+        available = len(names) - len(excluded.intersection(names))
+        if available < 3:
+            raise ValueError(f"image {row.image!r}: only {available} {level} name(s) are neither its own nor a cross "
+                             "street; multiple choice needs three")
+        if self.mode == "nearest":
+            picked = []
+            for j in self.order[level][self.location_index[row.location_id]]:
+                if names[j] not in excluded:
+                    picked.append(names[j])
+                    if len(picked) == 3:
+                        break
+            rng.shuffle(picked)
+            return picked
+        picked = []
+        while len(picked) < 3:
+            name = names[rng.randrange(len(names))]
+            if name not in excluded and name not in picked:
+                picked.append(name)
+        return picked
+
+
+# ------------------------------------------------------------------------------------------- questions
+def _options(answer: str, wrong: list[str], rng: random.Random) -> tuple[dict[str, str], str]:
+    """Four options with the answer at a uniformly drawn letter; returns (options, answer letter)."""
+    slot = rng.randrange(4)
+    names = list(wrong)
+    names.insert(slot, answer)
+    return dict(zip(templates.OPTION_LETTERS, names)), templates.OPTION_LETTERS[slot]
+
+
+def _level_qa(level: str, qtype: str, row: Location, wrong: list[str], rng: random.Random,
+              judgment_answer: str | None = None) -> tuple[str, str, dict | None]:
+    """(question, answer, options) for one level x type question about ``row``."""
+    truth = getattr(row, level)
+    template_index = rng.randrange(len(templates.TEMPLATES[level]))
+    if qtype == "generation":
+        return templates.level_question(level, qtype, template_index), truth, None
+    if qtype == "judgment":
+        answer = judgment_answer or ("Yes" if rng.random() < 0.5 else "No")
+        name = truth if answer == "Yes" else rng.choice(wrong)
+        return templates.level_question(level, qtype, template_index, name=name), answer, None
+    options, letter = _options(truth, wrong, rng)
+    return templates.level_question(level, qtype, template_index, options=options), letter, options
+
+
+def training_record(row: Location, record_id: str, rounds: int, cycle_start: int, distractors: Distractors,
+                    seed: int) -> tuple[dict, list[tuple[str, str]]]:
+    """One multi-turn LLaVA record for ``row`` and the (level, qtype) of each of its turns.
+
+    ``rounds`` <= 6 takes that many level x type questions from ``ROUND_CYCLE`` starting at ``cycle_start``;
+    7 asks all six plus the address question. Generation turns come first: a judgment or multiple-choice turn
+    shows the answer, which would make a later generation turn of the same level trivial.
+    """
+    rng = random.Random(f"{seed}:{row.image}")
+    wrong = {level: distractors.pick(level, row, rng) for level in templates.LEVELS}
+    chosen = [ROUND_CYCLE[(cycle_start + k) % len(ROUND_CYCLE)] for k in range(min(rounds, len(ROUND_CYCLE)))]
+    generation, other = [], []
+    for level, qtype in chosen:
+        question, answer, _ = _level_qa(level, qtype, row, wrong[level], rng)
+        (generation if qtype == "generation" else other).append((level, qtype, question, answer))
+    if rounds == MAX_ROUNDS:
+        generation.append(("address", "generation", templates.ADDRESS_QUESTION,
+                           templates.address_answer(row.street, row.district)))
+    rng.shuffle(generation)
+    rng.shuffle(other)
+    turns = generation + other
+    conversations = []
+    for i, (_, _, question, answer) in enumerate(turns):
+        conversations.append({"from": "human", "value": (IMAGE_TOKEN if i == 0 else "") + question})
+        conversations.append({"from": "gpt", "value": answer})
+    record = {"id": record_id, "image": row.image, "conversations": conversations}
+    return record, [(level, qtype) for level, qtype, _, _ in turns]
+
+
+def test_questions(row: Location, question_prefix: str, distractors: Distractors, seed: int) -> list[dict]:
+    """The nine single-turn questions of a test image: per level generation, judgment Yes, judgment No and
+    multiple choice, then the address question. The text has no "<image>" token (inference adds it)."""
+    rng = random.Random(f"{seed}:{row.image}")
+    out = []
+
+    def add(suffix: str, level: str, qtype: str, question: str, answer: str, options: dict | None) -> None:
+        q = {"question_id": f"{question_prefix}/{suffix}", "image": row.image, "level": level, "qtype": qtype,
+             "question": question, "answer": answer, "street": row.street, "district": row.district}
+        if options is not None:
+            q["options"] = options
+        out.append(q)
+
+    for level in templates.LEVELS:
+        wrong = distractors.pick(level, row, rng)
+        add(f"{level}_generation", level, "generation", *_level_qa(level, "generation", row, wrong, rng))
+        for answer in ("Yes", "No"):
+            add(f"{level}_judgment_{answer.lower()}", level, "judgment",
+                *_level_qa(level, "judgment", row, wrong, rng, judgment_answer=answer))
+        add(f"{level}_multiple_choice", level, "multiple_choice",
+            *_level_qa(level, "multiple_choice", row, wrong, rng))
+    add("address_generation", "address", "generation", templates.ADDRESS_QUESTION,
+        templates.address_answer(row.street, row.district), None)
+    return out
+
+
+def view_names(rows: Sequence[Location]) -> dict[str, str]:
+    """image -> its view name inside its location: the file stem, or, where two views of one location share a
+    stem, the path without suffix with '/' replaced by '__' (ids split on '/')."""
+    stems: dict[tuple[str, str], int] = Counter((r.location_id, PurePosixPath(r.image).stem) for r in rows)
+    names = {}
+    for r in rows:
+        stem = PurePosixPath(r.image).stem
+        names[r.image] = stem if stems[(r.location_id, stem)] == 1 else str(PurePosixPath(r.image).with_suffix("")).replace("/", "__")
+    return names
+
+
+# ------------------------------------------------------------------------------------------- build
+def _split_stats(rows: Sequence[Location], level_types: Counter) -> dict:
+    questions = sum(level_types.values())
+    by_level, by_type = Counter(), Counter()
+    for (level, qtype), n in level_types.items():
+        by_level[level] += n
+        by_type[qtype] += n
+    return {
+        "locations": len({r.location_id for r in rows}),
+        "districts": len({r.district for r in rows}),
+        "streets": len({r.street for r in rows}),
+        "images": len(rows),
+        "questions": questions,
+        "questions_per_image": round(questions / len(rows), 4) if rows else 0.0,
+        "questions_by_level": {level: by_level[level] for level in (*templates.LEVELS, "address")},
+        "questions_by_type": {qtype: by_type[qtype] for qtype in templates.QTYPES},
+        "questions_by_level_type": {f"{lv}/{qt}": n for (lv, qt), n in sorted(level_types.items())},
+    }
+
+
+def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, split: str = "7:2:1",
+              rounds: int = MAX_ROUNDS, distractors: str = "nearest", view_fraction: float = 1.0,
+              location_fraction: float = 1.0, city: str | None = None, progress: bool = False) -> dict:
+    """Write ``train.json``, ``val.json``, ``test_questions.jsonl`` and ``stats.json`` into ``out_dir``.
+
+    Image paths stay relative to the city root (the folder of ``locations_csv``); ids are
+    ``<city>/<location_id>/<view>`` (records) and ``<city>/<location_id>/<view>/<level>_<qtype>[_yes|_no]``
+    (test questions), ``city`` defaulting to the city root's folder name. The fractions thin the training split
+    only, so ablation runs are scored on the same validation and test questions. Returns the statistics.
+    """
+    locations_csv, out_dir = Path(locations_csv), Path(out_dir)
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise ValueError(f"rounds must be 1-{MAX_ROUNDS}, not {rounds}")
+    ratios = parse_split(split)
+    rows = read_locations(locations_csv)
+    for line, row in enumerate(rows, start=2):
+        if "/" in row.location_id:
+            raise DataError(locations_csv, line, f"location_id {row.location_id!r} contains '/', which separates the "
+                                                 "fields of question ids")
+    city = city or locations_csv.resolve().parent.name
+    index = Distractors(rows, distractors, locations_csv)
+    views = view_names(rows)
+    assignment = assign_splits(rows, seed, ratios, locations_csv)
+    by_split: dict[str, list[Location]] = {s: [] for s in SPLITS}
+    for row in sorted(rows, key=lambda r: r.image):
+        by_split[assignment[row.location_id]].append(row)
+    by_split["train"] = subsample(by_split["train"], seed, view_fraction, location_fraction)
+
+    stats = {"city": city, "seed": seed, "split": split, "rounds": rounds, "distractors": distractors,
+             "view_fraction": view_fraction, "location_fraction": location_fraction, "splits": {}}
+    for name in ("train", "val"):
+        records, counts = [], Counter()
+        for i, row in enumerate(_progress(by_split[name], f"{city} {name}", progress)):
+            try:
+                record, kinds = training_record(row, f"{city}/{row.location_id}/{views[row.image]}", rounds,
+                                                i * rounds, index, seed)
+            except ValueError as exc:
+                raise DataError(locations_csv, None, str(exc)) from None
+            records.append(record)
+            counts.update(kinds)
+        write_llava_json(out_dir / f"{name}.json", records)
+        stats["splits"][name] = _split_stats(by_split[name], counts)
+    questions, counts = [], Counter()
+    for row in _progress(by_split["test"], f"{city} test", progress):
+        try:
+            qs = test_questions(row, f"{city}/{row.location_id}/{views[row.image]}", index, seed)
+        except ValueError as exc:
+            raise DataError(locations_csv, None, str(exc)) from None
+        questions.extend(qs)
+        counts.update((q["level"], q["qtype"]) for q in qs)
+    write_questions(out_dir / "test_questions.jsonl", questions)
+    stats["splits"]["test"] = _split_stats(by_split["test"], counts)
+    stats["splits"]["test"]["judgment_answers"] = dict(sorted(Counter(
+        q["answer"] for q in questions if q["qtype"] == "judgment").items()))
+    write_atomic(out_dir / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    return stats
+
+
+def _progress(items, desc: str, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="img", mininterval=1.0)
+
+
+# ------------------------------------------------------------------------------------------- variants
+def _prefixed(record: dict, prefix: str) -> dict:
+    if prefix and "image" in record:
+        record = dict(record, image=f"{prefix.rstrip('/')}/{record['image']}")
+    return record
+
+
+def merge_cities(cities: Sequence[tuple[str, str | Path]], out_dir: str | Path) -> dict:
+    """Merge the VQA folders of several cities (Table 5's Pitts + SF training) into ``out_dir``.
+
+    ``cities`` is ``[(prefix, vqa_dir), ...]``: ``prefix`` is the city root's path relative to the image folder
+    the merged files are used with (with ``data/pitts`` and ``data/sf`` and the image folder ``data/``, the
+    prefixes are ``pitts`` and ``sf``). Images get that prefix; ids already start with their city. Writes
+    train.json, val.json, test_questions.jsonl and stats.json (counts per city).
+    """
+    if len(cities) < 2:
+        raise ValueError("merging needs at least two cities")
+    out_dir = Path(out_dir)
+    stats: dict = {"cities": {}}
+    merged: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    for prefix, vqa_dir in cities:
+        vqa_dir = Path(vqa_dir)
+        counts = {}
+        for name in ("train", "val"):
+            records = [_prefixed(r, prefix) for r in read_llava_json(vqa_dir / f"{name}.json")]
+            merged[name].extend(records)
+            counts[name] = len(records)
+        questions = [_prefixed(q, prefix) for q in read_questions(vqa_dir / "test_questions.jsonl")]
+        merged["test"].extend(questions)
+        counts["test_questions"] = len(questions)
+        stats["cities"][prefix] = counts
+    for name, key in (("train", "id"), ("val", "id"), ("test", "question_id")):
+        duplicates = [k for k, n in Counter(r[key] for r in merged[name]).items() if n > 1]
+        if duplicates:
+            raise ValueError(f"{name}: {len(duplicates)} id(s) appear in two cities, e.g. {duplicates[0]!r}; "
+                             "build each city with a distinct city name")
+    write_llava_json(out_dir / "train.json", merged["train"])
+    write_llava_json(out_dir / "val.json", merged["val"])
+    write_questions(out_dir / "test_questions.jsonl", merged["test"])
+    write_atomic(out_dir / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    return stats
+
+
+def parse_ratio(spec: str) -> tuple[int, int]:
+    """ "5:1" -> (5, 1): address records to general records."""
+    try:
+        a, g = (int(p) for p in spec.split(":"))
+    except ValueError:
+        raise ValueError(f"ratio {spec!r} should be two integers like 5:1") from None
+    if a <= 0 or g < 0:
+        raise ValueError(f"ratio {spec!r}: the address part must be positive and the general part non-negative")
+    return a, g
+
+
+def mix_general(address_json: str | Path, general_json: str | Path, out_json: str | Path, ratio: str = "5:1",
+                seed: int = 0, address_prefix: str = "", general_prefix: str = "") -> dict:
+    """Mix a general LLaVA JSON (llava_v1_5_mix665k) into address training data at ``ratio`` address:general
+    records (Table 6: 5:1, 1:1), drawing the general records without replacement, seeded.
+
+    The two sets usually have different image folders: the prefixes make both relative to one folder (e.g.
+    ``pitts`` and ``llava``, with their common parent as the recipe's image folder). Text-only general records
+    are kept as they are.
+    """
+    a, g = parse_ratio(ratio)
+    address = [_prefixed(r, address_prefix) for r in read_llava_json(address_json)]
+    general = read_llava_json(general_json)
+    wanted = round(len(address) * g / a)
+    if wanted > len(general):
+        raise ValueError(f"ratio {ratio} needs {wanted} general records but {general_json} has {len(general)}")
+    rng = random.Random(f"mix:{seed}")
+    chosen = [_prefixed(general[i], general_prefix) for i in sorted(rng.sample(range(len(general)), wanted))]
+    mixed = address + chosen
+    rng.shuffle(mixed)
+    write_llava_json(out_json, mixed)
+    return {"address_records": len(address), "general_records": len(chosen), "ratio": ratio, "seed": seed}
