@@ -77,6 +77,9 @@ class AddressLLaVAModel(LLaVAModel):
                 "no projector_name_or_path: a LLaVA stage must start from the trained LLaVA-Phi3-mini projector "
                 "(xtuner/llava-phi-3-mini-xtuner/projector), not a random one")
         super().__init__(*args, **kwargs)
+        if next(self.projector.parameters()).is_meta:
+            # Built empty (`xtuner convert pth_to_hf`): the caller loads a checkpoint over every trained tensor.
+            return
         self._load_projector(projector_name_or_path)
         if init_from_work_dir is not None:
             self.load_previous_stage(init_from_work_dir)

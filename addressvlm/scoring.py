@@ -120,9 +120,10 @@ def extract_choice(prediction: str, options: Mapping[str, str]) -> str | None:
     """
     text = unicodedata.normalize("NFKC", prediction).strip()
     whole, *embedded = _letter_patterns("".join(sorted(options)))
-    found = {m.group(1).upper() for m in [whole.fullmatch(text)] if m}
-    for pattern in embedded:
-        found.update(m.upper() for m in pattern.findall(text))
+    alone = whole.fullmatch(text)
+    if alone:
+        return alone.group(1).upper()
+    found = {letter.upper() for pattern in embedded for letter in pattern.findall(text)}
     if found:
         return found.pop() if len(found) == 1 else None
 
@@ -218,24 +219,23 @@ def percent(correct: int, total: int) -> float | None:
     return round(100.0 * correct / total, 2) if total else None
 
 
-def _accuracy_by(scored: Iterable[ScoredQuestion], level: str, key: str) -> dict[str, dict]:
-    tally: dict[str, list[int]] = {}
-    for s in scored:
-        if s.question["level"] == level:
-            t = tally.setdefault(s.question[key], [0, 0])
-            t[0] += s.correct
-            t[1] += 1
+def _accuracies(tally: Mapping[str, list[int]]) -> dict[str, dict]:
     return {name: {"accuracy": percent(c, n), "correct": c, "total": n} for name, (c, n) in sorted(tally.items())}
 
 
-def aggregate(scored: list[ScoredQuestion]) -> dict:
+def aggregate(scored: Iterable[ScoredQuestion]) -> dict:
     """The ten metrics (percentages, two decimals; None where no question counts), with counts and the
-    accuracy per district (district-level questions) and per street (street-level questions)."""
+    accuracy per district (over district-level questions) and per street (over street-level questions)."""
     tally: dict[tuple[str, str], list[int]] = {}
+    by_place: dict[str, dict[str, list[int]]] = {"district": {}, "street": {}}
     for s in scored:
-        t = tally.setdefault((s.question["level"], s.question["qtype"]), [0, 0])
-        t[0] += s.correct
-        t[1] += 1
+        level = s.question["level"]
+        counters = [tally.setdefault((level, s.question["qtype"]), [0, 0])]
+        if level in by_place:
+            counters.append(by_place[level].setdefault(s.question[level], [0, 0]))
+        for t in counters:
+            t[0] += s.correct
+            t[1] += 1
     metrics: dict = {}
     counts: dict = {}
     for name in METRICS:
@@ -244,8 +244,8 @@ def aggregate(scored: list[ScoredQuestion]) -> dict:
         metrics[name] = percent(correct, total)
         counts[name] = {"correct": correct, "total": total}
     metrics["counts"] = counts
-    metrics["per_district"] = _accuracy_by(scored, "district", "district")
-    metrics["per_street"] = _accuracy_by(scored, "street", "street")
+    metrics["per_district"] = _accuracies(by_place["district"])
+    metrics["per_street"] = _accuracies(by_place["street"])
     return metrics
 
 

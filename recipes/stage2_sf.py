@@ -1,5 +1,5 @@
-# AddressVLM stage 2 on SF-IAL-Base (San Francisco): recipes/stage2_pitts.py with the SF city root.
-# Commands: those of recipes/stage2_pitts.py with data/sf, after recipes/stage1_sf.py.
+# AddressVLM stage 2 on sf: recipes/stage2_pitts.py with the city root ./data/sf/.
+# Commands: those of recipes/stage2_pitts.py with this file; after recipes/stage1_sf.py.
 from mmengine.config import read_base
 
 with read_base():

@@ -1,0 +1,54 @@
+"""Child recipes for a new city: one level of `read_base()` over the reference recipes, naming data and work dirs.
+
+mmengine pitfall: re-assigning ``data_root`` in a child does not reach the dicts the parent already built from it,
+so the child patches those dicts (the dataset, and stage 2's ``init_from_work_dir``) directly.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+_TEMPLATE = '''# AddressVLM stage {stage} on {city}: recipes/stage{stage}_{base}.py with the city root {data_root}.
+# Commands: those of recipes/stage{stage}_{base}.py with this file; {chain}
+from mmengine.config import read_base
+
+with read_base():
+    from .stage{stage}_{base} import *  # noqa: F401,F403
+
+# Re-assigning data_root alone would not reach the dicts the parent already built: patch them.
+data_root = "{data_root}"
+train_dataloader.dataset.update(data_path=data_root + "{data_file}", image_folder=data_root)
+{init}work_dir = "{work_root}/stage{stage}_{city}"
+'''
+
+
+def city_recipe_text(city: str, stage: int, data_root: str, work_root: str = "./work_dirs/llava_phi3_mini",
+                     base: str = "pitts") -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", city):
+        raise ValueError(f"city name {city!r} must be a valid module name: lower case, digits, underscores")
+    data_root = data_root.rstrip("/") + "/"
+    if stage == 1:
+        data_file, init, chain = "stage1/train.json", "", f"then recipes/stage2_{city}.py."
+    elif stage == 2:
+        data_file = "vqa/train.json"
+        init = f'model.update(init_from_work_dir="{work_root}/stage1_{city}")\n'
+        chain = f"after recipes/stage1_{city}.py."
+    else:
+        raise ValueError(f"stage must be 1 or 2, not {stage}")
+    return _TEMPLATE.format(stage=stage, city=city, base=base, data_root=data_root, data_file=data_file,
+                            init=init, chain=chain, work_root=work_root)
+
+
+def write_city_recipes(city: str, data_root: str, recipes_dir: str | Path = RECIPES_DIR,
+                       work_root: str = "./work_dirs/llava_phi3_mini", overwrite: bool = False) -> list[Path]:
+    """Write ``stage1_<city>.py`` and ``stage2_<city>.py`` beside the reference recipes."""
+    written = []
+    for stage in (1, 2):
+        path = Path(recipes_dir) / f"stage{stage}_{city}.py"
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists (use --overwrite to replace it)")
+        path.write_text(city_recipe_text(city, stage, data_root, work_root))
+        written.append(path)
+    return written

@@ -1,0 +1,124 @@
+"""The one place that switches a GPU recipe to another machine: `--cfg-options` for `xtuner train`.
+
+The recipes are the 8-GPU recipes (AMP, nccl, the released weights). Tests, the demo and anyone on a CPU run the same
+files with the options built here:
+
+    python -m xtuner.tools.train recipes/stage1_pitts.py --cfg-options $(python -m addressvlm.runtime \\
+        recipes/stage1_pitts.py --model-root tiny_models/llava-phi-3-mini-xtuner)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from mmengine.config import Config
+
+MODEL_ROOT_VARIABLE = "llava_root"
+
+
+def format_option(key: str, value: Any) -> str:
+    """One ``key=value`` for mmengine's DictAction (tuples as ``(a,b)``, no spaces)."""
+    if isinstance(value, (tuple, list)):
+        inner = ",".join(format_option("", v)[1:] for v in value)
+        text = f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    else:
+        text = str(value)
+    return f"{key}={text}"
+
+
+def _strings(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, f"{prefix}{k}.")
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _strings(v, f"{prefix}{i}.")
+    elif isinstance(node, str):
+        yield prefix[:-1], node
+
+
+def model_root_options(cfg: Config, model_root: str) -> list[str]:
+    """Point every path under the recipe's ``llava_root`` (LLM, tokenizer, CLIP, processor, projector) at
+    ``model_root``; the built dicts hold copies of those strings, so each is patched where it sits."""
+    old_root = cfg.get(MODEL_ROOT_VARIABLE)
+    if not old_root:
+        raise KeyError(f"recipe has no `{MODEL_ROOT_VARIABLE}` variable to relocate")
+    options = []
+    for key, value in _strings(cfg.to_dict()):
+        if value.startswith(old_root) and key != MODEL_ROOT_VARIABLE:
+            options.append(format_option(key, model_root + value[len(old_root):]))
+    return options
+
+
+def cpu_options(cfg: Config) -> list[str]:
+    """fp32 ``OptimWrapper`` instead of AMP (which asserts a GPU), gloo, no pinned memory or worker processes."""
+    optim = cfg.optim_wrapper
+    optimizer = optim.optimizer
+    optimizer_type = optimizer.type if isinstance(optimizer.type, str) else optimizer.type.__name__
+    options = ["optim_wrapper._delete_=True", "optim_wrapper.type=OptimWrapper",
+               f"optim_wrapper.optimizer.type={optimizer_type}",
+               format_option("optim_wrapper.accumulative_counts", optim.get("accumulative_counts", 1))]
+    options += [format_option(f"optim_wrapper.optimizer.{k}", v) for k, v in optimizer.items() if k != "type"]
+    if optim.get("clip_grad"):
+        options += [format_option(f"optim_wrapper.clip_grad.{k}", v) for k, v in optim.clip_grad.items()]
+    options += ["env_cfg.dist_cfg.backend=gloo", "train_dataloader.pin_memory=False",
+                "train_dataloader.num_workers=0"]
+    return options
+
+
+def local_run_options(config: str, model_root: str | None = None, device: str = "cpu",
+                      overrides: dict[str, Any] | None = None) -> list[str]:
+    """All `--cfg-options` to run ``config`` here: model relocation, CPU switches, then caller overrides
+    (later options win, so ``overrides`` may replace e.g. ``optim_wrapper.optimizer.lr``)."""
+    cfg = Config.fromfile(config)
+    options = model_root_options(cfg, model_root) if model_root else []
+    if device == "cpu":
+        options += cpu_options(cfg)
+    options += [format_option(k, v) for k, v in (overrides or {}).items()]
+    return options
+
+
+def train(config: str, work_dir: str, model_root: str | None = None, device: str = "cpu",
+          overrides: dict[str, Any] | None = None, resume: str | None = None, log_file: str | None = None) -> Path:
+    """Run ``python -m xtuner.tools.train`` (not ``xtuner train``, which exits 0 on failure) and return ``work_dir``;
+    a failed run raises with the end of its log."""
+    command = [sys.executable, "-m", "xtuner.tools.train", config, "--work-dir", str(work_dir)]
+    if resume:
+        command += ["--resume", str(resume)]
+    command += ["--cfg-options", *local_run_options(config, model_root, device, overrides)]
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    log_path = Path(log_file or Path(work_dir) / "train_stdout.log")
+    with open(log_path, "w") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"training {config} failed (exit {done.returncode}); log {log_path}:\n{tail}")
+    return Path(work_dir)
+
+
+def read_losses(work_dir: str | Path) -> dict[int, float]:
+    """``iteration -> loss`` from mmengine's scalar logs of every run in ``work_dir``."""
+    losses = {}
+    for scalars in sorted(Path(work_dir).glob("*/vis_data/scalars.json")):
+        for line in scalars.read_text().splitlines():
+            record = json.loads(line)
+            if "loss" in record and "iter" in record:
+                losses[int(record["iter"])] = float(record["loss"])
+    return losses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Print the --cfg-options that run a GPU recipe on this machine.")
+    parser.add_argument("config")
+    parser.add_argument("--model-root", help="local LLaVA-Phi3-mini folder (e.g. a tiny one) replacing llava_root")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    args = parser.parse_args()
+    print(" ".join(local_run_options(args.config, args.model_root, args.device)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+# AddressVLM stage 1 on trycity: recipes/stage1_pitts.py with the city root /tmp/trycity/.
+# Commands: those of recipes/stage1_pitts.py with this file; then recipes/stage2_trycity.py.
+from mmengine.config import read_base
+
+with read_base():
+    from .stage1_pitts import *  # noqa: F401,F403
+
+# Re-assigning data_root alone would not reach the dicts the parent already built: patch them.
+data_root = "/tmp/trycity/"
+train_dataloader.dataset.update(data_path=data_root + "stage1/train.json", image_folder=data_root)
+work_dir = "/tmp/trywork/stage1_trycity"

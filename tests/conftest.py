@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny LLaVA-Phi3-mini model set and a tiny city of LLaVA conversations, built once per run."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+# Tests never reach a hub: a path that is not local must fail, not download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220), "yellow": (230, 220, 40)}
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> Path:
+    """A tiny random model in the layout of xtuner/llava-phi-3-mini-xtuner (LLM, visual_encoder/, projector/)."""
+    from addressvlm.tiny import make_tiny_llava
+
+    return make_tiny_llava(tmp_path_factory.mktemp("models") / "llava-phi-3-mini-xtuner",
+                           corpus=[f"The colour is {c}." for c in COLOURS])
+
+
+def write_colour_city(root: Path, n_images: int = 16) -> Path:
+    """A city root whose stage-1 and stage-2 JSONs ask the colour of plain images: learnable in a few steps."""
+    names = list(COLOURS)
+    records = []
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(n_images):
+        colour = names[i % len(names)]
+        image = f"images/{i:03d}.jpg"
+        Image.new("RGB", (64, 48), COLOURS[colour]).save(root / image)
+        records.append({"id": f"colour/{i}", "image": image, "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is this image?"},
+            {"from": "gpt", "value": f"The colour is {colour}."}]})
+    from addressvlm.records import write_llava_json
+
+    write_llava_json(root / "stage1" / "train.json", records)
+    write_llava_json(root / "vqa" / "train.json", records)
+    return root
+
+
+@pytest.fixture
+def colour_city(tmp_path) -> Path:
+    return write_colour_city(tmp_path / "colour_city")
+
+
+@pytest.fixture
+def city_recipes(request):
+    """Write a child recipe pair into recipes/ for a test city and remove it afterwards."""
+    from addressvlm.city_recipes import write_city_recipes
+
+    written = []
+
+    def make(city: str, data_root: Path, work_root: Path):
+        paths = write_city_recipes(city, str(data_root), work_root=str(work_root), overwrite=True)
+        written.extend(paths)
+        return paths
+
+    yield make
+    for path in written:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""Write the stage-1/stage-2 recipe pair for a new city (short children of recipes/stage{1,2}_pitts.py).
+
+Example:
+    python tools/new_city.py tokyo --data-root ./data/tokyo
+    NPROC_PER_NODE=8 xtuner train recipes/stage1_tokyo.py --deepspeed deepspeed_zero2
+"""
+import argparse
+
+from addressvlm.city_recipes import RECIPES_DIR, write_city_recipes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("city", help="short lower-case name, used in file and work-dir names (e.g. tokyo)")
+    parser.add_argument("--data-root", required=True, help="the city root: locations.csv, images, stage1/, vqa/")
+    parser.add_argument("--work-root", default="./work_dirs/llava_phi3_mini", help="parent of the stages' work dirs")
+    parser.add_argument("--recipes-dir", default=str(RECIPES_DIR), help="where the reference recipes are")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    for path in write_city_recipes(args.city, args.data_root, args.recipes_dir, args.work_root, args.overwrite):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
