@@ -267,9 +267,10 @@ def _choose_coordinates(options: IngestOptions, fields: dict[str, str], path) ->
     if mode not in COORDINATE_SOURCES:
         raise ValueError(f"coords must be one of {COORDINATE_SOURCES}, not {mode!r}")
     if mode == "auto":
-        if "lat" in fields and "lon" in fields:
+        # One of a pair present means the user meant that source: say the other is missing.
+        if "lat" in fields or "lon" in fields:
             mode = "columns"
-        elif "utm_e" in fields and "utm_n" in fields:
+        elif "utm_e" in fields or "utm_n" in fields:
             mode = "utm"
         elif options.pitts_mat:
             mode = "pitts-mat"
@@ -463,3 +464,40 @@ def group_locations(points: Sequence[tuple[float, float, str, str]], tolerance_m
         ids.append(numbering[root])
     return ids
 
+
+
+# ------------------------------------------------------------------------------------------- image check
+def _decode_error(path: str) -> str | None:
+    """None if Pillow fully decodes the image, else the reason (``verify`` alone misses truncated pixel data)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means the image is unusable for training
+        return f"{type(exc).__name__}: {exc}"
+
+
+def find_unreadable(city_root: str | os.PathLike, images: Sequence[str], workers: int = 1,
+                    progress: bool = True) -> list[tuple[str, str]]:
+    """Decode every image (relative to ``city_root``) in ``workers`` processes; returns (image, reason) for each
+    one that is missing or does not decode, in input order."""
+    from multiprocessing import Pool
+
+    from tqdm import tqdm
+
+    paths = [str(Path(city_root) / img) for img in images]
+    bar = tqdm(total=len(paths), desc="decoding images", unit="img", disable=not progress, mininterval=1.0)
+    errors: list[str | None] = []
+    if workers > 1:
+        with Pool(workers) as pool:
+            for err in pool.imap(_decode_error, paths, chunksize=64):
+                errors.append(err)
+                bar.update()
+    else:
+        for path in paths:
+            errors.append(_decode_error(path))
+            bar.update()
+    bar.close()
+    return [(img, err) for img, err in zip(images, errors) if err is not None]

@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""Build a city's stage-2 VQA data: train.json and val.json (XTuner LLaVA JSON, multi-turn per image),
+test_questions.jsonl (nine single-turn questions per test image) and stats.json (Table B2's rows).
+
+Splits are by location_id (7:2:1 by default, a `split` column is honoured); image paths stay relative to the city
+root (the folder of --locations). Same input and seed give byte-identical files. docs/data.md explains the format.
+
+Examples:
+    python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa --seed 0
+    # Fig. 7 density ablation: half the views of a quarter of the training locations
+    python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa_v50_l25 \\
+        --view-fraction 0.5 --location-fraction 0.25
+"""
+import argparse
+import sys
+
+from addressvlm.records import DataError
+from addressvlm.vqa import DISTRACTOR_MODES, MAX_ROUNDS, build_vqa
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--locations", required=True, help="the city's locations.csv")
+    parser.add_argument("--out", required=True, help="output folder (e.g. data/<city>/vqa)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="7:2:1", help="train:val:test ratio over locations (default 7:2:1)")
+    parser.add_argument("--rounds", type=int, default=MAX_ROUNDS,
+                        help="question rounds per training image: 1-6 take that many of the six district/street "
+                             "questions, types balanced over the file; 7 (default) adds the address question")
+    parser.add_argument("--distractors", choices=DISTRACTOR_MODES, default="nearest",
+                        help="wrong options and judgment negatives: geographically nearest other names (default) "
+                             "or uniformly random ones")
+    parser.add_argument("--view-fraction", type=float, default=1.0, help="keep this share of each training location's views")
+    parser.add_argument("--location-fraction", type=float, default=1.0, help="keep this share of training locations")
+    parser.add_argument("--city", help="city name in ids (default: the city root's folder name)")
+    args = parser.parse_args()
+    try:
+        stats = build_vqa(args.locations, args.out, seed=args.seed, split=args.split, rounds=args.rounds,
+                          distractors=args.distractors, view_fraction=args.view_fraction,
+                          location_fraction=args.location_fraction, city=args.city, progress=True)
+    except (DataError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    for name, s in stats["splits"].items():
+        print(f"{name:5s}: {s['locations']} locations, {s['images']} images, {s['questions']} questions, "
+              f"{s['streets']} streets, {s['districts']} districts")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

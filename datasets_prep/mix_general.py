@@ -1,0 +1,38 @@
+#!/usr/bin/env python
+"""Mix general instruction data (e.g. LLaVA's llava_v1_5_mix665k.json) into a city's stage-2 training JSON at a
+ratio of address to general records (the paper's Table 6 tries 5:1 and 1:1).
+
+Both image sets must resolve from one image folder: give each a prefix relative to it.
+
+Example (image folder data/, holding pitts/ and llava/):
+    python datasets_prep/mix_general.py --address data/pitts/vqa/train.json --address-prefix pitts \\
+        --general data/llava/llava_v1_5_mix665k.json --general-prefix llava --ratio 5:1 \\
+        --out data/pitts/vqa_mix5to1/train.json
+"""
+import argparse
+import sys
+
+from addressvlm.records import DataError
+from addressvlm.vqa import mix_general
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--address", required=True, help="the city's stage-2 train.json")
+    parser.add_argument("--general", required=True, help="a general LLaVA JSON")
+    parser.add_argument("--out", required=True, help="mixed train.json to write")
+    parser.add_argument("--ratio", default="5:1", help="address:general records (default 5:1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--address-prefix", default="", help="prepended to the address records' image paths")
+    parser.add_argument("--general-prefix", default="", help="prepended to the general records' image paths")
+    args = parser.parse_args()
+    try:
+        stats = mix_general(args.address, args.general, args.out, ratio=args.ratio, seed=args.seed,
+                            address_prefix=args.address_prefix, general_prefix=args.general_prefix)
+    except (DataError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    print(f"{args.out}: {stats['address_records']} address + {stats['general_records']} general records")
+
+
+if __name__ == "__main__":
+    main()
