@@ -29,7 +29,7 @@ HALO_FILL = (20, 20, 20)
 TEXT_FILL = (255, 255, 255)
 ANCHOR_FRACTIONS = (0.5, 0.35, 0.65, 0.2, 0.8)  # where along a street to try the label, in order
 CROPS_INDEX = "crops.jsonl"
-CROPS_PARAMS = "params.json"
+RUN_PARAMS = "params.json"
 
 
 @lru_cache(maxsize=None)
@@ -186,13 +186,13 @@ class CropReport:
         return "\n".join(lines)
 
 
-def _check_params(out_dir: Path, params: dict) -> None:
-    """A rerun must use the crop settings of the run that wrote the existing crops, or mixed data results."""
-    path = out_dir / CROPS_PARAMS
+def check_run_params(out_dir: Path, params: dict) -> None:
+    """A rerun into ``out_dir`` must use the settings of the run that wrote what is there, or data gets mixed."""
+    path = out_dir / RUN_PARAMS
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
         if previous != params:
-            raise ValueError(f"{path}: crops here were made with {previous}, not {params}; "
+            raise ValueError(f"{path}: outputs here were made with {previous}, not {params}; "
                              "use another output folder or delete this one")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +227,7 @@ def crop_city(city_root, out_dir, size_m: float, pixels: int, jitter_m: float = 
     locations = _group_by_location(read_locations(city_root / "locations.csv"))
     raster_path = Path(raster) if raster else find_city_raster(city_root)
     street_path = (Path(streets) if streets else find_city_streets(city_root)) if labels else None
-    _check_params(out_dir, {"size_m": size_m, "pixels": pixels, "jitter_m": jitter_m, "labels": labels,
+    check_run_params(out_dir, {"size_m": size_m, "pixels": pixels, "jitter_m": jitter_m, "labels": labels,
                             "seed": seed, "raster": str(raster_path), "streets": str(street_path or ""),
                             "font_px": font_px, "reserved_box": list(reserved_box) if reserved_box else None,
                             "attribution": attribution})

@@ -1,0 +1,309 @@
+"""Satellite-view and street-view image grafting (paper eq. 3, Fig. 2, Table 1).
+
+``I_s = M * I_sa + (1 - M) * I_st``: the satellite crop resized to ``size`` x ``size``, the street view scaled so its
+longer side is ``delta * size`` and pasted into a corner (the paper's upper right); M is 0 exactly on the pasted box.
+The two other inputs of Table 1 are here too: "stitched" (side by side at equal height, padded square) and
+"separate" (two images; see docs/stage1.md for what XTuner needs to train on them).
+
+The batch path is built for throughput: JPEG street views are decoded in draft mode straight at 1/2, 1/4 or 1/8
+scale (libjpeg's DCT scaling) instead of full size, a satellite crop shared by several views is decoded once per
+worker, and pairs are spread over a process pool.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+
+from PIL import Image
+
+from addressvlm.records import DataError, read_jsonl, read_locations
+
+CORNERS = ("upper_right", "upper_left", "lower_right", "lower_left")
+VARIANTS = ("grafted", "stitched", "separate")
+# LLaVA pads to square with the CLIP image mean; stitched images are padded the same way.
+PAD_COLOR = (122, 116, 104)
+SEPARATE_SUFFIXES = (".satellite.jpg", ".street.jpg")
+JPEG_QUALITY = 95
+CHUNK = 32  # pairs per pool task: large enough to amortise the round trip, small enough to balance
+
+
+class GraftError(ValueError):
+    """An input image that is missing or cannot be decoded; the message names the file."""
+
+
+def street_view_size(width: int, height: int, delta: float, size: int) -> tuple[int, int]:
+    """The pasted street view's size: its longer side is ``delta * size``, aspect ratio kept."""
+    if not 0 < delta <= 1:
+        raise ValueError(f"delta must be in (0, 1], got {delta}")
+    longer = max(1, round(delta * size))
+    if width >= height:
+        return longer, max(1, round(height * longer / width))
+    return max(1, round(width * longer / height)), longer
+
+
+def graft_box(street_wh: tuple[int, int], delta: float, size: int, corner: str = "upper_right") -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the pasted street view in the output: the region where M = 0."""
+    if corner not in CORNERS:
+        raise ValueError(f"corner must be one of {CORNERS}, got {corner!r}")
+    w, h = street_view_size(*street_wh, delta, size)
+    x0 = size - w if corner.endswith("right") else 0
+    y0 = 0 if corner.startswith("upper") else size - h
+    return x0, y0, x0 + w, y0 + h
+
+
+def reserved_fraction(street_wh: tuple[int, int], delta: float, corner: str = "upper_right") -> tuple[float, ...]:
+    """The graft box as fractions of the side: pass it to the crop step to keep street names out from under it."""
+    scale = 10_000
+    return tuple(v / scale for v in graft_box(street_wh, delta, scale, corner))
+
+
+@contextmanager
+def _decoding(path: Path):
+    """Turn whatever Pillow raises for a missing or corrupt file into a ``GraftError`` naming it."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise GraftError(f"{path}: not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise GraftError(f"{path}: cannot decode image ({exc})") from None
+
+
+def _open_image(path: Path, target: tuple[int, int] | None = None) -> Image.Image:
+    """Decode ``path`` as RGB; with ``target``, JPEGs are decoded at the smallest DCT scale still >= target."""
+    with _decoding(path):
+        im = Image.open(path)
+        if target is not None:
+            im.draft("RGB", target)  # no-op for non-JPEG
+        return im.convert("RGB")
+
+
+def _open_street_view(path: Path, delta: float, size: int, corner: str) -> tuple[Image.Image, tuple[int, int]]:
+    """The street view decoded (draft mode) and resized for pasting, with its paste position."""
+    with _decoding(path):
+        im = Image.open(path)  # reads the header only: the size is known before decoding
+        x0, y0, x1, y1 = graft_box(im.size, delta, size, corner)
+        im.draft("RGB", (x1 - x0, y1 - y0))
+        return _resized(im.convert("RGB"), (x1 - x0, y1 - y0)), (x0, y0)
+
+
+def _resized(im: Image.Image, wh: tuple[int, int]) -> Image.Image:
+    return im if im.size == wh else im.resize(wh, Image.Resampling.BICUBIC, reducing_gap=2.0)
+
+
+def graft(satellite: Image.Image, street_view: Image.Image, delta: float = 0.5, size: int = 336,
+          corner: str = "upper_right") -> Image.Image:
+    """The grafted image I_s (a new image; the inputs are not modified)."""
+    x0, y0, x1, y1 = graft_box(street_view.size, delta, size, corner)
+    out = _resized(satellite.convert("RGB"), (size, size)).copy()
+    out.paste(_resized(street_view.convert("RGB"), (x1 - x0, y1 - y0)), (x0, y0))
+    return out
+
+
+def stitch(satellite: Image.Image, street_view: Image.Image, size: int = 336) -> Image.Image:
+    """Table 1's "two images stitched": satellite left, street view right at the same height, padded square."""
+    side = max(satellite.height, street_view.height)
+    sat = _resized(satellite.convert("RGB"), (side, side))
+    sv = _resized(street_view.convert("RGB"), (max(1, round(street_view.width * side / street_view.height)), side))
+    width = side + sv.width
+    canvas = Image.new("RGB", (max(width, side), max(width, side)), PAD_COLOR)
+    top = (canvas.height - side) // 2
+    canvas.paste(sat, (0, top))
+    canvas.paste(sv, (side, top))
+    return _resized(canvas, (size, size))
+
+
+def separate(satellite: Image.Image, street_view: Image.Image, size: int = 336) -> tuple[Image.Image, Image.Image]:
+    """Table 1's "two images input separately": each a ``size`` square (the street view padded, not cropped)."""
+    sv = street_view.convert("RGB")
+    side = max(sv.size)
+    square = Image.new("RGB", (side, side), PAD_COLOR)
+    square.paste(sv, ((side - sv.width) // 2, (side - sv.height) // 2))
+    return _resized(satellite.convert("RGB"), (size, size)), _resized(square, (size, size))
+
+
+@dataclass(frozen=True)
+class GraftPair:
+    satellite: Path
+    street_view: Path
+    out: str  # relative to the output folder
+
+
+def output_files(out_dir: Path, out: str, variant: str) -> list[Path]:
+    """The file(s) a pair produces: one image, or two for the "separate" variant."""
+    target = out_dir / out
+    if variant == "separate":
+        return [target.with_suffix(s) for s in SEPARATE_SUFFIXES]
+    return [target.with_suffix(".jpg")]
+
+
+def _save_atomic(image: Image.Image, path: Path, quality: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="JPEG", quality=quality)
+    os.replace(tmp, path)
+
+
+class _SatelliteCache:
+    """The last decoded satellite crop: pairs arrive grouped by crop, so views of one location share a decode."""
+
+    def __init__(self):
+        self.path, self.image = None, None
+
+    def get(self, path: Path, size: int) -> Image.Image:
+        if path != self.path:
+            self.image = _resized(_open_image(path, (size, size)), (size, size))
+            self.path = path
+        return self.image
+
+
+def _graft_one(pair: GraftPair, out_dir: Path, variant: str, delta: float, size: int, corner: str,
+               quality: int, cache: _SatelliteCache) -> None:
+    sat = cache.get(pair.satellite, size)
+    targets = output_files(out_dir, pair.out, variant)
+    if variant == "grafted":
+        sv, position = _open_street_view(pair.street_view, delta, size, corner)
+        out = sat.copy()
+        out.paste(sv, position)
+        _save_atomic(out, targets[0], quality)
+    elif variant == "stitched":
+        _save_atomic(stitch(sat, _open_image(pair.street_view), size), targets[0], quality)
+    else:
+        for image, target in zip(separate(sat, _open_image(pair.street_view), size), targets):
+            _save_atomic(image, target, quality)
+
+
+def _graft_chunk(pairs: list[GraftPair], out_dir: Path, variant: str, delta: float, size: int, corner: str,
+                 quality: int) -> list[tuple[GraftPair, str | None]]:
+    """Graft a chunk; returns each pair with ``None`` or the error that names the bad file."""
+    cache = _SatelliteCache()
+    results = []
+    for pair in pairs:
+        try:
+            _graft_one(pair, out_dir, variant, delta, size, corner, quality, cache)
+            results.append((pair, None))
+        except GraftError as exc:
+            results.append((pair, str(exc)))
+    return results
+
+
+def graft_file(satellite, street_view, out, delta: float = 0.5, size: int = 336, corner: str = "upper_right",
+               variant: str = "grafted", quality: int = JPEG_QUALITY) -> list[Path]:
+    """Single pair: write the output image(s) for ``variant``; raises ``GraftError`` naming a bad input."""
+    out = Path(out)
+    pair = GraftPair(Path(satellite), Path(street_view), out.name)
+    _graft_one(pair, out.parent, variant, delta, size, corner, quality, _SatelliteCache())
+    return output_files(out.parent, out.name, variant)
+
+
+@dataclass
+class GraftReport:
+    written: int = 0
+    already_done: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (output name, reason naming the bad file)
+
+    def summary(self) -> str:
+        lines = [f"grafts: {self.written} written, {self.already_done} already done, {len(self.failed)} failed"]
+        lines += [f"  failed {out}: {why}" for out, why in self.failed]
+        return "\n".join(lines)
+
+
+def read_graft_manifest(path) -> list[GraftPair]:
+    """A JSONL manifest, one ``{"satellite", "street_view", "out"}`` per line; relative paths are from its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, "graft manifest not found")
+    base = path.parent
+    pairs, seen = [], {}
+    for line, rec in read_jsonl(path, ("satellite", "street_view", "out")):
+        if rec["out"] in seen:
+            raise DataError(path, line, f"output {rec['out']!r} already on line {seen[rec['out']]}")
+        seen[rec["out"]] = line
+        pairs.append(GraftPair(base / rec["satellite"], base / rec["street_view"], rec["out"]))
+    return pairs
+
+
+def grafted_name(image: str) -> str:
+    """Where a street view's grafted image goes, relative to the grafted folder: its own relative path."""
+    return str(Path(image).with_suffix(".jpg"))
+
+
+def city_pairs(city_root, crops_dir, splits: tuple[str, ...] | None = ("train",)) -> list[GraftPair]:
+    """Every street view of ``locations.csv`` (in ``splits`` when the table has a split column) with its crop."""
+    from addressvlm.geo.crop import read_crop_index
+
+    city_root = Path(city_root)
+    rows = select_rows(read_locations(city_root / "locations.csv"), splits)
+    index = read_crop_index(crops_dir)
+    pairs = []
+    for row in rows:
+        crop = index.get(row.location_id)
+        # A location without a crop (outside the raster) is still paired: batch grafting reports it by name.
+        satellite = Path(crops_dir) / (crop["file"] if crop else f"<no crop for location {row.location_id}>")
+        pairs.append(GraftPair(satellite, city_root / row.image, grafted_name(row.image)))
+    return pairs
+
+
+def select_rows(rows, splits: tuple[str, ...] | None):
+    """Rows in ``splits``; a table without split labels is used whole (the caller warns)."""
+    if splits is None or not any(r.split for r in rows):
+        return rows
+    return [r for r in rows if r.split in splits]
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def graft_batch(manifest_or_pairs, out_dir, delta: float = 0.5, size: int = 336, workers: int | None = None, *,
+                variant: str = "grafted", corner: str = "upper_right", quality: int = JPEG_QUALITY,
+                progress: bool = True) -> GraftReport:
+    """Graft many pairs into ``out_dir``; outputs that exist are kept (resumable), failures are reported by file.
+
+    ``manifest_or_pairs`` is a JSONL manifest path (``read_graft_manifest``) or a list of ``GraftPair``.
+    Outputs are written through a temporary file and a rename, so an interrupted run leaves no half image.
+    """
+    from tqdm import tqdm
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    graft_box((4, 3), delta, size, corner)  # validate delta and corner before any work
+    pairs = read_graft_manifest(manifest_or_pairs) if isinstance(manifest_or_pairs, (str, os.PathLike)) \
+        else list(manifest_or_pairs)
+    out_dir = Path(out_dir)
+    from addressvlm.geo.crop import check_run_params
+
+    check_run_params(out_dir, {"variant": variant, "delta": delta, "size": size, "corner": corner, "quality": quality})
+    report = GraftReport()
+    todo = [p for p in pairs if not all(f.is_file() for f in output_files(out_dir, p.out, variant))]
+    report.already_done = len(pairs) - len(todo)
+    todo.sort(key=lambda p: str(p.satellite))
+    chunks = []
+    for _, group in groupby(todo, key=lambda p: p.satellite):
+        group = list(group)
+        if chunks and len(chunks[-1]) + len(group) <= CHUNK:
+            chunks[-1].extend(group)
+        else:
+            chunks.append(group)
+    workers = max(1, min(workers or default_workers(), len(chunks) or 1))
+    args = (out_dir, variant, delta, size, corner, quality)
+    with tqdm(total=len(todo), desc=f"{variant} images", unit="img", disable=not progress) as bar:
+        def collect(results):
+            for pair, error in results:
+                if error is None:
+                    report.written += 1
+                else:
+                    report.failed.append((pair.out, error))
+            bar.update(len(results))
+
+        if workers == 1:
+            for chunk in chunks:
+                collect(_graft_chunk(chunk, *args))
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for future in as_completed([pool.submit(_graft_chunk, chunk, *args) for chunk in chunks]):
+                    collect(future.result())
+    return report

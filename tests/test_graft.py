@@ -1,0 +1,160 @@
+"""Grafting: geometry over deltas, aspect ratios and corners; pixels; variants; batch resume and bad inputs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from addressvlm.graft import (GraftError, GraftPair, graft, graft_batch, graft_box, graft_file, read_graft_manifest,
+                              separate, stitch, street_view_size)
+from addressvlm.records import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def solid(size, color):
+    return Image.new("RGB", size, color)
+
+
+@pytest.mark.parametrize("delta", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("wh", [(640, 480), (480, 640), (1024, 256), (500, 500)])
+def test_graft_geometry(delta, wh):
+    size = 336
+    x0, y0, x1, y1 = graft_box(wh, delta, size)
+    w, h = x1 - x0, y1 - y0
+    assert max(w, h) == round(delta * size)
+    assert abs(w / h - wh[0] / wh[1]) < 0.02 * max(1, wh[0] / wh[1])
+    assert (x1, y0) == (size, 0)  # flush with the upper-right corner
+    out = np.asarray(graft(solid((400, 400), (0, 0, 255)), solid(wh, (255, 0, 0)), delta, size)).astype(int)
+    assert out.shape == (size, size, 3)
+    is_street = (out[..., 0] > 200) & (out[..., 2] < 50)
+    mask = np.zeros((size, size), bool)
+    mask[y0:y1, x0:x1] = True
+    # I_s = M*I_sa + (1-M)*I_st: street view exactly on the box, satellite everywhere else.
+    assert (is_street == mask).all()
+
+
+@pytest.mark.parametrize("corner,expect", [("upper_left", (0, 0)), ("lower_right", (168, 210)),
+                                           ("lower_left", (0, 210))])
+def test_graft_corners(corner, expect):
+    x0, y0, x1, y1 = graft_box((640, 480), 0.5, 336, corner)
+    assert (x0, y0) == expect and (x1 - x0, y1 - y0) == (168, 126)
+
+
+def test_bad_delta_and_corner():
+    with pytest.raises(ValueError, match="delta"):
+        street_view_size(640, 480, 0.0, 336)
+    with pytest.raises(ValueError, match="corner"):
+        graft_box((640, 480), 0.5, 336, "middle")
+
+
+def test_stitched_and_separate_variants():
+    sat, sv = solid((300, 300), (0, 0, 255)), solid((640, 480), (255, 0, 0))
+    st = np.asarray(stitch(sat, sv, 336)).astype(int)
+    assert st.shape == (336, 336, 3)
+    row = st[168]
+    # Satellite on the left ~ 300/(300+400) of the width, street view to its right, padding above and below.
+    blue = (row[:, 2] > 200) & (row[:, 0] < 50)
+    red = (row[:, 0] > 200) & (row[:, 2] < 50)
+    assert abs(blue.sum() - 336 * 300 / 700) <= 2 and abs(red.sum() - 336 * 400 / 700) <= 2
+    assert tuple(st[2, 168]) == (122, 116, 104)
+    a, b = separate(sat, sv, 336)
+    assert a.size == b.size == (336, 336)
+    b = np.asarray(b).astype(int)
+    assert tuple(b[2, 168]) == (122, 116, 104) and b[168, 168, 0] > 200
+
+
+def smooth_image(rng, wh):
+    """Photo-like content (smooth, so JPEG keeps it): random colours at 1/40 resolution, upsampled."""
+    small = rng.integers(0, 255, (wh[1] // 40 + 1, wh[0] // 40 + 1, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(wh, Image.Resampling.BICUBIC)
+
+
+def make_pairs(tmp_path, n_locations=3, views=4):
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(n_locations):
+        sat = tmp_path / "crops" / f"{i}.png"
+        sat.parent.mkdir(exist_ok=True)
+        smooth_image(rng, (336, 336)).save(sat)
+        for v in range(views):
+            sv = tmp_path / "views" / f"{i}_{v}.jpg"
+            sv.parent.mkdir(exist_ok=True)
+            smooth_image(rng, (640, 480)).save(sv, quality=90)
+            pairs.append(GraftPair(sat, sv, f"loc{i}/{v}.jpg"))
+    return pairs
+
+
+def test_fast_path_matches_plain_graft(tmp_path):
+    pairs = make_pairs(tmp_path, 1, 1)
+    out = graft_file(pairs[0].satellite, pairs[0].street_view, tmp_path / "o.jpg")[0]
+    fast = np.asarray(Image.open(out)).astype(int)
+    plain = np.asarray(graft(Image.open(pairs[0].satellite), Image.open(pairs[0].street_view))).astype(int)
+    # Draft decoding at 1/2 scale then resizing differs from full decoding only by resampling and JPEG noise.
+    assert np.abs(fast - plain).mean() < 3
+    assert np.abs(fast[200:, :150] - plain[200:, :150]).mean() < 2  # satellite part
+
+
+def test_batch_pool_resume_and_bad_inputs(tmp_path):
+    pairs = make_pairs(tmp_path)
+    (tmp_path / "views" / "1_2.jpg").write_bytes(b"not a jpeg")
+    data = (tmp_path / "views" / "2_0.jpg").read_bytes()
+    (tmp_path / "views" / "2_0.jpg").write_bytes(data[: len(data) // 3])  # truncated download
+    pairs.append(GraftPair(tmp_path / "crops" / "0.png", tmp_path / "views" / "missing.jpg", "loc0/missing.jpg"))
+    out = tmp_path / "grafted"
+    report = graft_batch(pairs, out, workers=2, progress=False)
+    assert report.written == 10 and report.already_done == 0
+    failed = dict(report.failed)
+    assert set(failed) == {"loc1/2.jpg", "loc2/0.jpg", "loc0/missing.jpg"}
+    assert "1_2.jpg" in failed["loc1/2.jpg"] and "2_0.jpg" in failed["loc2/0.jpg"]
+    assert "missing.jpg: not found" in failed["loc0/missing.jpg"]
+    assert Image.open(out / "loc0" / "3.jpg").size == (336, 336)
+    assert not list(out.rglob(".*.tmp"))
+
+    single = graft_batch(pairs[:4], tmp_path / "single", workers=1, progress=False)
+    assert single.written == 4
+    assert (tmp_path / "single" / "loc0" / "1.jpg").read_bytes() == (out / "loc0" / "1.jpg").read_bytes()
+
+    again = graft_batch(pairs, out, workers=2, progress=False)
+    assert (again.written, again.already_done, len(again.failed)) == (0, 10, 3)
+
+    sep = graft_batch(pairs[:2], tmp_path / "sep", variant="separate", workers=1, progress=False)
+    assert sep.written == 2 and (tmp_path / "sep" / "loc0" / "0.satellite.jpg").is_file()
+    assert (tmp_path / "sep" / "loc0" / "0.street.jpg").is_file()
+
+
+def test_single_pair_errors_name_the_file(tmp_path):
+    pairs = make_pairs(tmp_path, 1, 1)
+    with pytest.raises(GraftError, match="nowhere.png: not found"):
+        graft_file(tmp_path / "nowhere.png", pairs[0].street_view, tmp_path / "o.jpg")
+
+
+def test_manifest_and_cli(tmp_path):
+    pairs = make_pairs(tmp_path, 2, 1)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"satellite": str(p.satellite.relative_to(tmp_path)),
+                                            "street_view": str(p.street_view.relative_to(tmp_path)),
+                                            "out": p.out}) + "\n" for p in pairs))
+    assert [p.satellite for p in read_graft_manifest(manifest)] == [p.satellite for p in pairs]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"satellite": "a", "street_view": "b", "out": "x"}\n{"satellite": "a", "out": "y"}\n')
+    with pytest.raises(DataError, match="bad.jsonl:2: missing key"):
+        read_graft_manifest(bad)
+
+    cli = [sys.executable, str(ROOT / "datasets_prep" / "graft.py")]
+    single = subprocess.run(cli + ["--satellite", str(pairs[0].satellite), "--street-view", str(pairs[0].street_view),
+                                   "--out", str(tmp_path / "one.jpg"), "--delta", "0.3", "--size", "224"],
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    assert Image.open(tmp_path / "one.jpg").size == (224, 224)
+    batch = subprocess.run(cli + ["--manifest", str(manifest), "--out-dir", str(tmp_path / "g"), "--workers", "1"],
+                           capture_output=True, text=True)
+    assert batch.returncode == 0, batch.stderr
+    assert "2 written" in batch.stdout
+    missing = subprocess.run(cli + ["--satellite", str(tmp_path / "no.png"), "--street-view",
+                                    str(pairs[0].street_view), "--out", str(tmp_path / "two.jpg")],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0 and "no.png: not found" in missing.stderr
