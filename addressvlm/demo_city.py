@@ -25,7 +25,7 @@ import numpy as np
 import shapely
 from pyproj import Transformer
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
-from shapely.ops import linemerge, polygonize, transform, unary_union
+from shapely.ops import linemerge, polygonize, unary_union
 
 from addressvlm.records import DataError, Location, write_atomic, write_locations
 from addressvlm.render import StreetScene, render_satellite, render_street_view, street_colour_code
@@ -265,7 +265,7 @@ def load_city(pbf_path: str | Path | None = None) -> CityMap:
     inv = Transformer.from_crs(PROJECTED_CRS, "EPSG:4326", always_xy=True).transform
 
     def proj(geom):
-        return transform(fwd, geom)
+        return shapely.transform(geom, lambda xy: np.column_stack(fwd(xy[:, 0], xy[:, 1])))
 
     west, south, east, north = osm.bbox
     corners_x, corners_y = fwd([west, east, east, west], [south, south, north, north])
@@ -493,21 +493,27 @@ def _street_lines(city: CityMap, name: str, inner: Polygon) -> list[LineString]:
     return sorted(parts, key=lambda g: (-round(g.length, 3), tuple(np.round(g.coords[0], 3))))
 
 
-def choose_demo_streets(city: CityMap, count: int, margin: float = 15.0, min_length: float = 120.0) -> list[str]:
-    """The ``count`` named streets with the most OSM addresses (ties by name) and enough length in the extract."""
+def choose_demo_streets(city: CityMap, count: int, margin: float = 15.0, min_length: float = 100.0) -> list[str]:
+    """``count`` named streets, ranked by their number of OSM addresses (ties by name).
+
+    Every district first gets its best-addressed street with ``min_length`` metres inside it (while ``count``
+    allows), so small districts are seen too; the rest are the best-addressed streets overall.
+    """
     inner = box(*city.bounds).buffer(-margin)
     counts: dict[str, int] = {}
     for address in city.addresses:
         counts[address.street] = counts.get(address.street, 0) + 1
-    names = sorted({s.name for s in city.streets if s.name and s.highway in ADDRESS_HIGHWAYS},
-                   key=lambda n: (-counts.get(n, 0), n))
-    chosen = []
-    for name in names:
-        if counts.get(name, 0) and sum(p.length for p in _street_lines(city, name, inner)) >= min_length:
-            chosen.append(name)
-        if len(chosen) == count:
-            break
-    return chosen
+    names = sorted({s.name for s in city.streets if s.name and s.highway in ADDRESS_HIGHWAYS and counts.get(s.name)},
+                   key=lambda n: (-counts[n], n))
+    lines = {name: _street_lines(city, name, inner) for name in names}
+    names = [n for n in names if sum(p.length for p in lines[n]) >= min_length]
+    chosen: list[str] = []
+    for poly in city.districts.values():
+        inside = [n for n in names if sum(p.intersection(poly).length for p in lines[n]) >= min_length]
+        if inside and len(chosen) < count and not any(n in chosen for n in inside[:1]):
+            chosen.append(inside[0])
+    chosen += [n for n in names if n not in chosen][:count - len(chosen)]
+    return sorted(chosen, key=lambda n: (-counts[n], n))
 
 
 def _district_of(city: CityMap, point: Point) -> str | None:
@@ -644,12 +650,16 @@ def _round_coords(coords, digits: int = 7) -> list[list[float]]:
     return [[round(x, digits), round(y, digits)] for x, y in coords]
 
 
+def _to_wgs84(city: CityMap, geom):
+    return shapely.transform(geom, lambda xy: np.column_stack(city.to_wgs84(xy[:, 0], xy[:, 1])))
+
+
 def write_streets_geojson(path: Path, city: CityMap, demo_streets: Iterable[str]) -> None:
     """One WGS84 LineString per named OSM way (address-bearing highway classes), ``demo`` marks the sampled streets."""
     demo = set(demo_streets)
     features = []
     for s in sorted((s for s in city.streets if s.name and s.highway in ADDRESS_HIGHWAYS), key=lambda s: (s.name, s.osm_id)):
-        line = transform(city.to_wgs84, s.line)
+        line = _to_wgs84(city, s.line)
         features.append({"type": "Feature", "geometry": {"type": "LineString", "coordinates": _round_coords(line.coords)},
                          "properties": {"name": s.name, "highway": s.highway, "osm_id": s.osm_id, "demo": s.name in demo}})
     collection = {"type": "FeatureCollection", "attribution": ATTRIBUTION, "features": features}
@@ -659,7 +669,7 @@ def write_streets_geojson(path: Path, city: CityMap, demo_streets: Iterable[str]
 def write_districts_geojson(path: Path, city: CityMap) -> None:
     features = []
     for name, poly in city.districts.items():
-        ll = transform(city.to_wgs84, poly)
+        ll = _to_wgs84(city, poly)
         rings = [_round_coords(ll.exterior.coords)] + [_round_coords(r.coords) for r in ll.interiors]
         features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
                          "properties": {"name": name}})
@@ -671,13 +681,13 @@ def write_districts_geojson(path: Path, city: CityMap) -> None:
 def write_satellite(path: Path, city: CityMap, metres_per_pixel: float, seed: int) -> None:
     """The pseudo-aerial GeoTIFF, north up; the attribution lives in its tags, never on the pixels."""
     import rasterio
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     pixels = render_satellite(city, metres_per_pixel, seed)
     xmin, _, _, ymax = city.bounds
     tmp = path.with_name(f".{path.name}.tmp")
     profile = dict(driver="GTiff", width=pixels.shape[1], height=pixels.shape[0], count=3, dtype="uint8",
-                   crs=PROJECTED_CRS, transform=from_origin(xmin, ymax, metres_per_pixel, metres_per_pixel),
+                   crs=PROJECTED_CRS, transform=Affine(metres_per_pixel, 0.0, xmin, 0.0, -metres_per_pixel, ymax),
                    compress="deflate", tiled=True, blockxsize=256, blockysize=256, photometric="RGB")
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(pixels.transpose(2, 0, 1))

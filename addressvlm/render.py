@@ -163,7 +163,7 @@ def _draw_along(draw, scene, w, h, rng, facade, trim, window_style, paving) -> N
     for side, levels, park in zip((-1, 1), scene.levels, scene.park):
         near_x = 0 if side < 0 else w
         far_x = vx + side * w * 0.07
-        top_near = max(-h * 0.2, horizon - levels * per_level * 1.6)
+        top_near = max(-h * 0.2, horizon - levels * per_level * 1.15)
         bottom_near = h * rng.uniform(0.8, 0.86)
         if park:
             _draw_park_side(draw, near_x, far_x, horizon, bottom_near, far_bottom, h, rng)
@@ -317,7 +317,8 @@ def _draw_sign(draw, name, frame_colour, plate_colour, w, h, rng) -> None:
 
 
 # ============================================================================================ aerial image
-ROOF_COLOURS = ((92, 92, 96), (120, 118, 112), (85, 120, 105), (140, 80, 62), (60, 60, 64), (150, 148, 140))
+COURTYARD = (150, 146, 138)
+ROOF_COLOURS = ((96, 96, 100), (124, 122, 116), (100, 126, 114), (140, 98, 82), (72, 72, 76), (156, 152, 144))
 
 
 def render_satellite(city, metres_per_pixel: float, seed: int) -> np.ndarray:
@@ -342,7 +343,12 @@ def render_satellite(city, metres_per_pixel: float, seed: int) -> np.ndarray:
         _fill_polygon(draw, poly, px, (38, 62, 72))
     road_widths = {"primary": 16, "secondary": 14, "tertiary": 12, "residential": 9, "unclassified": 9,
                    "living_street": 7, "pedestrian": 8, "service": 5}
-    for street in sorted(city.streets, key=lambda s: road_widths.get(s.highway, 3)):
+    streets = sorted(city.streets, key=lambda s: road_widths.get(s.highway, 3))
+    for street in streets:  # kerbs and pavements first, so the carriageways draw over them
+        metres = road_widths.get(street.highway, 3)
+        if metres >= 9:
+            draw.line(px(street.line.coords), fill=(146, 143, 136), width=int((metres + 6) * scale), joint="curve")
+    for street in streets:
         metres = road_widths.get(street.highway, 3)
         colour = (150, 146, 138) if metres <= 3 or street.highway == "pedestrian" else (70, 70, 72)
         draw.line(px(street.line.coords), fill=colour, width=max(1, int(metres * scale)), joint="curve")
@@ -356,9 +362,10 @@ def render_satellite(city, metres_per_pixel: float, seed: int) -> np.ndarray:
         shadow = [(x + sun[0] * shift, y + sun[1] * shift) for x, y in px(building.polygon.exterior.coords)]
         draw.polygon(shadow, fill=(52, 52, 54))
     for building in city.buildings:
-        roof = ROOF_COLOURS[building.osm_id % len(ROOF_COLOURS)]
-        _fill_polygon(draw, building.polygon, px, roof, hole_fill=(150, 146, 138))
-        draw.line(px(building.polygon.exterior.coords), fill=_shade(roof, 1.25), width=max(1, ss))
+        roof = _shade(ROOF_COLOURS[building.osm_id % len(ROOF_COLOURS)], rng.uniform(0.88, 1.1))
+        _fill_polygon(draw, building.polygon, px, roof, hole_fill=COURTYARD)
+        draw.line(px(building.polygon.exterior.coords), fill=_shade(roof, 1.2), width=max(1, ss))
+        _fill_polygon(draw, building.polygon.buffer(-1.5), px, _shade(roof, 0.92), hole_fill=COURTYARD)  # the roof inside its parapet
     for tree in city.trees:
         x, y = px([(tree.x, tree.y)])[0]
         r = rng.uniform(2.5, 4.5) * scale
@@ -377,7 +384,7 @@ def render_satellite(city, metres_per_pixel: float, seed: int) -> np.ndarray:
 
 def _fill_polygon(draw, poly, px, colour, hole_fill=None) -> None:
     for part in getattr(poly, "geoms", [poly]):
-        if part.geom_type != "Polygon":
+        if part.geom_type != "Polygon" or part.is_empty:
             continue
         draw.polygon(px(part.exterior.coords), fill=colour)
         if hole_fill is not None:
