@@ -1,0 +1,517 @@
+"""Alignment reasons for stage 1 (paper section 3.2, "Automatic Alignment Label Generation", Fig. 3b).
+
+For each stage-1 image an LVLM gets a *hint prompt*: the training question plus the true address (street, cross
+street when known, district, city) and the instruction to begin by stating it and then give the visual reasons that
+the street view matches the labelled map. Its answer becomes the gpt turn of a training record whose human turn is
+the same question *without* the hint. A reason that does not name the true street is rejected and counted.
+
+Backends: ``openai`` (any OpenAI-compatible server: vLLM, lmdeploy, SGLang, Ollama), ``hf`` (a local transformers
+LVLM such as llava-hf/llava-v1.6-mistral-7b-hf, which the paper used), ``rule`` (deterministic reasons from known
+facts - cross streets and named places from the street data, the street's direction, district - no model).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import random
+import re
+import time
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shapely.geometry import Point
+from shapely.ops import unary_union
+
+from addressvlm.graft import SEPARATE_SUFFIXES, grafted_name, select_rows
+from addressvlm.records import DataError, JsonlAppender, Location, read_jsonl, read_locations, write_llava_json
+
+VARIANTS = ("grafted", "stitched", "separate")
+CORNER_WORDS = {"upper_right": "upper-right", "upper_left": "upper-left", "lower_right": "lower-right",
+                "lower_left": "lower-left"}
+LABEL_KEYS = ("image", "location_id", "variant", "images", "question", "hint_prompt", "reason", "backend")
+NEAR_RADIUS_M = 150.0
+COMPASS = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west")
+AXES = ("north-south", "north-east to south-west", "east-west", "north-west to south-east")
+
+
+# --------------------------------------------------------------------------------------------- prompts
+def _scene(variant: str, corner: str, map_labels: bool) -> tuple[str, str]:
+    """(how the question introduces the input, what the street view is called in it)."""
+    kind = "a satellite map labelled with street names" if map_labels else "a satellite map"
+    if variant == "grafted":
+        where = CORNER_WORDS[corner]
+        return f"This image is {kind} with a street-view photo in its {where} corner.", \
+            f"the street view in the {where} corner"
+    if variant == "stitched":
+        return f"This image shows {kind} on the left and a street-view photo on the right.", \
+            "the street view on the right"
+    return f"The first image is {kind} and the second image is a street-view photo.", "the street view"
+
+
+def training_question(variant: str = "grafted", corner: str = "upper_right", map_labels: bool = True) -> str:
+    """The stage-1 human turn (no hint)."""
+    intro, view = _scene(variant, corner, map_labels)
+    return (f"{intro} Where was {view} taken? State its street and district, then explain the visual reasons "
+            f"why it matches that place on the map.")
+
+
+def address_phrase(street: str, cross_street: str, district: str, city: str) -> str:
+    near = f" near {cross_street}" if cross_street else ""
+    return f"on {street}{near} in {district}, {city}"
+
+
+def hint_prompt(street: str, cross_street: str, district: str, city: str, variant: str = "grafted",
+                corner: str = "upper_right", map_labels: bool = True) -> str:
+    """The label-generation prompt: the training question plus the true address as a hint (paper Fig. 3b)."""
+    _, view = _scene(variant, corner, map_labels)
+    where = address_phrase(street, cross_street, district, city)
+    cues = "the street names written on the map, " if map_labels else ""
+    return (f"{training_question(variant, corner, map_labels)} (Hint: {view[0].upper() + view[1:]} was taken {where}. "
+            f"Begin your response by stating that it was taken {where}, then substantiate it by matching what the "
+            f"street view shows (road width and direction, intersections, buildings, greenery, signs) with "
+            f"{cues}the road layout and the surroundings on the map.)")
+
+
+# --------------------------------------------------------------------------------------------- naming check
+ABBREVIATIONS = {"st": "street", "ave": "avenue", "av": "avenue", "blvd": "boulevard", "rd": "road", "dr": "drive",
+                 "ln": "lane", "pl": "place", "sq": "square", "hwy": "highway", "pkwy": "parkway", "ct": "court",
+                 "ter": "terrace", "cir": "circle", "e": "east", "w": "west", "n": "north", "s": "south"}
+
+
+def _words(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    words = re.sub(r"[^\w]+", " ", text).split()
+    return " " + " ".join(ABBREVIATIONS.get(w, w) for w in words) + " "
+
+
+def names_street(text: str, street: str) -> bool:
+    """Whether ``text`` names ``street`` (case, punctuation and St/Ave-style abbreviations ignored)."""
+    return _words(street) in _words(text)
+
+
+# --------------------------------------------------------------------------------------------- facts
+@dataclass
+class Facts:
+    """What is known about one street view's place, from the city table, the street data and the crop index."""
+
+    image: str
+    location_id: str
+    street: str
+    district: str
+    city: str
+    cross_street: str = ""
+    crossings: list[tuple[str, float]] = field(default_factory=list)  # other streets meeting it: (name, metres)
+    places: list[tuple[str, str, float, str]] = field(default_factory=list)  # (name, kind, metres, compass dir)
+    street_axis: str = ""  # e.g. "east-west", from the street geometry
+    map_position: str = ""  # where the camera is in the map ("in the centre", "left of the centre"...)
+    heading: float | None = None
+
+
+def _compass(dx: float, dy: float) -> str:
+    return COMPASS[round(math.degrees(math.atan2(dx, dy)) % 360 / 45) % 8]
+
+
+def _axis(line, at: Point) -> str:
+    s = line.project(at)
+    a, b = line.interpolate(max(0.0, s - 15)), line.interpolate(min(line.length, s + 15))
+    bearing = math.degrees(math.atan2(b.x - a.x, b.y - a.y)) % 180
+    return AXES[round(bearing / 45) % 4]
+
+
+def _map_position(east_m: float, north_m: float, size_m: float) -> str:
+    """Where a point lies in the crop, in words, using a 3x3 grid of the square."""
+    col = 0 if east_m < -size_m / 6 else 2 if east_m > size_m / 6 else 1
+    row = 0 if north_m > size_m / 6 else 2 if north_m < -size_m / 6 else 1
+    names = [["in the upper left", "in the upper middle", "in the upper right"],
+             ["left of the centre", "in the centre", "right of the centre"],
+             ["in the lower left", "in the lower middle", "in the lower right"]]
+    return names[row][col]
+
+
+def gather_facts(row: Location, city: str, street_map=None, crop: dict | None = None,
+                 radius_m: float = NEAR_RADIUS_M) -> Facts:
+    """Facts for one street view: crossings and places within ``radius_m``, street direction, map position."""
+    facts = Facts(row.image, row.location_id, row.street, row.district, city, row.cross_street, heading=row.heading)
+    if crop:
+        facts.map_position = _map_position(crop["location_east_m"], crop["location_north_m"], crop["size_m"])
+    if street_map is None:
+        return facts
+    here = Point(0, 0)
+    near = street_map.near(row.lat, row.lon, radius_m)
+    own = [s for s in near if _words(s.name) == _words(row.street)]
+    own_line = unary_union([s.line for s in own]) if own else None
+    if own:
+        facts.street_axis = _axis(min(own, key=lambda s: s.distance_m).line, here)
+    best: dict[str, float] = {}
+    for s in near:
+        if _words(s.name) == _words(row.street):
+            continue
+        if own_line is not None:
+            meet = own_line.intersection(s.line)
+            if meet.is_empty:
+                continue  # runs alongside, does not cross: not a cross street
+            d = meet.distance(here)
+        else:
+            d = s.distance_m
+        if d <= radius_m and d < best.get(s.name, math.inf):
+            best[s.name] = d
+    facts.crossings = sorted(best.items(), key=lambda kv: kv[1])[:2]
+    if not facts.cross_street and facts.crossings:
+        facts.cross_street = facts.crossings[0][0]
+    for place, x, y in street_map.places_near(row.lat, row.lon, radius_m)[:2]:
+        facts.places.append((place.name, place.kind.replace("_", " "), math.hypot(x, y), _compass(x, y)))
+    return facts
+
+
+# --------------------------------------------------------------------------------------------- backends
+@dataclass
+class LabelRequest:
+    key: str  # the street view's image path in locations.csv
+    images: list[Path]  # what the model sees (two for the "separate" variant)
+    prompt: str
+    facts: Facts
+
+
+class LabelBackendError(RuntimeError):
+    """One request failed for good (retries exhausted); the run goes on and a rerun retries it."""
+
+
+class RuleBackend:
+    """Deterministic reasons composed from facts; phrasing varies per image (seeded by its key) but reproduces."""
+
+    name = "rule"
+    concurrency = 1
+
+    def __init__(self, variant: str = "grafted", corner: str = "upper_right", map_labels: bool = True):
+        self.variant, self.corner, self.map_labels = variant, corner, map_labels
+
+    def generate(self, request: LabelRequest) -> str:
+        f = request.facts
+        rng = random.Random(int.from_bytes(hashlib.sha256(request.key.encode()).digest()[:8], "big"))
+        _, view = _scene(self.variant, self.corner, self.map_labels)
+        view = view[0].upper() + view[1:]
+        out = [f"{view} was taken {address_phrase(f.street, f.cross_street, f.district, f.city)}."]
+        on_map = "the map"
+        if f.street_axis:
+            where = f" {f.map_position}" if f.map_position else ""
+            if self.map_labels:
+                out.append(rng.choice([
+                    f"On {on_map}, the road labelled {f.street} runs {f.street_axis}{where}, where the photo was taken.",
+                    f"The label {f.street} on {on_map} marks a road running {f.street_axis}{where}, at the camera's position.",
+                ]))
+            else:
+                out.append(f"On {on_map}, {f.street} is the road running {f.street_axis}{where}, where the photo was taken.")
+        if f.heading is not None and f.street_axis:
+            out.append(self._heading_sentence(f, rng))
+        if f.crossings:
+            parts = [f"{name} about {round(d / 5) * 5:.0f} metres away" for name, d in f.crossings]
+            labelled = ", both labelled on the map" if self.map_labels and len(parts) > 1 else \
+                ", labelled on the map" if self.map_labels else ""
+            out.append(f"{f.street} meets {' and '.join(parts)}{labelled}, which fits the intersection layout "
+                       f"around the camera.")
+        for name, kind, d, direction in f.places[:2]:
+            out.append(rng.choice([f"{name} ({kind}) lies about {round(d / 5) * 5:.0f} metres to the {direction}.",
+                                   f"Nearby to the {direction} is {name}, a {kind}, roughly {round(d / 5) * 5:.0f} metres away."]))
+        out.append(rng.choice([
+            f"The buildings and the road seen in the street view are consistent with this part of {f.district}.",
+            f"Together these cues place the street view on {f.street} in {f.district}.",
+            f"The street layout on the map therefore matches {f.street} in {f.district}, {f.city}.",
+        ]))
+        return " ".join(out)
+
+    @staticmethod
+    def _heading_sentence(f: Facts, rng: random.Random) -> str:
+        facing = COMPASS[round(f.heading % 360 / 45) % 8]
+        axis_deg = {AXES[0]: 0, AXES[1]: 45, AXES[2]: 90, AXES[3]: 135}[f.street_axis]
+        off = abs((f.heading - axis_deg + 90) % 180 - 90)
+        if off <= 30:
+            return f"The camera faces {facing}, looking along {f.street}, so the road runs away from the viewer."
+        if off >= 60:
+            return f"The camera faces {facing}, across {f.street}, towards the buildings along one side of it."
+        return rng.choice([f"The camera faces {facing}, at an angle to {f.street}.",
+                           f"The view is towards the {facing}, diagonally across {f.street}."])
+
+
+def _data_url(path: Path) -> str:
+    mime = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible chat server with vision (vLLM, lmdeploy, SGLang, Ollama, OpenAI).
+
+    Retries 408/409/429/5xx, timeouts and dropped connections with exponential backoff (honouring Retry-After);
+    any other error (401, 404 model not found, 400 bad request) stops the run, since it would fail every request.
+    """
+
+    name = "openai"
+
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, concurrency: int = 8,
+                 max_retries: int = 6, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
+                 timeout_s: float = 120.0, temperature: float = 0.2, max_tokens: int = 400):
+        import openai
+
+        self._openai = openai
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                                    max_retries=0, timeout=timeout_s)
+        self.model, self.concurrency, self.max_retries = model, max(1, concurrency), max_retries
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.temperature, self.max_tokens = temperature, max_tokens
+
+    def _retry_after(self, exc) -> float | None:
+        response = getattr(exc, "response", None)
+        value = response.headers.get("retry-after") if response is not None else None
+        try:
+            return float(value) if value else None
+        except ValueError:
+            return None
+
+    def generate(self, request: LabelRequest) -> str:
+        oa = self._openai
+        content = [{"type": "image_url", "image_url": {"url": _data_url(p)}} for p in request.images]
+        content.append({"type": "text", "text": request.prompt})
+        last = None
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self.client.chat.completions.create(
+                    model=self.model, messages=[{"role": "user", "content": content}],
+                    temperature=self.temperature, max_tokens=self.max_tokens)
+                return (response.choices[0].message.content or "").strip()
+            except (oa.APIConnectionError, oa.APITimeoutError) as exc:  # APITimeoutError is a connection error too
+                last, wait = exc, None
+            except oa.APIStatusError as exc:
+                if exc.status_code not in (408, 409, 429) and exc.status_code < 500:
+                    raise
+                last, wait = exc, self._retry_after(exc)
+            if attempt < self.max_retries:
+                backoff = min(self.max_backoff_s, self.backoff_s * 2 ** attempt) * random.uniform(1.0, 1.25)
+                time.sleep(min(self.max_backoff_s, wait) if wait is not None else backoff)
+        raise LabelBackendError(f"{request.images[0]}: no answer after {self.max_retries + 1} attempts ({last})")
+
+
+class HFBackend:
+    """A local transformers LVLM with a chat template (e.g. llava-hf/llava-v1.6-mistral-7b-hf), greedy by default."""
+
+    name = "hf"
+    concurrency = 1
+
+    def __init__(self, model: str, device: str | None = None, dtype: str = "auto", max_new_tokens: int = 400,
+                 temperature: float = 0.0):
+        import torch
+        from transformers import AutoModelForVision2Seq, AutoProcessor
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.model = AutoModelForVision2Seq.from_pretrained(
+            model, torch_dtype=dtype if dtype == "auto" else getattr(torch, dtype)).to(self.device).eval()
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+
+    def generate(self, request: LabelRequest) -> str:
+        import torch
+        from PIL import Image
+
+        images = [Image.open(p).convert("RGB") for p in request.images]
+        conversation = [{"role": "user", "content": [{"type": "image"} for _ in images] +
+                         [{"type": "text", "text": request.prompt}]}]
+        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        inputs = self.processor(images=images, text=text, return_tensors="pt").to(self.device)
+        sampling = dict(do_sample=True, temperature=self.temperature) if self.temperature > 0 else dict(do_sample=False)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
+        return self.processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def make_backend(name: str, variant: str = "grafted", corner: str = "upper_right", map_labels: bool = True,
+                 **options):
+    """``rule`` | ``openai`` (options: model, base_url, api_key, concurrency, ...) | ``hf`` (options: model, ...)."""
+    if name == "rule":
+        return RuleBackend(variant, corner, map_labels)
+    if name == "openai":
+        return OpenAIBackend(**options)
+    if name == "hf":
+        return HFBackend(**options)
+    raise ValueError(f"unknown label backend {name!r}: rule, openai or hf")
+
+
+# --------------------------------------------------------------------------------------------- batch
+@dataclass
+class LabelReport:
+    written: int = 0
+    already_done: int = 0
+    rejected: int = 0  # answers that did not name the true street (logged to <labels>.rejected.jsonl)
+    missing: list[str] = field(default_factory=list)  # stage-1 images not found (not grafted yet, or failed)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (image, why) requests that gave up
+
+    def summary(self) -> str:
+        lines = [f"labels: {self.written} written, {self.already_done} already done, {self.rejected} rejected "
+                 f"(true street not named), {len(self.missing)} images missing, {len(self.failed)} failed"]
+        lines += [f"  missing {m}" for m in self.missing[:20]]
+        lines += [f"  ... and {len(self.missing) - 20} more missing"] if len(self.missing) > 20 else []
+        lines += [f"  failed {img}: {why}" for img, why in self.failed]
+        return "\n".join(lines)
+
+
+def stage1_images(grafted_dir: Path, image: str, variant: str) -> list[Path]:
+    """The stage-1 input file(s) of one street view, as written by addressvlm.graft."""
+    target = grafted_dir / grafted_name(image)
+    return [target.with_suffix(s) for s in SEPARATE_SUFFIXES] if variant == "separate" else [target]
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def make_labels(city_root, grafted_dir, out_jsonl, backend="rule", *, streets=None, crops_dir=None,
+                city_name: str | None = None, variant: str = "grafted", corner: str = "upper_right",
+                map_labels: bool = True, splits: tuple[str, ...] | None = ("train",),
+                backend_options: dict | None = None, limit: int | None = None, progress: bool = True) -> LabelReport:
+    """Label every stage-1 image of the city (train split when the table has splits) into ``out_jsonl``.
+
+    ``backend`` is a name (``rule``, ``openai``, ``hf``; ``backend_options`` go to its constructor) or an object
+    with ``generate(LabelRequest) -> str`` and ``concurrency``. Each label is appended and flushed as it arrives;
+    a rerun skips images already labelled. ``streets`` defaults to the city's streets file when there is one and
+    ``crops_dir`` to ``<city>/stage1/crops`` (its index tells where each camera sits in its map).
+    """
+    from tqdm import tqdm
+
+    from addressvlm.geo.crop import CROPS_INDEX, read_crop_index
+    from addressvlm.geo.streets import find_city_streets, read_street_map
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    city_root, grafted_dir, out_jsonl = Path(city_root), Path(grafted_dir), Path(out_jsonl)
+    city = city_name or city_root.resolve().name
+    rows = select_rows(read_locations(city_root / "locations.csv"), splits)
+    if streets is None:
+        try:
+            streets = find_city_streets(city_root)
+        except DataError:
+            streets = None
+    street_map = read_street_map(streets) if streets else None
+    crops_dir = Path(crops_dir) if crops_dir else city_root / "stage1" / "crops"
+    crops = read_crop_index(crops_dir) if (crops_dir / CROPS_INDEX).is_file() else {}
+    if isinstance(backend, str):
+        backend = make_backend(backend, variant, corner, map_labels, **(backend_options or {}))
+    question = training_question(variant, corner, map_labels)
+
+    report = LabelReport()
+    rejected_log = out_jsonl.with_name(out_jsonl.stem + ".rejected.jsonl")
+    with JsonlAppender(out_jsonl, key="image", required=LABEL_KEYS) as out, \
+            JsonlAppender(rejected_log, key="image") as rejected:
+        requests = []
+        for row in rows:
+            if row.image in out.done:
+                report.already_done += 1
+                continue
+            images = stage1_images(grafted_dir, row.image, variant)
+            absent = [str(p) for p in images if not p.is_file()]
+            if absent:
+                report.missing.extend(absent)
+                continue
+            facts = gather_facts(row, city, street_map, crops.get(row.location_id))
+            prompt = hint_prompt(row.street, facts.cross_street, row.district, city, variant, corner, map_labels)
+            requests.append(LabelRequest(row.image, images, prompt, facts))
+            if limit is not None and len(requests) >= limit:
+                break
+
+        def record(request: LabelRequest, reason: str) -> None:
+            base = {"image": request.key, "location_id": request.facts.location_id, "variant": variant,
+                    "images": [_relative(p, city_root) for p in request.images], "question": question,
+                    "hint_prompt": request.prompt, "reason": reason, "backend": backend.name,
+                    "street": request.facts.street, "district": request.facts.district}
+            if names_street(reason, request.facts.street):
+                out.write(base)
+                report.written += 1
+            else:
+                rejected.write(base)
+                report.rejected += 1
+
+        bar = tqdm(total=len(requests), desc=f"alignment labels ({backend.name})", unit="label", disable=not progress)
+        if getattr(backend, "concurrency", 1) <= 1:
+            for request in requests:
+                try:
+                    record(request, backend.generate(request))
+                except LabelBackendError as exc:
+                    report.failed.append((request.key, str(exc)))
+                bar.update(1)
+        else:
+            pool = ThreadPoolExecutor(max_workers=backend.concurrency)
+            try:
+                futures = {pool.submit(backend.generate, r): r for r in requests}
+                for future in as_completed(futures):
+                    request = futures[future]
+                    try:
+                        record(request, future.result())
+                    except LabelBackendError as exc:
+                        report.failed.append((request.key, str(exc)))
+                    bar.update(1)
+            finally:
+                # On a fatal error or Ctrl-C: drop queued requests; what was written stays written.
+                pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return report
+
+
+# --------------------------------------------------------------------------------------------- stage-1 JSON
+@dataclass
+class Stage1Report:
+    records: int = 0
+    unlabelled: list[str] = field(default_factory=list)  # street views of the selected splits without a label
+    outside_splits: int = 0  # labels of images no longer in the selected splits, left out
+
+    def summary(self) -> str:
+        return (f"stage-1 records: {self.records}; {len(self.unlabelled)} street views without a label; "
+                f"{self.outside_splits} labels outside the selected splits left out")
+
+
+def build_stage1_json(city_root, labels_jsonl=None, out_json=None, *, variant: str = "grafted",
+                      image_root=None, splits: tuple[str, ...] | None = ("train",)) -> Stage1Report:
+    """Write the stage-1 LLaVA JSON: one record per labelled stage-1 image, in ``locations.csv`` order.
+
+    Human turn: ``"<image>\\n"`` (twice for "separate") + the question without the hint; gpt turn: the reason.
+    ``image`` paths are relative to ``image_root`` (default: the city root, the same image folder as stage 2).
+    """
+    city_root = Path(city_root)
+    labels_jsonl = Path(labels_jsonl) if labels_jsonl else city_root / "stage1" / "labels.jsonl"
+    out_json = Path(out_json) if out_json else city_root / "stage1" / "train.json"
+    image_root = Path(image_root) if image_root else city_root
+    rows = select_rows(read_locations(city_root / "locations.csv"), splits)
+    labels: dict[str, dict] = {}
+    for line, rec in read_jsonl(labels_jsonl, LABEL_KEYS):
+        if rec["variant"] != variant:
+            raise DataError(labels_jsonl, line, f"label made for the {rec['variant']!r} input, not {variant!r}")
+        labels[rec["image"]] = rec
+    report = Stage1Report()
+    wanted = {r.image for r in rows}
+    report.outside_splits = sum(1 for image in labels if image not in wanted)
+    city = city_root.resolve().name
+    records = []
+    for row in rows:
+        rec = labels.get(row.image)
+        if rec is None:
+            report.unlabelled.append(row.image)
+            continue
+        paths = []
+        for p in rec["images"]:
+            absolute = Path(p) if os.path.isabs(p) else city_root / p
+            if not absolute.is_file():
+                raise DataError(labels_jsonl, None, f"image {absolute} of label {row.image!r} not found")
+            paths.append(os.path.relpath(absolute, image_root))
+        records.append({
+            "id": f"{city}/{row.location_id}/{Path(row.image).stem}",
+            "image": paths[0] if len(paths) == 1 else paths,
+            "conversations": [{"from": "human", "value": "<image>\n" * len(paths) + rec["question"]},
+                              {"from": "gpt", "value": rec["reason"]}],
+        })
+    if not records:
+        raise DataError(labels_jsonl, None, f"no label matches a street view of splits {splits}")
+    write_llava_json(out_json, records)
+    report.records = len(records)
+    return report
