@@ -307,8 +307,7 @@ def _float(text: str, what: str) -> float:
 
 def _normalise_image(image: str, image_root: Path, city_root: Path) -> str:
     path = image_root / image.replace("\\", "/")
-    rel = os.path.relpath(path, city_root)
-    return PurePosixPath(Path(rel).as_posix()).as_posix()
+    return Path(os.path.relpath(path, city_root)).as_posix()
 
 
 def ingest_table(table: str | os.PathLike, out_csv: str | os.PathLike, options: IngestOptions) -> list[Location]:
@@ -330,7 +329,6 @@ def ingest_table(table: str | os.PathLike, out_csv: str | os.PathLike, options: 
     partial = []  # (source row, image, easting|lat, northing|lon, zone or None, street, district, cross, heading)
     seen: dict[str, str] = {}
     for row in rows:
-        where = f"{row.where}"
         try:
             image = _text(row.values, fields, "image")
             if not image:
@@ -371,7 +369,7 @@ def ingest_table(table: str | os.PathLike, out_csv: str | os.PathLike, options: 
             if options.check_files and not (city_root / rel).is_file():
                 raise ValueError(f"image file {city_root / rel} does not exist")
         except ValueError as exc:
-            raise DataError(table, row.line, f"{where}{exc}") from None
+            raise DataError(table, row.line, f"{row.where}{exc}") from None
         seen[rel] = f"line {row.line}" if row.line else row.where.rstrip(": ")
         partial.append((row, rel, a, b, row_zone, street, district, CROSS_STREET_SEPARATOR.join(_squash(c) for c in cross), heading))
     if not partial:
