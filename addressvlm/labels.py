@@ -109,6 +109,11 @@ class Facts:
     street_axis: str = ""  # e.g. "east-west", from the street geometry
     map_position: str = ""  # where the camera is in the map ("in the centre", "left of the centre"...)
     heading: float | None = None
+    labels_on_map: set[str] | None = None  # street names the crop step wrote on this map (None: not known)
+
+    def labelled(self, name: str) -> bool:
+        """Whether ``name`` is written on the map; when unknown, assume so (the crop step labels what fits)."""
+        return self.labels_on_map is None or name in self.labels_on_map
 
 
 def _compass(dx: float, dy: float) -> str:
@@ -138,6 +143,8 @@ def gather_facts(row: Location, city: str, street_map=None, crop: dict | None = 
     facts = Facts(row.image, row.location_id, row.street, row.district, city, row.cross_street, heading=row.heading)
     if crop:
         facts.map_position = _map_position(crop["location_east_m"], crop["location_north_m"], crop["size_m"])
+        if "street_labels" in crop:
+            facts.labels_on_map = set(crop["street_labels"])
     if street_map is None:
         return facts
     here = Point(0, 0)
@@ -198,7 +205,7 @@ class RuleBackend:
         on_map = "the map"
         if f.street_axis:
             where = f" {f.map_position}" if f.map_position else ""
-            if self.map_labels:
+            if self.map_labels and f.labelled(f.street):
                 out.append(rng.choice([
                     f"On {on_map}, the road labelled {f.street} runs {f.street_axis}{where}, where the photo was taken.",
                     f"The label {f.street} on {on_map} marks a road running {f.street_axis}{where}, at the camera's position.",
@@ -209,8 +216,8 @@ class RuleBackend:
             out.append(self._heading_sentence(f, rng))
         if f.crossings:
             parts = [f"{name} about {round(d / 5) * 5:.0f} metres away" for name, d in f.crossings]
-            labelled = ", both labelled on the map" if self.map_labels and len(parts) > 1 else \
-                ", labelled on the map" if self.map_labels else ""
+            shown = self.map_labels and all(f.labelled(name) for name, _ in f.crossings)
+            labelled = (", both labelled on the map" if len(parts) > 1 else ", labelled on the map") if shown else ""
             out.append(f"{f.street} meets {' and '.join(parts)}{labelled}, which fits the intersection layout "
                        f"around the camera.")
         for name, kind, d, direction in f.places[:2]:

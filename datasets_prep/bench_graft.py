@@ -72,7 +72,7 @@ def make_inputs(root: Path, locations: int, views: int, seed: int) -> list[Graft
     for i in range(locations):
         lat, lon = offset_latlon(*CENTRE, *rng.uniform(-400, 400, 2))
         crop = root / "crops" / f"{i:04d}.png"
-        render_crop(raster, None, lat, lon, 200.0, 336, labels=False).save(crop)
+        render_crop(raster, None, lat, lon, 200.0, 336, labels=False)[0].save(crop)
         for v in range(views):
             view = root / "views" / f"{i:04d}_{v}.jpg"
             make_street_view(view, rng)

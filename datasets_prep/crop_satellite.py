@@ -60,13 +60,14 @@ def main() -> None:
             parser.error("a single crop needs --lat, --lon, --raster, --out and --streets (or --no-labels)")
         raster = open_raster(args.raster)
         try:
-            image = render_crop(raster, read_street_map(args.streets) if labels else None, args.lat, args.lon,
+            image, drawn = render_crop(raster, read_street_map(args.streets) if labels else None, args.lat, args.lon,
                                 args.size_m, args.pixels, labels, args.font_px, reserved, args.attribution)
         finally:
             raster.close()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         image.save(args.out)
         print(args.out)
+        print("street names drawn:", ", ".join(drawn) or "none")
     except (RasterError, DataError) as exc:
         sys.exit(f"error: {exc}")
 

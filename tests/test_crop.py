@@ -123,8 +123,8 @@ def test_labels_are_drawn_only_along_roads(tmp_path):
     raster = open_raster(write_geotiff(tmp_path / "sat.tif", "EPSG:32635", 1.0, 200, markers=()))
     streets = read_street_map(write_streets(tmp_path / "streets.geojson"))
     size_m, pixels, font_px = 160.0, 336, 12
-    plain = np.asarray(render_crop(raster, streets, LAT, LON, size_m, pixels, labels=False)).astype(int)
-    labelled = np.asarray(render_crop(raster, streets, LAT, LON, size_m, pixels, labels=True, font_px=font_px))
+    plain = np.asarray(render_crop(raster, streets, LAT, LON, size_m, pixels, labels=False)[0]).astype(int)
+    labelled = np.asarray(render_crop(raster, streets, LAT, LON, size_m, pixels, labels=True, font_px=font_px)[0])
     changed = np.abs(labelled.astype(int) - plain).sum(-1) > 30
     assert changed.sum() > 200, "no label was drawn"
     lines = [l for pieces in streets_in_pixels(streets, LAT, LON, size_m, pixels).values() for l in pieces]
@@ -144,8 +144,8 @@ def test_reserved_corner_stays_free_of_labels(tmp_path):
     raster = open_raster(write_geotiff(tmp_path / "sat.tif", "EPSG:32635", 1.0, 200, markers=()))
     streets = read_street_map(write_streets(tmp_path / "streets.geojson"))
     reserved = (0.5, 0.0, 1.0, 0.5)
-    plain = np.asarray(render_crop(raster, streets, LAT, LON, 160.0, 336, labels=False)).astype(int)
-    labelled = np.asarray(render_crop(raster, streets, LAT, LON, 160.0, 336, labels=True, reserved_box=reserved))
+    plain = np.asarray(render_crop(raster, streets, LAT, LON, 160.0, 336, labels=False)[0]).astype(int)
+    labelled = np.asarray(render_crop(raster, streets, LAT, LON, 160.0, 336, labels=True, reserved_box=reserved)[0])
     changed = np.abs(labelled.astype(int) - plain).sum(-1) > 30
     assert changed.sum() > 200
     assert changed[:168, 168:].sum() == 0

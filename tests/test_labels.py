@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from addressvlm.geo.crop import crop_city, offset_latlon
+from addressvlm.geo.crop import crop_city, offset_latlon, read_crop_index
 from addressvlm.graft import city_pairs, graft_batch
 from addressvlm.labels import (OpenAIBackend, build_stage1_json, hint_prompt, make_labels, names_street,
                                training_question)
@@ -77,6 +77,10 @@ def test_rule_backend_end_to_end(tmp_path):
     assert "east-west" in first and "faces east, looking along Mannerheimintie" in first
     assert "Kaivopiha (square)" in first or "Kaivopiha, a square" in first
     assert "faces north, across Mannerheimintie" in got["views/0/1.jpg"]["reason"]
+    # "labelled on the map" is said only of names the crop step really wrote on that crop.
+    drawn = read_crop_index(city / "stage1" / "crops")["loc0"]["street_labels"]
+    assert "Mannerheimintie" in drawn
+    assert ("labelled on the map" in first) == ("Yrjönkatu" in drawn)
     assert got["views/2/0.jpg"]["reason"].startswith("The street view in the upper-right corner was taken on "
                                                      "Yrjönkatu near Mannerheimintie")
     # Deterministic: a fresh run writes the same reasons; a rerun into the same file does nothing.

@@ -129,9 +129,13 @@ def streets_in_pixels(street_map: StreetMap, lat: float, lon: float, size_m: flo
 def render_crop(raster: GeoTiffRaster | TileFolderRaster, street_map: StreetMap | None, lat: float, lon: float,
                 size_m: float, pixels: int, labels: bool = True, font_px: int | None = None,
                 reserved_box: tuple[float, float, float, float] | None = None,
-                attribution: str | None = None) -> Image.Image:
-    """One crop centred on (lat, lon). ``reserved_box`` (x0, y0, x1, y1 as fractions of the side) stays label-free."""
+                attribution: str | None = None) -> tuple[Image.Image, list[str]]:
+    """One crop centred on (lat, lon) and the street names written on it.
+
+    ``reserved_box`` (x0, y0, x1, y1 as fractions of the side) stays label-free.
+    """
     image = raster.read_square(lat, lon, size_m, pixels)
+    placed = []
     if labels:
         if street_map is None:
             raise ValueError("labels=True needs a street map")
@@ -139,12 +143,12 @@ def render_crop(raster: GeoTiffRaster | TileFolderRaster, street_map: StreetMap 
         font_px = font_px or default_font_px(pixels)
         if attribution:
             reserved.append(box(0, pixels - font_px - 4, pixels, pixels))
-        draw_street_labels(image, streets_in_pixels(street_map, lat, lon, size_m, pixels), font_px, reserved)
+        placed = draw_street_labels(image, streets_in_pixels(street_map, lat, lon, size_m, pixels), font_px, reserved)
     if attribution:
         font = label_font(max(8, (font_px or default_font_px(pixels)) * 2 // 3))
         ImageDraw.Draw(image).text((3, pixels - 3), attribution, font=font, fill=TEXT_FILL, anchor="ld",
                                    stroke_width=1, stroke_fill=HALO_FILL)
-    return image
+    return image, [name for name, _ in placed]
 
 
 def jitter_offset(location_id: str, jitter_m: float, seed: int) -> tuple[float, float]:
@@ -244,7 +248,7 @@ def crop_city(city_root, out_dir, size_m: float, pixels: int, jitter_m: float = 
                 # The crop centre moves by the offset; the location sits at -offset from the centre.
                 clat, clon = offset_latlon(lat, lon, east, north)
                 try:
-                    image = render_crop(source, street_map, clat, clon, size_m, pixels, labels, font_px,
+                    image, drawn = render_crop(source, street_map, clat, clon, size_m, pixels, labels, font_px,
                                         reserved_box, attribution)
                 except RasterError as exc:
                     report.failed.append((loc, str(exc)))
@@ -255,7 +259,8 @@ def crop_city(city_root, out_dir, size_m: float, pixels: int, jitter_m: float = 
                 os.replace(tmp, target)
                 index.write({"location_id": loc, "file": target.name, "lat": lat, "lon": lon,
                              "center_lat": clat, "center_lon": clon, "location_east_m": -east,
-                             "location_north_m": -north, "size_m": size_m, "pixels": pixels})
+                             "location_north_m": -north, "size_m": size_m, "pixels": pixels,
+                             "street_labels": drawn})
                 report.written += 1
     finally:
         source.close()
