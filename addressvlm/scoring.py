@@ -81,6 +81,7 @@ def extract_generation(prediction: str) -> str:
 _YES_NO = re.compile(r"\b(yes|no)\b")
 
 
+@lru_cache(maxsize=4096)  # replies repeat ("Yes", "No."): most are answered from the cache
 def extract_judgment(prediction: str) -> str | None:
     """``"Yes"``/``"No"`` from the first yes/no word (``"No, it is not"`` -> No); None when there is none."""
     found = _YES_NO.search(unicodedata.normalize("NFKC", prediction).casefold())
