@@ -21,6 +21,8 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from tqdm import tqdm
+
 from addressvlm.records import DataError, Location, write_locations
 
 # Canonical fields a column map may name. The first six plus heading/cross_street/split are locations.csv columns;
@@ -250,6 +252,7 @@ class IngestOptions:
     image_root: str | None = None   # where source image paths are relative to; default the city root
     group_tolerance_m: float = 1.0  # images closer than this with the same address share a location
     check_files: bool = True
+    progress: bool = False          # a tqdm bar over the rows (a Pitts-sized table takes ~20 s)
 
 
 def _resolve_columns(header: Sequence[str], mapping: dict[str, str], path) -> dict[str, str]:
@@ -328,7 +331,7 @@ def ingest_table(table: str | os.PathLike, out_csv: str | os.PathLike, options: 
 
     partial = []  # (source row, image, easting|lat, northing|lon, zone or None, street, district, cross, heading)
     seen: dict[str, str] = {}
-    for row in rows:
+    for row in tqdm(rows, desc=f"reading {table.name}", unit="row", disable=not options.progress, mininterval=1.0):
         try:
             image = _text(row.values, fields, "image")
             if not image:
@@ -482,8 +485,6 @@ def find_unreadable(city_root: str | os.PathLike, images: Sequence[str], workers
     """Decode every image (relative to ``city_root``) in ``workers`` processes; returns (image, reason) for each
     one that is missing or does not decode, in input order."""
     from multiprocessing import Pool
-
-    from tqdm import tqdm
 
     paths = [str(Path(city_root) / img) for img in images]
     bar = tqdm(total=len(paths), desc="decoding images", unit="img", disable=not progress, mininterval=1.0)

@@ -46,7 +46,7 @@ def main() -> None:
         options = IngestOptions(
             columns=parse_column_map(args.columns), coords=args.coords, utm_zone=args.utm_zone,
             pitts_mat=args.pitts_mat, pitts_which=args.pitts_which, image_root=args.image_root,
-            group_tolerance_m=args.group_tolerance_m, check_files=not args.no_check_files,
+            group_tolerance_m=args.group_tolerance_m, check_files=not args.no_check_files, progress=True,
         )
         rows = ingest_table(args.table, args.out, options)
     except (DataError, ValueError) as exc:
