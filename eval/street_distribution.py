@@ -24,8 +24,11 @@ from addressvlm.street_map import count_streets, draw_street_distribution, read_
 
 
 def _panel_arg(text: str) -> tuple[str, Path]:
-    label, sep, path = text.rpartition("=")
-    return (label, Path(path)) if sep and label else (Path(text).stem, Path(text))
+    """``LABEL=PATH`` or a plain ``PATH`` (an existing file whose name holds "=" stays a plain path)."""
+    label, sep, path = text.partition("=")
+    if not sep or not label or Path(text).is_file():
+        return Path(text).stem, Path(text)
+    return label, Path(path)
 
 
 def png_name(image: str) -> str:

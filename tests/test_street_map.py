@@ -119,7 +119,7 @@ def test_sampling_writes_resumable_records(tmp_path):
 
     def sampler(image: str, prompt: str, n: int) -> list[str]:
         asked.append((image, prompt))
-        return [f"Forbes Avenue" if i % 2 else "C" for i in range(n)]
+        return ["Forbes Avenue" if i % 2 else "C" for i in range(n)]
 
     out = tmp_path / "samples.jsonl"
     options = {"images/001_0.jpg": {"A": "Craig Street", "B": "Forbes Avenue", "C": "Penn Avenue"}}
