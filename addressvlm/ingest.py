@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -313,114 +314,139 @@ def _normalise_image(image: str, image_root: Path, city_root: Path) -> str:
     return Path(os.path.relpath(path, city_root)).as_posix()
 
 
+@dataclass
+class _ParsedRow:
+    """A source row read and checked; ``x``/``y`` are lat/lon, or easting/northing when ``utm_zone`` is set."""
+
+    source: SourceRow
+    image: str
+    x: float
+    y: float
+    utm_zone: tuple[int, str] | None
+    street: str
+    district: str
+    cross_street: str
+    heading: float | None
+    location_id: str
+    split: str
+
+
+class _RowReader:
+    """Turns source rows into ``_ParsedRow``s under one set of options; raises ``ValueError`` on a bad row."""
+
+    def __init__(self, table: Path, header: Sequence[str], options: IngestOptions, city_root: Path):
+        self.options, self.city_root = options, city_root
+        self.image_root = Path(options.image_root).resolve() if options.image_root else city_root
+        self.fields = _resolve_columns(header, options.columns, table)
+        if "image" not in self.fields:
+            raise DataError(table, 1, "missing column 'image' (map it with --columns image=COLUMN)")
+        if not ("street" in self.fields and "district" in self.fields) and "address" not in self.fields:
+            raise DataError(table, 1, "need 'street' and 'district' columns or an 'address' column "
+                                      "(map them with --columns)")
+        self.mode = _choose_coordinates(options, self.fields, table)
+        self.pitts = read_pitts_mat(options.pitts_mat, options.pitts_which) if self.mode == "pitts-mat" else {}
+        self.zone = parse_utm_zone(options.utm_zone) if options.utm_zone else None
+
+    def text(self, row: SourceRow, field: str) -> str:
+        return _text(row.values, self.fields, field)
+
+    def parse(self, row: SourceRow) -> _ParsedRow:
+        image = self.text(row, "image")
+        if not image:
+            raise ValueError("empty 'image'")
+        rel = _normalise_image(image, self.image_root, self.city_root)
+        if rel.startswith("../"):
+            raise ValueError(f"image {image!r} lies outside the city root {self.city_root}")
+        street, district = self.text(row, "street"), self.text(row, "district")
+        cross = [c for c in self.text(row, "cross_street").split("&") if c.strip()]
+        address_text = self.text(row, "address")
+        if address_text and not (street and district):
+            parsed = parse_address(address_text)
+            street, district = street or parsed.street, district or parsed.district
+            cross = cross or list(parsed.cross_streets)
+        if not street:
+            raise ValueError(f"empty 'street' for image {rel!r}")
+        if not district:
+            raise ValueError(f"empty 'district' for image {rel!r}")
+        heading_text = self.text(row, "heading")
+        heading = _float(heading_text, "heading") if heading_text else None
+        zone = None
+        if self.mode == "columns":
+            x, y = _float(self.text(row, "lat"), "lat"), _float(self.text(row, "lon"), "lon")
+        elif self.mode == "utm":
+            zone_text = self.text(row, "utm_zone")
+            zone = parse_utm_zone(zone_text) if zone_text else self.zone
+            x, y = _float(self.text(row, "utm_e"), "utm_e"), _float(self.text(row, "utm_n"), "utm_n")
+        elif self.mode == "pitts-mat":
+            key = image.replace("\\", "/")
+            if key not in self.pitts:
+                raise ValueError(f"image {image!r} is not in {self.options.pitts_mat}")
+            (x, y), zone = self.pitts[key], self.zone
+        else:
+            sfxl = parse_sfxl_name(image)
+            x, y = sfxl.lat, sfxl.lon
+            heading = heading if heading is not None else sfxl.heading
+        location_id = self.text(row, "location_id")
+        if "location_id" in self.fields and (not location_id or "/" in location_id):
+            raise ValueError(f"location_id {location_id!r} must be non-empty and free of '/'")
+        split = self.text(row, "split")
+        if split and split not in ("train", "val", "test"):
+            raise ValueError(f"split {split!r} is not train, val or test")
+        if self.options.check_files and not (self.city_root / rel).is_file():
+            raise ValueError(f"image file {self.city_root / rel} does not exist")
+        return _ParsedRow(row, rel, x, y, zone, street, district,
+                          CROSS_STREET_SEPARATOR.join(_squash(c) for c in cross), heading, location_id, split)
+
+
 def ingest_table(table: str | os.PathLike, out_csv: str | os.PathLike, options: IngestOptions) -> list[Location]:
     """Convert a source table into ``out_csv`` (the city root is its folder); returns the rows written."""
     table, out_csv = Path(table), Path(out_csv)
-    city_root = out_csv.resolve().parent
-    image_root = Path(options.image_root).resolve() if options.image_root else city_root
     header, rows = read_table(table)
-    fields = _resolve_columns(header, options.columns, table)
-    if "image" not in fields:
-        raise DataError(table, 1, "missing column 'image' (map it with --columns image=COLUMN)")
-    has_streets = "street" in fields and "district" in fields
-    if not has_streets and "address" not in fields:
-        raise DataError(table, 1, "need 'street' and 'district' columns or an 'address' column (map them with --columns)")
-    mode = _choose_coordinates(options, fields, table)
-    pitts = read_pitts_mat(options.pitts_mat, options.pitts_which) if mode == "pitts-mat" else {}
-    zone = parse_utm_zone(options.utm_zone) if options.utm_zone else None
-
-    partial = []  # (source row, image, easting|lat, northing|lon, zone or None, street, district, cross, heading)
+    reader = _RowReader(table, header, options, out_csv.resolve().parent)
+    parsed: list[_ParsedRow] = []
     seen: dict[str, str] = {}
     for row in tqdm(rows, desc=f"reading {table.name}", unit="row", disable=not options.progress, mininterval=1.0):
         try:
-            image = _text(row.values, fields, "image")
-            if not image:
-                raise ValueError("empty 'image'")
-            rel = _normalise_image(image, image_root, city_root)
-            if rel.startswith("../"):
-                raise ValueError(f"image {image!r} lies outside the city root {city_root}")
-            if rel in seen:
-                raise ValueError(f"duplicate image {rel!r} (first at {seen[rel]})")
-            street, district = _text(row.values, fields, "street"), _text(row.values, fields, "district")
-            cross = [c for c in _text(row.values, fields, "cross_street").split("&") if c.strip()]
-            address_text = _text(row.values, fields, "address")
-            if address_text and not (street and district):
-                parsed = parse_address(address_text)
-                street, district = street or parsed.street, district or parsed.district
-                cross = cross or list(parsed.cross_streets)
-            if not street:
-                raise ValueError(f"empty 'street' for image {rel!r}")
-            if not district:
-                raise ValueError(f"empty 'district' for image {rel!r}")
-            heading_text = _text(row.values, fields, "heading")
-            heading = _float(heading_text, "heading") if heading_text else None
-            if mode == "columns":
-                a, b, row_zone = _float(_text(row.values, fields, "lat"), "lat"), _float(_text(row.values, fields, "lon"), "lon"), None
-            elif mode == "utm":
-                zone_text = _text(row.values, fields, "utm_zone")
-                row_zone = parse_utm_zone(zone_text) if zone_text else zone
-                a, b = _float(_text(row.values, fields, "utm_e"), "utm_e"), _float(_text(row.values, fields, "utm_n"), "utm_n")
-            elif mode == "pitts-mat":
-                key = image.replace("\\", "/")
-                if key not in pitts:
-                    raise ValueError(f"image {image!r} is not in {options.pitts_mat}")
-                (a, b), row_zone = pitts[key], zone
-            else:
-                sfxl = parse_sfxl_name(image)
-                a, b, row_zone = sfxl.lat, sfxl.lon, None
-                heading = heading if heading is not None else sfxl.heading
-            if options.check_files and not (city_root / rel).is_file():
-                raise ValueError(f"image file {city_root / rel} does not exist")
+            p = reader.parse(row)
+            if p.image in seen:
+                raise ValueError(f"duplicate image {p.image!r} (first at {seen[p.image]})")
         except ValueError as exc:
             raise DataError(table, row.line, f"{row.where}{exc}") from None
-        seen[rel] = f"line {row.line}" if row.line else row.where.rstrip(": ")
-        partial.append((row, rel, a, b, row_zone, street, district, CROSS_STREET_SEPARATOR.join(_squash(c) for c in cross), heading))
-    if not partial:
+        seen[p.image] = f"line {row.line}" if row.line else row.where.rstrip(": ")
+        parsed.append(p)
+    if not parsed:
         raise DataError(table, None, "table has no rows")
 
-    lat_lon = _to_latlon(partial)
-    for (row, rel, *_), (lat, lon) in zip(partial, lat_lon):
+    lat_lon = _to_latlon(parsed)
+    for p, (lat, lon) in zip(parsed, lat_lon):
         if not (-90.0 <= lat <= 90.0):
-            raise DataError(table, row.line, f"{row.where}latitude {lat} out of range [-90, 90]")
+            raise DataError(table, p.source.line, f"{p.source.where}latitude {lat} out of range [-90, 90]")
         if not (-180.0 <= lon <= 180.0):
-            raise DataError(table, row.line, f"{row.where}longitude {lon} out of range [-180, 180]")
-
-    if "location_id" in fields:
-        location_ids = []
-        for row, *_ in partial:
-            loc = _text(row.values, fields, "location_id")
-            if not loc or "/" in loc:
-                raise DataError(table, row.line, f"{row.where}location_id {loc!r} must be non-empty and free of '/'")
-            location_ids.append(loc)
+            raise DataError(table, p.source.line, f"{p.source.where}longitude {lon} out of range [-180, 180]")
+    if "location_id" in reader.fields:
+        location_ids = [p.location_id for p in parsed]
     else:
-        location_ids = group_locations(
-            [(lat, lon, p[5], p[6]) for p, (lat, lon) in zip(partial, lat_lon)], options.group_tolerance_m)
-
-    out = []
-    for (row, rel, _a, _b, _z, street, district, cross, heading), (lat, lon), loc in zip(partial, lat_lon, location_ids):
-        split = _text(row.values, fields, "split")
-        if split and split not in ("train", "val", "test"):
-            raise DataError(table, row.line, f"{row.where}split {split!r} is not train, val or test")
-        out.append(Location(image=rel, location_id=loc, lat=round(lat, 7), lon=round(lon, 7), street=street,
-                            district=district, heading=heading, cross_street=cross, split=split))
+        location_ids = group_locations([(lat, lon, p.street, p.district) for p, (lat, lon) in zip(parsed, lat_lon)],
+                                       options.group_tolerance_m)
+    out = [Location(image=p.image, location_id=loc, lat=round(lat, 7), lon=round(lon, 7), street=p.street,
+                    district=p.district, heading=p.heading, cross_street=p.cross_street, split=p.split)
+           for p, (lat, lon), loc in zip(parsed, lat_lon, location_ids)]
     write_locations(out_csv, out)
     return out
 
 
-def _to_latlon(partial: list) -> list[tuple[float, float]]:
-    """Convert each row's coordinates to (lat, lon); UTM rows are converted in one pyproj call per zone."""
-    result: list[tuple[float, float] | None] = [None] * len(partial)
-    by_zone: dict[tuple[int, str], list[int]] = {}
-    for i, p in enumerate(partial):
-        if p[4] is None:
-            result[i] = (p[2], p[3])
-        else:
-            by_zone.setdefault(p[4], []).append(i)
+def _to_latlon(parsed: list[_ParsedRow]) -> list[tuple[float, float]]:
+    """Each row's (lat, lon); UTM rows are converted in one pyproj call per zone."""
+    result: list[tuple[float, float]] = [(p.x, p.y) for p in parsed]
+    by_zone: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for i, p in enumerate(parsed):
+        if p.utm_zone is not None:
+            by_zone[p.utm_zone].append(i)
     for (zone, band), idx in by_zone.items():
-        lats, lons = utm_to_latlon([partial[i][2] for i in idx], [partial[i][3] for i in idx], zone, band)
+        lats, lons = utm_to_latlon([parsed[i].x for i in idx], [parsed[i].y for i in idx], zone, band)
         for i, lat, lon in zip(idx, lats, lons):
             result[i] = (float(lat), float(lon))
-    return result  # type: ignore[return-value]
+    return result
 
 
 def group_locations(points: Sequence[tuple[float, float, str, str]], tolerance_m: float) -> list[str]:
