@@ -182,3 +182,23 @@ def test_crop_city_batch_resumes_and_reports_uncovered_locations(tmp_path):
     with pytest.raises(ValueError, match="made with"):
         crop_city(city, out, size_m=120, pixels=200, jitter_m=20, seed=3, progress=False)
     assert crop_file_name("loc/a") != crop_file_name("loc_a")
+
+
+def test_single_crop_cli(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "datasets_prep" / "crop_satellite.py"
+    tif = write_geotiff(tmp_path / "sat.tif", "EPSG:32635", 1.0, 200)
+    streets = write_streets(tmp_path / "streets.geojson")
+    out = tmp_path / "one.png"
+    run = subprocess.run([sys.executable, str(script), "--raster", str(tif), "--streets", str(streets),
+                          "--lat", str(LAT), "--lon", str(LON), "--size-m", "100", "--pixels", "200",
+                          "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "Mannerheimintie" in run.stdout
+    assert Image.open(out).size == (200, 200)
+    far = subprocess.run([sys.executable, str(script), "--raster", str(tif), "--no-labels", "--lat", "0",
+                          "--lon", "0", "--out", str(tmp_path / "two.png")], capture_output=True, text=True)
+    assert far.returncode != 0 and "sat.tif: point lat=0.0, lon=0.0 lies outside the raster" in far.stderr

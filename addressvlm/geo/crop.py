@@ -27,7 +27,6 @@ from addressvlm.records import DataError, JsonlAppender, Location, read_location
 
 HALO_FILL = (20, 20, 20)
 TEXT_FILL = (255, 255, 255)
-ANCHOR_FRACTIONS = (0.5, 0.35, 0.65, 0.2, 0.8)  # where along a street to try the label, in order
 CROPS_INDEX = "crops.jsonl"
 RUN_PARAMS = "params.json"
 
@@ -53,16 +52,17 @@ def _text_tile(name: str, font: ImageFont.FreeTypeFont, halo: int) -> Image.Imag
     return tile
 
 
-def _label_candidates(line: LineString, text_w: float):
-    """(centre x, centre y, angle in degrees) spots where a straight label of ``text_w`` fits along the line."""
+def _label_candidates(line: LineString, text_w: float, step: float):
+    """(centre x, centre y, angle in degrees) spots where a straight label of ``text_w`` fits along the line,
+    from the middle of the line outwards every ``step`` pixels."""
     length = line.length
     if length < text_w * 1.1:
         return
-    for frac in ANCHOR_FRACTIONS:
-        mid = frac * length
+    slack = (length - text_w) / 2
+    offsets = [0.0] + [sign * k * step for k in range(1, int(slack // step) + 1) for sign in (1, -1)]
+    for offset in offsets:
+        mid = length / 2 + offset
         a, b = mid - text_w / 2, mid + text_w / 2
-        if a < 0 or b > length:
-            continue
         p, q = line.interpolate(a), line.interpolate(b)
         if math.hypot(q.x - p.x, q.y - p.y) < 0.92 * text_w:
             continue  # the street bends under the label: try elsewhere
@@ -92,7 +92,7 @@ def draw_street_labels(image: Image.Image, streets: dict[str, list[LineString]],
         tile = _text_tile(name, font, halo)
         done = False
         for piece in sorted(pieces, key=lambda l: -l.length):
-            for cx, cy, angle in _label_candidates(piece, tile.width):
+            for cx, cy, angle in _label_candidates(piece, tile.width, step=max(4.0, tile.height / 2)):
                 footprint = affinity.rotate(
                     box(cx - tile.width / 2, cy - tile.height / 2, cx + tile.width / 2, cy + tile.height / 2),
                     -angle, origin=(cx, cy))
