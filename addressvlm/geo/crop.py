@@ -19,7 +19,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 from shapely import affinity
-from shapely.geometry import LineString, Polygon, box
+from shapely.geometry import LineString, MultiLineString, Polygon, box
+from shapely.ops import linemerge
 
 from addressvlm.geo.raster import GeoTiffRaster, RasterError, TileFolderRaster, find_city_raster, open_raster
 from addressvlm.geo.streets import StreetMap, find_city_streets, read_street_map
@@ -115,14 +116,17 @@ def streets_in_pixels(street_map: StreetMap, lat: float, lon: float, size_m: flo
     scale = pixels / size_m
     half = size_m / 2
     view = box(-half, -half, half, half)
-    out: dict[str, list[LineString]] = {}
+    # OSM splits a street into many short ways: join them first, or no piece is long enough for its name.
+    by_name: dict[str, list[LineString]] = {}
     for street in street_map.near(lat, lon, radius_m=half * math.sqrt(2)):
-        clipped = street.line.intersection(view)
-        parts = getattr(clipped, "geoms", [clipped])
-        for part in parts:
+        by_name.setdefault(street.name, []).append(street.line)
+    out: dict[str, list[LineString]] = {}
+    for name, lines in by_name.items():
+        clipped = linemerge(MultiLineString(lines)).intersection(view)
+        for part in getattr(clipped, "geoms", [clipped]):
             if isinstance(part, LineString) and not part.is_empty:
                 px = affinity.affine_transform(part, [scale, 0, 0, -scale, half * scale, half * scale])
-                out.setdefault(street.name, []).append(px)
+                out.setdefault(name, []).append(px)
     return out
 
 
