@@ -27,6 +27,7 @@ from torch.optim import AdamW
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
 from addressvlm.dataset import CityLLaVADataset
+from addressvlm.hooks import RNGStateHook
 from addressvlm.model import AddressLLaVAModel
 from xtuner.dataset.collate_fns import default_collate_fn
 from xtuner.dataset.map_fns import llava_map_fn, template_map_fn_factory
@@ -189,7 +190,7 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 #######################################################################
 #                           PART 5  Runtime                           #
 #######################################################################
-custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer)]
+custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer), dict(type=RNGStateHook)]
 
 default_hooks = dict(
     timer=dict(type=IterTimerHook),

@@ -1,0 +1,117 @@
+"""Every recipe parses; the reference recipes carry Table A1; overrides and children reach the built dicts."""
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+from addressvlm.city_recipes import city_recipe_text
+from addressvlm.runtime import local_run_options
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = sorted((REPO / "recipes").rglob("*.py"))
+REFERENCE = ["stage1_pitts", "stage2_pitts", "stage1_sf", "stage2_sf"]
+
+
+def load(name: str) -> Config:
+    return Config.fromfile(str(REPO / "recipes" / f"{name}.py"))
+
+
+def type_name(t) -> str:
+    return t if isinstance(t, str) else t.__name__
+
+
+def test_recipes_exist():
+    names = {p.stem for p in RECIPES}
+    assert set(REFERENCE) <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_every_recipe_parses_with_explicit_work_dir(path):
+    cfg = Config.fromfile(str(path))
+    assert cfg.work_dir.startswith("./work_dirs/")
+    assert cfg.work_dir.rstrip("/").endswith(path.stem)
+
+
+@pytest.mark.parametrize("name", REFERENCE)
+def test_reference_recipes_follow_table_a1(name):
+    cfg = load(name)
+    # Plain variables, as XTuner configs keep them.
+    assert cfg.batch_size == 4
+    assert cfg.accumulative_counts == 16
+    assert cfg.lr == 1e-5
+    assert cfg.weight_decay == 0
+    assert tuple(cfg.betas) == (0.9, 0.999)
+    assert cfg.warmup_ratio == 0.03
+    assert cfg.max_length == 2048 - 576
+    # ... and the built dicts that training reads.
+    assert cfg.train_dataloader.batch_size == 4
+    assert cfg.train_dataloader.sampler.per_device_batch_size == 4 * 16
+    assert cfg.optim_wrapper.accumulative_counts == 16
+    assert cfg.optim_wrapper.optimizer.lr == 1e-5
+    assert cfg.optim_wrapper.optimizer.weight_decay == 0
+    assert tuple(cfg.optim_wrapper.optimizer.betas) == (0.9, 0.999)
+    assert cfg.param_scheduler[0].end == pytest.approx(0.03)
+    assert cfg.param_scheduler[1].begin == pytest.approx(0.03)
+    assert cfg.train_dataloader.dataset.max_length == 1472
+    for lora in (cfg.model.llm_lora, cfg.model.visual_encoder_lora):
+        assert lora.r == 128
+        assert lora.lora_dropout == 0.05
+        assert lora.lora_alpha == 256
+    assert cfg.model.freeze_llm and cfg.model.freeze_visual_encoder  # base frozen, LoRA + projector trained
+    assert cfg.model.projector_name_or_path.endswith("llava-phi-3-mini-xtuner/projector")
+    assert cfg.model.llm.pretrained_model_name_or_path.endswith("llava-phi-3-mini-xtuner")
+    template = cfg.train_dataloader.dataset.template_map_fn.template
+    assert template.INSTRUCTION == "<|user|>\n{input}<|end|>\n<|assistant|>\n"
+    # GPU recipe: AMP and nccl; CPU runs switch through addressvlm.runtime only.
+    assert type_name(cfg.optim_wrapper.type) == "AmpOptimWrapper"
+    assert cfg.env_cfg.dist_cfg.backend == "nccl"
+
+
+@pytest.mark.parametrize("city,stage", [("sf", 1), ("sf", 2)])
+def test_children_patch_the_built_dicts(city, stage):
+    cfg = load(f"stage{stage}_{city}")
+    data_file = "stage1/train.json" if stage == 1 else "vqa/train.json"
+    assert cfg.train_dataloader.dataset.data_path == f"./data/{city}/{data_file}"
+    assert cfg.train_dataloader.dataset.image_folder == f"./data/{city}/"
+    expected_init = None if stage == 1 else f"./work_dirs/llava_phi3_mini/stage1_{city}"
+    assert cfg.model.init_from_work_dir == expected_init
+
+
+def test_stage_chain_of_reference_recipes():
+    assert load("stage1_pitts").model.init_from_work_dir is None
+    assert load("stage2_pitts").model.init_from_work_dir == load("stage1_pitts").work_dir
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_committed_sf_children_are_what_new_city_writes(stage):
+    committed = (REPO / "recipes" / f"stage{stage}_sf.py").read_text()
+    assert committed == city_recipe_text("sf", stage, "./data/sf")
+    assert len(committed.splitlines()) <= 15
+
+
+def test_city_names_must_be_module_names():
+    with pytest.raises(ValueError, match="module name"):
+        city_recipe_text("New York", 1, "./data/ny")
+
+
+def test_local_run_options_relocate_every_model_path_and_switch_to_cpu():
+    recipe = str(REPO / "recipes" / "stage2_sf.py")
+    cfg = Config.fromfile(recipe)
+    options = local_run_options(recipe, "/models/tiny", overrides={"optim_wrapper.optimizer.lr": 1e-3})
+    from mmengine.config import DictAction
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    cfg.merge_from_dict(parser.parse_args(["--cfg-options", *options]).cfg_options)
+    text = cfg.pretty_text
+    assert "llava-phi-3-mini-xtuner" not in text.replace("llava_root = './models/llava-phi-3-mini-xtuner'", "")
+    assert cfg.model.visual_encoder.pretrained_model_name_or_path == "/models/tiny/visual_encoder"
+    assert cfg.train_dataloader.dataset.tokenizer.pretrained_model_name_or_path == "/models/tiny"
+    assert cfg.custom_hooks[0].tokenizer.pretrained_model_name_or_path == "/models/tiny"
+    assert type_name(cfg.optim_wrapper.type) == "OptimWrapper"
+    assert "loss_scale" not in cfg.optim_wrapper and "dtype" not in cfg.optim_wrapper
+    assert cfg.optim_wrapper.optimizer.lr == 1e-3  # the caller's override wins
+    assert tuple(cfg.optim_wrapper.optimizer.betas) == (0.9, 0.999)
+    assert cfg.optim_wrapper.accumulative_counts == 16
+    assert cfg.env_cfg.dist_cfg.backend == "gloo"
