@@ -678,13 +678,19 @@ def write_districts_geojson(path: Path, city: CityMap) -> None:
     write_atomic(path, json.dumps(collection, ensure_ascii=False) + "\n")
 
 
-def write_satellite(path: Path, city: CityMap, metres_per_pixel: float, seed: int) -> None:
-    """The pseudo-aerial GeoTIFF, north up; the attribution lives in its tags, never on the pixels."""
+def write_satellite(path: Path, city: CityMap, metres_per_pixel: float, seed: int, padding: float = 100.0) -> None:
+    """The pseudo-aerial GeoTIFF, north up; the attribution lives in its tags, never on the pixels.
+
+    It reaches ``padding`` metres past the sampled area, so satellite crops around places near the edge stay filled
+    (with what OSM has there, or bare ground beyond the extract).
+    """
     import rasterio
     from rasterio.transform import Affine
 
-    pixels = render_satellite(city, metres_per_pixel, seed)
-    xmin, _, _, ymax = city.bounds
+    xmin, ymin, xmax, ymax = city.bounds
+    extent = (xmin - padding, ymin - padding, xmax + padding, ymax + padding)
+    pixels = render_satellite(city, metres_per_pixel, seed, extent)
+    xmin, ymax = extent[0], extent[3]
     tmp = path.with_name(f".{path.name}.tmp")
     profile = dict(driver="GTiff", width=pixels.shape[1], height=pixels.shape[0], count=3, dtype="uint8",
                    crs=PROJECTED_CRS, transform=Affine(metres_per_pixel, 0.0, xmin, 0.0, -metres_per_pixel, ymax),

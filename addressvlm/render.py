@@ -321,9 +321,10 @@ COURTYARD = (150, 146, 138)
 ROOF_COLOURS = ((96, 96, 100), (124, 122, 116), (100, 126, 114), (140, 98, 82), (72, 72, 76), (156, 152, 144))
 
 
-def render_satellite(city, metres_per_pixel: float, seed: int) -> np.ndarray:
-    """An RGB (H, W, 3) uint8 pseudo-aerial photo of ``city.bounds``, north up, one pixel = ``metres_per_pixel``."""
-    xmin, ymin, xmax, ymax = city.bounds
+def render_satellite(city, metres_per_pixel: float, seed: int, extent=None) -> np.ndarray:
+    """An RGB (H, W, 3) uint8 pseudo-aerial photo of ``extent`` (default ``city.bounds``; xmin, ymin, xmax, ymax in
+    the city's projected metres), north up, one pixel = ``metres_per_pixel``."""
+    xmin, ymin, xmax, ymax = extent or city.bounds
     width = int(round((xmax - xmin) / metres_per_pixel))
     height = int(round((ymax - ymin) / metres_per_pixel))
     ss = 2  # supersampling for smooth edges
