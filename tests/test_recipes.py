@@ -115,3 +115,14 @@ def test_local_run_options_relocate_every_model_path_and_switch_to_cpu():
     assert tuple(cfg.optim_wrapper.optimizer.betas) == (0.9, 0.999)
     assert cfg.optim_wrapper.accumulative_counts == 16
     assert cfg.env_cfg.dist_cfg.backend == "gloo"
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_single_gpu_qlora_variant_keeps_table_a1s_effective_batch(stage):
+    cfg = load(f"stage{stage}_pitts_qlora")
+    reference = load(f"stage{stage}_pitts")
+    assert cfg.train_dataloader.batch_size * cfg.optim_wrapper.accumulative_counts == 4 * 8 * 16
+    assert cfg.train_dataloader.sampler.per_device_batch_size == 4 * 128
+    assert cfg.model.llm.quantization_config.load_in_4bit
+    assert cfg.model.llm_lora == reference.model.llm_lora
+    assert cfg.model.init_from_work_dir == (None if stage == 1 else "./work_dirs/llava_phi3_mini/stage1_pitts_qlora")
