@@ -1,0 +1,414 @@
+"""Answer test questions with a trained model: an XTuner recipe plus checkpoint, or an exported Hugging Face folder.
+
+The XTuner path builds the model exactly as training built it (the recipe, its ``--cfg-options``, the checkpoint's
+LoRA adapters and projector, every tensor checked) and prompts it exactly as training did: the dataset's chat
+template around ``"<image>\\n" + question``, the image padded to a square with the processor's mean colour when the
+recipe's dataset pads. The Hugging Face path reads the same things from the folder ``tools/export_hf.py`` wrote.
+
+Answers go to ``predictions.jsonl`` one flushed line at a time; a rerun skips answered ids, and
+``chunk_questions`` gives one process per GPU a disjoint share (whole images, so prefix sharing still applies).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from addressvlm.prefix_cache import (
+    ImageQuestions,
+    VisionChatModel,
+    generate_plain,
+    generate_shared,
+    sampler,
+)
+from addressvlm.records import DataError, PREDICTION_KEYS, open_predictions, read_jsonl, read_questions, write_atomic
+
+IMAGE_TOKEN = "<image>"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that does not fit the model built from its recipe."""
+
+
+def image_turn(question: str) -> str:
+    """The user turn as training wrote it (XTuner's ``llava_map_fn``): the image token, a newline, the text."""
+    return IMAGE_TOKEN + "\n" + question.replace(IMAGE_TOKEN, "").strip()
+
+
+def split_at_image(tokenizer, text: str, bos_ids: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """Token ids before and after the single image token of ``text``, each side encoded on its own as XTuner's
+    ``encode_fn`` does (so no token straddles the image)."""
+    before, image, after = text.partition(IMAGE_TOKEN)
+    if not image or IMAGE_TOKEN in after:
+        raise ValueError(f"a prompt needs exactly one {IMAGE_TOKEN}: {text!r}")
+    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    return list(bos_ids) + encode(before), encode(after)
+
+
+def image_preprocessor(image_processor, pad_to_square: bool):
+    """PIL image or path -> ``[3, H, W]`` pixels, as ``LLaVADataset`` prepares them."""
+    from xtuner.dataset.utils import expand2square
+
+    background = tuple(int(x * 255) for x in image_processor.image_mean)
+
+    def preprocess(image) -> torch.Tensor:
+        if not isinstance(image, Image.Image):
+            image = Image.open(image)
+        image = image.convert("RGB")
+        if pad_to_square:
+            image = expand2square(image, background)
+        return image_processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
+
+    return preprocess
+
+
+def default_device_dtype(device: str | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+    """CUDA in bf16 (fp16 where bf16 is missing) when there is a GPU, else CPU in fp32."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if dtype is None:
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32
+    return device, dtype
+
+
+# --------------------------------------------------------------------------------------------- XTuner checkpoints
+def parse_cfg_options(options: Sequence[str] | dict | None) -> dict:
+    """``key=value`` strings (as ``xtuner train --cfg-options`` takes them) or a dict, as a dict for mmengine."""
+    if not options:
+        return {}
+    if isinstance(options, dict):
+        return dict(options)
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    return parser.parse_args(["--cfg-options", *options]).cfg_options
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """An ``iter_N.pth`` file, a DeepSpeed checkpoint folder, or a work_dir (its last checkpoint)."""
+    from addressvlm.model import find_last_checkpoint
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if any(path.glob("*model_states.pt")):
+            return path
+        return find_last_checkpoint(path)
+    raise FileNotFoundError(f"checkpoint {path} not found (an iter_N.pth file, a DeepSpeed folder or a work_dir)")
+
+
+def load_checked_state(model: torch.nn.Module, checkpoint: Path) -> int:
+    """Load a training checkpoint with ``strict=False`` (it holds only the trained tensors) and fail, naming keys,
+    unless it holds exactly what this model trains and every tensor fits; return the tensor count."""
+    from xtuner.model.utils import guess_load_checkpoint
+
+    state = guess_load_checkpoint(str(checkpoint))
+    full = torch.nn.Module.state_dict(model)
+    trained = set(model.state_dict())  # LLaVAModel.state_dict: the tensors training saves
+    unknown = sorted(k for k in state if k not in full)
+    missing = sorted(trained - set(state))
+    wrong_shape = sorted(k for k in state if k in full and full[k].shape != state[k].shape)
+    if unknown or missing or wrong_shape:
+        raise CheckpointError(
+            f"{checkpoint} does not fit the model its recipe builds (same recipe and --cfg-options as training?):\n"
+            f"  in the checkpoint, not in the model: {unknown[:20]}\n"
+            f"  trained by the model, not in the checkpoint: {missing[:20]}\n"
+            f"  with another shape: {wrong_shape[:20]}")
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise CheckpointError(f"{checkpoint}: tensors did not load: {sorted(result.unexpected_keys)[:20]}")
+    return len(state)
+
+
+def build_recipe_model(config: str | os.PathLike, cfg_options: Sequence[str] | dict | None = None):
+    """``(cfg, model)``: the recipe's model built as training builds it, ``cfg_options`` merged (e.g.
+    ``runtime.model_root_options``), without a previous stage (a checkpoint will replace every trained tensor)."""
+    from mmengine.config import Config
+
+    from addressvlm import xtuner_shims  # noqa: F401
+    from xtuner.registry import BUILDER
+
+    cfg = Config.fromfile(str(config))
+    cfg.merge_from_dict(parse_cfg_options(cfg_options))
+    if "init_from_work_dir" in cfg.model:
+        cfg.model.init_from_work_dir = None
+    return cfg, BUILDER.build(cfg.model)
+
+
+def load_xtuner_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
+                      cfg_options: Sequence[str] | dict | None = None, device: str | None = None,
+                      dtype: str | torch.dtype | None = None) -> VisionChatModel:
+    """The recipe's model (``build_recipe_model``) with ``checkpoint`` (file, DeepSpeed folder or work_dir) loaded
+    and every tensor checked, wrapped for answering with the recipe's chat template and image preprocessing."""
+    from xtuner.dataset.utils import get_bos_eos_token_ids
+    from xtuner.registry import BUILDER
+
+    checkpoint = resolve_checkpoint(checkpoint)
+    cfg, model = build_recipe_model(config, cfg_options)
+    load_checked_state(model, checkpoint)
+    device, dtype = default_device_dtype(device, dtype)
+    model.to(device=device, dtype=dtype).eval()
+
+    dataset = cfg.train_dataloader.dataset
+    template = dataset.template_map_fn.template
+    tokenizer = BUILDER.build(cfg.tokenizer)
+    image_processor = BUILDER.build(cfg.image_processor)
+    bos_ids, eos_ids = get_bos_eos_token_ids(tokenizer)
+    stop_ids = set(eos_ids)
+    for word in template.get("STOP_WORDS", []):
+        stop_ids.update(tokenizer.encode(word, add_special_tokens=False))
+
+    def prompt_pieces(question: str) -> tuple[list[int], list[int]]:
+        return split_at_image(tokenizer, template.INSTRUCTION.format(input=image_turn(question), round=1), bos_ids)
+
+    def encode_images(pixels: torch.Tensor) -> torch.Tensor:
+        hidden = model.visual_encoder(pixels, output_hidden_states=True).hidden_states
+        return model.projector(hidden[model.visual_select_layer][:, 1:])
+
+    return VisionChatModel(
+        language_model=model.llm, encode_images=encode_images, prompt_pieces=prompt_pieces,
+        preprocess_image=image_preprocessor(image_processor, bool(dataset.get("pad_image_to_square", False))),
+        tokenizer=tokenizer, stop_token_ids=frozenset(stop_ids),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0],
+        device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------- exported folders
+def load_hf_model(folder: str | os.PathLike, device: str | None = None,
+                  dtype: str | torch.dtype | None = None) -> VisionChatModel:
+    """Wrap a ``LlavaForConditionalGeneration`` folder (``tools/export_hf.py``): its chat template, processor,
+    stop tokens from its generation config, and square padding where its config says ``image_aspect_ratio="pad"``."""
+    from transformers import AutoProcessor, GenerationConfig, LlavaForConditionalGeneration
+
+    device, dtype = default_device_dtype(device, dtype)
+    model = LlavaForConditionalGeneration.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    tokenizer = processor.tokenizer
+    stop_ids = {tokenizer.eos_token_id}
+    if (Path(folder) / "generation_config.json").is_file():
+        eos = GenerationConfig.from_pretrained(folder).eos_token_id
+        stop_ids.update(eos if isinstance(eos, list) else [eos])
+    config = model.config
+
+    def prompt_pieces(question: str) -> tuple[list[int], list[int]]:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": image_turn(question)}],
+                                             tokenize=False, add_generation_prompt=True)
+        return split_at_image(tokenizer, text)
+
+    def encode_images(pixels: torch.Tensor) -> torch.Tensor:
+        return model.get_image_features(pixels, config.vision_feature_layer, config.vision_feature_select_strategy)
+
+    return VisionChatModel(
+        language_model=model.language_model, encode_images=encode_images, prompt_pieces=prompt_pieces,
+        preprocess_image=image_preprocessor(processor.image_processor,
+                                            getattr(config, "image_aspect_ratio", None) == "pad"),
+        tokenizer=tokenizer, stop_token_ids=frozenset(i for i in stop_ids if i is not None),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------- answering
+def group_by_image(questions: Iterable[dict]) -> "OrderedDict[str, list[dict]]":
+    groups: OrderedDict[str, list[dict]] = OrderedDict()
+    for q in questions:
+        groups.setdefault(q["image"], []).append(q)
+    return groups
+
+
+def chunk_questions(questions: Sequence[dict], num_chunks: int, chunk_idx: int) -> list[dict]:
+    """Share ``chunk_idx`` of ``num_chunks``: whole images (in order of first appearance), contiguous and near-equal
+    in image count, so the shares are disjoint and together hold every question."""
+    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"chunk index {chunk_idx} out of range for {num_chunks} chunks")
+    images = list(group_by_image(questions).items())
+    start, stop = len(images) * chunk_idx // num_chunks, len(images) * (chunk_idx + 1) // num_chunks
+    return [q for _, qs in images[start:stop] for q in qs]
+
+
+def _batches(groups: "OrderedDict[str, list[dict]]", batch_size: int) -> Iterable[list[tuple[str, list[dict]]]]:
+    """Whole images per batch while they fit in ``batch_size`` rows; an image with more questions is split."""
+    batch, rows = [], 0
+    for image, qs in groups.items():
+        for start in range(0, len(qs), batch_size):
+            piece = qs[start:start + batch_size]
+            if batch and rows + len(piece) > batch_size:
+                yield batch
+                batch, rows = [], 0
+            batch.append((image, piece))
+            rows += len(piece)
+    if batch:
+        yield batch
+
+
+@torch.inference_mode()
+def answer_questions(model: VisionChatModel, questions: Sequence[dict], out_path: str | os.PathLike,
+                     image_folder: str | os.PathLike = ".", batch_size: int = 18, share_prefix: bool = True,
+                     max_new_tokens: int = 32, temperature: float = 0.0, num_samples: int = 1, seed: int = 0,
+                     progress: bool = True) -> int:
+    """Answer the questions not yet in ``out_path`` and append them there; return how many were answered.
+
+    ``batch_size`` counts decoded rows (question x sample). With ``num_samples > 1`` each line also holds
+    ``"samples"`` (all of them; ``"prediction"`` is the first)."""
+    if num_samples > 1 and temperature == 0:
+        raise ValueError("several samples of a greedy answer are all the same: set a temperature > 0")
+    if batch_size < num_samples:
+        raise ValueError(f"batch size {batch_size} is smaller than the {num_samples} samples of one question")
+    generate = generate_shared if share_prefix else generate_plain
+    generator = torch.Generator(device=model.device).manual_seed(seed) if temperature > 0 else None
+    choose = sampler(temperature, generator)
+    image_folder = Path(image_folder)
+    with open_predictions(out_path) as out:
+        pending = [q for q in questions if q["question_id"] not in out.done]
+        groups = group_by_image(pending)
+        missing = [(qs[0]["question_id"], image) for image, qs in groups.items()
+                   if not (image_folder / image).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} image(s) missing under {image_folder}; first: question "
+                                    f"{missing[0][0]!r} names {missing[0][1]!r}")
+        bar = tqdm(total=len(pending), unit="question", desc="answering", disable=not progress, smoothing=0.1)
+        for batch in _batches(groups, max(1, batch_size // num_samples)):
+            image_groups, asked, prefixes = [], [], []
+            for image, qs in batch:
+                pieces = [model.prompt_pieces(q["question"]) for q in qs]
+                prefixes += [prefix for prefix, _ in pieces]
+                suffixes = [suffix for _, suffix in pieces for _ in range(num_samples)]
+                image_groups.append(ImageQuestions(model.preprocess_image(image_folder / image), suffixes))
+                asked.extend(qs)
+            prefix = prefixes[0]
+            if any(p != prefix for p in prefixes):
+                raise ValueError("the chat template puts question-dependent text before the image")
+            answers = [a for group in model.decode_groups(generate(model, prefix, image_groups, max_new_tokens, choose))
+                       for a in group]
+            for i, q in enumerate(asked):
+                samples = answers[i * num_samples:(i + 1) * num_samples]
+                record = {"question_id": q["question_id"], "prediction": samples[0]}
+                if num_samples > 1:
+                    record["samples"] = samples
+                out.write(record)
+            bar.update(len(asked))
+        bar.close()
+    return len(pending)
+
+
+@torch.inference_mode()
+def sample_answers(model: VisionChatModel, image, prompt: str, n: int, temperature: float = 0.8,
+                   max_new_tokens: int = 32, seed: int | None = None, batch_size: int = 100) -> list[str]:
+    """``n`` answers to one question about one image (a PIL image or a path), sampled at ``temperature`` from one
+    shared prefix (the street-distribution tool asks 100 at 0.8)."""
+    generator = None
+    if temperature > 0:
+        generator = torch.Generator(device=model.device)
+        generator.manual_seed(seed) if seed is not None else generator.seed()
+    choose = sampler(temperature, generator)
+    prefix, suffix = model.prompt_pieces(prompt)
+    pixels = model.preprocess_image(image)
+    answers: list[str] = []
+    while len(answers) < n:
+        rows = min(batch_size, n - len(answers))
+        group = ImageQuestions(pixels, [suffix] * rows)
+        answers += model.decode_groups(generate_shared(model, prefix, [group], max_new_tokens, choose))[0]
+    return answers
+
+
+# --------------------------------------------------------------------------------------------- merging chunks
+def merge_predictions(questions_path: str | os.PathLike, chunk_paths: Sequence[str | os.PathLike],
+                      out_path: str | os.PathLike, allow_missing: bool = False) -> int:
+    """Join per-chunk predictions into one file in question order; an id answered twice, an id not among the
+    questions, or (unless ``allow_missing``) an unanswered question is an error. Return the lines written."""
+    questions = read_questions(questions_path)
+    known = {q["question_id"] for q in questions}
+    found: dict[str, dict] = {}
+    where: dict[str, str] = {}
+    for path in chunk_paths:
+        for line, rec in read_jsonl(path, PREDICTION_KEYS):
+            qid = rec["question_id"]
+            if not isinstance(rec["prediction"], str):
+                raise DataError(path, line, "prediction must be a string")
+            if qid not in known:
+                raise DataError(path, line, f"question_id {qid!r} is not in {questions_path}")
+            if qid in found:
+                raise DataError(path, line, f"question_id {qid!r} answered twice (also at {where[qid]})")
+            found[qid], where[qid] = rec, f"{path}:{line}"
+    missing = [q["question_id"] for q in questions if q["question_id"] not in found]
+    if missing and not allow_missing:
+        raise DataError(questions_path, None, f"{len(missing)} question(s) have no prediction in the chunks, "
+                        f"first {missing[:5]} (run the missing chunks, or pass --allow-missing)")
+    lines = [json.dumps(found[q["question_id"]], ensure_ascii=False, sort_keys=True)
+             for q in questions if q["question_id"] in found]
+    write_atomic(out_path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+# --------------------------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Answer test_questions.jsonl with a trained model; predictions are appended and flushed per "
+                    "line, and a rerun skips answered ids.")
+    parser.add_argument("--questions", required=True, help="test_questions.jsonl")
+    parser.add_argument("--out", required=True, help="predictions.jsonl to append to (one per chunk)")
+    parser.add_argument("--image-folder",
+                        help="folder the questions' image paths are relative to (default: the city root, i.e. the "
+                             "parent of the questions file's folder, as in data/<city>/vqa/test_questions.jsonl)")
+    source = parser.add_argument_group("model: --config and --checkpoint, or --hf")
+    source.add_argument("--config", help="the XTuner recipe the checkpoint was trained with")
+    source.add_argument("--checkpoint", help="iter_N.pth, a DeepSpeed checkpoint folder, or a work_dir")
+    source.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides, as given to xtuner train")
+    source.add_argument("--model-root", help="local LLaVA-Phi3-mini folder replacing the recipe's llava_root")
+    source.add_argument("--hf", help="an exported LlavaForConditionalGeneration folder (tools/export_hf.py)")
+    parser.add_argument("--batch-size", type=int, default=18, help="rows decoded together (default 18)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    parser.add_argument("--num-samples", type=int, default=1,
+                        help="answers per question (needs --temperature > 0); all go to a 'samples' list")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions (by image) into K shares")
+    parser.add_argument("--chunk-idx", type=int, default=0, help="which share this process answers")
+    parser.add_argument("--no-share-prefix", action="store_true",
+                        help="prefill every question's whole prompt (slower; same greedy answers)")
+    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="default: bfloat16 (float16 without bf16) on GPU, float32 on CPU")
+    return parser
+
+
+def load_model_from_args(args: argparse.Namespace) -> VisionChatModel:
+    if args.hf:
+        if args.config or args.checkpoint:
+            raise SystemExit("give either --hf or --config with --checkpoint, not both")
+        return load_hf_model(args.hf, args.device, args.dtype)
+    if not (args.config and args.checkpoint):
+        raise SystemExit("a model is needed: --config RECIPE --checkpoint CKPT, or --hf DIR")
+    options: list[str] = []
+    if args.model_root:
+        from mmengine.config import Config
+
+        from addressvlm.runtime import model_root_options
+
+        options += model_root_options(Config.fromfile(args.config), args.model_root)
+    return load_xtuner_model(args.config, args.checkpoint, options + list(args.cfg_options), args.device, args.dtype)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    questions = chunk_questions(read_questions(args.questions), args.num_chunks, args.chunk_idx)
+    image_folder = args.image_folder or Path(args.questions).resolve().parent.parent
+    model = load_model_from_args(args)
+    answered = answer_questions(model, questions, args.out, image_folder=image_folder, batch_size=args.batch_size,
+                                share_prefix=not args.no_share_prefix, max_new_tokens=args.max_new_tokens,
+                                temperature=args.temperature, num_samples=args.num_samples, seed=args.seed)
+    print(f"answered {answered} of {len(questions)} question(s) of chunk {args.chunk_idx + 1}/{args.num_chunks} "
+          f"-> {args.out}")

@@ -1,0 +1,289 @@
+"""eval/infer.py and addressvlm.infer on the tiny LLaVA-Phi3: prefix sharing, resume, chunks, checkpoint forms.
+
+The fast tests use a checkpoint written here: the reference recipe's model with every trained tensor (LoRA and
+projector) moved by seeded noise, so the checkpoint matters and the random tiny model answers with several tokens.
+"""
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from addressvlm.infer import (
+    CheckpointError,
+    answer_questions,
+    build_recipe_model,
+    chunk_questions,
+    load_xtuner_model,
+    merge_predictions,
+    sample_answers,
+)
+from addressvlm.prefix_cache import ImageQuestions, generate_plain, generate_shared
+from addressvlm.records import DataError, read_predictions, write_questions
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = str(REPO / "recipes" / "stage2_pitts.py")
+
+QUESTION_TEXTS = [
+    "Tell me the district where this image was captured.",
+    "Which district is this?",
+    "Is this image taken in Kallio, Yes or No?",
+    "Identify the street in this image, please.",
+    "Is this image taken on Forbes Avenue? Answer the question using a single word or phrase.",
+    "Which of the following street correctly represents the location shown in the image? (A) Main (B) Craig "
+    "(C) Forbes (D) Fifth. Please select the correct option (A/B/C/D).",
+    "What street?",
+    "Where was this street view captured? Tell me the street and the district.",
+    "What colour is this image?",
+]
+
+
+def model_options(model_root: Path) -> list[str]:
+    from mmengine.config import Config
+
+    from addressvlm.runtime import model_root_options
+
+    return model_root_options(Config.fromfile(RECIPE), str(model_root))
+
+
+def write_synthetic_checkpoint(work_dir: Path, options: list[str], seed: int = 0) -> Path:
+    """An ``iter_3.pth`` as training saves it (the trained tensors under ``state_dict``) plus ``last_checkpoint``."""
+    _, model = build_recipe_model(RECIPE, options)
+    generator = torch.Generator().manual_seed(seed)
+    state = {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in model.state_dict().items()}
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / "iter_3.pth"
+    torch.save({"meta": {}, "state_dict": state}, path)
+    (work_dir / "last_checkpoint").write_text(str(path))
+    return path
+
+
+def write_city_questions(root: Path, images: int = 3) -> Path:
+    """``images`` pictures (not square, different contents) with the nine questions each."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    questions = []
+    for i in range(images):
+        image = f"images/{i}.png"
+        picture = Image.new("RGB", (64, 40), (40 + 50 * i, 200 - 40 * i, 90))
+        picture.paste((250, 250, 250), (8 * i, 0, 8 * i + 16, 20))
+        picture.save(root / image)
+        for j, text in enumerate(QUESTION_TEXTS):
+            questions.append({"question_id": f"city/{i}/q{j}", "image": image, "level": "street",
+                              "qtype": "generation", "question": text, "answer": "Forbes Avenue",
+                              "street": "Forbes Avenue", "district": "Oakland"})
+    path = root / "vqa" / "test_questions.jsonl"
+    write_questions(path, questions)
+    return path
+
+
+@pytest.fixture(scope="module")
+def options(tiny_llava):
+    return model_options(tiny_llava)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, options) -> Path:
+    return write_synthetic_checkpoint(tmp_path_factory.mktemp("work") / "stage2", options)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint, options):
+    return load_xtuner_model(RECIPE, checkpoint, options)
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory):
+    root = tmp_path_factory.mktemp("city")
+    return root, write_city_questions(root)
+
+
+@pytest.fixture(scope="module")
+def reference(model, city, tmp_path_factory) -> Path:
+    """All the city's questions answered by the default path (shared prefix, 18 rows a batch), 6 tokens each."""
+    from addressvlm.records import read_questions
+
+    root, questions_path = city
+    out = tmp_path_factory.mktemp("reference") / "predictions.jsonl"
+    answer_questions(model, read_questions(questions_path), out, root, max_new_tokens=6, progress=False)
+    return out
+
+
+def _answers(path: Path) -> dict:
+    return {qid: prediction for qid, (_, prediction) in read_predictions(path).items()}
+
+
+def _groups(model, city_root: Path, n_images: int = 3):
+    prefix = model.prompt_pieces(QUESTION_TEXTS[0])[0]
+    suffixes = [model.prompt_pieces(q)[1] for q in QUESTION_TEXTS]
+    return prefix, [ImageQuestions(model.preprocess_image(city_root / f"images/{i}.png"), suffixes)
+                    for i in range(n_images)]
+
+
+@torch.inference_mode()
+def test_shared_prefix_answers_equal_plain_greedy(model, city):
+    prefix, groups = _groups(model, city[0])
+    shared = generate_shared(model, prefix, groups, max_new_tokens=8)
+    plain_batched = generate_plain(model, prefix, groups, max_new_tokens=8)
+    one_by_one = [[generate_plain(model, prefix, [ImageQuestions(g.pixel_values, [s])], 8)[0][0]
+                   for s in g.suffixes] for g in groups]
+    assert shared == one_by_one
+    assert plain_batched == one_by_one
+    # Non-trivial: several tokens each, and the answers depend on the image and on the question.
+    assert all(len(ids) == 8 for g in shared for ids in g)
+    assert shared[0] != shared[1]
+    assert len({tuple(ids) for ids in shared[0]}) > 1
+
+
+@torch.inference_mode()
+def test_rows_stopping_at_different_steps_stay_equal(model, city):
+    """A token the model emits mid-answer made a stop token: rows end at different steps in one batch."""
+    prefix, groups = _groups(model, city[0])
+    full = generate_shared(model, prefix, groups, max_new_tokens=8)
+    stop = full[0][0][2]
+    stopper = dataclasses.replace(model, stop_token_ids=model.stop_token_ids | {stop})
+    shared = generate_shared(stopper, prefix, groups, max_new_tokens=8)
+    assert shared == generate_plain(stopper, prefix, groups, max_new_tokens=8)
+    expected = [[ids[:ids.index(stop)] if stop in ids else ids for ids in g] for g in full]
+    assert shared == expected
+    assert len({len(ids) for g in shared for ids in g}) > 1
+
+
+def test_resume_skips_answered_ids_after_a_crash(model, city, reference, tmp_path):
+    root, questions_path = city
+    from addressvlm.records import read_questions
+
+    questions = read_questions(questions_path)
+    # A crash after 10 answers, in the middle of writing the 11th.
+    lines = reference.read_text().splitlines(keepends=True)
+    assert len(lines) == len(questions)
+    resumed = tmp_path / "resumed.jsonl"
+    resumed.write_text("".join(lines[:10]) + lines[10][:15])
+    answered = answer_questions(model, questions, resumed, root, batch_size=9, max_new_tokens=6, progress=False)
+    assert answered == len(questions) - 10
+    assert _answers(resumed) == _answers(reference)
+    assert answer_questions(model, questions, resumed, root, max_new_tokens=6, progress=False) == 0
+
+
+def test_plain_path_and_batch_sizes_give_the_same_file(model, city, reference, tmp_path):
+    root, questions_path = city
+    from addressvlm.records import read_questions
+
+    questions = read_questions(questions_path)
+    for batch_size, share in ((4, True), (7, False)):
+        out = tmp_path / f"{batch_size}_{share}.jsonl"
+        answer_questions(model, questions, out, root, batch_size=batch_size, share_prefix=share,
+                         max_new_tokens=6, progress=False)
+        assert _answers(out) == _answers(reference)
+
+
+def test_chunks_are_disjoint_whole_images_and_merge_complete(model, city, tmp_path):
+    root, questions_path = city
+    from addressvlm.records import read_questions
+
+    questions = read_questions(questions_path)
+    chunks = [chunk_questions(questions, 3, i) for i in range(3)]
+    ids = [q["question_id"] for chunk in chunks for q in chunk]
+    assert sorted(ids) == sorted(q["question_id"] for q in questions)  # disjoint and complete
+    images = [{q["image"] for q in chunk} for chunk in chunks]
+    assert all(a.isdisjoint(b) for i, a in enumerate(images) for b in images[i + 1:])
+    paths = []
+    for i, chunk in enumerate(chunks):
+        paths.append(tmp_path / f"chunk{i}.jsonl")
+        answer_questions(model, chunk, paths[-1], root, max_new_tokens=4, progress=False)
+    merged = tmp_path / "merged.jsonl"
+    script = [sys.executable, str(REPO / "eval" / "merge_predictions.py"), "--questions", str(questions_path),
+              "--out", str(merged)]
+    done = subprocess.run(script + [str(p) for p in paths], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    merged_ids = [json.loads(line)["question_id"] for line in merged.read_text().splitlines()]
+    assert merged_ids == [q["question_id"] for q in questions]
+
+    with pytest.raises(DataError, match="answered twice"):
+        merge_predictions(questions_path, [paths[0], paths[0]], tmp_path / "x.jsonl")
+    failed = subprocess.run(script + [str(paths[0]), str(paths[2])], capture_output=True, text=True)
+    assert failed.returncode != 0 and "have no prediction" in failed.stderr
+    assert merge_predictions(questions_path, [paths[0]], tmp_path / "part.jsonl", allow_missing=True) == \
+        len(chunks[0])
+
+
+def test_checkpoint_as_file_or_work_dir_and_missing_tensor(model, checkpoint, options, city, tmp_path):
+    root = city[0]
+    prefix, groups = _groups(model, root, n_images=1)
+    from_dir = load_xtuner_model(RECIPE, checkpoint.parent, options)
+    with torch.inference_mode():
+        assert generate_shared(from_dir, prefix, groups, 6) == generate_shared(model, prefix, groups, 6)
+
+    state = torch.load(checkpoint, weights_only=False)
+    dropped = sorted(state["state_dict"])[0]
+    del state["state_dict"][dropped]
+    broken = tmp_path / "iter_1.pth"
+    torch.save(state, broken)
+    with pytest.raises(CheckpointError, match="not in the checkpoint") as error:
+        load_xtuner_model(RECIPE, broken, options)
+    assert dropped in str(error.value)
+
+
+def test_sample_answers_is_seeded_and_diverse(model, city):
+    image = city[0] / "images/0.png"
+    first = sample_answers(model, image, QUESTION_TEXTS[3], n=12, temperature=0.8, max_new_tokens=5, seed=1)
+    again = sample_answers(model, image, QUESTION_TEXTS[3], n=12, temperature=0.8, max_new_tokens=5, seed=1)
+    assert first == again and len(first) == 12
+    assert len(set(first)) > 3
+    assert len(sample_answers(model, image, QUESTION_TEXTS[3], n=7, max_new_tokens=2, seed=1, batch_size=3)) == 7
+    greedy = sample_answers(model, image, QUESTION_TEXTS[3], n=3, temperature=0, max_new_tokens=5)
+    prefix, suffix = model.prompt_pieces(QUESTION_TEXTS[3])
+    with torch.inference_mode():
+        expected = generate_plain(model, prefix, [ImageQuestions(model.preprocess_image(image), [suffix])], 5)
+    assert greedy == model.decode_groups(expected)[0] * 3
+
+
+def test_cli_answers_like_the_api(checkpoint, tiny_llava, city, reference, tmp_path):
+    root, questions_path = city
+    out = tmp_path / "cli.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "eval" / "infer.py"), "--config", RECIPE, "--checkpoint", str(checkpoint.parent),
+         "--model-root", str(tiny_llava), "--questions", str(questions_path), "--out", str(out),
+         "--max-new-tokens", "6", "--num-chunks", "2", "--chunk-idx", "1"],
+        capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "question/s" in done.stderr  # the progress bar's rate
+    from addressvlm.records import read_questions
+
+    share = chunk_questions(read_questions(questions_path), 2, 1)
+    assert _answers(out) == {q["question_id"]: _answers(reference)[q["question_id"]] for q in share}
+
+
+@pytest.mark.slow
+def test_trained_checkpoint_answers_the_colour(tiny_llava, colour_city, tmp_path):
+    """Train stage 2 on the colour city for a few steps, answer from its work_dir: the trained answers come out."""
+    from conftest import COLOURS
+
+    from addressvlm.runtime import train
+
+    overrides = {"train_dataloader.batch_size": 2, "train_dataloader.sampler.per_device_batch_size": 2,
+                 "optim_wrapper.accumulative_counts": 1, "optim_wrapper.optimizer.lr": 1e-3,
+                 "train_cfg.max_epochs": 2, "param_scheduler.0.end": 0.25, "param_scheduler.1.begin": 0.25,
+                 "param_scheduler.1.end": 2, "default_hooks.checkpoint.interval": 8, "randomness.seed": 0,
+                 "model.init_from_work_dir": None,
+                 "train_dataloader.dataset.data_path": str(colour_city / "vqa" / "train.json"),
+                 "train_dataloader.dataset.image_folder": str(colour_city)}
+    work_dir = train(RECIPE, tmp_path / "stage2", str(tiny_llava), overrides=overrides)
+    names = list(COLOURS)
+    questions = [{"question_id": f"colour/{i}", "image": f"images/{i:03d}.jpg", "level": "street",
+                  "qtype": "generation", "question": "What colour is this image?", "answer": names[i % 4],
+                  "street": "x", "district": "y"} for i in range(8)]
+    questions_path = colour_city / "vqa" / "test_questions.jsonl"
+    write_questions(questions_path, questions)
+    out = tmp_path / "predictions.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "eval" / "infer.py"), "--config", RECIPE, "--checkpoint", str(work_dir),
+         "--model-root", str(tiny_llava), "--questions", str(questions_path), "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    predictions = read_predictions(out)
+    right = sum(predictions[q["question_id"]][1] == f"The colour is {q['answer']}." for q in questions)
+    assert right >= 6, predictions
