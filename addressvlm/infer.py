@@ -153,15 +153,20 @@ def load_xtuner_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
                       dtype: str | torch.dtype | None = None) -> VisionChatModel:
     """The recipe's model (``build_recipe_model``) with ``checkpoint`` (file, DeepSpeed folder or work_dir) loaded
     and every tensor checked, wrapped for answering with the recipe's chat template and image preprocessing."""
-    from xtuner.dataset.utils import get_bos_eos_token_ids
-    from xtuner.registry import BUILDER
-
     checkpoint = resolve_checkpoint(checkpoint)
     cfg, model = build_recipe_model(config, cfg_options)
     load_checked_state(model, checkpoint)
+    return wrap_xtuner_model(cfg, model, device, dtype)
+
+
+def wrap_xtuner_model(cfg, model, device: str | None = None, dtype: str | torch.dtype | None = None
+                      ) -> VisionChatModel:
+    """An XTuner ``LLaVAModel`` with the prompt format and image preprocessing of its recipe's training dataset."""
+    from xtuner.dataset.utils import get_bos_eos_token_ids
+    from xtuner.registry import BUILDER
+
     device, dtype = default_device_dtype(device, dtype)
     model.to(device=device, dtype=dtype).eval()
-
     dataset = cfg.train_dataloader.dataset
     template = dataset.template_map_fn.template
     tokenizer = BUILDER.build(cfg.tokenizer)

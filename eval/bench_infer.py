@@ -1,0 +1,107 @@
+"""Questions/s of the plain and the image-prefix-sharing paths on a tiny LLaVA-Phi3 built here (nothing downloaded).
+
+The tiny model keeps the real release's shape where it sets the cost ratio: a 336 px CLIP with 14 px patches, so
+576 image tokens precede every question, and ~9 questions per image; widths and depths are small so it runs on CPU.
+It is the reference recipe's model (LoRA on LLM and CLIP, projector) built over the tiny weights.
+
+    python eval/bench_infer.py                   # CPU, ~1 min
+    python eval/bench_infer.py --device cuda --hidden 512 --layers 8 --images 16
+The last line is `ratio: X` (shared / plain questions/s); both paths must give the same greedy answers.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "stage2_pitts.py"
+QUESTIONS = [
+    "Tell me the district where this image was captured. Answer the question using a single word or phrase.",
+    "Is this image taken in Oakland? Answer the question using a single word or phrase, Yes or No.",
+    "Is this image taken in Shadyside? Answer the question using a single word or phrase, Yes or No.",
+    "Which of the following district correctly represents the location shown in the image? (A) Oakland "
+    "(B) Shadyside (C) Bloomfield (D) Squirrel Hill North. Please select the correct option (A/B/C/D).",
+    "Identify the street in this image, please. Answer the question using a single word or phrase.",
+    "Is this image taken on Forbes Avenue? Answer the question using a single word or phrase, Yes or No.",
+    "Is this image taken on Craig Street? Answer the question using a single word or phrase, Yes or No.",
+    "Which of the following street correctly represents the location shown in the image? (A) Fifth Avenue "
+    "(B) Forbes Avenue (C) Craig Street (D) Bellefield Avenue. Please select the correct option (A/B/C/D).",
+    "Where was this street view captured? Tell me the street and the district.",
+]
+
+
+def build_model(folder: Path, args):
+    from mmengine.config import Config
+
+    from addressvlm.infer import build_recipe_model, wrap_xtuner_model
+    from addressvlm.runtime import model_root_options
+    from addressvlm.tiny import TinySize, make_tiny_llava
+
+    size = TinySize(hidden=args.hidden, layers=args.layers, intermediate=2 * args.hidden, heads=args.hidden // 16,
+                    image_size=336, patch_size=14, vision_hidden=args.hidden, vision_layers=args.layers)
+    make_tiny_llava(folder, size, corpus=QUESTIONS)
+    cfg, model = build_recipe_model(RECIPE, model_root_options(Config.fromfile(str(RECIPE)), str(folder)))
+    return wrap_xtuner_model(cfg, model, args.device, args.dtype)
+
+
+def run(model, groups, prefix, share: bool, args) -> tuple[float, list]:
+    from addressvlm.prefix_cache import generate_plain, generate_shared
+
+    generate = generate_shared if share else generate_plain
+    per_batch = max(1, args.batch_size // len(QUESTIONS))
+    answers = []
+    with torch.inference_mode():
+        generate(model, prefix, groups[:1], args.max_new_tokens)  # warm-up
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for i in range(0, len(groups), per_batch):
+            answers += generate(model, prefix, groups[i:i + per_batch], args.max_new_tokens)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+    return time.perf_counter() - start, answers
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=18, help="rows decoded together (whole images)")
+    parser.add_argument("--max-new-tokens", type=int, default=8, help="answers are a name or a letter")
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--device", help="default: cuda when present")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args(argv)
+    from addressvlm.prefix_cache import ImageQuestions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(Path(tmp) / "tiny-llava-336", args)
+    pieces = [model.prompt_pieces(q) for q in QUESTIONS]
+    prefix = pieces[0][0]
+    groups = []
+    for i in range(args.images):
+        picture = Image.new("RGB", (640, 480), (30 * i % 256, 120, 200 - 20 * i % 200))
+        picture.paste((240, 240, 240), (40 * i, 100, 40 * i + 120, 300))
+        groups.append(ImageQuestions(model.preprocess_image(picture), [s for _, s in pieces]))
+    questions = args.images * len(QUESTIONS)
+    print(f"{args.images} images x {len(QUESTIONS)} questions, {groups[0].pixel_values.shape[-1]} px, "
+          f"prefix {len(prefix)} + image tokens, up to {args.max_new_tokens} new tokens, batch {args.batch_size}, "
+          f"{model.device} {model.dtype}")
+    plain_s, plain = run(model, groups, prefix, False, args)
+    shared_s, shared = run(model, groups, prefix, True, args)
+    print(f"plain:  {questions / plain_s:8.2f} questions/s ({plain_s:.2f} s)")
+    print(f"shared: {questions / shared_s:8.2f} questions/s ({shared_s:.2f} s)")
+    if plain != shared:
+        print("error: the shared path's greedy answers differ from the plain path's", file=sys.stderr)
+        sys.exit(1)
+    print("greedy answers identical: yes")
+    print(f"ratio: {plain_s / shared_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
