@@ -10,10 +10,12 @@ Every question scores 0 or 1. The ten columns are accuracies per level and type,
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 import unicodedata
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Iterable, Mapping, NamedTuple
 
@@ -272,9 +274,27 @@ def score(questions: list[dict], predictions: Mapping[str, str], allow_missing: 
     return aggregate(score_each(questions, predictions))
 
 
+@contextmanager
+def _collector_paused():
+    """Reading a test set makes about a million small objects and no reference cycles; the cyclic garbage
+    collector's passes over them cost a third of the scoring time (measured on 200K predictions)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def score_files(questions_path: str | os.PathLike, predictions_path: str | os.PathLike,
                 allow_missing: bool = False) -> tuple[dict, list[ScoredQuestion]]:
     """``score`` over the two files, with errors (``DataError``) that name the file and line to fix."""
+    with _collector_paused():
+        return _score_files(questions_path, predictions_path, allow_missing)
+
+
+def _score_files(questions_path, predictions_path, allow_missing: bool) -> tuple[dict, list[ScoredQuestion]]:
     numbered = read_numbered_questions(questions_path)
     predicted = read_predictions(predictions_path)
     question_line = {q["question_id"]: line for line, q in numbered}
