@@ -1,0 +1,279 @@
+"""`make demo`: AddressVLM's whole method on the embedded Helsinki demo city, on CPU.
+
+city -> pinned splits -> stage-2 VQA -> stage-1 crops, grafts, rule reasons -> tiny model -> stage 1 -> stage 2
+(and the stage-2-only Baseline) -> answers of three models -> scores -> street distribution -> report.
+
+Every step reuses the project's own tools and skips what a previous run finished, so an interrupted demo resumes.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from addressvlm.records import read_locations, read_questions, write_atomic, write_locations
+
+ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
+MODELS = ("zero_shot", "stage2_only", "stage1_stage2")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    seed: int = 0
+    locations: int = 240
+    views: int = 4
+    image_size: int = 112          # the tiny CLIP's input side (8 x 8 patches of 14 px)
+    hidden: int = 128
+    layers: int = 4
+    batch_size: int = 16
+    lr: float = 1e-3
+    stage1_epochs: int = 2
+    stage2_epochs: int = 8
+    warmup_iters: int = 10
+    crop_metres: float = 240.0
+    street_samples: int = 100      # Fig. 5: 100 answers at temperature 0.8
+    street_images: int = 2
+
+    @classmethod
+    def quick(cls) -> "DemoSettings":
+        """A few steps of everything: for the test that checks every artefact."""
+        return cls(locations=24, views=2, image_size=56, hidden=64, layers=2, batch_size=8, stage1_epochs=1,
+                   stage2_epochs=1, warmup_iters=2, street_samples=6, street_images=1)
+
+
+@dataclass
+class Paths:
+    out: Path
+    city: Path
+    work: Path
+    recipes: Path = Path(__file__).resolve().parent.parent / "recipes"
+    models: Path = field(init=False)
+
+    def __post_init__(self):
+        self.models = self.out / "models" / "llava-phi-3-mini-xtuner"
+
+
+class Steps:
+    """Numbered, timed steps with a line each, so progress is visible and the report can show the times."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.times = total, 0, {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {name} ...", flush=True)
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.times[name] = time.perf_counter() - start
+        print(f"[{self.done}/{self.total}] {name}: done in {self.times[name]:.1f} s", flush=True)
+        return result
+
+
+# --------------------------------------------------------------------------------------------- data
+def build_city(paths: Paths, s: DemoSettings):
+    from addressvlm.demo_city import build_demo_city
+
+    if (paths.city / "city.json").is_file() and (paths.city / "locations.csv").is_file():
+        return "kept the city built earlier"
+    return build_demo_city(paths.city, seed=s.seed, locations=s.locations, views=s.views)
+
+
+def pin_splits(paths: Paths, s: DemoSettings):
+    """Write the location-disjoint split into locations.csv, so stage 1 sees only training locations."""
+    from addressvlm.vqa import assign_splits, parse_split
+
+    rows = read_locations(paths.city / "locations.csv")
+    splits = assign_splits(rows, s.seed, parse_split("7:2:1"), paths.city / "locations.csv")
+    write_locations(paths.city / "locations.csv", [replace(r, split=splits[r.location_id]) for r in rows])
+    return {name: sum(1 for v in splits.values() if v == name) for name in ("train", "val", "test")}
+
+
+def build_stage2_data(paths: Paths, s: DemoSettings):
+    from addressvlm.vqa import build_vqa
+
+    return build_vqa(paths.city / "locations.csv", paths.city / "vqa", seed=s.seed)["splits"]["train"]
+
+
+def build_stage1_data(paths: Paths, s: DemoSettings):
+    from addressvlm.geo.crop import crop_city
+    from addressvlm.graft import city_pairs, graft_batch
+    from addressvlm.labels import build_stage1_json, make_labels
+
+    stage1 = paths.city / "stage1"
+    crop_city(paths.city, stage1 / "crops", size_m=s.crop_metres, pixels=336, seed=s.seed,
+              attribution=ATTRIBUTION, progress=True)
+    graft_batch(city_pairs(paths.city, stage1 / "crops"), stage1 / "grafted", delta=0.5, size=336)
+    report = make_labels(paths.city, stage1 / "grafted", stage1 / "labels.jsonl", backend="rule",
+                         crops_dir=stage1 / "crops", city_name="Helsinki")
+    build_stage1_json(paths.city, stage1 / "labels.jsonl", stage1 / "train.json")
+    return report
+
+
+def make_model(paths: Paths, s: DemoSettings):
+    """The tiny LLaVA-Phi3-mini, its tokenizer trained on the city's own questions and answers."""
+    from addressvlm.records import read_llava_json
+    from addressvlm.tiny import TinySize, make_tiny_llava
+
+    if (paths.models / "projector" / "config.json").is_file():
+        return "kept the model made earlier"
+    corpus = [turn["value"] for name in ("vqa/train.json", "stage1/train.json")
+              for record in read_llava_json(paths.city / name) for turn in record["conversations"]]
+    size = TinySize(hidden=s.hidden, layers=s.layers, heads=4, intermediate=2 * s.hidden, vocab=2048,
+                    image_size=s.image_size, vision_hidden=s.hidden, vision_layers=2)
+    return make_tiny_llava(paths.models, size, corpus, seed=s.seed)
+
+
+# --------------------------------------------------------------------------------------------- training
+def run_overrides(paths: Paths, s: DemoSettings, data_file: str, epochs: int, n_records: int) -> dict:
+    iters_per_epoch = max(1, -(-n_records // s.batch_size))
+    warmup_epochs = min(0.5 * epochs, s.warmup_iters / iters_per_epoch)
+    return {
+        "train_dataloader.dataset.data_path": str(paths.city / data_file),
+        "train_dataloader.dataset.image_folder": str(paths.city) + "/",
+        "train_dataloader.batch_size": s.batch_size,
+        "train_dataloader.sampler.per_device_batch_size": s.batch_size,
+        "optim_wrapper.accumulative_counts": 1,
+        "optim_wrapper.optimizer.lr": s.lr,
+        "train_cfg.max_epochs": epochs,
+        "param_scheduler.0.end": warmup_epochs,
+        "param_scheduler.1.begin": warmup_epochs,
+        "param_scheduler.1.end": epochs,
+        "default_hooks.logger.interval": 10,
+        "default_hooks.checkpoint.interval": 10 ** 9,  # the final checkpoint only
+        "default_hooks.checkpoint.max_keep_ckpts": 1,
+        "randomness.seed": s.seed,
+    }
+
+
+def train_stage(paths: Paths, s: DemoSettings, stage: int, name: str, init_from: Path | None):
+    from addressvlm.records import read_llava_json
+    from addressvlm.runtime import train
+
+    work_dir = paths.work / name
+    if (work_dir / "last_checkpoint").is_file():
+        return work_dir
+    data_file = "stage1/train.json" if stage == 1 else "vqa/train.json"
+    epochs = s.stage1_epochs if stage == 1 else s.stage2_epochs
+    overrides = run_overrides(paths, s, data_file, epochs, len(read_llava_json(paths.city / data_file)))
+    if stage == 2:
+        overrides["model.init_from_work_dir"] = str(init_from) if init_from else None
+    return train(str(paths.recipes / f"stage{stage}_helsinki.py"), work_dir, str(paths.models), overrides=overrides)
+
+
+# --------------------------------------------------------------------------------------------- answers and scores
+def load_model(paths: Paths, name: str):
+    from addressvlm.infer import build_recipe_model, load_xtuner_model, wrap_xtuner_model
+    from addressvlm.runtime import model_root_options
+    from mmengine.config import Config
+
+    recipe = str(paths.recipes / "stage2_helsinki.py")
+    options = model_root_options(Config.fromfile(recipe), str(paths.models))
+    if name == "zero_shot":
+        cfg, model = build_recipe_model(recipe, options)
+        return wrap_xtuner_model(cfg, model)
+    return load_xtuner_model(recipe, paths.work / name, options)
+
+
+def answer_and_score(paths: Paths, name: str):
+    from addressvlm.infer import answer_questions
+    from addressvlm.scoring import score
+    from addressvlm.records import read_predictions
+
+    questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
+    predictions_path = paths.out / "predictions" / f"{name}.jsonl"
+    answer_questions(load_model(paths, name), questions, predictions_path, image_folder=paths.city)
+    predictions = {qid: text for qid, (_, text) in read_predictions(predictions_path).items()}
+    metrics = score(questions, predictions)
+    write_atomic(paths.out / "metrics" / f"{name}.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    return metrics
+
+
+def street_distribution(paths: Paths, s: DemoSettings) -> list[Path]:
+    """Fig. 5 for a few test images: the AddressVLM model's free-form answers, the zero-shot model's choices among
+    the streets that model produced (Appendix D.1)."""
+    from addressvlm.geo.streets import read_street_map
+    from addressvlm.infer import sample_answers
+    from addressvlm.street_map import (choice_options, count_streets, draw_street_distribution,
+                                       street_choice_question, street_question)
+
+    rows = [r for r in read_locations(paths.city / "locations.csv") if r.split == "test"]
+    chosen = rows[:: max(1, len(rows) // s.street_images)][: s.street_images]
+    street_map = read_street_map(paths.city / "streets.geojson")
+    city_streets = sorted({r.street for r in read_locations(paths.city / "locations.csv")})
+    tuned, zero_shot = load_model(paths, "stage1_stage2"), load_model(paths, "zero_shot")
+    pictures = []
+    for i, row in enumerate(chosen):
+        image = paths.city / row.image
+        after = count_streets(sample_answers(tuned, image, street_question(), s.street_samples, 0.8, seed=i),
+                              city_streets)
+        named = [name for name, _ in after.top(4)] or city_streets[:4]
+        options = choice_options(named)
+        before = count_streets(sample_answers(zero_shot, image, street_choice_question(options), s.street_samples,
+                                              0.8, seed=i), city_streets, options=options)
+        png = paths.out / "pictures" / f"street_distribution_{i}.png"
+        draw_street_distribution(street_map, [("before stage 1 + 2 (zero-shot)", before),
+                                              ("after stage 1 + 2 (AddressVLM)", after)],
+                                 row.lat, row.lon, png, title=f"{row.image}: true street {row.street}")
+        write_atomic(png.with_suffix(".json"), json.dumps({"image": row.image, "street": row.street,
+                                                           "before": before.as_dict(), "after": after.as_dict()},
+                                                          indent=2, ensure_ascii=False) + "\n")
+        pictures.append(png)
+    return pictures
+
+
+# --------------------------------------------------------------------------------------------- report
+def copy_pictures(paths: Paths) -> dict[str, list[str]]:
+    """A few inputs for the report: street views, a labelled crop, grafted samples."""
+    pictures = paths.out / "pictures"
+    pictures.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in read_locations(paths.city / "locations.csv") if r.split == "train"][:3]
+    chosen: dict[str, list[str]] = {"street views": [], "labelled crop": [], "grafted": []}
+    for i, row in enumerate(rows):
+        target = pictures / f"street_view_{i}.jpg"
+        shutil.copyfile(paths.city / row.image, target)
+        chosen["street views"].append(target.name)
+        grafted = paths.city / "stage1" / "grafted" / Path(row.image).with_suffix(".jpg")
+        if grafted.is_file():
+            shutil.copyfile(grafted, pictures / f"grafted_{i}.jpg")
+            chosen["grafted"].append(f"grafted_{i}.jpg")
+    crop = sorted((paths.city / "stage1" / "crops").glob("*.png")) + sorted((paths.city / "stage1" / "crops").glob("*.jpg"))
+    if crop:
+        shutil.copyfile(crop[0], pictures / f"labelled_crop{crop[0].suffix}")
+        chosen["labelled crop"].append(f"labelled_crop{crop[0].suffix}")
+    return chosen
+
+
+def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], steps: Steps, pictures: dict,
+                 distribution: list[Path], district_method: str) -> Path:
+    from addressvlm.demo_report import render_report
+
+    text = render_report(metrics, steps.times, pictures, [p.name for p in distribution], asdict(s),
+                         district_method, ATTRIBUTION)
+    report = paths.out / "report.md"
+    write_atomic(report, text)
+    return report
+
+
+def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki",
+             work: str | Path = "work_dirs/llava_phi3_mini", settings: DemoSettings = DemoSettings()) -> Path:
+    paths = Paths(Path(out), Path(city), Path(work))
+    steps = Steps(13)
+    s = settings
+    summary = steps.run("build the Helsinki demo city", build_city, paths, s)
+    steps.run("pin location-disjoint splits (7:2:1)", pin_splits, paths, s)
+    steps.run("stage-2 VQA (templates of Tables B4/B5)", build_stage2_data, paths, s)
+    steps.run("stage-1 data: labelled crops, grafts, rule reasons", build_stage1_data, paths, s)
+    steps.run("tiny LLaVA-Phi3-mini", make_model, paths, s)
+    stage1 = steps.run("train stage 1 (cross-view alignment)", train_stage, paths, s, 1, "stage1_helsinki", None)
+    steps.run("train stage 2 after stage 1 (AddressVLM)", train_stage, paths, s, 2, "stage1_stage2", stage1)
+    steps.run("train stage 2 only (Baseline)", train_stage, paths, s, 2, "stage2_only", None)
+    metrics = {name: steps.run(f"answer and score: {name}", answer_and_score, paths, name) for name in MODELS}
+    distribution = steps.run("street distribution (Fig. 5)", street_distribution, paths, s)
+    pictures = copy_pictures(paths)
+    method = json.loads((paths.city / "city.json").read_text()).get("district_method", "") \
+        if (paths.city / "city.json").is_file() else getattr(summary, "district_method", "")
+    report = steps.run("report", write_report, paths, s, metrics, steps, pictures, distribution, method)
+    print(f"report: {report}")
+    return report

@@ -1,0 +1,11 @@
+# AddressVLM stage 1 on helsinki: recipes/stage1_pitts.py with the city root ./data/helsinki/.
+# Commands: those of recipes/stage1_pitts.py with this file; then recipes/stage2_helsinki.py.
+from mmengine.config import read_base
+
+with read_base():
+    from .stage1_pitts import *  # noqa: F401,F403
+
+# Re-assigning data_root alone would not reach the dicts the parent already built: patch them.
+data_root = "./data/helsinki/"
+train_dataloader.dataset.update(data_path=data_root + "stage1/train.json", image_folder=data_root)
+work_dir = "./work_dirs/llava_phi3_mini/stage1_helsinki"

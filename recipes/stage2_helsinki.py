@@ -1,0 +1,12 @@
+# AddressVLM stage 2 on helsinki: recipes/stage2_pitts.py with the city root ./data/helsinki/.
+# Commands: those of recipes/stage2_pitts.py with this file; after recipes/stage1_helsinki.py.
+from mmengine.config import read_base
+
+with read_base():
+    from .stage2_pitts import *  # noqa: F401,F403
+
+# Re-assigning data_root alone would not reach the dicts the parent already built: patch them.
+data_root = "./data/helsinki/"
+train_dataloader.dataset.update(data_path=data_root + "vqa/train.json", image_folder=data_root)
+model.update(init_from_work_dir="./work_dirs/llava_phi3_mini/stage1_helsinki")
+work_dir = "./work_dirs/llava_phi3_mini/stage2_helsinki"
