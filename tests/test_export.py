@@ -1,0 +1,87 @@
+"""tools/export_hf.py on the tiny LLaVA-Phi3: the folder loads in transformers, answers as the XTuner path does, and
+its processor works as saved."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from addressvlm.infer import answer_questions, load_hf_model, load_xtuner_model
+from addressvlm.records import read_predictions, read_questions
+from test_infer import RECIPE, REPO, model_options, write_city_questions, write_synthetic_checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_llava):
+    """A synthetic checkpoint (LoRA and projector moved off their initial values) and its export, by the CLI."""
+    root = tmp_path_factory.mktemp("export")
+    options = model_options(tiny_llava)
+    checkpoint = write_synthetic_checkpoint(root / "work", options, seed=1)
+    out = root / "hf"
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "export_hf.py"), "--config", RECIPE,
+                           "--checkpoint", str(checkpoint.parent), "--model-root", str(tiny_llava),
+                           "--out", str(out), "--dtype", "float32"], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return checkpoint, options, out
+
+
+def test_folder_is_a_llava_hf_layout(exported):
+    out = exported[2]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlavaForConditionalGeneration"]
+    assert config["text_config"]["architectures"] == ["Phi3ForCausalLM"]
+    assert config["text_config"]["model_type"] == "phi3" and "auto_map" not in config["text_config"]
+    assert config["vision_feature_select_strategy"] == "default" and config["vision_feature_layer"] == -2
+    assert config["image_aspect_ratio"] == "pad"
+    processor = json.loads((out / "processor_config.json").read_text())
+    assert processor["patch_size"] == 14 and processor["num_additional_image_tokens"] == 1
+    generation = json.loads((out / "generation_config.json").read_text())
+    tokens = json.loads((out / "tokenizer.json").read_text())["added_tokens"]
+    by_name = {t["content"]: t["id"] for t in tokens}
+    assert config["image_token_index"] == by_name["<image>"]
+    assert set(generation["eos_token_id"]) == {by_name["<|end|>"], by_name["<|endoftext|>"]}
+
+
+def test_hf_answers_equal_the_xtuner_path(exported, tmp_path):
+    checkpoint, options, out = exported
+    questions_path = write_city_questions(tmp_path / "city", images=2)
+    ours = tmp_path / "xtuner.jsonl"
+    xtuner = load_xtuner_model(RECIPE, checkpoint, options)
+    answer_questions(xtuner, read_questions(questions_path), ours, tmp_path / "city", max_new_tokens=8,
+                     progress=False)
+    theirs = tmp_path / "hf.jsonl"
+    done = subprocess.run([sys.executable, str(REPO / "eval" / "infer.py"), "--hf", str(out), "--questions",
+                           str(questions_path), "--out", str(theirs), "--max-new-tokens", "8"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = read_predictions(ours)
+    assert read_predictions(theirs) == expected
+    assert all(len(p) > 3 for _, p in expected.values())
+    assert len({p for _, p in expected.values()}) > 3
+
+
+@torch.inference_mode()
+def test_processor_and_generate_as_saved(exported):
+    """Plain transformers use of the folder (processor, chat template, generate) gives our greedy answer."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    out = exported[2]
+    question = "Identify the street in this image, please."
+    image = Image.new("RGB", (96, 96), (30, 160, 220))
+    image.paste((250, 240, 10), (10, 10, 50, 70))
+    processor = AutoProcessor.from_pretrained(out)
+    model = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    text = processor.apply_chat_template([{"role": "user", "content": "<image>\n" + question}])
+    inputs = processor(images=image, text=text, return_tensors="pt", add_special_tokens=False)
+    features = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == features
+    generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    answer = processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    from addressvlm.infer import sample_answers
+
+    ours = sample_answers(load_hf_model(out), image, question, n=1, temperature=0, max_new_tokens=8)
+    assert answer == ours[0] and len(answer) > 3
