@@ -18,6 +18,9 @@ from typing import Any, Iterator
 from mmengine.config import Config
 
 MODEL_ROOT_VARIABLE = "llava_root"
+# Recipe variables that name a model folder every model path lies under, in the order they are looked for:
+# the LLaVA recipes' `llava_root`, the MiniCPM-V recipes' `model_root`.
+MODEL_ROOT_VARIABLES = (MODEL_ROOT_VARIABLE, "model_root")
 
 
 def format_option(key: str, value: Any) -> str:
@@ -42,14 +45,16 @@ def _strings(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
 
 
 def model_root_options(cfg: Config, model_root: str) -> list[str]:
-    """Point every path under the recipe's ``llava_root`` (LLM, tokenizer, CLIP, processor, projector) at
-    ``model_root``; the built dicts hold copies of those strings, so each is patched where it sits."""
-    old_root = cfg.get(MODEL_ROOT_VARIABLE)
-    if not old_root:
-        raise KeyError(f"recipe has no `{MODEL_ROOT_VARIABLE}` variable to relocate")
+    """Point every path under the recipe's model root variable (``llava_root``: LLM, tokenizer, CLIP, processor,
+    projector; ``model_root``: the MiniCPM-V folder) at ``model_root``; the built dicts hold copies of those strings,
+    so each is patched where it sits."""
+    variable = next((name for name in MODEL_ROOT_VARIABLES if cfg.get(name)), None)
+    if variable is None:
+        raise KeyError(f"recipe has none of the variables {MODEL_ROOT_VARIABLES} to relocate")
+    old_root = cfg.get(variable)
     options = []
     for key, value in _strings(cfg.to_dict()):
-        if value.startswith(old_root) and key != MODEL_ROOT_VARIABLE:
+        if value.startswith(old_root) and key != variable:
             options.append(format_option(key, model_root + value[len(old_root):]))
     return options
 
@@ -67,6 +72,8 @@ def cpu_options(cfg: Config) -> list[str]:
         options += [format_option(f"optim_wrapper.clip_grad.{k}", v) for k, v in optim.clip_grad.items()]
     options += ["env_cfg.dist_cfg.backend=gloo", "train_dataloader.pin_memory=False",
                 "train_dataloader.num_workers=0"]
+    if "torch_dtype" in cfg.model:  # models that load their weights in a dtype (MiniCPM-V: bfloat16 on GPUs)
+        options.append("model.torch_dtype=float32")
     return options
 
 
@@ -114,7 +121,8 @@ def read_losses(work_dir: str | Path) -> dict[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Print the --cfg-options that run a GPU recipe on this machine.")
     parser.add_argument("config")
-    parser.add_argument("--model-root", help="local LLaVA-Phi3-mini folder (e.g. a tiny one) replacing llava_root")
+    parser.add_argument("--model-root", help="local model folder (e.g. a tiny one) replacing the recipe's llava_root "
+                        "or model_root")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = parser.parse_args()
     print(" ".join(local_run_options(args.config, args.model_root, args.device)))

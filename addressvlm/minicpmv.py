@@ -1,0 +1,176 @@
+"""The MiniCPM-V 2.6 model the ``recipes/minicpmv26/`` recipes train: an XTuner (mmengine) model on the pattern of
+XTuner 0.2.0's ``InternVL_V1_5``, with the same checked stage chain as ``addressvlm.model``.
+
+The model is the release itself (``AutoModel.from_pretrained(model_path, trust_remote_code=True)``: SigLIP ``vpm``,
+``resampler``, Qwen2 ``llm``). Its base weights stay frozen; what trains is Table A1's set for this backbone:
+
+- LoRA on the LLM's attention projections (``q/k/v/o_proj`` of the Qwen2 layers) and on the vision tower (every
+  linear layer of SigLIP unless the recipe names targets), injected in place so the remote code's module paths
+  (``self.llm.model.embed_tokens``, ...) keep working;
+- the resampler, whole (it is the projector of this architecture).
+
+``state_dict`` holds only those tensors (LoRA and resampler), so checkpoints are small and stage 2 starts from stage 1
+through ``init_from_work_dir``, refusing to start if any of them does not load (XTuner's ``pretrained_pth`` loads with
+``strict=False`` and is refused, as for LLaVA).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from mmengine import print_log
+from mmengine.model import BaseModel
+from peft import inject_adapter_in_model
+from PIL import Image
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+from addressvlm import xtuner_shims  # noqa: F401
+from addressvlm.minicpmv_dataset import ImageSettings, check_marker_tokens, encode_question
+from addressvlm.model import StageChainError, find_last_checkpoint
+from xtuner.model.utils import find_all_linear_names, guess_load_checkpoint
+from xtuner.registry import BUILDER
+
+
+def is_trained_minicpmv_tensor(key: str) -> bool:
+    """LoRA adapters and the resampler: what a MiniCPM-V stage trains and saves."""
+    return "lora_" in key or key.startswith("model.resampler.")
+
+
+def load_chained_tensors(module: nn.Module, work_dir: str | os.PathLike, is_chained: Callable[[str], bool]) -> Path:
+    """Load the tensors selected by ``is_chained`` from the final checkpoint of the previous stage's ``work_dir`` into
+    ``module``, and raise ``StageChainError`` naming the keys unless every one exists here with the same shape, every
+    such tensor of ``module`` is in the checkpoint, and all are equal after loading. Returns the checkpoint path.
+
+    Reads and writes the *full* state (``nn.Module.state_dict``), not a subclass's trained subset."""
+    checkpoint = find_last_checkpoint(work_dir)
+    state = guess_load_checkpoint(str(checkpoint))
+    chained = {k: v for k, v in state.items() if is_chained(k)}
+    if not chained:
+        raise StageChainError(f"{checkpoint} holds no tensor this stage continues: is it a stage checkpoint?")
+    own = nn.Module.state_dict(module)
+    missing_here = sorted(k for k in chained if k not in own)
+    wrong_shape = sorted(k for k in chained if k in own and own[k].shape != chained[k].shape)
+    expected = sorted(k for k in own if is_chained(k) and k not in chained)
+    if missing_here or wrong_shape or expected:
+        raise StageChainError(
+            f"stage chain from {checkpoint} does not fit this model (same LoRA rank and targets needed):\n"
+            f"  in the checkpoint but not in this model: {missing_here[:20]}{' ...' if len(missing_here) > 20 else ''}\n"
+            f"  with another shape: {wrong_shape[:20]}\n"
+            f"  in this model but not in the checkpoint: {expected[:20]}{' ...' if len(expected) > 20 else ''}")
+    result = nn.Module.load_state_dict(module, chained, strict=False)
+    if result.unexpected_keys:
+        raise StageChainError(f"tensors of {checkpoint} did not load: {sorted(result.unexpected_keys)[:20]}")
+    with torch.no_grad():
+        full = nn.Module.state_dict(module)
+        unequal = [k for k, v in chained.items() if not torch.equal(full[k].cpu(), v.to(full[k].dtype).cpu())]
+    if unequal:
+        raise StageChainError(f"tensors of {checkpoint} differ after loading: {unequal[:20]}")
+    print_log(f"Continued from {checkpoint}: {len(chained)} tensors loaded and checked", "current")
+    return checkpoint
+
+
+def _dtype(value: str | torch.dtype) -> torch.dtype:
+    dtype = getattr(torch, value) if isinstance(value, str) else value
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"torch_dtype {value!r} is not a torch dtype name (float32, bfloat16, float16)")
+    return dtype
+
+
+class AddressMiniCPMV(BaseModel):
+    """MiniCPM-V 2.6 for ``xtuner train``.
+
+    Args:
+        model_path: the ``openbmb/MiniCPM-V-2_6`` folder (weights, remote code, tokenizer, processor config).
+        llm_lora, visual_encoder_lora: ``LoraConfig`` (or config dicts); ``target_modules=None`` means every linear
+            layer of that part (``lm_head`` excepted).
+        torch_dtype: the dtype the weights load in (``"bfloat16"`` on GPUs, ``"float32"`` on CPU).
+        attn_implementation: passed to ``from_pretrained`` (``"sdpa"``, ``"flash_attention_2"``) when given.
+        max_slice_nums: slice cap for ``answer`` (the dataset has its own; recipes pass the same variable).
+        gradient_checkpointing: recompute activations of the LLM and SigLIP layers in the backward pass.
+        init_from_work_dir: the previous stage's ``work_dir``; its final checkpoint initialises LoRA and resampler.
+    """
+
+    def __init__(self, model_path: str, llm_lora=None, visual_encoder_lora=None, torch_dtype="bfloat16",
+                 attn_implementation: str | None = None, max_slice_nums: int | None = None,
+                 gradient_checkpointing: bool = True, init_from_work_dir: str | None = None,
+                 pretrained_pth: str | None = None):
+        if pretrained_pth is not None:
+            raise StageChainError(
+                "pretrained_pth loads with strict=False and ignores mismatches; use init_from_work_dir "
+                "(the previous stage's work_dir) so every LoRA and resampler tensor is checked")
+        super().__init__()
+        if not Path(model_path).is_dir():
+            raise FileNotFoundError(f"MiniCPM-V folder {model_path} not found: download openbmb/MiniCPM-V-2_6 "
+                                    "(see the recipe's header)")
+        self.model_path = str(model_path)
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True,
+                                               torch_dtype=_dtype(torch_dtype), **extra)
+        self.model.requires_grad_(False)
+        if llm_lora is not None:
+            self._inject_lora(self.model.llm, llm_lora)
+        if visual_encoder_lora is not None:
+            self._inject_lora(self.model.vpm, visual_encoder_lora)
+        self.model.resampler.requires_grad_(True)
+        if gradient_checkpointing:
+            # Non-reentrant: the frozen embeddings' outputs need not require grad for the LoRA grads to flow.
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.image_settings = ImageSettings.from_model_dir(self.model_path, max_slice_nums)
+        self._tokenizer = None
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        print_log(f"MiniCPM-V from {self.model_path}: {trainable:,} of {total:,} parameters trained "
+                  "(LoRA + resampler)", "current")
+        if init_from_work_dir is not None:
+            self.load_previous_stage(init_from_work_dir)
+
+    @staticmethod
+    def _inject_lora(part: nn.Module, lora_config) -> None:
+        config = BUILDER.build(lora_config) if isinstance(lora_config, dict) else lora_config
+        if config.target_modules is None:
+            config.target_modules = find_all_linear_names(part)
+        inject_adapter_in_model(config, part)
+
+    def init_weights(self):
+        """Everything comes from the release (and the previous stage); mmengine must not re-initialise it."""
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        return type(state)((k, v) for k, v in state.items() if is_trained_minicpmv_tensor(k))
+
+    def load_previous_stage(self, work_dir: str) -> Path:
+        return load_chained_tensors(self, work_dir, is_trained_minicpmv_tensor)
+
+    def forward(self, data, data_samples=None, mode="loss"):
+        if mode != "loss":
+            raise NotImplementedError(f"mode {mode!r}: training computes the loss; answer questions with answer()")
+        inputs = {k: v for k, v in data.items() if k != "labels"}
+        outputs = self.model(data=inputs, labels=data["labels"], attention_mask=data["attention_mask"], use_cache=False)
+        return {"loss": outputs.loss}
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=True)
+            check_marker_tokens(self._tokenizer, self.image_settings)
+        return self._tokenizer
+
+    def answer(self, image: Image.Image, question: str, max_new_tokens: int = 64) -> str:
+        """Greedy answer to one question about one image (``question`` may hold ``<image>``; else the image goes
+        first), prompted exactly as in training."""
+        was_training = self.training
+        self.eval()
+        try:
+            prompt = encode_question(question, image.convert("RGB"), self.tokenizer, self.image_settings)
+            device = next(self.model.parameters()).device
+            input_ids = prompt["input_ids"][None].to(device)
+            return self.model.generate(
+                input_ids=input_ids, pixel_values=[[t.to(device) for t in prompt["pixel_values"]]],
+                tgt_sizes=[prompt["tgt_sizes"].to(device)], image_bound=[prompt["image_bound"].to(device)],
+                attention_mask=torch.ones_like(input_ids), tokenizer=self.tokenizer, decode_text=True,
+                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)[0]
+        finally:
+            self.train(was_training)

@@ -1,0 +1,12 @@
+# AddressVLM stage 2 on sf with MiniCPM-V 2.6: recipes/minicpmv26/stage2_pitts.py with the city root ./data/sf/.
+# Commands: those of recipes/minicpmv26/stage2_pitts.py with this file; after recipes/minicpmv26/stage1_sf.py.
+from mmengine.config import read_base
+
+with read_base():
+    from .stage2_pitts import *  # noqa: F401,F403
+
+# Re-assigning data_root alone would not reach the dicts the parent already built: patch them.
+data_root = "./data/sf/"
+train_dataloader.dataset.update(data_path=data_root + "vqa/train.json", image_folder=data_root)
+model.update(init_from_work_dir="./work_dirs/minicpmv26/stage1_sf")
+work_dir = "./work_dirs/minicpmv26/stage2_sf"

@@ -1,0 +1,198 @@
+"""MiniCPM-V 2.6 recipes, dataset adapter and model wrapper, on a tiny stand-in loaded as remote code."""
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+from PIL import Image
+
+from conftest import COLOURS, REPO, write_colour_city
+
+RECIPES = REPO / "recipes" / "minicpmv26"
+QUESTION = "<image>\nWhat colour is this image?"
+
+
+@pytest.fixture(scope="module")
+def tiny_minicpmv(tmp_path_factory) -> Path:
+    from addressvlm.tiny_minicpmv import write_tiny_minicpmv
+
+    return write_tiny_minicpmv(tmp_path_factory.mktemp("models") / "MiniCPM-V-2_6",
+                               corpus=[f"The colour is {c}." for c in COLOURS])
+
+
+def small_lora(rank: int = 4):
+    from peft import LoraConfig
+
+    return (LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+            LoraConfig(r=rank, lora_alpha=2 * rank))
+
+
+def build_wrapper(model_path, rank=4, **kwargs):
+    from addressvlm.minicpmv import AddressMiniCPMV
+
+    llm_lora, vision_lora = small_lora(rank)
+    return AddressMiniCPMV(str(model_path), llm_lora=llm_lora, visual_encoder_lora=vision_lora,
+                           torch_dtype="float32", **kwargs)
+
+
+@pytest.mark.parametrize("name", ["stage1_pitts", "stage2_pitts", "stage1_sf", "stage2_sf"])
+def test_recipe_parses_with_table_a1_values(name):
+    cfg = Config.fromfile(RECIPES / f"{name}.py")
+    stage, city = name.split("_")
+    assert cfg.work_dir == f"./work_dirs/minicpmv26/{name}"
+    assert cfg.model.type.__name__ == "AddressMiniCPMV"
+    assert cfg.model.model_path == cfg.model_root == "./models/MiniCPM-V-2_6"
+    assert cfg.train_dataloader.batch_size == 4 and cfg.optim_wrapper.accumulative_counts == 16
+    assert cfg.optim_wrapper.optimizer.lr == 1e-5 and tuple(cfg.optim_wrapper.optimizer.betas) == (0.9, 0.999)
+    assert cfg.optim_wrapper.optimizer.weight_decay == 0 and cfg.warmup_ratio == 0.03
+    assert cfg.param_scheduler[0].end == pytest.approx(0.03)
+    assert cfg.max_length == 2048 and cfg.train_dataloader.dataset.max_length == 2048
+    for lora in (cfg.model.llm_lora, cfg.model.visual_encoder_lora):
+        assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (128, 256, 0.05)
+    assert sorted(cfg.model.llm_lora.target_modules) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    data_file = "stage1/train.json" if stage == "stage1" else "vqa/train.json"
+    assert cfg.train_dataloader.dataset.data_path == f"./data/{city}/{data_file}"
+    assert cfg.train_dataloader.dataset.image_folder == f"./data/{city}/"
+    expected_start = None if stage == "stage1" else f"./work_dirs/minicpmv26/stage1_{city}"
+    assert cfg.model.init_from_work_dir == expected_start
+    header = (RECIPES / f"{name}.py").read_text().split("\nfrom ")[0]
+    if city == "pitts":
+        assert "openbmb/MiniCPM-V-2_6" in header
+        assert f"xtuner train recipes/minicpmv26/{name}.py --deepspeed deepspeed_zero2" in header
+    else:  # a short child: its header points at the recipe whose commands it shares
+        assert f"recipes/minicpmv26/{stage}_pitts.py" in header
+
+
+def test_local_run_options_relocate_model_root(tiny_minicpmv):
+    from addressvlm.runtime import local_run_options
+
+    options = local_run_options(str(RECIPES / "stage2_sf.py"), str(tiny_minicpmv))
+    assert f"model.model_path={tiny_minicpmv}" in options
+    assert f"train_dataloader.dataset.model_path={tiny_minicpmv}" in options
+    assert f"train_dataloader.dataset.tokenizer.pretrained_model_name_or_path={tiny_minicpmv}" in options
+    assert "model.torch_dtype=float32" in options and "optim_wrapper.type=OptimWrapper" in options
+
+
+def test_slicing_follows_the_release_settings():
+    from addressvlm.minicpmv_dataset import ImageSettings, choose_grid, slice_image
+
+    release = ImageSettings()  # 448 px, patch 14, up to 9 slices
+    assert choose_grid((336, 336), release) is None  # stage-1 grafts: one view
+    assert choose_grid((640, 480), release) == (2, 1)  # Pitts street views: source + 2 slices
+    assert choose_grid((1600, 400), release) == (4, 1)
+    assert choose_grid((640, 480), ImageSettings(max_slice_nums=1)) is None
+    source, rows = slice_image(Image.new("RGB", (640, 480)), release)
+    assert len(rows) == 1 and len(rows[0]) == 2
+    for view in [source, *rows[0]]:
+        assert view.width % 14 == 0 and view.height % 14 == 0
+        assert view.width * view.height <= 1.3 * 448 * 448
+
+
+def test_example_has_placeholders_bounds_and_answer_labels(tiny_minicpmv):
+    from transformers import AutoTokenizer
+
+    from addressvlm.minicpmv_dataset import IGNORE_INDEX, ImageSettings, encode_record, minicpmv_collate_fn
+    from addressvlm.tiny_minicpmv import patches_to_image
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_minicpmv, trust_remote_code=True)
+    settings = ImageSettings.from_model_dir(tiny_minicpmv)
+    record = {"id": "x", "image": "x.jpg", "conversations": [
+        {"from": "human", "value": QUESTION}, {"from": "gpt", "value": "The colour is red."},
+        {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes"}]}
+    image = Image.new("RGB", (64, 48), COLOURS["red"])
+    example = encode_record(record, image, tokenizer, settings, max_length=2048)
+
+    text = tokenizer.decode(example["input_ids"])
+    assert text.startswith("<|im_start|>system\n") and "<|im_start|>assistant\nThe colour is red.<|im_end|>" in text
+    slices = "<slice>" + "<unk>" * settings.query_num + "</slice>"
+    placeholder = ("<image_id>0</image_id><image>" + "<unk>" * settings.query_num + "</image>"
+                   + slices * 2 + "\n" + slices * 2)  # 64x48 at 28 px: a 2x2 grid
+    assert f"<|im_start|>user\n{placeholder}\nWhat colour is this image?<|im_end|>" in text
+    labelled = example["input_ids"][example["labels"] != IGNORE_INDEX]
+    assert tokenizer.decode(labelled) == "The colour is red.<|im_end|>Yes<|im_end|>"
+
+    assert len(example["pixel_values"]) == len(example["tgt_sizes"]) == len(example["image_bound"]) == 5
+    unk = tokenizer.convert_tokens_to_ids("<unk>")
+    for start, end in example["image_bound"].tolist():
+        assert end - start == settings.query_num and (example["input_ids"][start:end] == unk).all()
+    source = patches_to_image(example["pixel_values"][0], example["tgt_sizes"][0], settings.patch_size)
+    assert source.shape == (3, 28, 28)
+    assert torch.allclose(source.mean(dim=(1, 2)), (torch.tensor(COLOURS["red"]) / 255 - 0.5) / 0.5, atol=0.02)
+
+    batch = minicpmv_collate_fn([example, encode_record(record, image.resize((28, 28)), tokenizer, settings, 2048)])
+    data = batch["data"]
+    assert data["input_ids"].shape == data["labels"].shape == data["attention_mask"].shape
+    short = int(data["attention_mask"][1].sum())
+    assert short < data["input_ids"].shape[1] and (data["labels"][1, short:] == IGNORE_INDEX).all()
+    assert len(data["pixel_values"][1]) == 1  # 28x28 at 28 px: not sliced
+
+
+def test_wrapper_trains_lora_and_resampler_only(tiny_minicpmv):
+    model = build_wrapper(tiny_minicpmv)
+    assert type(model.model).__module__.startswith("transformers_modules.")  # loaded as remote code
+    assert type(model.model.llm).__name__ == "Qwen2ForCausalLM"
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(model.state_dict()) == trained
+    assert any(".llm." in n and "o_proj.lora_A" in n for n in trained)
+    assert not any(".llm." in n and "mlp" in n for n in trained)
+    assert any(".vpm." in n and "fc1.lora_B" in n for n in trained)
+    assert "model.resampler.query" in trained
+    assert all("lora_" in n or n.startswith("model.resampler.") for n in trained)
+    assert model.model.llm.model.gradient_checkpointing and model.model.vpm.encoder.gradient_checkpointing
+
+
+def test_stage_chain_is_checked(tiny_minicpmv, tmp_path):
+    from addressvlm.model import StageChainError
+
+    stage1 = build_wrapper(tiny_minicpmv)
+    with torch.no_grad():
+        for name, param in stage1.named_parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param))
+    (tmp_path / "stage1").mkdir()
+    torch.save({"state_dict": stage1.state_dict()}, tmp_path / "stage1" / "iter_3.pth")
+
+    stage2 = build_wrapper(tiny_minicpmv, init_from_work_dir=str(tmp_path / "stage1"))
+    for key, value in stage1.state_dict().items():
+        assert torch.equal(stage2.state_dict()[key], value), key
+    with pytest.raises(StageChainError, match="same LoRA rank"):
+        build_wrapper(tiny_minicpmv, rank=8, init_from_work_dir=str(tmp_path / "stage1"))
+    with pytest.raises(StageChainError, match="does not exist"):
+        build_wrapper(tiny_minicpmv, init_from_work_dir=str(tmp_path / "no_stage"))
+    with pytest.raises(StageChainError, match="init_from_work_dir"):
+        build_wrapper(tiny_minicpmv, pretrained_pth=str(tmp_path / "stage1" / "iter_3.pth"))
+
+
+@pytest.mark.slow
+def test_two_stages_train_then_answer(tiny_minicpmv, tmp_path):
+    """Both recipes through `python -m xtuner.tools.train`; stage 2 continues stage 1; the result answers."""
+    from xtuner.registry import BUILDER
+
+    from addressvlm.runtime import read_losses, train
+
+    city = write_colour_city(tmp_path / "city")
+    common = {"train_dataloader.batch_size": 2, "train_dataloader.sampler.per_device_batch_size": 2,
+              "optim_wrapper.accumulative_counts": 1, "optim_wrapper.optimizer.lr": 3e-3,
+              "train_cfg.max_epochs": 2, "param_scheduler.0.end": 0.25, "param_scheduler.1.begin": 0.25,
+              "param_scheduler.1.end": 2, "default_hooks.logger.interval": 1,
+              "default_hooks.checkpoint.interval": 16, "randomness.seed": 0,
+              "train_dataloader.dataset.image_folder": str(city)}
+    stage1 = train(str(RECIPES / "stage1_pitts.py"), tmp_path / "stage1", str(tiny_minicpmv), overrides={
+        **common, "train_dataloader.dataset.data_path": str(city / "stage1" / "train.json")})
+    losses1 = read_losses(stage1)
+    assert len(losses1) == 16 and losses1[16] < 0.5 * losses1[1]
+
+    stage2 = train(str(RECIPES / "stage2_pitts.py"), tmp_path / "stage2", str(tiny_minicpmv), overrides={
+        **common, "train_dataloader.dataset.data_path": str(city / "vqa" / "train.json"),
+        "model.init_from_work_dir": str(stage1)})
+    log = (stage2 / "train_stdout.log").read_text()
+    assert f"Continued from {stage1}" in log
+    losses2 = read_losses(stage2)
+    assert losses2[1] < 0.5 * losses1[1]  # started from stage 1, not from the release
+
+    cfg = Config.fromfile(RECIPES / "stage2_pitts.py")
+    cfg.model.update(model_path=str(tiny_minicpmv), torch_dtype="float32", init_from_work_dir=str(stage2))
+    model = BUILDER.build(cfg.model)
+    for index, colour in [(0, "red"), (1, "green")]:
+        image = Image.open(city / "images" / f"{index:03d}.jpg")
+        assert model.answer(image, QUESTION, max_new_tokens=12) == f"The colour is {colour}."
