@@ -1,0 +1,45 @@
+"""A shortened `make demo` (a few steps of everything): every artefact exists and parses."""
+import json
+
+import pytest
+from PIL import Image
+
+from addressvlm.demo import MODELS, DemoSettings, run_demo
+from addressvlm.records import read_locations, read_predictions, read_questions
+from addressvlm.scoring import METRICS
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_every_artefact(tmp_path):
+    out, city, work = tmp_path / "out", tmp_path / "city", tmp_path / "work"
+    report = run_demo(out, city, work, DemoSettings.quick())
+
+    rows = read_locations(city / "locations.csv")
+    assert {r.split for r in rows} == {"train", "val", "test"}
+    test_locations = {r.location_id for r in rows if r.split == "test"}
+    stage1 = json.loads((city / "stage1" / "train.json").read_text())
+    assert stage1 and all(rec["id"].split("/")[1] not in test_locations for rec in stage1)  # no test leak
+
+    questions = read_questions(city / "vqa" / "test_questions.jsonl")
+    for name in MODELS:
+        predictions = read_predictions(out / "predictions" / f"{name}.jsonl")
+        assert set(predictions) == {q["question_id"] for q in questions}
+        metrics = json.loads((out / "metrics" / f"{name}.json").read_text())
+        assert set(METRICS) <= set(metrics)
+        assert metrics["counts"]["A"]["total"] == sum(q["level"] != "address" for q in questions)
+        assert (work / name / "last_checkpoint").is_file() or name == "zero_shot"
+
+    text = report.read_text()
+    assert "| AddressVLM (stage 1 + stage 2) |" in text and "binomial" in text
+    assert "(c) OpenStreetMap contributors, ODbL" in text
+    for picture in (out / "pictures").glob("*"):
+        if picture.suffix in (".png", ".jpg"):
+            Image.open(picture).verify()
+            assert f"pictures/{picture.name}" in text
+    distribution = json.loads((out / "pictures" / "street_distribution_0.json").read_text())
+    assert distribution["after"]["total"] == DemoSettings.quick().street_samples
+
+    # A rerun keeps every finished step: nothing is trained or answered again.
+    stamp = (work / "stage1_stage2" / "last_checkpoint").stat().st_mtime
+    run_demo(out, city, work, DemoSettings.quick())
+    assert (work / "stage1_stage2" / "last_checkpoint").stat().st_mtime == stamp
