@@ -140,6 +140,21 @@ def test_wrapper_trains_lora_and_resampler_only(tiny_minicpmv):
     assert all("lora_" in n or n.startswith("model.resampler.") for n in trained)
     assert model.model.llm.model.gradient_checkpointing and model.model.vpm.encoder.gradient_checkpointing
 
+    # Under gradient checkpointing every trained tensor still gets its gradient (lora_A's is zero at step 0, as
+    # lora_B starts at zero).
+    from addressvlm.minicpmv_dataset import encode_record, minicpmv_collate_fn
+
+    record = {"conversations": [{"from": "human", "value": QUESTION}, {"from": "gpt", "value": "The colour is red."}]}
+    example = encode_record(record, Image.new("RGB", (64, 48), COLOURS["red"]), model.tokenizer,
+                            model.image_settings, 2048)
+    model.train()
+    loss = model(minicpmv_collate_fn([example])["data"])["loss"]
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None for g in grads.values())
+    for part in (".llm.", ".vpm.", ".resampler."):
+        assert any(part in n and g.abs().sum() > 0 and "lora_A" not in n for n, g in grads.items()), part
+
 
 def test_stage_chain_is_checked(tiny_minicpmv, tmp_path):
     from addressvlm.model import StageChainError
