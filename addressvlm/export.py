@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from addressvlm.infer import IMAGE_TOKEN, build_recipe_model, load_checked_state, resolve_checkpoint
+from addressvlm.infer import IMAGE_TOKEN, build_recipe_model, is_quantized, load_checked_state, resolve_checkpoint
 
 # XTuner ProjectorModel(depth=2) -> LlavaMultiModalProjector
 _PROJECTOR_NAMES = {"model.0.": "multi_modal_projector.linear_1.", "model.2.": "multi_modal_projector.linear_2."}
@@ -92,6 +92,10 @@ def export_llava_hf(config: str | os.PathLike, checkpoint: str | os.PathLike, ou
     cfg, model = build_recipe_model(config, cfg_options)
     load_checked_state(model, checkpoint)
     model.eval()
+    if is_quantized(model.llm):
+        raise ValueError(f"{config} loads the LLM in 4/8 bits: merging LoRA into it would export rounded weights. "
+                         "Export with the full-precision recipe of the same LoRA settings (for "
+                         "stage2_pitts_qlora.py: --config recipes/stage2_pitts.py) and this checkpoint")
     projector = model.projector
     if projector.config.depth != 2:
         raise ValueError(f"Llava's projector is Linear-act-Linear; this recipe's projector has depth "

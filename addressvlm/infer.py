@@ -159,6 +159,10 @@ def load_xtuner_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
     return wrap_xtuner_model(cfg, model, device, dtype)
 
 
+def is_quantized(llm: torch.nn.Module) -> bool:
+    return bool(getattr(llm, "is_loaded_in_4bit", False) or getattr(llm, "is_loaded_in_8bit", False))
+
+
 def wrap_xtuner_model(cfg, model, device: str | None = None, dtype: str | torch.dtype | None = None
                       ) -> VisionChatModel:
     """An XTuner ``LLaVAModel`` with the prompt format and image preprocessing of its recipe's training dataset."""
@@ -166,7 +170,13 @@ def wrap_xtuner_model(cfg, model, device: str | None = None, dtype: str | torch.
     from xtuner.registry import BUILDER
 
     device, dtype = default_device_dtype(device, dtype)
-    model.to(device=device, dtype=dtype).eval()
+    if is_quantized(model.llm):
+        # bitsandbytes weights (a QLoRA recipe) are placed and typed at load and cannot be cast.
+        model.visual_encoder.to(device=device, dtype=dtype)
+        model.projector.to(device=device, dtype=dtype)
+    else:
+        model.to(device=device, dtype=dtype)
+    model.eval()
     dataset = cfg.train_dataloader.dataset
     template = dataset.template_map_fn.template
     tokenizer = BUILDER.build(cfg.tokenizer)
