@@ -1,4 +1,7 @@
-"""Child recipes for a new city: one level of `read_base()` over the reference recipes, naming data and work dirs.
+"""Child recipes for a new city: one level of `read_base()` over stage1_pitts.py, naming data, chain and work dirs.
+
+Both stages inherit the flat stage-1 recipe (stage 2 differs only in its data and its start), so no child is two
+levels deep.
 
 mmengine pitfall: re-assigning ``data_root`` in a child does not reach the dicts the parent already built from it,
 so the child patches those dicts (the dataset, and stage 2's ``init_from_work_dir``) directly.
@@ -15,7 +18,7 @@ _TEMPLATE = '''# AddressVLM stage {stage} on {city}: recipes/stage{stage}_{base}
 from mmengine.config import read_base
 
 with read_base():
-    from .stage{stage}_{base} import *  # noqa: F401,F403
+    from .stage1_{base} import *  # noqa: F401,F403
 
 # Re-assigning data_root alone would not reach the dicts the parent already built: patch them.
 data_root = "{data_root}"

@@ -2,7 +2,8 @@
 #
 # Starts from stage 1's final checkpoint, found from stage 1's work_dir (no iter_N to edit), and continues its LoRA
 # adapters and projector; it refuses to start, naming the keys, if any of those tensors does not load.
-# Weights: as stage 1 (./models/llava-phi-3-mini-xtuner, from xtuner/llava-phi-3-mini-xtuner).
+# Weights: as stage 1 (./models/llava-phi-3-mini-xtuner, from xtuner/llava-phi-3-mini-xtuner). Every other setting,
+# Table A1's included, is stage 1's: this file names only what differs.
 # Data (docs/data.md):
 #   python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa --seed 0
 # Train on 8 GPUs after stage 1:
@@ -14,206 +15,13 @@
 #       --predictions eval_results/llava_phi3_mini/stage2_pitts/predictions.jsonl
 # The paper's Baseline (stage 2 only): --cfg-options model.init_from_work_dir=None work_dir=work_dirs/llava_phi3_mini/baseline_pitts
 # Note: `xtuner train` exits 0 even when training fails; scripts should call `python -m xtuner.tools.train`.
-from mmengine.hooks import (
-    CheckpointHook,
-    DistSamplerSeedHook,
-    IterTimerHook,
-    LoggerHook,
-    ParamSchedulerHook,
-)
-from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
-from peft import LoraConfig
-from torch.optim import AdamW
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
+from mmengine.config import read_base
 
-from addressvlm.dataset import CityLLaVADataset
-from addressvlm.hooks import RNGStateHook
-from addressvlm.model import AddressLLaVAModel
-from xtuner.dataset.collate_fns import default_collate_fn
-from xtuner.dataset.map_fns import llava_map_fn, template_map_fn_factory
-from xtuner.dataset.samplers import LengthGroupedSampler
-from xtuner.engine.hooks import DatasetInfoHook
-from xtuner.engine.runner import TrainLoop
-from xtuner.utils import PROMPT_TEMPLATE
+with read_base():
+    from .stage1_pitts import *  # noqa: F401,F403
 
-#######################################################################
-#                          PART 1  Settings                           #
-#######################################################################
-# Model: the released LLaVA-Phi3-mini (fine-tuned LLM, fine-tuned CLIP, trained projector), not a random projector.
-llava_root = "./models/llava-phi-3-mini-xtuner"
-llm_name_or_path = llava_root
-visual_encoder_name_or_path = llava_root + "/visual_encoder"
-projector_name_or_path = llava_root + "/projector"
-init_from_work_dir = "./work_dirs/llava_phi3_mini/stage1_pitts"  # stage 1's final checkpoint
-
-# Data: the city root holds locations.csv and images; stage-2 VQA JSON paths are relative to it.
+# Re-assigning data_root alone would not reach the dicts stage 1 already built: patch them.
 data_root = "./data/pitts/"
-data_path = data_root + "vqa/train.json"
-image_folder = data_root
-prompt_template = PROMPT_TEMPLATE.phi3_chat
-max_length = int(2048 - (336 / 14) ** 2)  # Table A1: 2048 minus the 576 image tokens
-
-# Scheduler & Optimizer (Table A1)
-batch_size = 4  # per_device, on 8 GPUs
-accumulative_counts = 16
-dataloader_num_workers = 4
-max_epochs = 1
-optim_type = AdamW
-lr = 1e-5
-betas = (0.9, 0.999)
-weight_decay = 0
-max_norm = 1  # grad clip
-warmup_ratio = 0.03
-
-# LoRA (Table A1: rank 128, dropout 0.05, on the LLM and on the vision encoder). The paper gives no alpha; we use
-# 256 = 2 x rank, the setting of LLaVA-1.5's own rank-128 LoRA recipe, which keeps the update scale (alpha / r = 2)
-# this model family was tuned with.
-lora_rank = 128
-lora_alpha = 256
-lora_dropout = 0.05
-
-# Save
+train_dataloader.dataset.update(data_path=data_root + "vqa/train.json", image_folder=data_root)
+model.update(init_from_work_dir="./work_dirs/llava_phi3_mini/stage1_pitts")  # stage 1's final checkpoint
 work_dir = "./work_dirs/llava_phi3_mini/stage2_pitts"
-save_steps = 500
-save_total_limit = 2  # Maximum checkpoints to keep (-1 means unlimited)
-
-#######################################################################
-#            PART 2  Model & Tokenizer & Image Processor              #
-#######################################################################
-tokenizer = dict(
-    type=AutoTokenizer.from_pretrained,
-    pretrained_model_name_or_path=llm_name_or_path,
-    trust_remote_code=True,
-    padding_side="right",
-)
-
-image_processor = dict(
-    type=CLIPImageProcessor.from_pretrained,
-    pretrained_model_name_or_path=visual_encoder_name_or_path,
-    trust_remote_code=True,
-)
-
-model = dict(
-    type=AddressLLaVAModel,
-    # Base weights frozen, LoRA adapters and the projector trained: Table 4's "Ours" row (VE and LLM in both stages).
-    freeze_llm=True,
-    freeze_visual_encoder=True,
-    projector_name_or_path=projector_name_or_path,
-    init_from_work_dir=init_from_work_dir,
-    llm=dict(
-        type=AutoModelForCausalLM.from_pretrained,
-        pretrained_model_name_or_path=llm_name_or_path,
-        trust_remote_code=True,
-    ),
-    visual_encoder=dict(
-        type=CLIPVisionModel.from_pretrained,
-        pretrained_model_name_or_path=visual_encoder_name_or_path,
-    ),
-    llm_lora=dict(
-        type=LoraConfig,
-        r=lora_rank,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        bias="none",
-        task_type="CAUSAL_LM",
-    ),
-    visual_encoder_lora=dict(
-        type=LoraConfig,
-        r=lora_rank,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        bias="none",
-    ),
-)
-
-#######################################################################
-#                      PART 3  Dataset & Dataloader                   #
-#######################################################################
-llava_dataset = dict(
-    type=CityLLaVADataset,
-    data_path=data_path,
-    image_folder=image_folder,
-    tokenizer=tokenizer,
-    image_processor=image_processor,
-    dataset_map_fn=llava_map_fn,
-    template_map_fn=dict(type=template_map_fn_factory, template=prompt_template),
-    max_length=max_length,
-    pad_image_to_square=True,
-)
-
-train_dataloader = dict(
-    batch_size=batch_size,
-    num_workers=dataloader_num_workers,
-    pin_memory=True,
-    dataset=llava_dataset,
-    sampler=dict(
-        type=LengthGroupedSampler,
-        length_property="modality_length",
-        per_device_batch_size=batch_size * accumulative_counts,
-    ),
-    collate_fn=dict(type=default_collate_fn),
-)
-
-#######################################################################
-#                    PART 4  Scheduler & Optimizer                    #
-#######################################################################
-optim_wrapper = dict(
-    type=AmpOptimWrapper,
-    optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
-    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
-    accumulative_counts=accumulative_counts,
-    loss_scale="dynamic",
-    dtype="float16",
-)
-
-param_scheduler = [
-    dict(
-        type=LinearLR,
-        start_factor=1e-5,
-        by_epoch=True,
-        begin=0,
-        end=warmup_ratio * max_epochs,
-        convert_to_iter_based=True,
-    ),
-    dict(
-        type=CosineAnnealingLR,
-        eta_min=0.0,
-        by_epoch=True,
-        begin=warmup_ratio * max_epochs,
-        end=max_epochs,
-        convert_to_iter_based=True,
-    ),
-]
-
-train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
-
-#######################################################################
-#                           PART 5  Runtime                           #
-#######################################################################
-custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer), dict(type=RNGStateHook)]
-
-default_hooks = dict(
-    timer=dict(type=IterTimerHook),
-    logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=10),
-    param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(
-        type=CheckpointHook,
-        by_epoch=False,
-        interval=save_steps,
-        max_keep_ckpts=save_total_limit,
-    ),
-    sampler_seed=dict(type=DistSamplerSeedHook),
-)
-
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-    dist_cfg=dict(backend="nccl"),
-)
-
-visualizer = None
-log_level = "INFO"
-load_from = None
-resume = False
-randomness = dict(seed=None, deterministic=False)
-log_processor = dict(by_epoch=False)

@@ -1,26 +1,14 @@
-# AddressVLM stage 2 on Pitts-IAL for ONE 24 GB GPU: recipes/stage2_pitts.py with a 4-bit (NF4) LLM (QLoRA).
+# AddressVLM stage 2 on Pitts-IAL for ONE 24 GB GPU: recipes/stage2_pitts.py's data and chain with stage 1's 4-bit (NF4) LLM (QLoRA).
 # Same LoRA, same data, same effective batch as Table A1 (4 per step x 128 accumulation = 4 x 8 GPUs x 16).
 #   xtuner train recipes/stage2_pitts_qlora.py        (after recipes/stage1_pitts_qlora.py)
 # Needs CUDA (bitsandbytes 4-bit kernels); on CPU it parses but does not run.
-import torch
 from mmengine.config import read_base
-from transformers import BitsAndBytesConfig
 
 with read_base():
-    from .stage2_pitts import *  # noqa: F401,F403
+    from .stage1_pitts_qlora import *  # noqa: F401,F403
 
-model.llm.update(
-    torch_dtype=torch.float16,
-    quantization_config=dict(
-        type=BitsAndBytesConfig,
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float16,
-        llm_int8_skip_modules=["lm_head"],
-    ),
-)
-optim_wrapper.update(accumulative_counts=128)
-train_dataloader.sampler.update(per_device_batch_size=4 * 128)
+# The one recipe two levels deep: it shares the 4-bit settings instead of repeating them.
+data_root = "./data/pitts/"
+train_dataloader.dataset.update(data_path=data_root + "vqa/train.json", image_folder=data_root)
 model.update(init_from_work_dir="./work_dirs/llava_phi3_mini/stage1_pitts_qlora")
 work_dir = "./work_dirs/llava_phi3_mini/stage2_pitts_qlora"
