@@ -64,11 +64,6 @@ class MiniCPMVConfig(Qwen2Config):
                                                   "scale_resolution": image_size})
         super().__init__(**kwargs)
 
-    def to_dict(self):
-        output = super().to_dict()
-        output["vision_config"] = self.vision_config.to_dict()
-        return output
-
 
 def sincos_2d(dim: int, height: int, width: int, device=None) -> torch.Tensor:
     """``[height * width, dim]`` fixed 2-D sine-cosine positions (half the channels per axis), row-major."""
