@@ -171,7 +171,9 @@ def wrap_xtuner_model(cfg, model, device: str | None = None, dtype: str | torch.
 
     device, dtype = default_device_dtype(device, dtype)
     if is_quantized(model.llm):
-        # bitsandbytes weights (a QLoRA recipe) are placed and typed at load and cannot be cast.
+        # bitsandbytes weights (a QLoRA recipe) are placed and typed at load and cannot be cast; the image features
+        # take the dtype of the LLM's (unquantized) input embeddings instead.
+        dtype = model.llm.get_input_embeddings().weight.dtype
         model.visual_encoder.to(device=device, dtype=dtype)
         model.projector.to(device=device, dtype=dtype)
     else:
@@ -418,12 +420,22 @@ def load_model_from_args(args: argparse.Namespace) -> VisionChatModel:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    questions = chunk_questions(read_questions(args.questions), args.num_chunks, args.chunk_idx)
-    image_folder = args.image_folder or Path(args.questions).resolve().parent.parent
-    model = load_model_from_args(args)
-    answered = answer_questions(model, questions, args.out, image_folder=image_folder, batch_size=args.batch_size,
-                                share_prefix=not args.no_share_prefix, max_new_tokens=args.max_new_tokens,
-                                temperature=args.temperature, num_samples=args.num_samples, seed=args.seed)
+    from addressvlm.model import StageChainError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.chunk_idx < args.num_chunks:
+        parser.error(f"--chunk-idx {args.chunk_idx} is not in 0..{args.num_chunks - 1}")
+    if args.num_samples > 1 and args.temperature == 0:
+        parser.error("--num-samples > 1 needs --temperature > 0 (greedy samples are all the same)")
+    try:
+        questions = chunk_questions(read_questions(args.questions), args.num_chunks, args.chunk_idx)
+        model = load_model_from_args(args)
+        answered = answer_questions(
+            model, questions, args.out, image_folder=args.image_folder or Path(args.questions).resolve().parent.parent,
+            batch_size=args.batch_size, share_prefix=not args.no_share_prefix, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, num_samples=args.num_samples, seed=args.seed)
+    except (DataError, FileNotFoundError, CheckpointError, StageChainError) as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(f"answered {answered} of {len(questions)} question(s) of chunk {args.chunk_idx + 1}/{args.num_chunks} "
           f"-> {args.out}")

@@ -116,8 +116,9 @@ def _decode(model: VisionChatModel, logits: torch.Tensor, cache, mask: torch.Ten
     for step in range(max_new_tokens):
         tokens = choose(logits)
         stopping = torch.isin(tokens, stop) & ~finished
-        for row in (~finished & ~stopping).nonzero().flatten().tolist():
-            answers[row].append(int(tokens[row]))
+        for row, (token, keep) in enumerate(zip(tokens.tolist(), (~finished & ~stopping).tolist())):
+            if keep:
+                answers[row].append(token)
         finished |= stopping
         if bool(finished.all()) or step == max_new_tokens - 1:
             break

@@ -3,7 +3,6 @@ its processor works as saved."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
