@@ -3,199 +3,22 @@
 #
 # Starts from stage 1's final checkpoint, found from stage 1's work_dir (no iter_N to edit), and continues its LoRA
 # adapters and resampler; it refuses to start, naming the keys, if any of those tensors does not load.
-# Weights: as stage 1 (./models/MiniCPM-V-2_6, from openbmb/MiniCPM-V-2_6).
+# Weights: as stage 1 (./models/MiniCPM-V-2_6, from openbmb/MiniCPM-V-2_6). Every other setting, Table A1's
+# included, is stage 1's: this file names only what differs.
 # Data (docs/data.md): the LLaVA recipes' stage-2 files, data/pitts/vqa/train.json.
 # Train on 8 GPUs after stage 1:
 #   NPROC_PER_NODE=8 xtuner train recipes/minicpmv26/stage2_pitts.py --deepspeed deepspeed_zero2
-# Answer a question with the result (docs/minicpmv.md): build `model` from this file with
+# Answer questions with the result (docs/minicpmv.md): build `model` from this file with
 # `model.init_from_work_dir=./work_dirs/minicpmv26/stage2_pitts` and call `AddressMiniCPMV.answer(image, question)`.
 # The paper's Baseline (stage 2 only): --cfg-options model.init_from_work_dir=None work_dir=work_dirs/minicpmv26/baseline_pitts
 # Note: `xtuner train` exits 0 even when training fails; scripts should call `python -m xtuner.tools.train`.
-from mmengine.hooks import (
-    CheckpointHook,
-    DistSamplerSeedHook,
-    IterTimerHook,
-    LoggerHook,
-    ParamSchedulerHook,
-)
-from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
-from peft import LoraConfig
-from torch.optim import AdamW
-from transformers import AutoTokenizer
+from mmengine.config import read_base
 
-from addressvlm.minicpmv import AddressMiniCPMV
-from addressvlm.minicpmv_dataset import MiniCPMVDataset, minicpmv_collate_fn
-from xtuner.dataset.samplers import LengthGroupedSampler
-from xtuner.engine.hooks import DatasetInfoHook
-from xtuner.engine.runner import TrainLoop
+with read_base():
+    from .stage1_pitts import *  # noqa: F401,F403
 
-#######################################################################
-#                          PART 1  Settings                           #
-#######################################################################
-# Model: the released MiniCPM-V 2.6 (loaded with trust_remote_code=True).
-model_root = "./models/MiniCPM-V-2_6"
-model_path = model_root
-torch_dtype = "bfloat16"  # the release's dtype; the CPU switch (addressvlm.runtime) loads float32
-attn_implementation = "sdpa"  # or "flash_attention_2" where flash-attn is installed
-init_from_work_dir = "./work_dirs/minicpmv26/stage1_pitts"  # stage 1's final checkpoint
-
-# Data: the city root holds locations.csv and images; stage-2 VQA JSON paths are relative to it.
+# Re-assigning data_root alone would not reach the dicts stage 1 already built: patch them.
 data_root = "./data/pitts/"
-data_path = data_root + "vqa/train.json"
-image_folder = data_root
-# Table A1's 2048 tokens. The LLaVA recipes subtract their 576 image tokens because XTuner's LLaVA dataset counts an
-# image as one token; here the image placeholders (64 per view, source plus slices) are in the sequence itself.
-max_length = 2048
-max_slice_nums = 9  # the release's processor default: a 640x480 street view becomes the source plus 2 slices
-
-# Scheduler & Optimizer (Table A1)
-batch_size = 4  # per_device, on 8 GPUs
-accumulative_counts = 16
-dataloader_num_workers = 4
-max_epochs = 1
-optim_type = AdamW
-lr = 1e-5
-betas = (0.9, 0.999)
-weight_decay = 0
-max_norm = 1  # grad clip
-warmup_ratio = 0.03
-
-# LoRA (Table A1: rank 128, dropout 0.05, on the LLM and on the vision encoder; alpha as in the LLaVA recipes,
-# 2 x rank). LLM: the attention projections of the Qwen2 layers; vision: every linear layer of SigLIP.
-lora_rank = 128
-lora_alpha = 256
-lora_dropout = 0.05
-llm_lora_targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-# Save
+train_dataloader.dataset.update(data_path=data_root + "vqa/train.json", image_folder=data_root)
+model.update(init_from_work_dir="./work_dirs/minicpmv26/stage1_pitts")  # stage 1's final checkpoint
 work_dir = "./work_dirs/minicpmv26/stage2_pitts"
-save_steps = 500
-save_total_limit = 2  # Maximum checkpoints to keep (-1 means unlimited)
-
-#######################################################################
-#            PART 2  Model & Tokenizer & Image Processor              #
-#######################################################################
-tokenizer = dict(
-    type=AutoTokenizer.from_pretrained,
-    pretrained_model_name_or_path=model_path,
-    trust_remote_code=True,
-    padding_side="right",
-)
-
-model = dict(
-    type=AddressMiniCPMV,
-    # Base weights frozen; LoRA on LLM and SigLIP and the whole resampler trained, in both stages.
-    model_path=model_path,
-    torch_dtype=torch_dtype,
-    attn_implementation=attn_implementation,
-    max_slice_nums=max_slice_nums,
-    gradient_checkpointing=True,
-    init_from_work_dir=init_from_work_dir,
-    llm_lora=dict(
-        type=LoraConfig,
-        r=lora_rank,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        target_modules=llm_lora_targets,
-        bias="none",
-        task_type="CAUSAL_LM",
-    ),
-    visual_encoder_lora=dict(
-        type=LoraConfig,
-        r=lora_rank,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        bias="none",
-    ),
-)
-
-#######################################################################
-#                      PART 3  Dataset & Dataloader                   #
-#######################################################################
-minicpmv_dataset = dict(
-    type=MiniCPMVDataset,
-    data_path=data_path,
-    image_folder=image_folder,
-    tokenizer=tokenizer,
-    model_path=model_path,
-    max_length=max_length,
-    max_slice_nums=max_slice_nums,
-)
-
-train_dataloader = dict(
-    batch_size=batch_size,
-    num_workers=dataloader_num_workers,
-    pin_memory=True,
-    dataset=minicpmv_dataset,
-    sampler=dict(
-        type=LengthGroupedSampler,
-        length_property="modality_length",
-        per_device_batch_size=batch_size * accumulative_counts,
-    ),
-    collate_fn=dict(type=minicpmv_collate_fn),
-)
-
-#######################################################################
-#                    PART 4  Scheduler & Optimizer                    #
-#######################################################################
-# With --deepspeed, XTuner swaps this for DeepSpeed's optimizer wrapper (bf16 where the GPU supports it).
-optim_wrapper = dict(
-    type=AmpOptimWrapper,
-    optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
-    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
-    accumulative_counts=accumulative_counts,
-    loss_scale="dynamic",
-    dtype="bfloat16",
-)
-
-param_scheduler = [
-    dict(
-        type=LinearLR,
-        start_factor=1e-5,
-        by_epoch=True,
-        begin=0,
-        end=warmup_ratio * max_epochs,
-        convert_to_iter_based=True,
-    ),
-    dict(
-        type=CosineAnnealingLR,
-        eta_min=0.0,
-        by_epoch=True,
-        begin=warmup_ratio * max_epochs,
-        end=max_epochs,
-        convert_to_iter_based=True,
-    ),
-]
-
-train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
-
-#######################################################################
-#                           PART 5  Runtime                           #
-#######################################################################
-custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer)]
-
-default_hooks = dict(
-    timer=dict(type=IterTimerHook),
-    logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=10),
-    param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(
-        type=CheckpointHook,
-        by_epoch=False,
-        interval=save_steps,
-        max_keep_ckpts=save_total_limit,
-    ),
-    sampler_seed=dict(type=DistSamplerSeedHook),
-)
-
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-    dist_cfg=dict(backend="nccl"),
-)
-
-visualizer = None
-log_level = "INFO"
-load_from = None
-resume = False
-randomness = dict(seed=None, deterministic=False)
-log_processor = dict(by_epoch=False)

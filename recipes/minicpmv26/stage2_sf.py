@@ -3,7 +3,7 @@
 from mmengine.config import read_base
 
 with read_base():
-    from .stage2_pitts import *  # noqa: F401,F403
+    from .stage1_pitts import *  # noqa: F401,F403
 
 # Re-assigning data_root alone would not reach the dicts the parent already built: patch them.
 data_root = "./data/sf/"
