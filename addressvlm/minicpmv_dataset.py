@@ -3,7 +3,7 @@
 One record (``{"image", "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", ...}]}``)
 becomes what MiniCPM-V's ``forward(data)`` reads:
 
-- the image, resized so its patch grid covers about ``scale_resolution``\\ :sup:`2` pixels (the "source"), and, when it
+- the image, resized so its patch grid covers about ``scale_resolution**2`` pixels (the "source"), and, when it
   is larger than that, also cut into a grid of up to ``max_slice_nums`` slices chosen to match its aspect ratio;
 - in the first human turn, ``<image>`` replaced by the placeholder the model's processor writes:
   ``<image_id>0</image_id>`` (2.6's ``use_image_id``), ``<image>`` + ``<unk>`` x query_num + ``</image>`` for the source,
@@ -83,7 +83,7 @@ def _multiple_of(length: float, unit: int) -> int:
 
 
 def _resize_to_area(size: tuple[float, float], settings: ImageSettings, allow_upscale: bool) -> tuple[int, int]:
-    """Scale ``size`` (keeping its aspect ratio) to about ``scale_resolution``\\ :sup:`2` pixels - only down unless
+    """Scale ``size`` (keeping its aspect ratio) to about ``scale_resolution**2`` pixels - only down unless
     ``allow_upscale`` - with both sides multiples of the patch size."""
     width, height = size
     if allow_upscale or width * height > settings.scale_resolution ** 2:
@@ -95,7 +95,7 @@ def _resize_to_area(size: tuple[float, float], settings: ImageSettings, allow_up
 
 def choose_grid(size: tuple[int, int], settings: ImageSettings) -> tuple[int, int] | None:
     """``(columns, rows)`` of slices for an image of ``size`` (width, height), or None when it is not sliced: the
-    slice count follows the image's area over ``scale_resolution``\\ :sup:`2` (capped by ``max_slice_nums``), and among
+    slice count follows the image's area over ``scale_resolution**2`` (capped by ``max_slice_nums``), and among
     the grids of one fewer, that many or one more slices, the one whose aspect ratio is closest (in log) wins."""
     width, height = size
     wanted = min(math.ceil(width * height / settings.scale_resolution ** 2), settings.max_slice_nums)
