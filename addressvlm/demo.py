@@ -30,7 +30,7 @@ class DemoSettings:
     batch_size: int = 16
     lr: float = 1e-3
     stage1_epochs: int = 2
-    stage2_epochs: int = 8
+    stage2_epochs: int = 5
     warmup_iters: int = 10
     crop_metres: float = 240.0
     street_samples: int = 100      # Fig. 5: 100 answers at temperature 0.8
@@ -144,6 +144,8 @@ def run_overrides(paths: Paths, s: DemoSettings, data_file: str, epochs: int, n_
         "default_hooks.checkpoint.interval": 10 ** 9,  # the final checkpoint only
         "default_hooks.checkpoint.max_keep_ckpts": 1,
         "randomness.seed": s.seed,
+        # Activation checkpointing trades compute for GPU memory; a tiny model on CPU has memory to spare.
+        "model.use_activation_checkpointing": False,
     }
 
 

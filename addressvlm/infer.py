@@ -98,7 +98,7 @@ def parse_cfg_options(options: Sequence[str] | dict | None) -> dict:
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """An ``iter_N.pth`` file, a DeepSpeed checkpoint folder, or a work_dir (its last checkpoint)."""
-    from addressvlm.model import find_last_checkpoint
+    from addressvlm.stage_chain import find_last_checkpoint
 
     path = Path(path)
     if path.is_file():
@@ -420,7 +420,7 @@ def load_model_from_args(args: argparse.Namespace) -> VisionChatModel:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from addressvlm.model import StageChainError
+    from addressvlm.stage_chain import StageChainError
 
     parser = build_parser()
     args = parser.parse_args(argv)

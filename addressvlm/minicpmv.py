@@ -15,9 +15,7 @@ through ``init_from_work_dir``, refusing to start if any of them does not load (
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Callable
 
 import torch
 from mmengine import print_log
@@ -29,47 +27,14 @@ from transformers import AutoModel, AutoTokenizer
 
 from addressvlm import xtuner_shims  # noqa: F401
 from addressvlm.minicpmv_dataset import ImageSettings, check_marker_tokens, encode_question
-from addressvlm.model import StageChainError, find_last_checkpoint
-from xtuner.model.utils import find_all_linear_names, guess_load_checkpoint
+from addressvlm.stage_chain import StageChainError, load_chained_tensors
+from xtuner.model.utils import find_all_linear_names
 from xtuner.registry import BUILDER
 
 
 def is_trained_minicpmv_tensor(key: str) -> bool:
     """LoRA adapters and the resampler: what a MiniCPM-V stage trains and saves."""
     return "lora_" in key or key.startswith("model.resampler.")
-
-
-def load_chained_tensors(module: nn.Module, work_dir: str | os.PathLike, is_chained: Callable[[str], bool]) -> Path:
-    """Load the tensors selected by ``is_chained`` from the final checkpoint of the previous stage's ``work_dir`` into
-    ``module``, and raise ``StageChainError`` naming the keys unless every one exists here with the same shape, every
-    such tensor of ``module`` is in the checkpoint, and all are equal after loading. Returns the checkpoint path.
-
-    Reads and writes the *full* state (``nn.Module.state_dict``), not a subclass's trained subset."""
-    checkpoint = find_last_checkpoint(work_dir)
-    state = guess_load_checkpoint(str(checkpoint))
-    chained = {k: v for k, v in state.items() if is_chained(k)}
-    if not chained:
-        raise StageChainError(f"{checkpoint} holds no tensor this stage continues: is it a stage checkpoint?")
-    own = nn.Module.state_dict(module)
-    missing_here = sorted(k for k in chained if k not in own)
-    wrong_shape = sorted(k for k in chained if k in own and own[k].shape != chained[k].shape)
-    expected = sorted(k for k in own if is_chained(k) and k not in chained)
-    if missing_here or wrong_shape or expected:
-        raise StageChainError(
-            f"stage chain from {checkpoint} does not fit this model (same LoRA rank and targets needed):\n"
-            f"  in the checkpoint but not in this model: {missing_here[:20]}{' ...' if len(missing_here) > 20 else ''}\n"
-            f"  with another shape: {wrong_shape[:20]}\n"
-            f"  in this model but not in the checkpoint: {expected[:20]}{' ...' if len(expected) > 20 else ''}")
-    result = nn.Module.load_state_dict(module, chained, strict=False)
-    if result.unexpected_keys:
-        raise StageChainError(f"tensors of {checkpoint} did not load: {sorted(result.unexpected_keys)[:20]}")
-    with torch.no_grad():
-        full = nn.Module.state_dict(module)
-        unequal = [k for k, v in chained.items() if not torch.equal(full[k].cpu(), v.to(full[k].dtype).cpu())]
-    if unequal:
-        raise StageChainError(f"tensors of {checkpoint} differ after loading: {unequal[:20]}")
-    print_log(f"Continued from {checkpoint}: {len(chained)} tensors loaded and checked", "current")
-    return checkpoint
 
 
 def _dtype(value: str | torch.dtype) -> torch.dtype:

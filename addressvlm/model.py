@@ -14,44 +14,14 @@ the step-0 equality with stage 1 is checkable tensor by tensor.
 """
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
-import torch
 from mmengine import print_log
 
 from addressvlm import xtuner_shims  # noqa: F401  (applies the CPU shims before XTuner runs)
+from addressvlm.stage_chain import StageChainError, load_chained_tensors
 from xtuner.model import LLaVAModel
 from xtuner.model.modules import ProjectorModel
-from xtuner.model.utils import guess_load_checkpoint
-
-
-class StageChainError(RuntimeError):
-    """A stage would start from the wrong weights."""
-
-
-def find_last_checkpoint(work_dir: str | os.PathLike) -> Path:
-    """The checkpoint a finished run left in ``work_dir``: mmengine's ``last_checkpoint`` pointer, else the highest
-    ``iter_N.pth`` (a file, or a DeepSpeed folder)."""
-    work_dir = Path(work_dir)
-    if not work_dir.is_dir():
-        raise StageChainError(f"previous stage's work_dir {work_dir} does not exist: run that stage first")
-    pointer = work_dir / "last_checkpoint"
-    if pointer.is_file():
-        target = Path(pointer.read_text().strip())
-        if not target.is_absolute() and not target.exists():
-            target = work_dir / target.name
-        if target.exists():
-            return target
-    numbered = []
-    for path in work_dir.glob("iter_*.pth"):
-        match = re.fullmatch(r"iter_(\d+)\.pth", path.name)
-        if match:
-            numbered.append((int(match.group(1)), path))
-    if not numbered:
-        raise StageChainError(f"no checkpoint (last_checkpoint or iter_N.pth) in {work_dir}: did that stage finish?")
-    return max(numbered)[1]
 
 
 def _is_chained_tensor(key: str) -> bool:
@@ -97,28 +67,4 @@ class AddressLLaVAModel(LLaVAModel):
         print_log(f"Loaded the trained projector from {path}", "current")
 
     def load_previous_stage(self, work_dir: str) -> Path:
-        checkpoint = find_last_checkpoint(work_dir)
-        state = guess_load_checkpoint(str(checkpoint))
-        chained = {k: v for k, v in state.items() if _is_chained_tensor(k)}
-        if not chained:
-            raise StageChainError(f"{checkpoint} holds no LoRA or projector tensor: is it a stage checkpoint?")
-        own = super(LLaVAModel, self).state_dict()  # the full state, not LLaVAModel's trainable subset
-        missing_here = sorted(k for k in chained if k not in own)
-        wrong_shape = sorted(k for k in chained if k in own and own[k].shape != chained[k].shape)
-        expected = sorted(k for k in own if _is_chained_tensor(k) and k not in chained)
-        if missing_here or wrong_shape or expected:
-            raise StageChainError(
-                f"stage chain from {checkpoint} does not fit this model (same LoRA rank and targets needed):\n"
-                f"  in the checkpoint but not in this model: {missing_here[:20]}{' ...' if len(missing_here) > 20 else ''}\n"
-                f"  with another shape: {wrong_shape[:20]}\n"
-                f"  in this model but not in the checkpoint: {expected[:20]}{' ...' if len(expected) > 20 else ''}")
-        result = self.load_state_dict(chained, strict=False)
-        if result.unexpected_keys:
-            raise StageChainError(f"tensors of {checkpoint} did not load: {sorted(result.unexpected_keys)[:20]}")
-        with torch.no_grad():
-            full = super(LLaVAModel, self).state_dict()
-            unequal = [k for k, v in chained.items() if not torch.equal(full[k].cpu(), v.to(full[k].dtype).cpu())]
-        if unequal:
-            raise StageChainError(f"tensors of {checkpoint} differ after loading: {unequal[:20]}")
-        print_log(f"Continued from {checkpoint}: {len(chained)} LoRA/projector tensors loaded and checked", "current")
-        return checkpoint
+        return load_chained_tensors(self, work_dir, _is_chained_tensor)

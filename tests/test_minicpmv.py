@@ -157,7 +157,7 @@ def test_wrapper_trains_lora_and_resampler_only(tiny_minicpmv):
 
 
 def test_stage_chain_is_checked(tiny_minicpmv, tmp_path):
-    from addressvlm.model import StageChainError
+    from addressvlm.stage_chain import StageChainError
 
     stage1 = build_wrapper(tiny_minicpmv)
     with torch.no_grad():
