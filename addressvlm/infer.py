@@ -156,7 +156,22 @@ def load_xtuner_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
     checkpoint = resolve_checkpoint(checkpoint)
     cfg, model = build_recipe_model(config, cfg_options)
     load_checked_state(model, checkpoint)
+    if not hasattr(model, "projector") and hasattr(model, "answer"):
+        device, _ = default_device_dtype(device, dtype)
+        return PerQuestionModel(model.to(device).eval())
     return wrap_xtuner_model(cfg, model, device, dtype)
+
+
+class PerQuestionModel:
+    """A model that prompts itself: ``answer(image, question, max_new_tokens)`` (MiniCPM-V, whose remote code slices
+    the image and places its own tokens). Answered one question at a time, greedily: no prefix sharing, no sampling."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def answer_image(self, image_path: Path, questions: Sequence[dict], max_new_tokens: int) -> list[str]:
+        image = Image.open(image_path).convert("RGB")
+        return [self.model.answer(image, q["question"], max_new_tokens=max_new_tokens) for q in questions]
 
 
 def is_quantized(llm: torch.nn.Module) -> bool:
@@ -284,8 +299,6 @@ def answer_questions(model: VisionChatModel, questions: Sequence[dict], out_path
     if batch_size < num_samples:
         raise ValueError(f"batch size {batch_size} is smaller than the {num_samples} samples of one question")
     generate = generate_shared if share_prefix else generate_plain
-    generator = torch.Generator(device=model.device).manual_seed(seed) if temperature > 0 else None
-    choose = sampler(temperature, generator)
     image_folder = Path(image_folder)
     with open_predictions(out_path) as out:
         pending = [q for q in questions if q["question_id"] not in out.done]
@@ -296,6 +309,17 @@ def answer_questions(model: VisionChatModel, questions: Sequence[dict], out_path
             raise FileNotFoundError(f"{len(missing)} image(s) missing under {image_folder}; first: question "
                                     f"{missing[0][0]!r} names {missing[0][1]!r}")
         bar = tqdm(total=len(pending), unit="question", desc="answering", disable=not progress, smoothing=0.1)
+        if isinstance(model, PerQuestionModel):
+            if temperature > 0:
+                raise ValueError("this model answers greedily only")
+            for image, qs in groups.items():
+                for q, answer in zip(qs, model.answer_image(image_folder / image, qs, max_new_tokens)):
+                    out.write({"question_id": q["question_id"], "prediction": answer})
+                bar.update(len(qs))
+            bar.close()
+            return len(pending)
+        generator = torch.Generator(device=model.device).manual_seed(seed) if temperature > 0 else None
+        choose = sampler(temperature, generator)
         for batch in _batches(groups, max(1, batch_size // num_samples)):
             image_groups, asked, prefixes = [], [], []
             for image, qs in batch:

@@ -37,6 +37,9 @@ class TinySize:
     patch_size: int = 14
     vision_hidden: int = 64
     vision_layers: int = 2
+    # The recipes freeze the base model and train LoRA: with the usual 0.02 the frozen random output layer's logits
+    # stay so small that no answer can become confident (the loss stalls near log(vocab)).
+    initializer_range: float = 0.2
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int):
@@ -75,7 +78,7 @@ def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterab
         num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.heads,
         max_position_embeddings=4096, original_max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=size.initializer_range,
     )
     Phi3ForCausalLM(llm_config).save_pretrained(out)
 

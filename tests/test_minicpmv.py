@@ -1,4 +1,6 @@
 """MiniCPM-V 2.6 recipes, dataset adapter and model wrapper, on a tiny stand-in loaded as remote code."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -6,6 +8,7 @@ import torch
 from mmengine.config import Config
 from PIL import Image
 
+from addressvlm.records import read_predictions, write_questions
 from conftest import COLOURS, REPO, write_colour_city
 
 RECIPES = REPO / "recipes" / "minicpmv26"
@@ -211,3 +214,16 @@ def test_two_stages_train_then_answer(tiny_minicpmv, tmp_path):
     for index, colour in [(0, "red"), (1, "green")]:
         image = Image.open(city / "images" / f"{index:03d}.jpg")
         assert model.answer(image, QUESTION, max_new_tokens=12) == f"The colour is {colour}."
+    # The same checkpoint through eval/infer.py, as a user answers test questions with it.
+    questions = tmp_path / "test_questions.jsonl"
+    write_questions(questions, [
+        {"question_id": f"colour/{index}", "image": f"images/{index:03d}.jpg", "level": "street",
+         "qtype": "generation", "question": QUESTION.split("\n", 1)[1], "answer": f"The colour is {colour}.",
+         "street": colour, "district": colour} for index, colour in [(0, "red"), (1, "green")]])
+    predictions = tmp_path / "predictions.jsonl"
+    subprocess.run([sys.executable, str(REPO / "eval" / "infer.py"), "--config", str(RECIPES / "stage2_pitts.py"),
+                    "--checkpoint", str(stage2), "--model-root", str(tiny_minicpmv), "--cfg-options",
+                    "model.torch_dtype=float32", "--questions", str(questions), "--out", str(predictions),
+                    "--image-folder", str(city), "--max-new-tokens", "12"], check=True, capture_output=True)
+    answers = {qid: text for qid, (_, text) in read_predictions(predictions).items()}
+    assert answers == {"colour/0": "The colour is red.", "colour/1": "The colour is green."}

@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("out", help="output folder (LLM + tokenizer at the root, visual_encoder/, projector/)")
     defaults = TinySize()
     for field, value in vars(defaults).items():
-        parser.add_argument("--" + field.replace("_", "-"), type=int, default=value, help=f"default {value}")
+        parser.add_argument("--" + field.replace("_", "-"), type=type(value), default=value, help=f"default {value}")
     parser.add_argument("--corpus", action="append", default=[],
                         help="text file(s) whose lines join the tokenizer's training corpus (e.g. a city's names)")
     parser.add_argument("--seed", type=int, default=0)
