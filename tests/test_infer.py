@@ -133,7 +133,8 @@ def test_shared_prefix_answers_equal_plain_greedy(model, city):
     assert shared == one_by_one
     assert plain_batched == one_by_one
     # Non-trivial: several tokens each, and the answers depend on the image and on the question.
-    assert all(len(ids) == 8 for g in shared for ids in g)
+    lengths = [len(ids) for g in shared for ids in g]
+    assert max(lengths) == 8 and sum(lengths) >= 3 * len(lengths), lengths
     assert shared[0] != shared[1]
     assert len({tuple(ids) for ids in shared[0]}) > 1
 
