@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from addressvlm.records import read_locations, read_questions, write_atomic, write_locations
+from addressvlm.records import read_locations, read_questions, write_atomic
 
 ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
 MODELS = ("zero_shot", "stage2_only", "stage1_stage2")
@@ -81,13 +81,9 @@ def build_city(paths: Paths, s: DemoSettings):
 
 
 def pin_splits(paths: Paths, s: DemoSettings):
-    """Write the location-disjoint split into locations.csv, so stage 1 sees only training locations."""
-    from addressvlm.vqa import assign_splits, parse_split
+    from addressvlm.vqa import pin_splits as pin
 
-    rows = read_locations(paths.city / "locations.csv")
-    splits = assign_splits(rows, s.seed, parse_split("7:2:1"), paths.city / "locations.csv")
-    write_locations(paths.city / "locations.csv", [replace(r, split=splits[r.location_id]) for r in rows])
-    return {name: sum(1 for v in splits.values() if v == name) for name in ("train", "val", "test")}
+    return pin(paths.city / "locations.csv", s.seed)
 
 
 def build_stage2_data(paths: Paths, s: DemoSettings):

@@ -248,9 +248,14 @@ def city_pairs(city_root, crops_dir, splits: tuple[str, ...] | None = ("train",)
 
 
 def select_rows(rows, splits: tuple[str, ...] | None):
-    """Rows in ``splits``; a table without split labels is used whole (the caller warns)."""
-    if splits is None or not any(r.split for r in rows):
+    """Rows in ``splits`` (``None``: every row). Asking for splits of a table that has none is an error: stage 1
+    would otherwise train on the street views of the test locations."""
+    if splits is None:
         return rows
+    if not any(r.split for r in rows):
+        raise ValueError("locations.csv has no split column, so stage 1 cannot keep to the training locations: "
+                         "pin the splits first (python datasets_prep/split_locations.py --locations ...), or pass "
+                         "--splits all to use every row on purpose")
     return [r for r in rows if r.split in splits]
 
 

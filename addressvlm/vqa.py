@@ -11,13 +11,14 @@ import json
 import math
 import random
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from addressvlm import templates
 from addressvlm.records import (
     DataError, Location, read_llava_json, read_locations, read_questions, write_atomic, write_llava_json,
-    write_questions,
+    write_locations, write_questions,
 )
 
 SPLITS = ("train", "val", "test")
@@ -68,6 +69,15 @@ def assign_splits(rows: Sequence[Location], seed: int, ratios: tuple[float, floa
     for i, loc in enumerate(free):
         assignment[loc] = "train" if i < cut_train else "val" if i < cut_val else "test"
     return assignment
+
+
+def pin_splits(locations_csv: str | Path, seed: int = 0, split: str = "7:2:1") -> dict[str, int]:
+    """Write the location-disjoint split into ``locations.csv``'s ``split`` column (rows that name one keep it), so
+    that stage-1 data and stage-2 VQA use the same training locations. Returns locations per split."""
+    rows = read_locations(locations_csv)
+    assignment = assign_splits(rows, seed, parse_split(split), locations_csv)
+    write_locations(locations_csv, [replace(r, split=assignment[r.location_id]) for r in rows])
+    return {name: sum(1 for v in assignment.values() if v == name) for name in SPLITS}
 
 
 def _keep_count(fraction: float, n: int) -> int:

@@ -2,7 +2,7 @@
 
 Single pair:
     python datasets_prep/graft.py --satellite S.png --street-view V.jpg --out O.jpg --delta 0.5 --size 336
-A whole city (every street view of locations.csv with its location's crop; train split when the table has splits):
+A whole city (every street view of locations.csv with its location's crop; the train split of a table with pinned splits):
     python datasets_prep/graft.py --city data/pitts            # -> data/pitts/stage1/grafted/
     python datasets_prep/graft.py --city data/pitts --delta 0.3 --out-dir data/pitts/stage1/grafted_d0.3
     python datasets_prep/graft.py --city data/pitts --variant stitched   # -> data/pitts/stage1/stitched/
