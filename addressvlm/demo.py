@@ -28,9 +28,9 @@ class DemoSettings:
     hidden: int = 128
     layers: int = 4
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
     stage1_epochs: int = 2
-    stage2_epochs: int = 5
+    stage2_epochs: int = 8
     warmup_iters: int = 10
     crop_metres: float = 240.0
     street_samples: int = 100      # Fig. 5: 100 answers at temperature 0.8
@@ -181,6 +181,9 @@ def answer_and_score(paths: Paths, name: str):
 
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
     predictions_path = paths.out / "predictions" / f"{name}.jsonl"
+    checkpoint = paths.work / name / "last_checkpoint"
+    if predictions_path.exists() and checkpoint.exists() and checkpoint.stat().st_mtime > predictions_path.stat().st_mtime:
+        predictions_path.unlink()  # answers of an earlier model: resume only what this model started
     answer_questions(load_model(paths, name), questions, predictions_path, image_folder=paths.city)
     predictions = {qid: text for qid, (_, text) in read_predictions(predictions_path).items()}
     metrics = score(questions, predictions)
