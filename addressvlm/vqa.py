@@ -232,6 +232,17 @@ def training_record(row: Location, record_id: str, rounds: int, cycle_start: int
     return record, [(level, qtype) for level, qtype, _, _ in turns]
 
 
+def split_turns(record: dict) -> list[dict]:
+    """One single-turn record per round of ``record``, each asking about the image afresh."""
+    turns = record["conversations"]
+    out = []
+    for k in range(0, len(turns), 2):
+        question = turns[k]["value"].removeprefix(IMAGE_TOKEN)
+        out.append({"id": f"{record['id']}/{k // 2}", "image": record["image"], "conversations": [
+            {"from": "human", "value": IMAGE_TOKEN + question}, dict(turns[k + 1])]})
+    return out
+
+
 def test_questions(row: Location, question_prefix: str, distractors: Distractors, seed: int) -> list[dict]:
     """The nine single-turn questions of a test image: per level generation, judgment Yes, judgment No and
     multiple choice, then the address question. The text has no "<image>" token (inference adds it)."""
@@ -291,13 +302,16 @@ def _split_stats(rows: Sequence[Location], level_types: Counter) -> dict:
 
 def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, split: str = "7:2:1",
               rounds: int = MAX_ROUNDS, distractors: str = "nearest", view_fraction: float = 1.0,
-              location_fraction: float = 1.0, city: str | None = None, progress: bool = False) -> dict:
+              location_fraction: float = 1.0, city: str | None = None, progress: bool = False,
+              single_turn: bool = False) -> dict:
     """Write ``train.json``, ``val.json``, ``test_questions.jsonl`` and ``stats.json`` into ``out_dir``.
 
     Image paths stay relative to the city root (the folder of ``locations_csv``); ids are
     ``<city>/<location_id>/<view>`` (records) and ``<city>/<location_id>/<view>/<level>_<qtype>[_yes|_no]``
     (test questions), ``city`` defaulting to the city root's folder name. The fractions thin the training split
-    only, so ablation runs are scored on the same validation and test questions. Returns the statistics.
+    only, so ablation runs are scored on the same validation and test questions. ``single_turn`` writes each round
+    as a record of its own (ids ``.../<round>``), in the test questions' format: small models trained from scratch
+    do not carry what they learn in later turns over to a question asked first. Returns the statistics.
     """
     locations_csv, out_dir = Path(locations_csv), Path(out_dir)
     if not 1 <= rounds <= MAX_ROUNDS:
@@ -317,7 +331,8 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
         by_split[assignment[row.location_id]].append(row)
     by_split["train"] = subsample(by_split["train"], seed, view_fraction, location_fraction)
 
-    stats = {"city": city, "seed": seed, "split": split, "rounds": rounds, "distractors": distractors,
+    stats = {"city": city, "seed": seed, "split": split, "rounds": rounds, "single_turn": single_turn,
+             "distractors": distractors,
              "view_fraction": view_fraction, "location_fraction": location_fraction, "splits": {}}
     for name in ("train", "val"):
         records, counts = [], Counter()
@@ -327,7 +342,7 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
                                                 i * rounds, index, seed)
             except ValueError as exc:
                 raise DataError(locations_csv, None, str(exc)) from None
-            records.append(record)
+            records.extend(split_turns(record) if single_turn else [record])
             counts.update(kinds)
         write_llava_json(out_dir / f"{name}.json", records)
         stats["splits"][name] = _split_stats(by_split[name], counts)

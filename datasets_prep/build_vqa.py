@@ -33,11 +33,15 @@ def main() -> None:
     parser.add_argument("--view-fraction", type=float, default=1.0, help="keep this share of each training location's views")
     parser.add_argument("--location-fraction", type=float, default=1.0, help="keep this share of training locations")
     parser.add_argument("--city", help="city name in ids (default: the city root's folder name)")
+    parser.add_argument("--single-turn", action="store_true",
+                        help="one training record per round (the test questions' format) instead of one "
+                             "multi-turn conversation per image: for small models trained from scratch")
     args = parser.parse_args()
     try:
         stats = build_vqa(args.locations, args.out, seed=args.seed, split=args.split, rounds=args.rounds,
                           distractors=args.distractors, view_fraction=args.view_fraction,
-                          location_fraction=args.location_fraction, city=args.city, progress=True)
+                          location_fraction=args.location_fraction, city=args.city, progress=True,
+                          single_turn=args.single_turn)
     except (DataError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     for name, s in stats["splits"].items():

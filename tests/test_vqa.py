@@ -311,3 +311,21 @@ def test_cli_build_and_bench(city, tmp_path):
 def test_scripts_have_help(script):
     run = subprocess.run([sys.executable, str(REPO / f"datasets_prep/{script}.py"), "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "usage:" in run.stdout
+
+
+def test_single_turn_writes_each_round_as_its_own_record(tmp_path):
+    from addressvlm.records import read_llava_json
+    from addressvlm.vqa import build_vqa
+
+    table = make_city(tmp_path / "city")
+    multi = build_vqa(table, tmp_path / "multi", seed=0)
+    single = build_vqa(table, tmp_path / "single", seed=0, single_turn=True)
+    conversations = read_llava_json(tmp_path / "multi" / "train.json")
+    records = read_llava_json(tmp_path / "single" / "train.json")
+    assert len(records) == sum(len(r["conversations"]) // 2 for r in conversations)
+    assert single["splits"]["train"]["questions"] == multi["splits"]["train"]["questions"]
+    pairs = [(t[0]["value"].removeprefix("<image>\n"), t[1]["value"])
+             for r in conversations for t in zip(r["conversations"][::2], r["conversations"][1::2])]
+    assert [(r["conversations"][0]["value"].removeprefix("<image>\n"), r["conversations"][1]["value"]) for r in records] == pairs
+    assert all(len(r["conversations"]) == 2 and r["conversations"][0]["value"].startswith("<image>\n") for r in records)
+    assert len({r["id"] for r in records}) == len(records)
