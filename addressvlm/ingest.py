@@ -24,7 +24,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from addressvlm.records import DataError, Location, write_locations
+from addressvlm.records import DataError, Location, read_jsonl, write_locations
 
 # Canonical fields a column map may name. The first six plus heading/cross_street/split are locations.csv columns;
 # the others are inputs ingest converts.
@@ -212,18 +212,7 @@ def read_table(path: str | os.PathLike) -> tuple[list[str], list[SourceRow]]:
                 start = reader.line_num + 1
         return columns, rows
     if suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(path, line_no, f"invalid JSON: {exc.msg}") from None
-                if not isinstance(rec, dict):
-                    raise DataError(path, line_no, "each line must be a JSON object")
-                rows.append(SourceRow(line_no, "", rec))
+        rows = [SourceRow(line_no, "", rec) for line_no, rec in read_jsonl(path)]
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -140,6 +140,17 @@ def write_locations(path: str | os.PathLike, rows: Iterable[Location]) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def location_centroids(rows: Iterable[Location]) -> dict[str, tuple[float, float]]:
+    """``location_id -> (lat, lon)``: the mean position of a location's views (they normally coincide)."""
+    sums: dict[str, list[float]] = {}
+    for r in rows:
+        s = sums.setdefault(r.location_id, [0.0, 0.0, 0])
+        s[0] += r.lat
+        s[1] += r.lon
+        s[2] += 1
+    return {loc: (s[0] / s[2], s[1] / s[2]) for loc, s in sums.items()}
+
+
 # --------------------------------------------------------------------------------------------- LLaVA JSON
 def _check_conversation_record(rec: Any, path, index: int) -> None:
     where = f"record {index}"

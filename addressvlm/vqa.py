@@ -17,7 +17,7 @@ from typing import Sequence
 
 from addressvlm import templates
 from addressvlm.records import (
-    DataError, Location, read_llava_json, read_locations, read_questions, write_atomic, write_llava_json,
+    DataError, Location, location_centroids, read_llava_json, read_locations, read_questions, write_atomic, write_llava_json,
     write_locations, write_questions,
 )
 
@@ -130,14 +130,9 @@ class Distractors:
         import numpy as np
         from scipy.spatial import cKDTree
 
-        sums: dict[str, list[float]] = {}
-        for r in rows:
-            s = sums.setdefault(r.location_id, [0.0, 0.0, 0])
-            s[0] += r.lat
-            s[1] += r.lon
-            s[2] += 1
-        self.location_index = {loc: i for i, loc in enumerate(sorted(sums))}
-        latlon = np.array([[sums[loc][0] / sums[loc][2], sums[loc][1] / sums[loc][2]] for loc in sorted(sums)])
+        centroids = location_centroids(rows)
+        self.location_index = {loc: i for i, loc in enumerate(sorted(centroids))}
+        latlon = np.array([centroids[loc] for loc in sorted(centroids)])
         # Local equirectangular metres: at city scale the error is far below the gaps between streets.
         xy = np.column_stack([np.radians(latlon[:, 1]) * math.cos(math.radians(latlon[:, 0].mean())),
                               np.radians(latlon[:, 0])]) * 6_371_000.0

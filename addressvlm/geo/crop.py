@@ -24,7 +24,7 @@ from shapely.ops import linemerge
 
 from addressvlm.geo.raster import GeoTiffRaster, RasterError, TileFolderRaster, find_city_raster, open_raster
 from addressvlm.geo.streets import StreetMap, find_city_streets, read_street_map
-from addressvlm.records import DataError, JsonlAppender, Location, read_locations
+from addressvlm.records import DataError, JsonlAppender, location_centroids, read_locations
 
 HALO_FILL = (20, 20, 20)
 TEXT_FILL = (255, 255, 255)
@@ -207,17 +207,6 @@ def check_run_params(out_dir: Path, params: dict) -> None:
         path.write_text(json.dumps(params, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _group_by_location(rows: list[Location]) -> dict[str, tuple[float, float]]:
-    """One crop per location: the mean position of its views (they normally coincide)."""
-    sums: dict[str, list[float]] = {}
-    for r in rows:
-        s = sums.setdefault(r.location_id, [0.0, 0.0, 0])
-        s[0] += r.lat
-        s[1] += r.lon
-        s[2] += 1
-    return {loc: (s[0] / s[2], s[1] / s[2]) for loc, s in sums.items()}
-
-
 def crop_city(city_root, out_dir, size_m: float, pixels: int, jitter_m: float = 0, labels: bool = True,
               seed: int = 0, *, raster=None, streets=None, font_px: int | None = None,
               reserved_box: tuple[float, float, float, float] | None = None, attribution: str | None = None,
@@ -232,7 +221,7 @@ def crop_city(city_root, out_dir, size_m: float, pixels: int, jitter_m: float = 
     if jitter_m * 2 >= size_m:
         raise ValueError(f"jitter_m={jitter_m} would move the location out of a {size_m} m crop")
     city_root, out_dir = Path(city_root), Path(out_dir)
-    locations = _group_by_location(read_locations(city_root / "locations.csv"))
+    locations = location_centroids(read_locations(city_root / "locations.csv"))
     raster_path = Path(raster) if raster else find_city_raster(city_root)
     street_path = (Path(streets) if streets else find_city_streets(city_root)) if labels else None
     check_run_params(out_dir, {"size_m": size_m, "pixels": pixels, "jitter_m": jitter_m, "labels": labels,
