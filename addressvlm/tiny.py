@@ -37,9 +37,14 @@ class TinySize:
     patch_size: int = 14
     vision_hidden: int = 64
     vision_layers: int = 2
-    # The recipes freeze the base model and train LoRA: with the usual 0.02 the frozen random output layer's logits
-    # stay so small that no answer can become confident (the loss stalls near log(vocab)).
-    initializer_range: float = 0.2
+    # The recipes freeze the base model and train LoRA only, so the random base has to be a good starting point.
+    # Its blocks get the usual small weights, so each adds a little to the residual stream and the frozen network
+    # starts near the identity, carrying token and image identity to the output. The embeddings and the output
+    # layer get wide ones: with 0.02 the frozen output layer's logits stay so small that no answer can become
+    # confident (the loss stalls near log(vocab)). Wide weights everywhere (0.2) make the frozen blocks scramble
+    # the stream instead: on the demo city, stage 2 then named the street in 64% of test images, against 89%.
+    initializer_range: float = 0.02
+    embedding_std: float = 0.2
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int):
@@ -80,7 +85,13 @@ def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterab
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=size.initializer_range,
     )
-    Phi3ForCausalLM(llm_config).save_pretrained(out)
+    llm = Phi3ForCausalLM(llm_config)
+    with torch.no_grad():
+        embeddings = llm.get_input_embeddings()
+        embeddings.weight.normal_(0.0, size.embedding_std)
+        embeddings.weight[embeddings.padding_idx].zero_()
+        llm.get_output_embeddings().weight.normal_(0.0, size.embedding_std)
+    llm.save_pretrained(out)
 
     vision_config = CLIPVisionConfig(
         image_size=size.image_size, patch_size=size.patch_size, hidden_size=size.vision_hidden,

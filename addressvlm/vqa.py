@@ -23,6 +23,10 @@ from addressvlm.records import (
 
 SPLITS = ("train", "val", "test")
 DISTRACTOR_MODES = ("random", "nearest")
+# "shuffled": every question type opens some conversations, as every test question is asked first. "generation-first":
+# names are asked before a judgment or choice can give them away, so later turns of a level can be answered from the
+# conversation instead of the image.
+TURN_ORDERS = ("shuffled", "generation-first")
 MAX_ROUNDS = 7
 # The six level x type questions in a cycle where any three consecutive entries hold one question of each type and
 # neighbours alternate levels: an image with r < 6 rounds takes r consecutive entries starting where the previous
@@ -199,13 +203,14 @@ def _level_qa(level: str, qtype: str, row: Location, wrong: list[str], rng: rand
 
 
 def training_record(row: Location, record_id: str, rounds: int, cycle_start: int, distractors: Distractors,
-                    seed: int) -> tuple[dict, list[tuple[str, str]]]:
+                    seed: int, turn_order: str = "shuffled") -> tuple[dict, list[tuple[str, str]]]:
     """One multi-turn LLaVA record for ``row`` and the (level, qtype) of each of its turns.
 
     ``rounds`` <= 6 takes that many level x type questions from ``ROUND_CYCLE`` starting at ``cycle_start``;
-    7 asks all six plus the address question. Generation turns come first: a judgment or multiple-choice turn
-    shows the answer, which would make a later generation turn of the same level trivial.
+    7 asks all six plus the address question. ``turn_order`` is one of ``TURN_ORDERS``.
     """
+    if turn_order not in TURN_ORDERS:
+        raise ValueError(f"turn_order must be one of {TURN_ORDERS}, not {turn_order!r}")
     rng = random.Random(f"{seed}:{row.image}")
     wrong = {level: distractors.pick(level, row, rng) for level in templates.LEVELS}
     chosen = [ROUND_CYCLE[(cycle_start + k) % len(ROUND_CYCLE)] for k in range(min(rounds, len(ROUND_CYCLE)))]
@@ -216,9 +221,13 @@ def training_record(row: Location, record_id: str, rounds: int, cycle_start: int
     if rounds == MAX_ROUNDS:
         generation.append(("address", "generation", templates.ADDRESS_QUESTION,
                            templates.address_answer(row.street, row.district)))
-    rng.shuffle(generation)
-    rng.shuffle(other)
-    turns = generation + other
+    if turn_order == "shuffled":
+        turns = generation + other
+        rng.shuffle(turns)
+    else:
+        rng.shuffle(generation)
+        rng.shuffle(other)
+        turns = generation + other
     conversations = []
     for i, (_, _, question, answer) in enumerate(turns):
         conversations.append({"from": "human", "value": (IMAGE_TOKEN if i == 0 else "") + question})
@@ -298,7 +307,7 @@ def _split_stats(rows: Sequence[Location], level_types: Counter) -> dict:
 def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, split: str = "7:2:1",
               rounds: int = MAX_ROUNDS, distractors: str = "nearest", view_fraction: float = 1.0,
               location_fraction: float = 1.0, city: str | None = None, progress: bool = False,
-              single_turn: bool = False) -> dict:
+              single_turn: bool = False, turn_order: str = "shuffled") -> dict:
     """Write ``train.json``, ``val.json``, ``test_questions.jsonl`` and ``stats.json`` into ``out_dir``.
 
     Image paths stay relative to the city root (the folder of ``locations_csv``); ids are
@@ -306,11 +315,14 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
     (test questions), ``city`` defaulting to the city root's folder name. The fractions thin the training split
     only, so ablation runs are scored on the same validation and test questions. ``single_turn`` writes each round
     as a record of its own (ids ``.../<round>``), in the test questions' format: small models trained from scratch
-    do not carry what they learn in later turns over to a question asked first. Returns the statistics.
+    do not carry what they learn in later turns over to a question asked first. ``turn_order`` orders the turns of
+    a conversation (``TURN_ORDERS``). Returns the statistics.
     """
     locations_csv, out_dir = Path(locations_csv), Path(out_dir)
     if not 1 <= rounds <= MAX_ROUNDS:
         raise ValueError(f"rounds must be 1-{MAX_ROUNDS}, not {rounds}")
+    if turn_order not in TURN_ORDERS:
+        raise ValueError(f"turn_order must be one of {TURN_ORDERS}, not {turn_order!r}")
     ratios = parse_split(split)
     rows = read_locations(locations_csv)
     for line, row in enumerate(rows, start=2):
@@ -327,6 +339,7 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
     by_split["train"] = subsample(by_split["train"], seed, view_fraction, location_fraction)
 
     stats = {"city": city, "seed": seed, "split": split, "rounds": rounds, "single_turn": single_turn,
+             "turn_order": turn_order,
              "distractors": distractors,
              "view_fraction": view_fraction, "location_fraction": location_fraction, "splits": {}}
     for name in ("train", "val"):
@@ -334,7 +347,7 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
         for i, row in enumerate(_progress(by_split[name], f"{city} {name}", progress)):
             try:
                 record, kinds = training_record(row, f"{city}/{row.location_id}/{views[row.image]}", rounds,
-                                                i * rounds, index, seed)
+                                                i * rounds, index, seed, turn_order)
             except ValueError as exc:
                 raise DataError(locations_csv, None, str(exc)) from None
             records.extend(split_turns(record) if single_turn else [record])

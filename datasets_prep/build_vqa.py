@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from addressvlm.records import DataError
-from addressvlm.vqa import DISTRACTOR_MODES, MAX_ROUNDS, build_vqa
+from addressvlm.vqa import DISTRACTOR_MODES, MAX_ROUNDS, TURN_ORDERS, build_vqa
 
 
 def main() -> None:
@@ -36,12 +36,16 @@ def main() -> None:
     parser.add_argument("--single-turn", action="store_true",
                         help="one training record per round (the test questions' format) instead of one "
                              "multi-turn conversation per image: for small models trained from scratch")
+    parser.add_argument("--turn-order", choices=TURN_ORDERS, default="shuffled",
+                        help="shuffled (default): every question type opens some conversations, as each test "
+                             "question is asked first; generation-first: names are asked before a judgment or "
+                             "choice can give them away")
     args = parser.parse_args()
     try:
         stats = build_vqa(args.locations, args.out, seed=args.seed, split=args.split, rounds=args.rounds,
                           distractors=args.distractors, view_fraction=args.view_fraction,
                           location_fraction=args.location_fraction, city=args.city, progress=True,
-                          single_turn=args.single_turn)
+                          single_turn=args.single_turn, turn_order=args.turn_order)
     except (DataError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     for name, s in stats["splits"].items():

@@ -267,8 +267,8 @@ def test_trained_checkpoint_answers_the_colour(tiny_llava, colour_city, tmp_path
 
     overrides = {"train_dataloader.batch_size": 2, "train_dataloader.sampler.per_device_batch_size": 2,
                  "optim_wrapper.accumulative_counts": 1, "optim_wrapper.optimizer.lr": 1e-3,
-                 "train_cfg.max_epochs": 2, "param_scheduler.0.end": 0.25, "param_scheduler.1.begin": 0.25,
-                 "param_scheduler.1.end": 2, "default_hooks.checkpoint.interval": 8, "randomness.seed": 0,
+                 "train_cfg.max_epochs": 4, "param_scheduler.0.end": 0.25, "param_scheduler.1.begin": 0.25,
+                 "param_scheduler.1.end": 4, "default_hooks.checkpoint.interval": 16, "randomness.seed": 0,
                  "model.init_from_work_dir": None,
                  "train_dataloader.dataset.data_path": str(colour_city / "vqa" / "train.json"),
                  "train_dataloader.dataset.image_folder": str(colour_city)}

@@ -69,7 +69,7 @@ def test_image_paths_are_relative_to_the_city_root(built, city):
 def test_training_conversations(built):
     out, _ = built
     records = read_llava_json(out / "train.json")
-    counts = Counter()
+    counts, openers = Counter(), Counter()
     for record in records:
         humans = [t["value"] for t in record["conversations"][0::2]]
         answers = [t["value"] for t in record["conversations"][1::2]]
@@ -77,14 +77,25 @@ def test_training_conversations(built):
         assert len(humans) == 7
         kinds = [_kind(h.removeprefix("<image>\n")) for h in humans]
         counts.update(kinds)
-        for level in templates.LEVELS:  # generation before the turns that reveal the answer
-            positions = {qtype: kinds.index((level, qtype)) for qtype in templates.QTYPES}
-            assert positions["generation"] < min(positions["judgment"], positions["multiple_choice"])
+        openers[kinds[0]] += 1
         assert answers[kinds.index(("address", "generation"))].count(", ") >= 1
         for (level, qtype), answer in zip(kinds, answers):
             assert answer in (("Yes", "No") if qtype == "judgment" else ("A", "B", "C", "D")) or qtype == "generation"
     per_pair = {counts[pair] for pair in ROUND_CYCLE}
     assert per_pair == {len(records)}  # the six level x type questions 1:1:1, one each per image
+    # shuffled turns: every kind of question opens some conversations, as every test question is asked first
+    assert set(openers) == {*ROUND_CYCLE, ("address", "generation")}
+
+
+def test_generation_first_asks_names_before_they_are_given_away(city, tmp_path):
+    build_vqa(city, tmp_path / "vqa", seed=0, turn_order="generation-first")
+    for record in read_llava_json(tmp_path / "vqa" / "train.json"):
+        kinds = [_kind(t["value"].removeprefix("<image>\n")) for t in record["conversations"][0::2]]
+        for level in templates.LEVELS:
+            positions = {qtype: kinds.index((level, qtype)) for qtype in templates.QTYPES}
+            assert positions["generation"] < min(positions["judgment"], positions["multiple_choice"])
+    with pytest.raises(ValueError, match="turn_order"):
+        build_vqa(city, tmp_path / "bad", seed=0, turn_order="random")
 
 
 def _kind(question: str) -> tuple[str, str]:
