@@ -276,11 +276,17 @@ def majority_shares(questions: list[dict]) -> dict[str, float]:
 
 def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], steps: Steps, pictures: dict,
                  distribution: list[Path], district_method: str) -> Path:
-    from addressvlm.demo_report import render_report
+    from addressvlm.demo_report import answer_spread, render_report
+    from addressvlm.records import read_predictions
+    from addressvlm.scoring import score_each
 
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
+    spreads = {}
+    for name in metrics:
+        predictions = read_predictions(paths.out / "predictions" / f"{name}.jsonl")
+        spreads[name] = answer_spread(score_each(questions, {qid: text for qid, (_, text) in predictions.items()}))
     text = render_report(metrics, steps.times, pictures, [p.name for p in distribution], asdict(s),
-                         district_method, ATTRIBUTION, majority_shares(questions))
+                         district_method, ATTRIBUTION, majority_shares(questions), spreads)
     report = paths.out / "report.md"
     write_atomic(report, text)
     return report

@@ -35,6 +35,33 @@ def significance_table(metrics: dict[str, dict], majority: dict[str, float]) -> 
     return "\n".join(lines)
 
 
+SPREAD = (("district", "judgment"), ("district", "multiple_choice"), ("street", "judgment"),
+          ("street", "multiple_choice"))
+
+
+def answer_spread(scored) -> dict[str, dict[str, int]]:
+    """How often each answer was given to each kind of judgment and choice question, from ``score_each``'s
+    extracted answers ("none" where no answer could be read)."""
+    from collections import Counter
+
+    spread: dict[str, Counter] = {f"{level} {qtype}": Counter() for level, qtype in SPREAD}
+    for item in scored:
+        key = f"{item.question['level']} {item.question['qtype']}"
+        if key in spread:
+            spread[key]["none" if item.extracted is None else str(item.extracted)] += 1
+    return {key: dict(sorted(counts.items())) for key, counts in spread.items()}
+
+
+def spread_table(spreads: dict[str, dict[str, dict[str, int]]]) -> str:
+    lines = ["| model | " + " | ".join(f"{level} {qtype.replace('_', ' ')}" for level, qtype in SPREAD) + " |",
+             "|---|" + "---|" * len(SPREAD)]
+    for name, spread in spreads.items():
+        cells = [", ".join(f"{answer} {n}" for answer, n in spread[f"{level} {qtype}"].items()) or "-"
+                 for level, qtype in SPREAD]
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def stage1_effect(metrics: dict[str, dict]) -> str:
     if "stage1_stage2" not in metrics or "stage2_only" not in metrics:
         return ""
@@ -52,7 +79,7 @@ def stage1_effect(metrics: dict[str, dict]) -> str:
 
 def render_report(metrics: dict[str, dict], times: dict[str, float], pictures: dict[str, list[str]],
                   distribution: list[str], settings: dict, district_method: str, attribution: str,
-                  majority: dict[str, float]) -> str:
+                  majority: dict[str, float], spreads: dict[str, dict[str, dict[str, int]]]) -> str:
     parts = [
         "# AddressVLM demo: central Helsinki, on CPU",
         "",
@@ -71,6 +98,12 @@ def render_report(metrics: dict[str, dict], times: dict[str, float], pictures: d
         "reference is always giving the test set's most common answer (a guess that knows the answer distribution).",
         "",
         significance_table(metrics, majority),
+        "",
+        "Which answers each model gave: the right ones are spread evenly (Yes and No half each, the right letter "
+        "drawn uniformly), so a model that answers the same whatever the image, or spreads its answers evenly "
+        "without looking, scores what guessing scores.",
+        "",
+        spread_table(spreads),
         "",
         "## What stage 1 adds",
         "",

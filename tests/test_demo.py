@@ -1,5 +1,6 @@
 """A shortened `make demo` (a few steps of everything): every artefact exists and parses."""
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -31,6 +32,12 @@ def test_quick_demo_writes_every_artefact(tmp_path):
 
     text = report.read_text()
     assert "| AddressVLM (stage 1 + stage 2) |" in text and "binomial" in text
+    # the answer spread counts every judgment and choice question once per model
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| model | district judgment"))
+    judged = sum(q["qtype"] in ("judgment", "multiple_choice") for q in questions)
+    for row in lines[header + 2: header + 2 + len(MODELS)]:
+        assert sum(int(n) for n in re.findall(r" (\d+)(?:,| \|)", row)) == judged, row
     assert "(c) OpenStreetMap contributors, ODbL" in text
     for picture in (out / "pictures").glob("*"):
         if picture.suffix in (".png", ".jpg"):
