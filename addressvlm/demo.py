@@ -189,9 +189,11 @@ def load_model(paths: Paths, s: DemoSettings, name: str):
     return load_xtuner_model(recipe, paths.work / name, options)
 
 
-def answer_and_score(paths: Paths, s: DemoSettings, name: str):
+def answer_and_score(paths: Paths, s: DemoSettings, name: str) -> tuple[dict, dict]:
+    """Answer the test questions with one model and score them: (metrics, which answers it gave)."""
+    from addressvlm.demo_report import answer_spread
     from addressvlm.infer import answer_questions
-    from addressvlm.scoring import score
+    from addressvlm.scoring import score, score_each
     from addressvlm.records import read_predictions
 
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
@@ -203,7 +205,7 @@ def answer_and_score(paths: Paths, s: DemoSettings, name: str):
     predictions = {qid: text for qid, (_, text) in read_predictions(predictions_path).items()}
     metrics = score(questions, predictions)
     write_atomic(paths.out / "metrics" / f"{name}.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    return metrics
+    return metrics, answer_spread(score_each(questions, predictions))
 
 
 def street_distribution(paths: Paths, s: DemoSettings) -> list[Path]:
@@ -274,17 +276,11 @@ def majority_shares(questions: list[dict]) -> dict[str, float]:
     return shares
 
 
-def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], steps: Steps, pictures: dict,
-                 distribution: list[Path], district_method: str) -> Path:
-    from addressvlm.demo_report import answer_spread, render_report
-    from addressvlm.records import read_predictions
-    from addressvlm.scoring import score_each
+def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spreads: dict[str, dict], steps: Steps,
+                 pictures: dict, distribution: list[Path], district_method: str) -> Path:
+    from addressvlm.demo_report import render_report
 
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
-    spreads = {}
-    for name in metrics:
-        predictions = read_predictions(paths.out / "predictions" / f"{name}.jsonl")
-        spreads[name] = answer_spread(score_each(questions, {qid: text for qid, (_, text) in predictions.items()}))
     text = render_report(metrics, steps.times, pictures, [p.name for p in distribution], asdict(s),
                          district_method, ATTRIBUTION, majority_shares(questions), spreads)
     report = paths.out / "report.md"
@@ -305,11 +301,13 @@ def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki"
     stage1 = steps.run("train stage 1 (cross-view alignment)", train_stage, paths, s, 1, "stage1_helsinki", None)
     steps.run("train stage 2 after stage 1 (AddressVLM)", train_stage, paths, s, 2, "stage1_stage2", stage1)
     steps.run("train stage 2 only (Baseline)", train_stage, paths, s, 2, "stage2_only", None)
-    metrics = {name: steps.run(f"answer and score: {name}", answer_and_score, paths, s, name) for name in MODELS}
+    scored = {name: steps.run(f"answer and score: {name}", answer_and_score, paths, s, name) for name in MODELS}
+    metrics = {name: result[0] for name, result in scored.items()}
+    spreads = {name: result[1] for name, result in scored.items()}
     distribution = steps.run("street distribution (Fig. 5)", street_distribution, paths, s)
     pictures = copy_pictures(paths)
     method = json.loads((paths.city / "city.json").read_text()).get("district_method", "") \
         if (paths.city / "city.json").is_file() else getattr(summary, "district_method", "")
-    report = steps.run("report", write_report, paths, s, metrics, steps, pictures, distribution, method)
+    report = steps.run("report", write_report, paths, s, metrics, spreads, steps, pictures, distribution, method)
     print(f"report: {report}")
     return report

@@ -207,10 +207,8 @@ def training_record(row: Location, record_id: str, rounds: int, cycle_start: int
     """One multi-turn LLaVA record for ``row`` and the (level, qtype) of each of its turns.
 
     ``rounds`` <= 6 takes that many level x type questions from ``ROUND_CYCLE`` starting at ``cycle_start``;
-    7 asks all six plus the address question. ``turn_order`` is one of ``TURN_ORDERS``.
+    7 asks all six plus the address question. ``turn_order`` is one of ``TURN_ORDERS`` (checked by ``build_vqa``).
     """
-    if turn_order not in TURN_ORDERS:
-        raise ValueError(f"turn_order must be one of {TURN_ORDERS}, not {turn_order!r}")
     rng = random.Random(f"{seed}:{row.image}")
     wrong = {level: distractors.pick(level, row, rng) for level in templates.LEVELS}
     chosen = [ROUND_CYCLE[(cycle_start + k) % len(ROUND_CYCLE)] for k in range(min(rounds, len(ROUND_CYCLE)))]
