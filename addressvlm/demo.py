@@ -32,6 +32,8 @@ class DemoSettings:
     # Table A1's rank 128 is the whole width of this 128-wide model and costs as much as the frozen layers it adapts;
     # rank 32 trains the same stage-2 epoch in about three quarters of the time.
     lora_rank: int = 32
+    # Steps of the tiny LLM's reading warm-up, its stand-in for language pre-training (addressvlm/reading_warmup.py).
+    reading_steps: int = 1500
     stage1_epochs: int = 2
     stage2_epochs: int = 12
     # The paper's multi-turn conversations, in shuffled turn order. Single-turn records match the test format but,
@@ -45,8 +47,8 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> "DemoSettings":
         """A few steps of everything: for the test that checks every artefact."""
-        return cls(locations=24, views=2, image_size=56, hidden=64, layers=2, batch_size=8, stage1_epochs=1,
-                   stage2_epochs=1, warmup_iters=2, street_samples=6, street_images=1)
+        return cls(locations=24, views=2, image_size=56, hidden=64, layers=2, batch_size=8, reading_steps=20,
+                   stage1_epochs=1, stage2_epochs=1, warmup_iters=2, street_samples=6, street_images=1)
 
 
 @dataclass
@@ -115,7 +117,9 @@ def build_stage1_data(paths: Paths, s: DemoSettings):
 
 
 def make_model(paths: Paths, s: DemoSettings):
-    """The tiny LLaVA-Phi3-mini, its tokenizer trained on the city's own questions and answers."""
+    """The tiny LLaVA-Phi3-mini, its tokenizer trained on the city's own questions and answers, its LLM warmed up
+    on reading the city's names."""
+    from addressvlm.reading_warmup import CityNames, ReadingWarmup
     from addressvlm.records import read_llava_json
     from addressvlm.tiny import TinySize, make_tiny_llava
 
@@ -125,7 +129,9 @@ def make_model(paths: Paths, s: DemoSettings):
               for record in read_llava_json(paths.city / name) for turn in record["conversations"]]
     size = TinySize(hidden=s.hidden, layers=s.layers, heads=4, intermediate=2 * s.hidden, vocab=2048,
                     image_size=s.image_size, vision_hidden=s.hidden, vision_layers=2)
-    return make_tiny_llava(paths.models, size, corpus, seed=s.seed)
+    warmup = ReadingWarmup(steps=s.reading_steps, passage_tokens=(s.image_size // size.patch_size) ** 2, seed=s.seed)
+    names = CityNames.of(read_locations(paths.city / "locations.csv"))
+    return make_tiny_llava(paths.models, size, corpus, seed=s.seed, names=names, warmup=warmup)
 
 
 # --------------------------------------------------------------------------------------------- training

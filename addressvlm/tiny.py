@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
+
+if TYPE_CHECKING:
+    from addressvlm.reading_warmup import CityNames, ReadingWarmup
 
 # Phi-3's chat tokens must be single tokens, or XTuner's phi3_chat template would encode differently.
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -69,8 +72,13 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int):
     )
 
 
-def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterable[str] = (), seed: int = 0) -> Path:
-    """Write a tiny LLaVA-Phi3-mini model set to ``out`` (deterministic for a seed) and return ``out``."""
+def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterable[str] = (), seed: int = 0,
+                    names: "CityNames | None" = None, warmup: "ReadingWarmup | None" = None) -> Path:
+    """Write a tiny LLaVA-Phi3-mini model set to ``out`` (deterministic for a seed) and return ``out``.
+
+    With ``names`` and ``warmup``, the LLM is warmed up on reading those names (``addressvlm.reading_warmup``).
+    The projector is written last, so its config marks a finished model set.
+    """
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, Phi3Config, Phi3ForCausalLM
     from xtuner.model.modules import ProjectorConfig, ProjectorModel
 
@@ -93,6 +101,12 @@ def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterab
         embeddings.weight[embeddings.padding_idx].zero_()
         llm.get_output_embeddings().weight.normal_(0.0, size.embedding_std)
     llm.save_pretrained(out)
+    if warmup is not None:
+        from addressvlm.reading_warmup import warm_up_reading
+
+        if names is None:
+            raise ValueError("the reading warm-up needs the city's names")
+        warm_up_reading(out, names, warmup)
 
     vision_config = CLIPVisionConfig(
         image_size=size.image_size, patch_size=size.patch_size, hidden_size=size.vision_hidden,

@@ -187,10 +187,10 @@ def _options(answer: str, wrong: list[str], rng: random.Random) -> tuple[dict[st
     return dict(zip(templates.OPTION_LETTERS, names)), templates.OPTION_LETTERS[slot]
 
 
-def _level_qa(level: str, qtype: str, row: Location, wrong: list[str], rng: random.Random,
-              judgment_answer: str | None = None) -> tuple[str, str, dict | None]:
-    """(question, answer, options) for one level x type question about ``row``."""
-    truth = getattr(row, level)
+def level_qa(level: str, qtype: str, truth: str, wrong: list[str], rng: random.Random,
+             judgment_answer: str | None = None) -> tuple[str, str, dict | None]:
+    """(question, answer, options) for one level x type question whose true answer is ``truth``; ``wrong`` are
+    the level's distractors."""
     template_index = rng.randrange(len(templates.TEMPLATES[level]))
     if qtype == "generation":
         return templates.level_question(level, qtype, template_index), truth, None
@@ -214,7 +214,7 @@ def training_record(row: Location, record_id: str, rounds: int, cycle_start: int
     chosen = [ROUND_CYCLE[(cycle_start + k) % len(ROUND_CYCLE)] for k in range(min(rounds, len(ROUND_CYCLE)))]
     generation, other = [], []
     for level, qtype in chosen:
-        question, answer, _ = _level_qa(level, qtype, row, wrong[level], rng)
+        question, answer, _ = level_qa(level, qtype, getattr(row, level), wrong[level], rng)
         (generation if qtype == "generation" else other).append((level, qtype, question, answer))
     if rounds == MAX_ROUNDS:
         generation.append(("address", "generation", templates.ADDRESS_QUESTION,
@@ -260,12 +260,12 @@ def test_questions(row: Location, question_prefix: str, distractors: Distractors
 
     for level in templates.LEVELS:
         wrong = distractors.pick(level, row, rng)
-        add(f"{level}_generation", level, "generation", *_level_qa(level, "generation", row, wrong, rng))
+        add(f"{level}_generation", level, "generation", *level_qa(level, "generation", getattr(row, level), wrong, rng))
         for answer in ("Yes", "No"):
             add(f"{level}_judgment_{answer.lower()}", level, "judgment",
-                *_level_qa(level, "judgment", row, wrong, rng, judgment_answer=answer))
+                *level_qa(level, "judgment", getattr(row, level), wrong, rng, judgment_answer=answer))
         add(f"{level}_multiple_choice", level, "multiple_choice",
-            *_level_qa(level, "multiple_choice", row, wrong, rng))
+            *level_qa(level, "multiple_choice", getattr(row, level), wrong, rng))
     add("address_generation", "address", "generation", templates.ADDRESS_QUESTION,
         templates.address_answer(row.street, row.district), None)
     return out

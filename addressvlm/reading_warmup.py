@@ -1,0 +1,186 @@
+"""A reading warm-up for the tiny LLM: the stand-in for the language pre-training a real LVLM arrives with.
+
+The released LLaVA-Phi3-mini can already answer "Is this image taken in Kamppi, Yes or No?" or pick "(B)" about
+something it recognises: it compares two names and reads an option's letter. A random tiny LLM cannot, and with its
+weights frozen under the recipes' LoRA it did not learn to in the minutes a CPU gives: on the demo city its
+judgment and choice answers stayed at guessing (docs/data.md, "Reading warm-up"). So before any recipe runs, the
+whole tiny LLM trains on text-only conversations in the stage-2 question forms (Tables B4/B5), where the image's place
+holds a passage of random tokens with a street name and a district name in it. Street and district are paired at
+random, so the LLM learns to read and compare the city's names, never which street lies in which district or what
+any place looks like: which name fits an image is still learned from the images, by stage 1 and stage 2.
+
+Each conversation goes through the recipes' own pipeline (``llava_map_fn``, the phi3_chat template, ``encode_fn``),
+so the warm-up sees exactly the token layout training and answering use, with the passage where the image goes.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from addressvlm import templates
+
+LEVEL_WEIGHTS = {"district": 2.0, "street": 2.0, "address": 0.5}
+# Naming is learned in a few hundred steps; comparing and choosing take most of the warm-up, so they come up more.
+QTYPE_WEIGHTS = {"generation": 1.0, "judgment": 2.0, "multiple_choice": 2.0}
+RESULT_FILE = "reading_warmup.json"
+
+
+@dataclass(frozen=True)
+class ReadingWarmup:
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 2e-3
+    # Up to the image's token count: the passage stands where the image's tokens go.
+    passage_tokens: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CityNames:
+    streets: tuple[str, ...]
+    districts: tuple[str, ...]
+
+    @classmethod
+    def of(cls, rows) -> "CityNames":
+        """The street and district names of ``locations.csv`` rows."""
+        return cls(tuple(sorted({r.street for r in rows})), tuple(sorted({r.district for r in rows})))
+
+    def level(self, level: str) -> tuple[str, ...]:
+        return self.streets if level == "street" else self.districts
+
+
+def reading_record(names: CityNames, rng: random.Random) -> tuple[dict, str, str, str]:
+    """One single-turn LLaVA record about a random (street, district): (record, kind, street, district), where
+    kind is "level/qtype" and the record's ``<image>`` is where the passage naming both will go."""
+    from addressvlm.vqa import IMAGE_TOKEN, level_qa
+
+    street, district = rng.choice(names.streets), rng.choice(names.districts)
+    level = rng.choices(list(LEVEL_WEIGHTS), list(LEVEL_WEIGHTS.values()))[0]
+    if level == "address":
+        qtype, question, answer = "generation", templates.ADDRESS_QUESTION, templates.address_answer(street, district)
+    else:
+        qtype = rng.choices(list(QTYPE_WEIGHTS), list(QTYPE_WEIGHTS.values()))[0]
+        truth = street if level == "street" else district
+        wrong = rng.sample([n for n in names.level(level) if n != truth], 3)
+        question, answer, _ = level_qa(level, qtype, truth, wrong, rng)
+    record = {"id": "reading", "image": "", "conversations": [
+        {"from": "human", "value": IMAGE_TOKEN + "\n" + question}, {"from": "gpt", "value": answer}]}
+    return record, f"{level}/{qtype}", street, district
+
+
+class ReadingExamples:
+    """Token ids and labels of reading conversations, in the recipes' own encoding."""
+
+    def __init__(self, tokenizer, names: CityNames, passage_tokens: int):
+        from xtuner.utils import PROMPT_TEMPLATE
+
+        if len(names.streets) < 4 or len(names.districts) < 4:
+            raise ValueError(f"a multiple choice needs 4 names per level; the city has {len(names.streets)} "
+                             f"streets and {len(names.districts)} districts")
+        self.tokenizer, self.names, self.passage_tokens = tokenizer, names, passage_tokens
+        self.template = PROMPT_TEMPLATE.phi3_chat
+        every = (*names.streets, *names.districts)
+        # A name in running text follows a space, as in the questions, and a byte-level BPE spells " Kamppi" with
+        # other tokens than the answer's "Kamppi": the passage uses the questions' spelling.
+        self.name_ids = {n: tokenizer.encode(" " + n, add_special_tokens=False) for n in every}
+        # Filler that never spells part of a name, so a name is read only where it was put.
+        taken = {i for n in every for form in (n, " " + n) for i in tokenizer.encode(form, add_special_tokens=False)}
+        taken |= set(tokenizer.all_special_ids)
+        self.filler = [i for i in range(len(tokenizer)) if i not in taken]
+
+    def passage(self, street: str, district: str, rng: random.Random, length: int) -> list[int]:
+        ids = [rng.choice(self.filler) for _ in range(length)]
+        for name in rng.sample([street, district], 2):
+            at = rng.randint(0, len(ids))
+            ids[at:at] = self.name_ids[name]
+        return ids
+
+    def encode(self, record: dict, passage: list[int]) -> tuple[list[int], list[int]]:
+        from xtuner.dataset.map_fns import llava_map_fn, template_map_fn
+        from xtuner.dataset.utils import encode_fn
+        from xtuner.utils import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+        example = template_map_fn(llava_map_fn(json.loads(json.dumps(record))), self.template)
+        encoded = encode_fn(example, self.tokenizer, max_length=10 ** 6, with_image_token=True)
+        at = encoded["input_ids"].index(IMAGE_TOKEN_INDEX)
+        ids = encoded["input_ids"][:at] + passage + encoded["input_ids"][at + 1:]
+        labels = encoded["labels"][:at] + [IGNORE_INDEX] * len(passage) + encoded["labels"][at + 1:]
+        return ids, labels
+
+    def sample(self, rng: random.Random, full_length: bool = False) -> tuple[list[int], list[int], str]:
+        """One example; passages are of any length up to ``passage_tokens`` (short ones make the names easy to
+        find early on), or exactly that long with ``full_length``, as an image is."""
+        record, kind, street, district = reading_record(self.names, rng)
+        length = self.passage_tokens if full_length else rng.randint(0, self.passage_tokens)
+        ids, labels = self.encode(record, self.passage(street, district, rng, length))
+        return ids, labels, kind
+
+
+def _batch(examples, pad_id: int):
+    width = max(len(ids) for ids, _, _ in examples)
+    ids = torch.full((len(examples), width), pad_id)
+    labels = torch.full((len(examples), width), -100)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (x, y, _) in enumerate(examples):
+        ids[row, :len(x)], labels[row, :len(y)], mask[row, :len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return ids, labels, mask
+
+
+@torch.no_grad()
+def reading_accuracy(model, examples: ReadingExamples, n: int, seed: int) -> dict[str, float]:
+    """Per kind, the share of full-length examples whose first answer token is the model's top token."""
+    rng, hits = random.Random(f"reading-eval:{seed}"), {}
+    model.eval()
+    for _ in range(n):
+        ids, labels, kind = examples.sample(rng, full_length=True)
+        first = next(i for i, label in enumerate(labels) if label != -100)
+        top = model(input_ids=torch.tensor([ids[:first]])).logits[0, -1].argmax().item()
+        hits.setdefault(kind, []).append(top == labels[first])
+    return {kind: round(100.0 * sum(h) / len(h), 1) for kind, h in sorted(hits.items())}
+
+
+def warm_up_reading(llm_dir: str | Path, names: CityNames, settings: ReadingWarmup = ReadingWarmup(),
+                    eval_examples: int = 400, progress: bool = True) -> dict:
+    """Train the LLM saved in ``llm_dir`` (all of it) on reading conversations and save it back, with
+    ``reading_warmup.json``: the settings and the accuracy per question kind on held-out examples."""
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llm_dir = Path(llm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    model = AutoModelForCausalLM.from_pretrained(llm_dir)
+    examples = ReadingExamples(tokenizer, names, settings.passage_tokens)
+    rng = random.Random(f"reading:{settings.seed}")
+    torch.manual_seed(settings.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
+    warmup = max(1, settings.steps // 30)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: min(1.0, (t + 1) / warmup) * max(0.05, 1.0 - t / settings.steps))
+    model.train()
+    bar = tqdm(range(settings.steps), desc="reading warm-up", disable=not progress, mininterval=5)
+    for _ in bar:
+        ids, labels, mask = _batch([examples.sample(rng) for _ in range(settings.batch_size)],
+                                   tokenizer.pad_token_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    result = {"settings": asdict(settings), "final_loss": round(loss.item(), 4),
+              "accuracy": reading_accuracy(model, examples, eval_examples, settings.seed)}
+    model.save_pretrained(llm_dir)
+    (llm_dir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def names_from_locations(paths: Sequence[str | Path]) -> CityNames:
+    from addressvlm.records import read_locations
+
+    return CityNames.of([row for path in paths for row in read_locations(path)])
