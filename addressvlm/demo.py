@@ -35,7 +35,7 @@ class DemoSettings:
     # Steps of the tiny LLM's reading warm-up, its stand-in for language pre-training (addressvlm/reading_warmup.py).
     reading_steps: int = 1500
     stage1_epochs: int = 2
-    stage2_epochs: int = 12
+    stage2_epochs: int = 10
     # The paper's multi-turn conversations, in shuffled turn order. Single-turn records match the test format but,
     # in the minutes a CPU has, teach the tiny model less (docs/data.md, "Turn order").
     single_turn: bool = False
@@ -287,8 +287,12 @@ def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spread
     from addressvlm.demo_report import render_report
 
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
+    from addressvlm.reading_warmup import RESULT_FILE
+
+    reading_file = paths.models / RESULT_FILE
+    reading = json.loads(reading_file.read_text(encoding="utf-8")) if reading_file.is_file() else None
     text = render_report(metrics, steps.times, pictures, [p.name for p in distribution], asdict(s),
-                         district_method, ATTRIBUTION, majority_shares(questions), spreads)
+                         district_method, ATTRIBUTION, majority_shares(questions), spreads, reading)
     report = paths.out / "report.md"
     write_atomic(report, text)
     return report

@@ -24,9 +24,11 @@ import torch
 
 from addressvlm import templates
 
-LEVEL_WEIGHTS = {"district": 2.0, "street": 2.0, "address": 0.5}
-# Naming is learned in a few hundred steps; comparing and choosing take most of the warm-up, so they come up more.
-QTYPE_WEIGHTS = {"generation": 1.0, "judgment": 2.0, "multiple_choice": 2.0}
+# A city has more streets than districts, and choosing among them is learned later: streets come up more often.
+LEVEL_WEIGHTS = {"district": 2.0, "street": 3.0, "address": 0.5}
+# Naming is learned in a few hundred steps, comparing in about a thousand, and choosing (finding the option the
+# passage names, then reading its letter) is slower still, so the harder kinds come up more often.
+QTYPE_WEIGHTS = {"generation": 1.0, "judgment": 2.0, "multiple_choice": 4.0}
 RESULT_FILE = "reading_warmup.json"
 
 

@@ -39,6 +39,11 @@ def test_quick_demo_writes_every_artefact(tmp_path):
     for row in lines[header + 2: header + 2 + len(MODELS)]:
         assert sum(int(n) for n in re.findall(r" (\d+)(?:,| \|)", row)) == judged, row
     assert "(c) OpenStreetMap contributors, ODbL" in text
+    # the LLM was warmed up on reading before any recipe ran, and the report shows how well it reads
+    reading = json.loads((out / "models" / "llava-phi-3-mini-xtuner" / "reading_warmup.json").read_text())
+    assert reading["settings"]["steps"] == DemoSettings.quick().reading_steps
+    assert "## The tiny LLM's reading warm-up" in text and "| district/multiple choice |" in text
+    assert " | ".join(f"{v:.1f}" for v in reading["accuracy"].values()) in text
     for picture in (out / "pictures").glob("*"):
         if picture.suffix in (".png", ".jpg"):
             Image.open(picture).verify()
