@@ -119,7 +119,7 @@ def build_stage1_data(paths: Paths, s: DemoSettings):
 def make_model(paths: Paths, s: DemoSettings):
     """The tiny LLaVA-Phi3-mini, its tokenizer trained on the city's own questions and answers, its LLM warmed up
     on reading the city's names."""
-    from addressvlm.reading_warmup import CityNames, ReadingWarmup
+    from addressvlm.reading_warmup import ReadingWarmup, names_from_locations
     from addressvlm.records import read_llava_json
     from addressvlm.tiny import TinySize, make_tiny_llava
 
@@ -130,8 +130,8 @@ def make_model(paths: Paths, s: DemoSettings):
     size = TinySize(hidden=s.hidden, layers=s.layers, heads=4, intermediate=2 * s.hidden, vocab=2048,
                     image_size=s.image_size, vision_hidden=s.hidden, vision_layers=2)
     warmup = ReadingWarmup(steps=s.reading_steps, passage_tokens=(s.image_size // size.patch_size) ** 2, seed=s.seed)
-    names = CityNames.of(read_locations(paths.city / "locations.csv"))
-    return make_tiny_llava(paths.models, size, corpus, seed=s.seed, names=names, warmup=warmup)
+    return make_tiny_llava(paths.models, size, corpus, seed=s.seed,
+                           names=names_from_locations([paths.city / "locations.csv"]), warmup=warmup)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -285,10 +285,9 @@ def majority_shares(questions: list[dict]) -> dict[str, float]:
 def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spreads: dict[str, dict], steps: Steps,
                  pictures: dict, distribution: list[Path], district_method: str) -> Path:
     from addressvlm.demo_report import render_report
-
-    questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
     from addressvlm.reading_warmup import RESULT_FILE
 
+    questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
     reading_file = paths.models / RESULT_FILE
     reading = json.loads(reading_file.read_text(encoding="utf-8")) if reading_file.is_file() else None
     text = render_report(metrics, steps.times, pictures, [p.name for p in distribution], asdict(s),

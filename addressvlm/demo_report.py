@@ -80,8 +80,8 @@ def stage1_effect(metrics: dict[str, dict]) -> str:
     return ("AddressVLM minus Baseline, in points: " + ", ".join(rows) + f". Here stage 1 {verdict} to the mean "
             "accuracy A. The paper's gain (+9 A_sd on Pitts) rests on a pretrained LVLM that reads the street names "
             "drawn on the map; this tiny model never saw a rendered letter and cannot read them, so the alignment "
-            "task can only teach it to tie the street view's look to the reason's words, and a short stage 2 then has to "
-            "move it from long reasons to one-word answers. Judge a difference by the counts above: on 96 questions "
+            "task can only teach it to tie the street view's look to the reason's words, and a short stage 2 then "
+            "has to move it from long reasons to one-word answers. Judge a difference by the counts above: on 96 questions "
             "a few points are noise.")
 
 

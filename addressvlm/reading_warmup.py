@@ -14,6 +14,7 @@ so the warm-up sees exactly the token layout training and answering use, with th
 """
 from __future__ import annotations
 
+import copy
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -107,7 +108,7 @@ class ReadingExamples:
         from xtuner.dataset.utils import encode_fn
         from xtuner.utils import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
-        example = template_map_fn(llava_map_fn(json.loads(json.dumps(record))), self.template)
+        example = template_map_fn(llava_map_fn(copy.deepcopy(record)), self.template)
         encoded = encode_fn(example, self.tokenizer, max_length=10 ** 6, with_image_token=True)
         at = encoded["input_ids"].index(IMAGE_TOKEN_INDEX)
         ids = encoded["input_ids"][:at] + passage + encoded["input_ids"][at + 1:]
@@ -124,9 +125,11 @@ class ReadingExamples:
 
 
 def _batch(examples, pad_id: int):
+    from xtuner.utils import IGNORE_INDEX
+
     width = max(len(ids) for ids, _, _ in examples)
     ids = torch.full((len(examples), width), pad_id)
-    labels = torch.full((len(examples), width), -100)
+    labels = torch.full((len(examples), width), IGNORE_INDEX)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, (x, y, _) in enumerate(examples):
         ids[row, :len(x)], labels[row, :len(y)], mask[row, :len(x)] = torch.tensor(x), torch.tensor(y), 1
@@ -136,11 +139,13 @@ def _batch(examples, pad_id: int):
 @torch.no_grad()
 def reading_accuracy(model, examples: ReadingExamples, n: int, seed: int) -> dict[str, float]:
     """Per kind, the share of full-length examples whose first answer token is the model's top token."""
+    from xtuner.utils import IGNORE_INDEX
+
     rng, hits = random.Random(f"reading-eval:{seed}"), {}
     model.eval()
     for _ in range(n):
         ids, labels, kind = examples.sample(rng, full_length=True)
-        first = next(i for i, label in enumerate(labels) if label != -100)
+        first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
         top = model(input_ids=torch.tensor([ids[:first]])).logits[0, -1].argmax().item()
         hits.setdefault(kind, []).append(top == labels[first])
     return {kind: round(100.0 * sum(h) / len(h), 1) for kind, h in sorted(hits.items())}
@@ -152,6 +157,8 @@ def warm_up_reading(llm_dir: str | Path, names: CityNames, settings: ReadingWarm
     ``reading_warmup.json``: the settings and the accuracy per question kind on held-out examples."""
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from addressvlm.records import write_atomic
 
     llm_dir = Path(llm_dir)
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
@@ -178,7 +185,7 @@ def warm_up_reading(llm_dir: str | Path, names: CityNames, settings: ReadingWarm
     result = {"settings": asdict(settings), "final_loss": round(loss.item(), 4),
               "accuracy": reading_accuracy(model, examples, eval_examples, settings.seed)}
     model.save_pretrained(llm_dir)
-    (llm_dir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_atomic(llm_dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
     return result
 
 
