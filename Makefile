@@ -24,3 +24,7 @@ test: install
 
 demo: install
 	$(PY) tools/run_demo.py --out demo_output
+
+# `make demo` keeps finished steps; this removes all of them (city, models, training runs, answers, report).
+clean-demo:
+	rm -rf demo_output data/helsinki work_dirs/llava_phi3_mini

@@ -33,7 +33,7 @@ class DemoSettings:
     # rank 32 trains the same stage-2 epoch in about three quarters of the time.
     lora_rank: int = 32
     # Steps of the tiny LLM's reading warm-up, its stand-in for language pre-training (addressvlm/reading_warmup.py).
-    reading_steps: int = 1500
+    reading_steps: int = 1000
     stage1_epochs: int = 2
     stage2_epochs: int = 10
     # The paper's multi-turn conversations, in shuffled turn order. Single-turn records match the test format but,

@@ -35,8 +35,9 @@ RESULT_FILE = "reading_warmup.json"
 
 @dataclass(frozen=True)
 class ReadingWarmup:
-    steps: int = 1500
-    batch_size: int = 32
+    steps: int = 1000
+    # Choosing among options is learned suddenly, and sooner with 64 per step than with twice the steps of 32.
+    batch_size: int = 64
     lr: float = 2e-3
     # Up to the image's token count: the passage stands where the image's tokens go.
     passage_tokens: int = 64
@@ -124,6 +125,21 @@ class ReadingExamples:
         return ids, labels, kind
 
 
+def length_grouped_batches(examples: ReadingExamples, rng: random.Random, batch_size: int, steps: int,
+                           pool: int = 8):
+    """``steps`` batches of training examples. Examples are independent draws, so each ``pool`` batches' worth is
+    sorted by length before it is cut into batches: a batch then pads to little more than its own lengths (the
+    passages run from 0 to ``passage_tokens``), and the batches of a pool come in random order."""
+    done = 0
+    while done < steps:
+        drawn = sorted((examples.sample(rng) for _ in range(batch_size * pool)), key=lambda e: len(e[0]))
+        batches = [drawn[i:i + batch_size] for i in range(0, len(drawn), batch_size)]
+        rng.shuffle(batches)
+        for batch in batches[:steps - done]:
+            yield batch
+        done += min(pool, steps - done)
+
+
 def _batch(examples, pad_id: int):
     from xtuner.utils import IGNORE_INDEX
 
@@ -171,10 +187,10 @@ def warm_up_reading(llm_dir: str | Path, names: CityNames, settings: ReadingWarm
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: min(1.0, (t + 1) / warmup) * max(0.05, 1.0 - t / settings.steps))
     model.train()
-    bar = tqdm(range(settings.steps), desc="reading warm-up", disable=not progress, mininterval=5)
-    for _ in bar:
-        ids, labels, mask = _batch([examples.sample(rng) for _ in range(settings.batch_size)],
-                                   tokenizer.pad_token_id)
+    batches = length_grouped_batches(examples, rng, settings.batch_size, settings.steps)
+    bar = tqdm(batches, total=settings.steps, desc="reading warm-up", disable=not progress, mininterval=5)
+    for batch in bar:
+        ids, labels, mask = _batch(batch, tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from addressvlm.reading_warmup import (RESULT_FILE, CityNames, ReadingExamples, ReadingWarmup, reading_accuracy,
-                                       reading_record, warm_up_reading)
+from addressvlm.reading_warmup import (RESULT_FILE, CityNames, ReadingExamples, ReadingWarmup,
+                                       length_grouped_batches, reading_accuracy, reading_record, warm_up_reading)
 from synthetic_city import DISTRICT_NAMES, street_names
 
 NAMES = CityNames(tuple(street_names(5)), tuple(DISTRICT_NAMES[:4]))
@@ -34,6 +34,22 @@ def test_an_example_is_the_chat_layout_with_the_passage_where_the_image_goes(tok
         assert tokenizer.decode(ids) == expected
         assert tokenizer.decode([t for t in labels if t != -100]) == answer + "<|end|>"
         assert len(passage) == 6 + len(examples.name_ids[street]) + len(examples.name_ids[district])
+
+
+def test_length_grouped_batches_pad_less_and_keep_every_example(tokenizer):
+    examples = ReadingExamples(tokenizer, NAMES, passage_tokens=64)
+    grouped = list(length_grouped_batches(examples, random.Random(5), batch_size=4, steps=11, pool=8))
+    assert [len(batch) for batch in grouped] == [4] * 11
+    # The first pool is the first 32 draws, regrouped: nothing lost, nothing repeated.
+    rng = random.Random(5)
+    drawn = [examples.sample(rng) for _ in range(8 * 4)]
+    assert sorted(ids for batch in grouped[:8] for ids, _, _ in batch) == sorted(ids for ids, _, _ in drawn)
+
+    def padding(batches):
+        return sum(max(len(ids) for ids, _, _ in b) * len(b) - sum(len(ids) for ids, _, _ in b) for b in batches)
+
+    ungrouped = [drawn[i:i + 4] for i in range(0, 32, 4)]
+    assert padding(grouped[:8]) < padding(ungrouped) / 3
 
 
 def test_every_answer_can_be_read_from_the_passage():
