@@ -88,7 +88,7 @@ def test_warm_up_teaches_a_random_llm_to_read_the_names(tiny_llava, tokenizer, t
     shutil.copytree(tiny_llava, llm_dir)
     examples = ReadingExamples(tokenizer, NAMES, passage_tokens=6)
     before = reading_accuracy(AutoModelForCausalLM.from_pretrained(llm_dir), examples, 600, seed=0)
-    result = warm_up_reading(llm_dir, NAMES, ReadingWarmup(steps=400, batch_size=16, lr=3e-3, passage_tokens=6),
+    result = warm_up_reading(llm_dir, NAMES, ReadingWarmup(steps=500, batch_size=32, lr=3e-3, passage_tokens=6),
                              eval_examples=600, progress=False)
     after = reading_accuracy(AutoModelForCausalLM.from_pretrained(llm_dir), examples, 600, seed=0)
     assert json.loads((llm_dir / RESULT_FILE).read_text())["accuracy"] == result["accuracy"]
