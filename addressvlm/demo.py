@@ -285,11 +285,10 @@ def majority_shares(questions: list[dict]) -> dict[str, float]:
 def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spreads: dict[str, dict], steps: Steps,
                  pictures: dict, distribution: list[Path], district_method: str) -> Path:
     from addressvlm.demo_report import render_report
-    from addressvlm.reading_warmup import RESULT_FILE
+    from addressvlm.reading_warmup import read_warmup_result
 
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
-    reading_file = paths.models / RESULT_FILE
-    reading = json.loads(reading_file.read_text(encoding="utf-8")) if reading_file.is_file() else None
+    reading = read_warmup_result(paths.models)
     text = render_report(metrics, steps.times, pictures, [p.name for p in distribution], asdict(s),
                          district_method, ATTRIBUTION, majority_shares(questions), spreads, reading)
     report = paths.out / "report.md"

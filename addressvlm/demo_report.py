@@ -81,8 +81,8 @@ def stage1_effect(metrics: dict[str, dict]) -> str:
             "accuracy A. The paper's gain (+9 A_sd on Pitts) rests on a pretrained LVLM that reads the street names "
             "drawn on the map; this tiny model never saw a rendered letter and cannot read them, so the alignment "
             "task can only teach it to tie the street view's look to the reason's words, and a short stage 2 then "
-            "has to move it from long reasons to one-word answers. Judge a difference by the counts above: on 96 questions "
-            "a few points are noise.")
+            "has to move it from long reasons to one-word answers. Judge a difference by the counts above: on 96 "
+            "questions a few points are noise.")
 
 
 def render_report(metrics: dict[str, dict], times: dict[str, float], pictures: dict[str, list[str]],
@@ -94,8 +94,8 @@ def render_report(metrics: dict[str, dict], times: dict[str, float], pictures: d
         "",
         "The whole method on a small real city: OpenStreetMap streets and districts, rendered street views and a "
         "pseudo-aerial raster, stage-1 cross-view alignment (labelled crops with the street view grafted in, rule "
-        "reasons), stage-2 address VQA, and three tiny LLaVA-Phi3-mini models (random weights, trained here) "
-        "answering the same single-turn test questions of held-out locations.",
+        "reasons), stage-2 address VQA, and three tiny LLaVA-Phi3-mini models (random weights, warmed up on text, "
+        "trained here) answering the same single-turn test questions of held-out locations.",
         "",
     ]
     if reading:

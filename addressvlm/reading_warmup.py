@@ -205,6 +205,19 @@ def warm_up_reading(llm_dir: str | Path, names: CityNames, settings: ReadingWarm
     return result
 
 
+def read_warmup_result(model_dir: str | Path) -> dict | None:
+    """The ``reading_warmup.json`` that ``warm_up_reading`` wrote into ``model_dir``; None for a model that was not
+    warmed up."""
+    path = Path(model_dir) / RESULT_FILE
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text(encoding="utf-8"))
+    missing = sorted({"settings", "final_loss", "accuracy"} - set(result))
+    if missing:
+        raise ValueError(f"{path}: not a reading warm-up result, it lacks {', '.join(missing)}")
+    return result
+
+
 def names_from_locations(paths: Sequence[str | Path]) -> CityNames:
     from addressvlm.records import read_locations
 

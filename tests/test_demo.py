@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from addressvlm.demo import MODELS, DemoSettings, run_demo
+from addressvlm.reading_warmup import read_warmup_result
 from addressvlm.records import read_locations, read_predictions, read_questions
 from addressvlm.scoring import METRICS
 
@@ -40,7 +41,7 @@ def test_quick_demo_writes_every_artefact(tmp_path):
         assert sum(int(n) for n in re.findall(r" (\d+)(?:,| \|)", row)) == judged, row
     assert "(c) OpenStreetMap contributors, ODbL" in text
     # the LLM was warmed up on reading before any recipe ran, and the report shows how well it reads
-    reading = json.loads((out / "models" / "llava-phi-3-mini-xtuner" / "reading_warmup.json").read_text())
+    reading = read_warmup_result(out / "models" / "llava-phi-3-mini-xtuner")
     assert reading["settings"]["steps"] == DemoSettings.quick().reading_steps
     assert "## The tiny LLM's reading warm-up" in text and "| district/multiple choice |" in text
     assert " | ".join(f"{v:.1f}" for v in reading["accuracy"].values()) in text

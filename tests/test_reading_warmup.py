@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from addressvlm.reading_warmup import (RESULT_FILE, CityNames, ReadingExamples, ReadingWarmup,
-                                       length_grouped_batches, reading_accuracy, reading_record, warm_up_reading)
+                                       length_grouped_batches, read_warmup_result, reading_accuracy, reading_record,
+                                       warm_up_reading)
 from synthetic_city import DISTRICT_NAMES, street_names
 
 NAMES = CityNames(tuple(street_names(5)), tuple(DISTRICT_NAMES[:4]))
@@ -91,8 +92,15 @@ def test_warm_up_teaches_a_random_llm_to_read_the_names(tiny_llava, tokenizer, t
     result = warm_up_reading(llm_dir, NAMES, ReadingWarmup(steps=500, batch_size=32, lr=3e-3, passage_tokens=6),
                              eval_examples=600, progress=False)
     after = reading_accuracy(AutoModelForCausalLM.from_pretrained(llm_dir), examples, 600, seed=0)
-    assert json.loads((llm_dir / RESULT_FILE).read_text())["accuracy"] == result["accuracy"]
+    assert read_warmup_result(llm_dir)["accuracy"] == result["accuracy"]
     # Naming is what a few hundred steps teach; the random model names nothing (4 districts: guessing is 25 %).
     assert before["district/generation"] <= 25.0
     assert after["district/generation"] >= 80.0 and after["street/generation"] >= 60.0  # 5 streets: 20 %
     assert after == result["accuracy"]
+
+
+def test_a_warm_up_result_without_accuracy_is_refused_with_its_path(tmp_path):
+    assert read_warmup_result(tmp_path) is None  # a model that was not warmed up
+    (tmp_path / RESULT_FILE).write_text(json.dumps({"settings": {}, "final_loss": 0.1}))
+    with pytest.raises(ValueError, match=f"{RESULT_FILE}.*lacks accuracy"):
+        read_warmup_result(tmp_path)
