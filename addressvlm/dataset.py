@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from addressvlm import xtuner_shims  # noqa: F401
+from addressvlm.inputs import MissingInputError
 from addressvlm.records import DataError, read_llava_json
 from xtuner.dataset import LLaVADataset
 
@@ -15,9 +16,10 @@ from xtuner.dataset import LLaVADataset
 def check_llava_inputs(data_path: str, image_folder: str) -> int:
     """Validate a LLaVA JSON and that every image it names exists under ``image_folder``; return the record count."""
     if not Path(data_path).is_file():
-        raise FileNotFoundError(f"training data file not found: {data_path} (set data_root / data_path in the recipe)")
+        raise MissingInputError(f"training data file {data_path} not found: build it first (docs/data.md, docs/stage1.md) "
+                                "or set data_root / data_path in the recipe")
     if not Path(image_folder).is_dir():
-        raise FileNotFoundError(f"image folder not found: {image_folder} (set data_root / image_folder in the recipe)")
+        raise MissingInputError(f"image folder {image_folder} not found: set data_root / image_folder in the recipe")
     records = read_llava_json(data_path)
     missing = [r["image"] for r in records if "image" in r and not (Path(image_folder) / r["image"]).is_file()]
     if missing:

@@ -28,6 +28,7 @@ from addressvlm.prefix_cache import (
     generate_shared,
     sampler,
 )
+from addressvlm.precision import default_device_dtype
 from addressvlm.records import DataError, PREDICTION_KEYS, open_predictions, read_jsonl, read_questions, write_atomic
 
 IMAGE_TOKEN = "<image>"
@@ -67,19 +68,6 @@ def image_preprocessor(image_processor, pad_to_square: bool):
         return image_processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
 
     return preprocess
-
-
-def default_device_dtype(device: str | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
-    """CUDA in bf16 (fp16 where bf16 is missing) when there is a GPU, else CPU in fp32."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    if dtype is None:
-        if device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            dtype = torch.float32
-    return device, dtype
 
 
 # --------------------------------------------------------------------------------------------- XTuner checkpoints
@@ -133,9 +121,11 @@ def load_checked_state(model: torch.nn.Module, checkpoint: Path) -> int:
     return len(state)
 
 
-def build_recipe_model(config: str | os.PathLike, cfg_options: Sequence[str] | dict | None = None):
+def build_recipe_model(config: str | os.PathLike, cfg_options: Sequence[str] | dict | None = None,
+                       dtype: torch.dtype | None = None):
     """``(cfg, model)``: the recipe's model built as training builds it, ``cfg_options`` merged (e.g.
-    ``runtime.model_root_options``), without a previous stage (a checkpoint will replace every trained tensor)."""
+    ``runtime.model_root_options``), without a previous stage (a checkpoint will replace every trained tensor); frozen
+    weights load in ``dtype`` (default: the dtype answering uses on this machine, ``precision.default_device_dtype``)."""
     from mmengine.config import Config
 
     from addressvlm import xtuner_shims  # noqa: F401
@@ -143,6 +133,8 @@ def build_recipe_model(config: str | os.PathLike, cfg_options: Sequence[str] | d
 
     cfg = Config.fromfile(str(config))
     cfg.merge_from_dict(parse_cfg_options(cfg_options))
+    if "torch_dtype" in cfg.model:
+        cfg.model.torch_dtype = str(dtype or default_device_dtype()[1]).removeprefix("torch.")
     if "init_from_work_dir" in cfg.model:
         cfg.model.init_from_work_dir = None
     return cfg, BUILDER.build(cfg.model)
@@ -154,7 +146,7 @@ def load_xtuner_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
     """The recipe's model (``build_recipe_model``) with ``checkpoint`` (file, DeepSpeed folder or work_dir) loaded
     and every tensor checked, wrapped for answering with the recipe's chat template and image preprocessing."""
     checkpoint = resolve_checkpoint(checkpoint)
-    cfg, model = build_recipe_model(config, cfg_options)
+    cfg, model = build_recipe_model(config, cfg_options, default_device_dtype(device, dtype)[1])
     load_checked_state(model, checkpoint)
     if not hasattr(model, "projector") and hasattr(model, "answer"):
         device, _ = default_device_dtype(device, dtype)

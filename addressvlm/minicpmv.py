@@ -26,7 +26,10 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from addressvlm import xtuner_shims  # noqa: F401
+from addressvlm.inputs import require_model_folder
 from addressvlm.minicpmv_dataset import ImageSettings, check_marker_tokens, encode_question
+from addressvlm.precision import load_dtype, upcast_trainable
+from addressvlm.remote_code import hub_code_names
 from addressvlm.stage_chain import StageChainError, load_chained_tensors
 from xtuner.model.utils import find_all_linear_names
 from xtuner.registry import BUILDER
@@ -35,13 +38,6 @@ from xtuner.registry import BUILDER
 def is_trained_minicpmv_tensor(key: str) -> bool:
     """LoRA adapters and the resampler: what a MiniCPM-V stage trains and saves."""
     return "lora_" in key or key.startswith("model.resampler.")
-
-
-def _dtype(value: str | torch.dtype) -> torch.dtype:
-    dtype = getattr(torch, value) if isinstance(value, str) else value
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"torch_dtype {value!r} is not a torch dtype name (float32, bfloat16, float16)")
-    return dtype
 
 
 class AddressMiniCPMV(BaseModel):
@@ -67,19 +63,19 @@ class AddressMiniCPMV(BaseModel):
                 "pretrained_pth loads with strict=False and ignores mismatches; use init_from_work_dir "
                 "(the previous stage's work_dir) so every LoRA and resampler tensor is checked")
         super().__init__()
-        if not Path(model_path).is_dir():
-            raise FileNotFoundError(f"MiniCPM-V folder {model_path} not found: download openbmb/MiniCPM-V-2_6 "
-                                    "(see the recipe's header)")
+        require_model_folder(model_path, "openbmb/MiniCPM-V-2_6")
         self.model_path = str(model_path)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True,
-                                               torch_dtype=_dtype(torch_dtype), **extra)
+        with hub_code_names():
+            self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True,
+                                                   torch_dtype=load_dtype(torch_dtype), **extra)
         self.model.requires_grad_(False)
         if llm_lora is not None:
             self._inject_lora(self.model.llm, llm_lora)
         if visual_encoder_lora is not None:
             self._inject_lora(self.model.vpm, visual_encoder_lora)
         self.model.resampler.requires_grad_(True)
+        upcast_trainable(self.model)
         if gradient_checkpointing:
             # Non-reentrant: the frozen embeddings' outputs need not require grad for the LoRA grads to flow.
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -18,13 +18,25 @@ from pathlib import Path
 
 from mmengine import print_log
 
+from peft import get_peft_model
+
 from addressvlm import xtuner_shims  # noqa: F401  (applies the CPU shims before XTuner runs)
+from addressvlm.inputs import require_model_folder
+from addressvlm.precision import load_dtype, upcast_trainable
 from addressvlm.stage_chain import StageChainError, load_chained_tensors
 from xtuner.model import LLaVAModel
 from xtuner.model.modules import ProjectorModel
+from xtuner.model.utils import find_all_linear_names
 
 
-def _is_chained_tensor(key: str) -> bool:
+def vision_layers_used(num_layers: int, select_layer: int) -> int:
+    """How many encoder layers (from the first) compute ``hidden_states[select_layer]``, whose length is
+    ``num_layers + 1`` (the embeddings, then each layer's output)."""
+    return select_layer % (num_layers + 1)
+
+
+def is_chained_llava_tensor(key: str) -> bool:
+    """LoRA adapters and the projector: what a LLaVA stage trains, saves and the next stage continues."""
     return "lora_" in key or key.startswith("projector.")
 
 
@@ -34,10 +46,14 @@ class AddressLLaVAModel(LLaVAModel):
     Args (beyond ``LLaVAModel``'s):
         projector_name_or_path: the trained projector folder (``<llava-phi-3-mini-xtuner>/projector``).
         init_from_work_dir: the previous stage's ``work_dir``; its final checkpoint initialises LoRA and projector.
+        torch_dtype: the dtype the frozen LLM and vision encoder load in (``addressvlm.precision``); an explicit
+            ``torch_dtype`` in the ``llm`` dict (a QLoRA recipe's compute dtype) wins for the LLM. Trained tensors
+            are fp32 whatever this is.
     """
 
-    def __init__(self, *args, projector_name_or_path: str | None = None, init_from_work_dir: str | None = None,
-                 pretrained_pth: str | None = None, **kwargs):
+    def __init__(self, llm: dict, visual_encoder: dict, *args, projector_name_or_path: str | None = None,
+                 init_from_work_dir: str | None = None, pretrained_pth: str | None = None,
+                 torch_dtype: str = "bfloat16", visual_select_layer: int = -2, **kwargs):
         if pretrained_pth is not None:
             raise StageChainError(
                 "pretrained_pth loads with strict=False and ignores mismatches; use init_from_work_dir "
@@ -46,13 +62,42 @@ class AddressLLaVAModel(LLaVAModel):
             raise StageChainError(
                 "no projector_name_or_path: a LLaVA stage must start from the trained LLaVA-Phi3-mini projector "
                 "(xtuner/llava-phi-3-mini-xtuner/projector), not a random one")
-        super().__init__(*args, **kwargs)
+        for part in (llm, visual_encoder):
+            if isinstance(part, dict):
+                require_model_folder(part.get("pretrained_model_name_or_path"), "xtuner/llava-phi-3-mini-xtuner")
+                part.setdefault("torch_dtype", load_dtype(torch_dtype))
+        # XTuner sets visual_select_layer only after it has placed the vision LoRA, which must know it.
+        self._lora_select_layer = visual_select_layer
+        super().__init__(llm, visual_encoder, *args, visual_select_layer=visual_select_layer, **kwargs)
+        upcast_trainable(self)
         if next(self.projector.parameters()).is_meta:
             # Built empty (`xtuner convert pth_to_hf`): the caller loads a checkpoint over every trained tensor.
             return
         self._load_projector(projector_name_or_path)
         if init_from_work_dir is not None:
             self.load_previous_stage(init_from_work_dir)
+
+    def _prepare_llm_for_lora(self, lora_config, use_activation_checkpointing=True):
+        """XTuner runs peft's ``prepare_model_for_kbit_training`` on every LLM, which casts all fp16/bf16 weights to
+        fp32 (8 GB more per rank for Phi-3-mini); that preparation is for quantized LLMs only."""
+        if getattr(self.llm, "is_loaded_in_4bit", False) or getattr(self.llm, "is_loaded_in_8bit", False):
+            return super()._prepare_llm_for_lora(lora_config, use_activation_checkpointing)
+        lora_config = self._parse_lora_config(lora_config)
+        if lora_config.target_modules is None:
+            lora_config.target_modules = find_all_linear_names(self.llm)
+        self.llm = get_peft_model(self.llm, lora_config)
+
+    def _prepare_visual_encoder_for_lora(self, lora_config, use_activation_checkpointing=True):
+        """LoRA only in the vision layers whose output reaches the LLM: with ``visual_select_layer=-2`` CLIP's last
+        layer never gets a gradient, and an adapter there would be dead weight (and stop a plain DDP run on unused
+        parameters)."""
+        lora_config = self._parse_lora_config(lora_config)
+        if lora_config.target_modules is None and lora_config.layers_to_transform is None:
+            lora_config.target_modules = find_all_linear_names(self.visual_encoder)
+            lora_config.layers_to_transform = list(range(vision_layers_used(
+                self.visual_encoder.config.num_hidden_layers, self._lora_select_layer)))
+            lora_config.layers_pattern = "layers"
+        self.visual_encoder = get_peft_model(self.visual_encoder, lora_config)
 
     def _load_projector(self, path: str) -> None:
         if not Path(path).is_dir():
@@ -67,4 +112,4 @@ class AddressLLaVAModel(LLaVAModel):
         print_log(f"Loaded the trained projector from {path}", "current")
 
     def load_previous_stage(self, work_dir: str) -> Path:
-        return load_chained_tensors(self, work_dir, _is_chained_tensor)
+        return load_chained_tensors(self, work_dir, is_chained_llava_tensor)

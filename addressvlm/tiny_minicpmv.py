@@ -1,38 +1,19 @@
-"""A tiny stand-in for ``openbmb/MiniCPM-V-2_6`` whose code, like the real one's, is *remote code* in the model folder.
-
-The real model's Python lives on the Hugging Face hub (``modeling_minicpmv.py``, ``resampler.py``,
-``modeling_navit_siglip.py``, ``image_processing_minicpmv.py``, ...) and cannot be fetched here. This module is written
-into a model folder as its ``modeling_minicpmv.py`` (``write_tiny_minicpmv``), with a ``config.json`` whose ``auto_map``
-names it, so ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` takes the same road it takes for the real
-model. It follows the part of the real model's interface that ``addressvlm.minicpmv`` uses:
-
-- ``model.llm``: a ``Qwen2ForCausalLM`` built from the top-level config (a ``Qwen2Config`` subclass), as in the release;
-- ``model.vpm``: a SigLIP vision transformer (transformers' ``SiglipVisionTransformer``, the module ``SiglipVisionModel``
-  wraps, so parameter names read ``vpm.encoder.layers.N.self_attn.q_proj`` like the release's);
-- ``model.resampler``: learned queries cross-attending to the vision features (``query``, ``kv_proj``, ``attn``,
-  ``ln_q``, ``ln_kv``, ``ln_post``, ``proj``, 2-D sin-cos key positions for each image's patch grid);
-- ``get_vllm_embedding(data)`` / ``forward(data, **kwargs)`` / ``generate(input_ids, pixel_values, tgt_sizes,
-  image_bound, attention_mask, tokenizer, decode_text, **kwargs)`` with the release's batch layout: ``pixel_values`` a
-  list (per sample) of lists of ``[3, patch, L * patch]`` tensors (images cut into patches and laid side by side),
-  ``tgt_sizes`` the patch grid of each, ``image_bound`` the ``[start, end)`` token spans the resampled features replace.
-
-What it does not reproduce (docs/minicpmv.md): the NaViT SigLIP (one padded batch with a patch attention mask and
-bucketed positions; here each image runs alone with interpolated positions), the exact resampler, the hub processor
-and ``chat()`` (the wrapper builds prompts itself and calls ``generate``), streaming, and the 7B memory/bf16 behaviour.
-This file must stay importable on its own (torch and transformers only): it is copied into model folders.
-"""
+"""Write a tiny stand-in folder for ``openbmb/MiniCPM-V-2_6``: its remote code (``addressvlm/minicpmv_standin/``),
+a config whose ``auto_map`` names it, random weights, a Qwen2-style tokenizer and the processor settings."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Iterable
 
 import torch
-from torch import nn
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2PreTrainedModel, SiglipVisionConfig
-from transformers.models.siglip.modeling_siglip import SiglipVisionTransformer
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+from addressvlm.remote_code import hub_code_names
+
+STANDIN_DIR = Path(__file__).resolve().parent / "minicpmv_standin"
+REMOTE_CODE_FILES = ("configuration_minicpm.py", "modeling_minicpmv.py", "resampler.py")
 
 # MiniCPM-V 2.6's token strings: the chat tokens of Qwen2, and the image/slice markers its processor writes.
 CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
@@ -49,159 +30,6 @@ QWEN2_CHAT_TEMPLATE = (
 )
 
 
-class MiniCPMVConfig(Qwen2Config):
-    model_type = "minicpmv"
-
-    def __init__(self, vision_config=None, query_num=64, patch_size=14, image_size=448, slice_config=None, **kwargs):
-        if isinstance(vision_config, SiglipVisionConfig):
-            vision_config = vision_config.to_dict()
-        # The release drops SigLIP's pooling head: the resampler reads every patch.
-        self.vision_config = SiglipVisionConfig(**{"vision_use_head": False, **(vision_config or {})})
-        self.query_num = query_num
-        self.patch_size = patch_size
-        self.image_size = image_size
-        self.slice_config = dict(slice_config or {"patch_size": patch_size, "max_slice_nums": 9,
-                                                  "scale_resolution": image_size})
-        super().__init__(**kwargs)
-
-
-def sincos_2d(dim: int, height: int, width: int, device=None) -> torch.Tensor:
-    """``[height * width, dim]`` fixed 2-D sine-cosine positions (half the channels per axis), row-major."""
-    quarter = dim // 4
-    frequencies = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32, device=device) / quarter))
-    rows = torch.arange(height, dtype=torch.float32, device=device)[:, None] * frequencies
-    cols = torch.arange(width, dtype=torch.float32, device=device)[:, None] * frequencies
-    row_part = torch.cat([rows.sin(), rows.cos()], dim=1)[:, None, :].expand(height, width, 2 * quarter)
-    col_part = torch.cat([cols.sin(), cols.cos()], dim=1)[None, :, :].expand(height, width, 2 * quarter)
-    positions = torch.cat([row_part, col_part], dim=-1).reshape(height * width, 4 * quarter)
-    return nn.functional.pad(positions, (0, dim - 4 * quarter))
-
-
-class Resampler(nn.Module):
-    """``num_queries`` learned queries attend to one image's patch features (keys carry their 2-D positions)."""
-
-    def __init__(self, num_queries: int, embed_dim: int, num_heads: int, kv_dim: int):
-        super().__init__()
-        self.query = nn.Parameter(torch.randn(num_queries, embed_dim) * 0.02)
-        self.kv_proj = nn.Linear(kv_dim, embed_dim, bias=False)
-        self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
-        self.ln_q = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.ln_kv = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.ln_post = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.proj = nn.Parameter(torch.randn(embed_dim, embed_dim) * embed_dim ** -0.5)
-
-    def forward(self, features: torch.Tensor, tgt_size: torch.Tensor) -> torch.Tensor:
-        """``features`` ``[patches, kv_dim]`` of one image whose patch grid is ``tgt_size`` -> ``[queries, dim]``."""
-        keys = self.ln_kv(self.kv_proj(features))
-        height, width = (int(v) for v in tgt_size)
-        positions = sincos_2d(keys.shape[-1], height, width, keys.device).to(keys.dtype)
-        query = self.ln_q(self.query)
-        out, _ = self.attn(query[None], (keys + positions)[None], keys[None], need_weights=False)
-        return self.ln_post(out[0]) @ self.proj
-
-
-def patches_to_image(flat: torch.Tensor, tgt_size: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Undo the processor's patch layout: ``[3, p, (h*w)*p]`` (patches side by side, row-major) -> ``[3, h*p, w*p]``."""
-    height, width = (int(v) for v in tgt_size)
-    channels = flat.shape[0]
-    grid = flat.reshape(channels, patch_size, height, width, patch_size)  # c, row-in-patch, gy, gx, col-in-patch
-    return grid.permute(0, 2, 1, 3, 4).reshape(channels, height * patch_size, width * patch_size)
-
-
-class MiniCPMVPreTrainedModel(Qwen2PreTrainedModel):
-    config_class = MiniCPMVConfig
-
-
-class MiniCPMV(MiniCPMVPreTrainedModel):
-    def __init__(self, config: MiniCPMVConfig):
-        super().__init__(config)
-        self.llm = Qwen2ForCausalLM(config)
-        self.vpm = SiglipVisionTransformer(config.vision_config)
-        self.embed_dim = config.hidden_size
-        self.resampler = Resampler(config.query_num, self.embed_dim, max(1, self.embed_dim // 128),
-                                   config.vision_config.hidden_size)
-        self.terminators = ["<|im_end|>", "<|endoftext|>"]
-        self.post_init()
-
-    def get_input_embeddings(self):
-        return self.llm.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.llm.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.llm.lm_head
-
-    def _encode_images(self, flats: list[torch.Tensor], tgt_sizes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Resampled features of each image; images of one patch grid go through SigLIP as one batch."""
-        dtype = self.vpm.embeddings.patch_embedding.weight.dtype
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, size in enumerate(tgt_sizes):
-            by_size.setdefault(tuple(int(v) for v in size), []).append(i)
-        encoded: list[torch.Tensor] = [None] * len(flats)
-        for indices in by_size.values():
-            images = torch.stack([patches_to_image(flats[i], tgt_sizes[i], self.config.patch_size) for i in indices])
-            features = self.vpm(images.to(dtype), interpolate_pos_encoding=True).last_hidden_state
-            for i, feature in zip(indices, features):
-                encoded[i] = self.resampler(feature, tgt_sizes[i])
-        return encoded
-
-    def get_vllm_embedding(self, data: dict) -> tuple[torch.Tensor, list]:
-        """Token embeddings with each sample's image spans (``image_bound``) replaced by its resampled images."""
-        embeddings = self.llm.model.embed_tokens(data["input_ids"])
-        if "vision_hidden_states" in data:
-            vision_hidden_states = data["vision_hidden_states"]
-        else:
-            counts = [len(images) for images in data["pixel_values"]]
-            encoded = self._encode_images([flat for images in data["pixel_values"] for flat in images],
-                                          [size for sizes in data["tgt_sizes"] for size in sizes])
-            vision_hidden_states, start = [], 0
-            for count in counts:
-                vision_hidden_states.append(torch.stack(encoded[start:start + count]) if count else [])
-                start += count
-        rows = []
-        for row, states, bounds in zip(embeddings, vision_hidden_states, data["image_bound"]):
-            if len(bounds) and len(states):
-                index = torch.cat([torch.arange(int(s), int(e), device=row.device) for s, e in bounds])
-                flat_states = states.reshape(-1, states.shape[-1]).to(row.dtype)
-                if flat_states.shape[0] != index.numel():
-                    raise ValueError(f"{index.numel()} image placeholder tokens but {flat_states.shape[0]} image "
-                                     "features: prompt and images disagree")
-                row = row.index_copy(0, index, flat_states)
-            rows.append(row)
-        return torch.stack(rows), vision_hidden_states
-
-    def forward(self, data: dict, **kwargs):
-        embeddings, _ = self.get_vllm_embedding(data)
-        return self.llm(input_ids=None, position_ids=data["position_ids"].long(), inputs_embeds=embeddings, **kwargs)
-
-    @torch.inference_mode()
-    def generate(self, input_ids=None, pixel_values=None, tgt_sizes=None, image_bound=None, attention_mask=None,
-                 tokenizer=None, vision_hidden_states=None, decode_text=False, **kwargs):
-        if len(input_ids) != len(pixel_values):
-            raise ValueError("one list of images per prompt")
-        model_inputs = {"input_ids": input_ids, "image_bound": image_bound}
-        if vision_hidden_states is None:
-            model_inputs.update(pixel_values=pixel_values, tgt_sizes=tgt_sizes)
-        else:
-            model_inputs["vision_hidden_states"] = vision_hidden_states
-        embeddings, _ = self.get_vllm_embedding(model_inputs)
-        terminators = [tokenizer.convert_tokens_to_ids(t) for t in self.terminators]
-        output = self.llm.generate(inputs_embeds=embeddings, attention_mask=attention_mask, pad_token_id=0,
-                                   eos_token_id=terminators, **kwargs)
-        if not decode_text:
-            return output
-        texts = []
-        for ids in output:
-            ids = [i for i in ids.tolist() if i != 0]
-            while ids and ids[-1] in terminators:
-                ids.pop()
-            texts.append(tokenizer.decode(ids).strip())
-        return texts
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Writing a stand-in folder (runs in the project, not in the copied remote code).
 
 TINY_CORPUS = [
     "The street view in the right-upper corner appears to be taken near the intersection of two streets.",
@@ -245,10 +73,13 @@ def write_tiny_minicpmv(out: str | Path, corpus: Iterable[str] = (), *, hidden: 
     tokenizer = train_qwen2_style_tokenizer([*TINY_CORPUS, *corpus], vocab)
     tokenizer.save_pretrained(out)
 
-    shutil.copyfile(__file__, out / "modeling_minicpmv.py")
-    # The release keeps its config class in its own file; here it re-exports the one in the copied model file.
-    (out / "configuration_minicpm.py").write_text("from .modeling_minicpmv import MiniCPMVConfig  # noqa: F401\n")
-    config = MiniCPMVConfig(
+    for name in REMOTE_CODE_FILES:
+        shutil.copyfile(STANDIN_DIR / name, out / name)
+    # Built from the copied files, through transformers' remote-code loader, as the release's classes are.
+    config_class = get_class_from_dynamic_module("configuration_minicpm.MiniCPMVConfig", str(out))
+    with hub_code_names():
+        model_class = get_class_from_dynamic_module("modeling_minicpmv.MiniCPMV", str(out))
+    config = config_class(
         vision_config=dict(hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
                            num_hidden_layers=vision_layers, num_attention_heads=max(1, vision_hidden // 16),
                            image_size=scale_resolution, patch_size=patch_size),
@@ -265,8 +96,8 @@ def write_tiny_minicpmv(out: str | Path, corpus: Iterable[str] = (), *, hidden: 
                   "AutoModel": "modeling_minicpmv.MiniCPMV",
                   "AutoModelForCausalLM": "modeling_minicpmv.MiniCPMV"},
     )
-    MiniCPMV(config).save_pretrained(out, safe_serialization=True)
-    # save_pretrained records this module's own dotted name; the folder must point at its local files instead.
+    model_class(config).save_pretrained(out, safe_serialization=True)
+    # save_pretrained records the loader's module names; the folder must point at its local files instead.
     config_path = out / "config.json"
     saved = json.loads(config_path.read_text())
     saved["auto_map"] = config.auto_map

@@ -49,6 +49,9 @@ llm_name_or_path = llava_root
 visual_encoder_name_or_path = llava_root + "/visual_encoder"
 projector_name_or_path = llava_root + "/projector"
 init_from_work_dir = None  # stage 1 starts from the release itself
+# Frozen LLM and CLIP load in bf16 (fp16 on a GPU without bf16; fp32 on CPU through addressvlm.runtime); the trained
+# tensors (LoRA, projector) are kept in fp32 by the model whatever this is (addressvlm/precision.py).
+torch_dtype = "bfloat16"
 
 # Data: the city root holds locations.csv and images; stage-1 JSON paths are relative to it.
 data_root = "./data/pitts/"
@@ -104,6 +107,7 @@ model = dict(
     freeze_visual_encoder=True,
     projector_name_or_path=projector_name_or_path,
     init_from_work_dir=init_from_work_dir,
+    torch_dtype=torch_dtype,
     llm=dict(
         type=AutoModelForCausalLM.from_pretrained,
         pretrained_model_name_or_path=llm_name_or_path,
@@ -121,6 +125,8 @@ model = dict(
         bias="none",
         task_type="CAUSAL_LM",
     ),
+    # No target_modules: every linear layer of the CLIP layers whose output reaches the LLM (not the last one, since
+    # the LLM reads hidden_states[-2]; addressvlm.model places it).
     visual_encoder_lora=dict(
         type=LoraConfig,
         r=lora_rank,
@@ -167,7 +173,7 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts,
     loss_scale="dynamic",
-    dtype="float16",
+    dtype=torch_dtype,  # AMP computes in the frozen weights' dtype (V100: model.torch_dtype=float16 and this)
 )
 
 param_scheduler = [

@@ -9,14 +9,15 @@ from transformers import BitsAndBytesConfig
 with read_base():
     from .stage1_pitts import *  # noqa: F401,F403
 
+# The unquantized parts load in the parent's torch_dtype (bf16), which the 4-bit matmuls compute in too; peft's
+# k-bit preparation then keeps embeddings, lm_head and norms in fp32 (counted in tools/estimate_memory.py).
 model.llm.update(
-    torch_dtype=torch.float16,
     quantization_config=dict(
         type=BitsAndBytesConfig,
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float16,
+        bnb_4bit_compute_dtype=torch.bfloat16,
         llm_int8_skip_modules=["lm_head"],
     ),
 )

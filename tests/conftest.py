@@ -24,6 +24,15 @@ def tiny_llava(tmp_path_factory) -> Path:
                            corpus=[f"The colour is {c}." for c in COLOURS])
 
 
+@pytest.fixture(scope="session")
+def tiny_minicpmv(tmp_path_factory) -> Path:
+    """A tiny random model in the layout of openbmb/MiniCPM-V-2_6, its code loaded as remote code."""
+    from addressvlm.tiny_minicpmv import write_tiny_minicpmv
+
+    return write_tiny_minicpmv(tmp_path_factory.mktemp("models") / "MiniCPM-V-2_6",
+                               corpus=[f"The colour is {c}." for c in COLOURS])
+
+
 def write_colour_city(root: Path, n_images: int = 16) -> Path:
     """A city root whose stage-1 and stage-2 JSONs ask the colour of plain images: learnable in a few steps."""
     names = list(COLOURS)

@@ -1,7 +1,6 @@
 """MiniCPM-V 2.6 recipes, dataset adapter and model wrapper, on a tiny stand-in loaded as remote code."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,14 +12,6 @@ from conftest import COLOURS, REPO, write_colour_city
 
 RECIPES = REPO / "recipes" / "minicpmv26"
 QUESTION = "<image>\nWhat colour is this image?"
-
-
-@pytest.fixture(scope="module")
-def tiny_minicpmv(tmp_path_factory) -> Path:
-    from addressvlm.tiny_minicpmv import write_tiny_minicpmv
-
-    return write_tiny_minicpmv(tmp_path_factory.mktemp("models") / "MiniCPM-V-2_6",
-                               corpus=[f"The colour is {c}." for c in COLOURS])
 
 
 def small_lora(rank: int = 4):
@@ -95,7 +86,10 @@ def test_example_has_placeholders_bounds_and_answer_labels(tiny_minicpmv):
     from transformers import AutoTokenizer
 
     from addressvlm.minicpmv_dataset import IGNORE_INDEX, ImageSettings, encode_record, minicpmv_collate_fn
-    from addressvlm.tiny_minicpmv import patches_to_image
+    from addressvlm.remote_code import hub_code_names
+
+    with hub_code_names():
+        from addressvlm.minicpmv_standin.modeling_minicpmv import patches_to_image
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_minicpmv, trust_remote_code=True)
     settings = ImageSettings.from_model_dir(tiny_minicpmv)

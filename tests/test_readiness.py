@@ -1,0 +1,133 @@
+"""First contact with the real releases: dtypes, adapters that get gradients, hub code that imports, clear errors."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from addressvlm.infer import parse_cfg_options
+from addressvlm.preflight import PreflightError, run_preflight
+from addressvlm.precision import dtype_census
+from addressvlm.runtime import local_run_options, model_root_options
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.py") if "helsinki" not in p.name)
+LLAVA = str(REPO / "recipes" / "stage1_pitts.py")
+MINICPMV = str(REPO / "recipes" / "minicpmv26" / "stage1_pitts.py")
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def build(recipe: str, options: list[str]):
+    from xtuner.registry import BUILDER
+
+    cfg = Config.fromfile(recipe)
+    cfg.merge_from_dict(parse_cfg_options(options))
+    return BUILDER.build(cfg.model)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_every_recipe_states_the_dtype_it_loads_and_computes_in(path):
+    cfg = Config.fromfile(str(path))
+    assert cfg.model.torch_dtype == "bfloat16"
+    assert cfg.optim_wrapper.dtype == cfg.model.torch_dtype  # AMP computes in the frozen weights' dtype
+    assert "model.torch_dtype=float32" in local_run_options(str(path))  # the one CPU switch
+
+
+def test_llava_frozen_weights_half_trained_tensors_fp32(tiny_llava):
+    on_gpu = build(LLAVA, model_root_options(Config.fromfile(LLAVA), str(tiny_llava)))
+    census = dtype_census(on_gpu)
+    # No fp32 frozen weight (peft's k-bit preparation used to upcast every one), and no half trained tensor.
+    assert set(census["frozen"]) == {"bfloat16"}
+    assert set(census["trainable"]) == {"float32"}
+    assert {n for n, p in on_gpu.named_parameters() if p.requires_grad and "projector" in n}  # projector trained
+    on_cpu = build(LLAVA, local_run_options(LLAVA, str(tiny_llava)))
+    assert set(dtype_census(on_cpu)["frozen"]) == {"float32"}
+
+
+def test_minicpmv_frozen_weights_half_trained_tensors_fp32(tiny_minicpmv):
+    census = dtype_census(build(MINICPMV, model_root_options(Config.fromfile(MINICPMV), str(tiny_minicpmv))))
+    assert set(census["frozen"]) == {"bfloat16"} and set(census["trainable"]) == {"float32"}
+
+
+def test_vision_lora_stops_at_the_layer_the_llm_reads(tiny_llava):
+    model = build(LLAVA, local_run_options(LLAVA, str(tiny_llava)))
+    layers = model.visual_encoder.config.num_hidden_layers
+    with_lora = {int(n.split(".layers.")[1].split(".")[0]) for n, _ in model.visual_encoder.named_parameters()
+                 if "lora_" in n}
+    assert with_lora == set(range(layers - 1))  # hidden_states[-2]: the last layer's output is never read
+
+
+def test_preflight_passes_in_mixed_precision_on_both_backbones(tiny_llava, tiny_minicpmv):
+    # bf16 frozen weights, fp32 trained tensors, bf16 autocast: the GPU recipes' layout, run on the CPU.
+    for recipe, weights in ((LLAVA, tiny_llava), (MINICPMV, tiny_minicpmv)):
+        figures = run_preflight(recipe, str(weights), steps=2, cfg_options=["model.torch_dtype=bfloat16"],
+                                report=quiet)
+        assert set(figures["dtypes"]["frozen"]) == {"bfloat16"}
+        assert set(figures["dtypes"]["trainable"]) == {"float32"}
+        assert len(figures["losses"]) == 2 and all(torch.isfinite(torch.tensor(figures["losses"])))
+        assert figures["trainable_params"] > 0 and figures["frozen_params"] > 0
+
+
+def test_preflight_names_dead_adapters(tiny_llava):
+    every_layer = ["model.visual_encoder_lora.target_modules=[q_proj,k_proj,v_proj,out_proj,fc1,fc2]"]
+    with pytest.raises(PreflightError, match="get no gradient.*layers\\.1\\."):
+        run_preflight(LLAVA, str(tiny_llava), cfg_options=every_layer, report=quiet)
+
+
+def test_preflight_names_missing_lora_targets(tiny_llava):
+    with pytest.raises(PreflightError, match="a LoRA target does not exist.*nope_proj"):
+        run_preflight(LLAVA, str(tiny_llava), cfg_options=["model.llm_lora.target_modules=[nope_proj]"], report=quiet)
+
+
+def test_preflight_names_a_missing_projector(tiny_llava, tmp_path):
+    release = shutil.copytree(tiny_llava, tmp_path / "llava-phi-3-mini-xtuner")
+    shutil.rmtree(release / "projector")
+    with pytest.raises(PreflightError, match="projector folder .*projector not found"):
+        run_preflight(LLAVA, str(release), report=quiet)
+
+
+def test_preflight_names_remote_code_that_does_not_import(tiny_minicpmv, tmp_path):
+    release = shutil.copytree(tiny_minicpmv, tmp_path / "MiniCPM-V-2_6")
+    resampler = release / "resampler.py"
+    resampler.write_text(resampler.read_text() + "\nfrom .modeling_navit_siglip import SiglipVisionTransformer\n")
+    with pytest.raises(PreflightError, match="the model does not build.*modeling_navit_siglip"):
+        run_preflight(MINICPMV, str(release), report=quiet)
+
+
+def test_the_stand_in_meets_the_release_import_failure(tiny_minicpmv):
+    """A fresh process (the test process has the module cached): the hub code alone fails as the release does under
+    our torch, the model class loads it, and torch.nn.functional is as before afterwards."""
+    script = f"""
+import torch.nn.functional as F
+from transformers import AutoModel
+try:
+    AutoModel.from_pretrained({str(tiny_minicpmv)!r}, trust_remote_code=True)
+    print("plain load: ok")
+except NameError as error:
+    print("plain load:", error)
+from addressvlm.minicpmv import AddressMiniCPMV
+model = AddressMiniCPMV({str(tiny_minicpmv)!r}, torch_dtype="float32")
+print("wrapper:", type(model.model).__name__, "List" in dir(F))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "plain load: name 'List' is not defined" in done.stdout
+    assert "wrapper: MiniCPMV False" in done.stdout
+
+
+@pytest.mark.parametrize("recipe,folder", [(LLAVA, "./models/llava-phi-3-mini-xtuner"),
+                                           (MINICPMV, "./models/MiniCPM-V-2_6")])
+def test_training_without_weights_stops_with_one_line(recipe, folder, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "xtuner.tools.train", recipe, "--work-dir", str(tmp_path / "w")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: model folder ") and folder in last and "download" in last
