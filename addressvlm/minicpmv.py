@@ -44,7 +44,8 @@ class AddressMiniCPMV(BaseModel):
     """MiniCPM-V 2.6 for ``xtuner train``.
 
     Args:
-        model_path: the ``openbmb/MiniCPM-V-2_6`` folder (weights, remote code, tokenizer, processor config).
+        model_path: the ``openbmb/MiniCPM-V-2_6`` folder (weights, remote code, tokenizer, processor config), or a
+            model already built (``tools/estimate_memory.py`` builds the release's shapes on the meta device).
         llm_lora, visual_encoder_lora: ``LoraConfig`` (or config dicts); ``target_modules=None`` means every linear
             layer of that part (``lm_head`` excepted).
         torch_dtype: the dtype the weights load in (``"bfloat16"`` on GPUs, ``"float32"`` on CPU).
@@ -54,7 +55,7 @@ class AddressMiniCPMV(BaseModel):
         init_from_work_dir: the previous stage's ``work_dir``; its final checkpoint initialises LoRA and resampler.
     """
 
-    def __init__(self, model_path: str, llm_lora=None, visual_encoder_lora=None, torch_dtype="bfloat16",
+    def __init__(self, model_path: str | nn.Module, llm_lora=None, visual_encoder_lora=None, torch_dtype="bfloat16",
                  attn_implementation: str | None = None, max_slice_nums: int | None = None,
                  gradient_checkpointing: bool = True, init_from_work_dir: str | None = None,
                  pretrained_pth: str | None = None):
@@ -63,12 +64,15 @@ class AddressMiniCPMV(BaseModel):
                 "pretrained_pth loads with strict=False and ignores mismatches; use init_from_work_dir "
                 "(the previous stage's work_dir) so every LoRA and resampler tensor is checked")
         super().__init__()
-        require_model_folder(model_path, "openbmb/MiniCPM-V-2_6")
-        self.model_path = str(model_path)
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        with hub_code_names():
-            self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True,
-                                                   torch_dtype=load_dtype(torch_dtype), **extra)
+        if isinstance(model_path, nn.Module):
+            self.model_path, self.model = None, model_path
+        else:
+            require_model_folder(model_path, "openbmb/MiniCPM-V-2_6")
+            self.model_path = str(model_path)
+            extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            with hub_code_names():
+                self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True,
+                                                       torch_dtype=load_dtype(torch_dtype), **extra)
         self.model.requires_grad_(False)
         if llm_lora is not None:
             self._inject_lora(self.model.llm, llm_lora)
@@ -79,7 +83,7 @@ class AddressMiniCPMV(BaseModel):
         if gradient_checkpointing:
             # Non-reentrant: the frozen embeddings' outputs need not require grad for the LoRA grads to flow.
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.image_settings = ImageSettings.from_model_dir(self.model_path, max_slice_nums)
+        self.image_settings = ImageSettings.from_model_dir(self.model_path, max_slice_nums) if self.model_path else None
         self._tokenizer = None
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())

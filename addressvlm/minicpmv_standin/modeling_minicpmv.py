@@ -48,6 +48,8 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         super().__init__(config)
         self.llm = Qwen2ForCausalLM(config)
         self.vpm = SiglipVisionTransformer(config.vision_config)
+        if config.drop_vision_last_layer:  # as the release: the resampler reads the next-to-last layer's output
+            self.vpm.encoder.layers = self.vpm.encoder.layers[:-1]
         self.embed_dim = config.hidden_size
         self.resampler = Resampler(config.query_num, self.embed_dim, max(1, self.embed_dim // 128),
                                    config.vision_config.hidden_size)
