@@ -1,0 +1,46 @@
+"""Training and answering tokenize alike with the real Phi-3 tokenizer (SentencePiece), not only the test one."""
+import pytest
+from mmengine.config import Config
+
+from addressvlm.token_check import SHIPPED_PHI3_TOKENIZER, check_records, load_tokenizer
+from conftest import REPO
+
+TEMPLATE = Config.fromfile(str(REPO / "recipes" / "stage1_pitts.py")).train_dataloader.dataset.template_map_fn.template
+RECORDS = [
+    {"id": "stage1/0", "image": "x.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nThe street view in the upper-right corner was taken in this satellite "
+                                   "image. Where was it taken, and why?"},
+        {"from": "gpt", "value": "The street view was taken on Forbes Avenue near South Bouquet Street in Oakland: "
+                                 "the map's road labelled Forbes Avenue runs east-west, like the one in the photo."}]},
+    {"id": "stage2/0", "image": "y.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nTell me the district where this image was captured."},
+        {"from": "gpt", "value": "Kamppi"},
+        {"from": "human", "value": "Is this image taken on Annankatu, Yes or No?"},
+        {"from": "gpt", "value": "Yes"},
+        {"from": "human", "value": "Which street? (A) Annankatu (B) Bulevardi (C) Eerikinkatu (D) Fredrikinkatu"},
+        {"from": "gpt", "value": "A"}]},
+]
+
+
+@pytest.fixture(scope="module")
+def phi3():
+    return load_tokenizer(SHIPPED_PHI3_TOKENIZER)
+
+
+def test_the_shipped_tokenizer_is_phi3s(phi3):
+    assert len(phi3) == 32064
+    assert phi3.encode("Hello world", add_special_tokens=False) == [15043, 3186]  # Llama-2 / Phi-3 reference
+    assert [phi3.convert_tokens_to_ids(t) for t in ("<|user|>", "<|end|>", "<|assistant|>", "<|system|>")] == \
+        [32010, 32007, 32001, 32006]
+
+
+def test_answering_prompts_and_labels_match_training(phi3):
+    report = check_records(RECORDS, phi3, TEMPLATE, max_length=1472, image_tokens=576)
+    assert report.records == 2
+    assert report.prompt_mismatches == [] and report.label_mismatches == [] and report.over_max_length == []
+    assert 576 < report.longest[0] < 700 and report.longest[1] == "stage2/0"  # three rounds
+
+
+def test_records_past_max_length_are_reported(phi3):
+    report = check_records(RECORDS, phi3, TEMPLATE, max_length=20, image_tokens=576)
+    assert report.over_max_length == ["stage1/0", "stage2/0"]
