@@ -14,7 +14,7 @@ from addressvlm.precision import dtype_census
 from addressvlm.runtime import local_run_options, model_root_options
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.py") if "helsinki" not in p.name)
+RECIPES = sorted((REPO / "recipes").rglob("*.py"))
 LLAVA = str(REPO / "recipes" / "stage1_pitts.py")
 MINICPMV = str(REPO / "recipes" / "minicpmv26" / "stage1_pitts.py")
 
@@ -131,3 +131,13 @@ def test_training_without_weights_stops_with_one_line(recipe, folder, tmp_path):
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model folder ") and folder in last and "download" in last
+
+
+def test_training_without_data_stops_with_one_line(tiny_llava, tmp_path):
+    options = local_run_options(LLAVA, str(tiny_llava))  # weights there; ./data/pitts/stage1/train.json is not
+    done = subprocess.run([sys.executable, "-m", "xtuner.tools.train", LLAVA, "--work-dir", str(tmp_path / "w"),
+                           "--cfg-options", *options], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training data file ./data/pitts/stage1/train.json not found")
