@@ -153,15 +153,19 @@ def extract_address(prediction: str) -> tuple[str, ...]:
 def is_correct(question: Mapping, extracted) -> bool:
     """Whether an extracted answer (from the extractor ``extract_answer`` picks) matches the question's truth.
 
-    An address question is right when one part of the reply is the street and another part the district,
-    in either order; extra parts (a city, a country) are allowed.
+    An address question is right when one run of consecutive parts of the reply is the street and another,
+    not overlapping it, the district, in either order; extra parts (a city, a country) are allowed. Runs rather than
+    single parts, so a name that holds the separator itself ("Main Street, North") is still found whole.
     """
     if extracted is None:
         return False
     if question["level"] == "address" and question["qtype"] == "generation":
         street, district = normalize_name(question["street"]), normalize_name(question["district"])
-        return any(part == street and any(other == district for j, other in enumerate(extracted) if j != i)
-                   for i, part in enumerate(extracted))
+        runs = [(i, j, ", ".join(extracted[i:j])) for i in range(len(extracted))
+                for j in range(i + 1, len(extracted) + 1)]
+        return any(text == street and any(other == district and (end <= k or stop <= start)
+                                          for k, stop, other in runs)
+                   for start, end, text in runs)
     if question["qtype"] == "generation":
         return extracted == normalize_name(question["answer"])
     return extracted == question["answer"]
