@@ -25,6 +25,7 @@ test: install
 demo: install
 	$(PY) tools/run_demo.py --out demo_output
 
-# `make demo` keeps finished steps; this removes all of them (city, models, training runs, answers, report).
+# `make demo` keeps finished steps; this removes all of them (city, models, training runs, answers, report), and
+# nothing else: the demo trains under work_dirs/demo_helsinki, apart from the real runs' work_dirs/llava_phi3_mini.
 clean-demo:
-	rm -rf demo_output data/helsinki work_dirs/llava_phi3_mini
+	rm -rf demo_output data/helsinki work_dirs/demo_helsinki

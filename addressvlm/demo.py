@@ -297,7 +297,7 @@ def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spread
 
 
 def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki",
-             work: str | Path = "work_dirs/llava_phi3_mini", settings: DemoSettings = DemoSettings()) -> Path:
+             work: str | Path = "work_dirs/demo_helsinki", settings: DemoSettings = DemoSettings()) -> Path:
     paths = Paths(Path(out), Path(city), Path(work))
     steps = Steps(13)
     s = settings

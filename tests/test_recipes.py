@@ -126,3 +126,18 @@ def test_single_gpu_qlora_variant_keeps_table_a1s_effective_batch(stage):
     assert cfg.model.llm.quantization_config.load_in_4bit
     assert cfg.model.llm_lora == reference.model.llm_lora
     assert cfg.model.init_from_work_dir == (None if stage == 1 else "./work_dirs/llava_phi3_mini/stage1_pitts_qlora")
+
+
+def test_clean_demo_removes_only_what_the_demo_made():
+    import inspect
+    import subprocess
+
+    from addressvlm.demo import run_demo
+
+    dry = subprocess.run(["make", "-n", "clean-demo"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    removed = [Path(p) for line in dry.splitlines() if line.startswith("rm -rf") for p in line.split()[2:]]
+    demo_work = Path(inspect.signature(run_demo).parameters["work"].default)
+    assert any(demo_work == p or p in demo_work.parents for p in removed)
+    for path in RECIPES:
+        work_dir = Path(Config.fromfile(str(path)).work_dir).relative_to(".")
+        assert not any(work_dir == p or p in work_dir.parents for p in removed), f"clean-demo deletes {work_dir}"
