@@ -62,6 +62,8 @@ class Location:
     heading: float | None = None
     cross_street: str = ""
     split: str = ""
+    # Columns of the user's own (notes, source ids, ...), in their order: kept through every read and rewrite.
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 def _check_location(row: Location, path, line: int) -> None:
@@ -92,6 +94,8 @@ def read_locations(path: str | os.PathLike) -> list[Location]:
         missing = [c for c in LOCATION_COLUMNS if c not in header]
         if missing:
             raise DataError(path, 1, f"missing column(s) {', '.join(missing)}; header is {', '.join(header)}")
+        known = set(LOCATION_COLUMNS) | set(LOCATION_OPTIONAL)
+        extra_columns = [c for c in header if c not in known]
         rows, seen = [], {}
         for line, raw in enumerate(reader, start=2):
             try:
@@ -106,6 +110,7 @@ def read_locations(path: str | os.PathLike) -> list[Location]:
                     heading=float(heading) if heading.strip() else None,
                     cross_street=" ".join((raw.get("cross_street") or "").split()),
                     split=(raw.get("split") or "").strip(),
+                    extra=tuple((c, raw.get(c) or "") for c in extra_columns),
                 )
             except (TypeError, ValueError) as exc:
                 raise DataError(path, line, f"bad value: {exc}") from None
@@ -120,23 +125,26 @@ def read_locations(path: str | os.PathLike) -> list[Location]:
 
 
 def write_locations(path: str | os.PathLike, rows: Iterable[Location]) -> None:
-    """Write ``locations.csv`` (validated, written atomically). Optional columns appear only when used."""
+    """Write ``locations.csv`` (validated, written atomically). Optional columns appear only when used; the user's
+    own columns (``Location.extra``) follow, in their order."""
     rows = list(rows)
     for i, row in enumerate(rows, start=2):
         _check_location(row, path, i)
     used_optional = [c for c in LOCATION_OPTIONAL if any(getattr(r, c) not in (None, "") for r in rows)]
+    extra_columns = list(dict.fromkeys(name for row in rows for name, _ in row.extra))
     columns = list(LOCATION_COLUMNS) + used_optional
     import io
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
+    writer.writerow(columns + extra_columns)
     for row in rows:
         values = []
         for c in columns:
             v = getattr(row, c)
             values.append("" if v is None else (repr(v) if isinstance(v, float) else v))
-        writer.writerow(values)
+        own = dict(row.extra)
+        writer.writerow(values + [own.get(c, "") for c in extra_columns])
     write_atomic(path, buf.getvalue())
 
 

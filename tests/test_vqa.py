@@ -340,3 +340,22 @@ def test_single_turn_writes_each_round_as_its_own_record(tmp_path):
     assert [(r["conversations"][0]["value"].removeprefix("<image>\n"), r["conversations"][1]["value"]) for r in records] == pairs
     assert all(len(r["conversations"]) == 2 and r["conversations"][0]["value"].startswith("<image>\n") for r in records)
     assert len({r["id"] for r in records}) == len(records)
+
+
+def test_pinning_splits_keeps_the_users_own_columns(tmp_path):
+    import csv
+
+    from addressvlm.vqa import pin_splits
+
+    header = ["image", "notes", "location_id", "lat", "lon", "street", "district", "source_id"]
+    lines = [header] + [[f"img/{i}.jpg", f"note {i}, with a comma", f"loc{i // 2}", "40.44", "-79.99",
+                         f"Street {i % 5}", f"District {i % 4}", f"src-{i}"] for i in range(40)]
+    table = tmp_path / "locations.csv"
+    with open(table, "w", newline="") as f:
+        csv.writer(f).writerows(lines)
+    pin_splits(table, seed=0)
+    with open(table, newline="") as f:
+        rewritten = list(csv.DictReader(f))
+    assert [c for c in rewritten[0] if c in ("notes", "source_id")] == ["notes", "source_id"]
+    assert [(r["notes"], r["source_id"]) for r in rewritten] == [(row[1], row[7]) for row in lines[1:]]
+    assert {r["split"] for r in rewritten} == {"train", "val", "test"}
