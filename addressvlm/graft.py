@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from addressvlm.records import DataError, read_jsonl, read_locations
+from addressvlm.records import DataError, path_inside_root, read_jsonl, read_locations
 
 CORNERS = ("upper_right", "upper_left", "lower_right", "lower_left")
 VARIANTS = ("grafted", "stitched", "separate")
@@ -219,6 +219,10 @@ def read_graft_manifest(path) -> list[GraftPair]:
     base = path.parent
     pairs, seen = [], {}
     for line, rec in read_jsonl(path, ("satellite", "street_view", "out")):
+        try:
+            rec["out"] = path_inside_root(rec["out"], "out")
+        except ValueError as exc:
+            raise DataError(path, line, f"{exc} (outputs go inside --out-dir)") from None
         if rec["out"] in seen:
             raise DataError(path, line, f"output {rec['out']!r} already on line {seen[rec['out']]}")
         seen[rec["out"]] = line

@@ -24,7 +24,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from addressvlm.records import DataError, Location, read_jsonl, write_locations
+from addressvlm.records import DataError, Location, path_inside_root, read_jsonl, write_locations
 
 # Canonical fields a column map may name. The first six plus heading/cross_street/split are locations.csv columns;
 # the others are inputs ingest converts.
@@ -343,9 +343,7 @@ class _RowReader:
         image = self.text(row, "image")
         if not image:
             raise ValueError("empty 'image'")
-        rel = _normalise_image(image, self.image_root, self.city_root)
-        if rel.startswith("../"):
-            raise ValueError(f"image {image!r} lies outside the city root {self.city_root}")
+        rel = path_inside_root(_normalise_image(image, self.image_root, self.city_root), "image")
         street, district = self.text(row, "street"), self.text(row, "district")
         cross = [c for c in self.text(row, "cross_street").split("&") if c.strip()]
         address_text = self.text(row, "address")

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -42,6 +42,30 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
+
+
+def path_inside_root(value: Any, what: str) -> str:
+    """A path read from data, relative to its root (the city root, a manifest's output folder), as ``a/b.jpg``.
+
+    The one rule for every such path: a non-empty string, not absolute, and never outside its root (``..`` may not
+    climb above it). Raises ``ValueError`` naming the value; readers turn that into a ``DataError`` with file and line.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty relative path, not {value!r}")
+    text = value.strip().replace("\\", "/")
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        raise ValueError(f"{what} {value!r} is absolute: give it relative to its root")
+    parts: list[str] = []
+    for part in text.split("/"):
+        if part == "..":
+            if not parts:
+                raise ValueError(f"{what} {value!r} lies outside its root")
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    if not parts:
+        raise ValueError(f"{what} {value!r} names the root itself, not a file")
+    return "/".join(parts)
 
 
 # --------------------------------------------------------------------------------------------- city table
@@ -114,6 +138,10 @@ def read_locations(path: str | os.PathLike) -> list[Location]:
                 )
             except (TypeError, ValueError) as exc:
                 raise DataError(path, line, f"bad value: {exc}") from None
+            try:
+                row = replace(row, image=path_inside_root(row.image, "image"))
+            except ValueError as exc:
+                raise DataError(path, line, str(exc)) from None
             _check_location(row, path, line)
             if row.image in seen:
                 raise DataError(path, line, f"duplicate image {row.image!r} (first on line {seen[row.image]})")

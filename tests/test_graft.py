@@ -158,3 +158,38 @@ def test_manifest_and_cli(tmp_path):
                                     str(pairs[0].street_view), "--out", str(tmp_path / "two.jpg")],
                              capture_output=True, text=True)
     assert missing.returncode != 0 and "no.png: not found" in missing.stderr
+
+
+@pytest.mark.parametrize("out", ["../../escape.jpg", "/tmp/escape.jpg", "", 5, "a/../../b.jpg", "."])
+def test_manifest_outputs_stay_inside_the_out_dir(tmp_path, out):
+    import json
+
+    from addressvlm.graft import read_graft_manifest
+    from addressvlm.records import DataError
+
+    manifest = tmp_path / "manifest.jsonl"
+    rows = [{"satellite": "s.jpg", "street_view": "v.jpg", "out": "fine/ok.jpg"},
+            {"satellite": "s.jpg", "street_view": "v.jpg", "out": out}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"manifest\.jsonl:2: "):
+        read_graft_manifest(manifest)
+
+
+@pytest.mark.parametrize("image", ["../victim/x.jpg", "/abs/x.jpg", "images/../../x.jpg"])
+def test_city_table_images_stay_inside_the_city_root(tmp_path, image):
+    from addressvlm.records import DataError, read_locations
+
+    table = tmp_path / "locations.csv"
+    table.write_text("image,location_id,lat,lon,street,district\n"
+                     "images/a.jpg,l1,40.4,-79.9,Ash Street,Hill\n"
+                     f"{image},l2,40.4,-79.9,Ash Street,Hill\n")
+    with pytest.raises(DataError, match=r"locations\.csv:3: image .* (outside its root|absolute)"):
+        read_locations(table)
+
+
+def test_city_table_paths_are_normalised(tmp_path):
+    from addressvlm.records import read_locations
+
+    table = tmp_path / "locations.csv"
+    table.write_text("image,location_id,lat,lon,street,district\n./images/x/../a.jpg,l1,40.4,-79.9,Ash Street,Hill\n")
+    assert read_locations(table)[0].image == "images/a.jpg"
