@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-
 _TEMPLATE = '''# AddressVLM stage {stage} on {city}: recipes/stage{stage}_{base}.py with the city root {data_root}.
 # Commands: those of recipes/stage{stage}_{base}.py with this file; {chain}
 from mmengine.config import read_base
@@ -44,9 +42,12 @@ def city_recipe_text(city: str, stage: int, data_root: str, work_root: str = "./
                             init=init, chain=chain, work_root=work_root)
 
 
-def write_city_recipes(city: str, data_root: str, recipes_dir: str | Path = RECIPES_DIR,
+def write_city_recipes(city: str, data_root: str, recipes_dir: str | Path,
                        work_root: str = "./work_dirs/llava_phi3_mini", overwrite: bool = False) -> list[Path]:
-    """Write ``stage1_<city>.py`` and ``stage2_<city>.py`` beside the reference recipes."""
+    """Write ``stage1_<city>.py`` and ``stage2_<city>.py`` into ``recipes_dir``, beside the reference recipes (their
+    ``read_base`` imports are relative)."""
+    if not (Path(recipes_dir) / "stage1_pitts.py").is_file():
+        raise FileNotFoundError(f"{recipes_dir} has no stage1_pitts.py: give the recipes/ folder of your checkout")
     written = []
     for stage in (1, 2):
         path = Path(recipes_dir) / f"stage{stage}_{city}.py"

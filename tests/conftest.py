@@ -65,7 +65,7 @@ def city_recipes(request):
     written = []
 
     def make(city: str, data_root: Path, work_root: Path):
-        paths = write_city_recipes(city, str(data_root), work_root=str(work_root), overwrite=True)
+        paths = write_city_recipes(city, str(data_root), REPO / "recipes", work_root=str(work_root), overwrite=True)
         written.extend(paths)
         return paths
 

@@ -141,3 +141,25 @@ def test_clean_demo_removes_only_what_the_demo_made():
     for path in RECIPES:
         work_dir = Path(Config.fromfile(str(path)).work_dir).relative_to(".")
         assert not any(work_dir == p or p in work_dir.parents for p in removed), f"clean-demo deletes {work_dir}"
+
+
+def test_new_city_writes_into_the_checkout_it_is_run_from(tmp_path):
+    """A second clone's tools/new_city.py, with the package installed from this one, writes the second clone's
+    recipes/ (it used to write this clone's) and says where."""
+    import shutil
+    import subprocess
+    import sys
+
+    clone = tmp_path / "clone"
+    (clone / "tools").mkdir(parents=True)
+    shutil.copy(REPO / "tools" / "new_city.py", clone / "tools")
+    shutil.copytree(REPO / "recipes", clone / "recipes")
+    done = subprocess.run([sys.executable, "tools/new_city.py", "oslo", "--data-root", "./data/oslo"], cwd=clone,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (clone / "recipes" / "stage1_oslo.py").is_file() and (clone / "recipes" / "stage2_oslo.py").is_file()
+    assert not (REPO / "recipes" / "stage1_oslo.py").exists()
+    assert str((clone / "recipes" / "stage1_oslo.py").resolve()) in done.stdout
+    again = subprocess.run([sys.executable, "tools/new_city.py", "oslo", "--data-root", "./data/oslo"], cwd=clone,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and again.stderr.strip().startswith("error: ") and "--overwrite" in again.stderr

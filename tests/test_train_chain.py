@@ -50,7 +50,7 @@ def chain(tmp_path_factory, tiny_llava):
     root = tmp_path_factory.mktemp("chain")
     city = write_colour_city(root / "city")
     work = root / "work"
-    recipes = write_city_recipes("chaintown", str(city), work_root=str(work), overwrite=True)
+    recipes = write_city_recipes("chaintown", str(city), REPO / "recipes", work_root=str(work), overwrite=True)
     try:
         stage1 = train(str(recipes[0]), work / "stage1_chaintown", str(tiny_llava), overrides=TINY_RUN)
         stage2 = train(str(recipes[1]), work / "stage2_chaintown", str(tiny_llava), overrides=TINY_RUN)

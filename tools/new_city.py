@@ -6,8 +6,12 @@ Example:
     NPROC_PER_NODE=8 xtuner train recipes/stage1_tokyo.py --deepspeed deepspeed_zero2
 """
 import argparse
+from pathlib import Path
 
-from addressvlm.city_recipes import RECIPES_DIR, write_city_recipes
+from addressvlm.city_recipes import write_city_recipes
+
+# This checkout's recipes: the package may be installed from another clone.
+CHECKOUT_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def main() -> None:
@@ -15,11 +19,16 @@ def main() -> None:
     parser.add_argument("city", help="short lower-case name, used in file and work-dir names (e.g. tokyo)")
     parser.add_argument("--data-root", required=True, help="the city root: locations.csv, images, stage1/, vqa/")
     parser.add_argument("--work-root", default="./work_dirs/llava_phi3_mini", help="parent of the stages' work dirs")
-    parser.add_argument("--recipes-dir", default=str(RECIPES_DIR), help="where the reference recipes are")
+    parser.add_argument("--recipes-dir", default=str(CHECKOUT_RECIPES),
+                        help=f"where the reference recipes are and the new ones go (default: {CHECKOUT_RECIPES})")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
-    for path in write_city_recipes(args.city, args.data_root, args.recipes_dir, args.work_root, args.overwrite):
-        print(f"wrote {path}")
+    try:
+        written = write_city_recipes(args.city, args.data_root, args.recipes_dir, args.work_root, args.overwrite)
+    except (FileExistsError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}")
+    for path in written:
+        print(f"wrote {path.resolve()}")
 
 
 if __name__ == "__main__":
