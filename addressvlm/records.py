@@ -15,7 +15,9 @@ import csv
 import json
 import math
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -66,6 +68,36 @@ def path_inside_root(value: Any, what: str) -> str:
     if not parts:
         raise ValueError(f"{what} {value!r} names the root itself, not a file")
     return "/".join(parts)
+
+
+@contextmanager
+def replaced_folder(out_dir: str | os.PathLike, owned: Iterable[str]) -> Iterator[Path]:
+    """Write a multi-file output all-or-nothing: the block writes into a staging folder beside ``out_dir``, which
+    then takes ``out_dir``'s place. A run killed before the end leaves ``out_dir`` as it was, never half old and half
+    new. ``owned`` names the files the tool writes; a folder holding anything else is refused (nothing the user put
+    there may be lost in the swap)."""
+    out_dir = Path(out_dir)
+    owned = set(owned)
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise DataError(out_dir, None, "output folder is a file")
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in owned)
+        if foreign:
+            raise DataError(out_dir, None, f"output folder holds files this tool does not write ({', '.join(foreign[:5])}"
+                                           f"): use a folder of its own")
+    staging, old = (out_dir.with_name(f".{out_dir.name}.{suffix}") for suffix in ("staging", "old"))
+    for leftover in (staging, old):  # an earlier run killed mid-way
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------- city table

@@ -17,11 +17,13 @@ from typing import Sequence
 
 from addressvlm import templates
 from addressvlm.records import (
-    DataError, Location, location_centroids, read_llava_json, read_locations, read_questions, write_atomic, write_llava_json,
-    write_locations, write_questions,
+    DataError, Location, location_centroids, read_llava_json, read_locations, read_questions, replaced_folder, write_atomic,
+    write_llava_json, write_locations, write_questions,
 )
 
 SPLITS = ("train", "val", "test")
+# The files of a VQA folder (build_vqa, merge_cities): written together, replaced together.
+VQA_FILES = ("train.json", "val.json", "test_questions.jsonl", "stats.json")
 DISTRACTOR_MODES = ("random", "nearest")
 # "shuffled": every question type opens some conversations, as every test question is asked first. "generation-first":
 # names are asked before a judgment or choice can give them away, so later turns of a level can be answered from the
@@ -340,31 +342,32 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
              "turn_order": turn_order,
              "distractors": distractors,
              "view_fraction": view_fraction, "location_fraction": location_fraction, "splits": {}}
-    for name in ("train", "val"):
-        records, counts = [], Counter()
-        for i, row in enumerate(_progress(by_split[name], f"{city} {name}", progress)):
+    with replaced_folder(out_dir, VQA_FILES) as staging:
+        for name in ("train", "val"):
+            records, counts = [], Counter()
+            for i, row in enumerate(_progress(by_split[name], f"{city} {name}", progress)):
+                try:
+                    record, kinds = training_record(row, f"{city}/{row.location_id}/{views[row.image]}", rounds,
+                                                    i * rounds, index, seed, turn_order)
+                except ValueError as exc:
+                    raise DataError(locations_csv, None, str(exc)) from None
+                records.extend(split_turns(record) if single_turn else [record])
+                counts.update(kinds)
+            write_llava_json(staging / f"{name}.json", records)
+            stats["splits"][name] = _split_stats(by_split[name], counts)
+        questions, counts = [], Counter()
+        for row in _progress(by_split["test"], f"{city} test", progress):
             try:
-                record, kinds = training_record(row, f"{city}/{row.location_id}/{views[row.image]}", rounds,
-                                                i * rounds, index, seed, turn_order)
+                qs = test_questions(row, f"{city}/{row.location_id}/{views[row.image]}", index, seed)
             except ValueError as exc:
                 raise DataError(locations_csv, None, str(exc)) from None
-            records.extend(split_turns(record) if single_turn else [record])
-            counts.update(kinds)
-        write_llava_json(out_dir / f"{name}.json", records)
-        stats["splits"][name] = _split_stats(by_split[name], counts)
-    questions, counts = [], Counter()
-    for row in _progress(by_split["test"], f"{city} test", progress):
-        try:
-            qs = test_questions(row, f"{city}/{row.location_id}/{views[row.image]}", index, seed)
-        except ValueError as exc:
-            raise DataError(locations_csv, None, str(exc)) from None
-        questions.extend(qs)
-        counts.update((q["level"], q["qtype"]) for q in qs)
-    write_questions(out_dir / "test_questions.jsonl", questions)
-    stats["splits"]["test"] = _split_stats(by_split["test"], counts)
-    stats["splits"]["test"]["judgment_answers"] = dict(sorted(Counter(
-        q["answer"] for q in questions if q["qtype"] == "judgment").items()))
-    write_atomic(out_dir / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+            questions.extend(qs)
+            counts.update((q["level"], q["qtype"]) for q in qs)
+        write_questions(staging / "test_questions.jsonl", questions)
+        stats["splits"]["test"] = _split_stats(by_split["test"], counts)
+        stats["splits"]["test"]["judgment_answers"] = dict(sorted(Counter(
+            q["answer"] for q in questions if q["qtype"] == "judgment").items()))
+        write_atomic(staging / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return stats
 
 
@@ -412,10 +415,11 @@ def merge_cities(cities: Sequence[tuple[str, str | Path]], out_dir: str | Path) 
         if duplicates:
             raise ValueError(f"{name}: {len(duplicates)} id(s) appear in two cities, e.g. {duplicates[0]!r}; "
                              "build each city with a distinct city name")
-    write_llava_json(out_dir / "train.json", merged["train"])
-    write_llava_json(out_dir / "val.json", merged["val"])
-    write_questions(out_dir / "test_questions.jsonl", merged["test"])
-    write_atomic(out_dir / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    with replaced_folder(out_dir, VQA_FILES) as staging:
+        write_llava_json(staging / "train.json", merged["train"])
+        write_llava_json(staging / "val.json", merged["val"])
+        write_questions(staging / "test_questions.jsonl", merged["test"])
+        write_atomic(staging / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return stats
 
 

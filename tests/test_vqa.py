@@ -359,3 +359,35 @@ def test_pinning_splits_keeps_the_users_own_columns(tmp_path):
     assert [c for c in rewritten[0] if c in ("notes", "source_id")] == ["notes", "source_id"]
     assert [(r["notes"], r["source_id"]) for r in rewritten] == [(row[1], row[7]) for row in lines[1:]]
     assert {r["split"] for r in rewritten} == {"train", "val", "test"}
+
+
+def test_a_run_killed_mid_way_leaves_the_old_output_whole(city, tmp_path, monkeypatch):
+    """A rerun with another seed that dies after writing train.json must not leave train.json of the new run beside
+    val.json / test_questions.jsonl of the old one (test locations of one run would be training data of the other)."""
+    import addressvlm.vqa as vqa
+
+    out = tmp_path / "vqa"
+    build_vqa(city, out, seed=0)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vqa, "write_questions", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_vqa(city, out, seed=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vqa"]  # no staging folder left behind
+    monkeypatch.undo()
+    build_vqa(city, out, seed=1)
+    assert json.loads((out / "stats.json").read_text())["seed"] == 1
+    assert (out / "train.json").read_bytes() != before["train.json"]
+
+
+def test_vqa_output_folder_with_foreign_files_is_refused(city, tmp_path):
+    out = tmp_path / "vqa"
+    out.mkdir()
+    (out / "my_notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="my_notes.txt"):
+        build_vqa(city, out, seed=0)
+    assert (out / "my_notes.txt").read_text() == "mine"
