@@ -205,8 +205,10 @@ def answer_and_score(paths: Paths, s: DemoSettings, name: str) -> tuple[dict, di
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
     predictions_path = paths.out / "predictions" / f"{name}.jsonl"
     checkpoint = paths.work / name / "last_checkpoint"
-    if predictions_path.exists() and checkpoint.exists() and checkpoint.stat().st_mtime > predictions_path.stat().st_mtime:
-        predictions_path.unlink()  # answers of an earlier model: resume only what this model started
+    settings = predictions_path.with_name(predictions_path.name + ".settings.json")
+    if predictions_path.exists() and (not settings.exists() or checkpoint.exists()
+                                      and checkpoint.stat().st_mtime > predictions_path.stat().st_mtime):
+        predictions_path.unlink()  # answers of an earlier model or run: resume only what this model started
     answer_questions(load_model(paths, s, name), questions, predictions_path, image_folder=paths.city)
     predictions = {qid: text for qid, (_, text) in read_predictions(predictions_path).items()}
     metrics = score(questions, predictions)

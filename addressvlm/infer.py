@@ -281,18 +281,21 @@ def _batches(groups: "OrderedDict[str, list[dict]]", batch_size: int) -> Iterabl
 def answer_questions(model: VisionChatModel, questions: Sequence[dict], out_path: str | os.PathLike,
                      image_folder: str | os.PathLike = ".", batch_size: int = 18, share_prefix: bool = True,
                      max_new_tokens: int = 32, temperature: float = 0.0, num_samples: int = 1, seed: int = 0,
-                     progress: bool = True) -> int:
+                     progress: bool = True, model_settings: dict | None = None) -> int:
     """Answer the questions not yet in ``out_path`` and append them there; return how many were answered.
 
     ``batch_size`` counts decoded rows (question x sample). With ``num_samples > 1`` each line also holds
-    ``"samples"`` (all of them; ``"prediction"`` is the first)."""
+    ``"samples"`` (all of them; ``"prediction"`` is the first). The generation settings and ``model_settings``
+    (which model answered) are recorded beside ``out_path``; resuming with others is refused."""
     if num_samples > 1 and temperature == 0:
         raise ValueError("several samples of a greedy answer are all the same: set a temperature > 0")
     if batch_size < num_samples:
         raise ValueError(f"batch size {batch_size} is smaller than the {num_samples} samples of one question")
     generate = generate_shared if share_prefix else generate_plain
     image_folder = Path(image_folder)
-    with open_predictions(out_path) as out:
+    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "num_samples": num_samples,
+                "seed": seed if temperature > 0 else None, **(model_settings or {})}
+    with open_predictions(out_path, settings) as out:
         pending = [q for q in questions if q["question_id"] not in out.done]
         groups = group_by_image(pending)
         missing = [(qs[0]["question_id"], image) for image, qs in groups.items()
@@ -450,7 +453,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         answered = answer_questions(
             model, questions, args.out, image_folder=args.image_folder or Path(args.questions).resolve().parent.parent,
             batch_size=args.batch_size, share_prefix=not args.no_share_prefix, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, num_samples=args.num_samples, seed=args.seed)
+            temperature=args.temperature, num_samples=args.num_samples, seed=args.seed,
+            model_settings={"config": args.config, "checkpoint": args.checkpoint, "hf": args.hf,
+                            "model_root": args.model_root, "cfg_options": list(args.cfg_options), "dtype": args.dtype})
     except (DataError, FileNotFoundError, CheckpointError, StageChainError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"answered {answered} of {len(questions)} question(s) of chunk {args.chunk_idx + 1}/{args.num_chunks} "

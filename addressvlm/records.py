@@ -285,20 +285,53 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> Iterato
 class JsonlAppender:
     """Append-only JSONL writer for resumable work: each record is flushed (and fsynced) as it is written.
 
-    On open it drops a torn last line left by a crash, and ``done`` holds the keys already written, so a
-    rerun skips them.
+    On open it takes an exclusive lock on the file (a second writer is refused, not interleaved), drops a torn last
+    line left by a crash, and ``done`` holds the keys already written, so a rerun skips them. ``settings`` (what
+    produced the records: model, generation options, ...) are kept beside the file in ``<name>.settings.json``; a
+    resume with other settings is refused rather than mixing the answers of two configurations.
     """
 
-    def __init__(self, path: str | os.PathLike, key: str, required: Iterable[str] = ()):
+    def __init__(self, path: str | os.PathLike, key: str, required: Iterable[str] = (),
+                 settings: dict | None = None):
+        import fcntl
+
         self.path, self.key = Path(path), key
         self.required = tuple(required) + (key,)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done: set = set()
-        if self.path.exists():
+        self._f = open(self.path, "a", encoding="utf-8")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.close()
+            raise DataError(self.path, None, "another process is writing this file; wait for it or choose another "
+                                             "output") from None
+        try:
+            self._check_settings(settings)
             self._drop_torn_tail()
             for _, rec in read_jsonl(self.path, self.required):
                 self.done.add(rec[key])
-        self._f = open(self.path, "a", encoding="utf-8")
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _check_settings(self, settings: dict | None) -> None:
+        if settings is None:
+            return
+        sidecar = self.path.with_name(self.path.name + ".settings.json")
+        settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        has_records = self.path.stat().st_size > 0
+        if sidecar.is_file():
+            before = json.loads(sidecar.read_text(encoding="utf-8"))
+            if has_records and before != settings:
+                changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+                raise DataError(self.path, None, "holds records made with other settings ("
+                                + "; ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
+                                + "): choose another output, or delete it to start over")
+        elif has_records:
+            raise DataError(self.path, None, f"holds records but no {sidecar.name} saying how they were made: choose "
+                                             "another output, or delete it to start over")
+        write_atomic(sidecar, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
     def _drop_torn_tail(self) -> None:
         data = self.path.read_bytes()
@@ -377,9 +410,9 @@ def write_questions(path: str | os.PathLike, questions: Iterable[dict]) -> None:
 PREDICTION_KEYS = ("question_id", "prediction")
 
 
-def open_predictions(path: str | os.PathLike) -> JsonlAppender:
-    """The predictions writer: resumable, one flushed line per answer."""
-    return JsonlAppender(path, key="question_id", required=PREDICTION_KEYS)
+def open_predictions(path: str | os.PathLike, settings: dict | None = None) -> JsonlAppender:
+    """The predictions writer: resumable, one flushed line per answer, locked, its settings checked on resume."""
+    return JsonlAppender(path, key="question_id", required=PREDICTION_KEYS, settings=settings)
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, tuple[int, str]]:

@@ -163,6 +163,8 @@ def test_resume_skips_answered_ids_after_a_crash(model, city, reference, tmp_pat
     assert len(lines) == len(questions)
     resumed = tmp_path / "resumed.jsonl"
     resumed.write_text("".join(lines[:10]) + lines[10][:15])
+    settings = reference.with_name(reference.name + ".settings.json")
+    resumed.with_name(resumed.name + ".settings.json").write_text(settings.read_text())
     answered = answer_questions(model, questions, resumed, root, batch_size=9, max_new_tokens=6, progress=False)
     assert answered == len(questions) - 10
     assert _answers(resumed) == _answers(reference)
@@ -288,3 +290,26 @@ def test_trained_checkpoint_answers_the_colour(tiny_llava, colour_city, tmp_path
     predictions = read_predictions(out)
     right = sum(predictions[q["question_id"]][1] == f"The colour is {q['answer']}." for q in questions)
     assert right >= 6, predictions
+
+
+def test_resume_with_other_settings_or_a_second_writer_is_refused(model, city, reference, tmp_path):
+    import shutil
+
+    from addressvlm.records import DataError, open_predictions, read_questions
+
+    root, questions_path = city
+    questions = read_questions(questions_path)
+    out = tmp_path / "predictions.jsonl"
+    lines = reference.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:5]))
+    shutil.copy(reference.with_name(reference.name + ".settings.json"), out.with_name(out.name + ".settings.json"))
+    with pytest.raises(DataError, match="max_new_tokens: 6 then, 9 now"):
+        answer_questions(model, questions, out, root, max_new_tokens=9, progress=False)
+    assert out.read_text() == "".join(lines[:5])  # nothing appended
+    with open_predictions(out):
+        with pytest.raises(DataError, match="another process is writing"):
+            answer_questions(model, questions, out, root, max_new_tokens=6, progress=False)
+    unrecorded = tmp_path / "old.jsonl"
+    unrecorded.write_text("".join(lines[:5]))
+    with pytest.raises(DataError, match="no old.jsonl.settings.json"):
+        answer_questions(model, questions, unrecorded, root, max_new_tokens=6, progress=False)
