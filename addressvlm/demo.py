@@ -252,6 +252,8 @@ def street_distribution(paths: Paths, s: DemoSettings) -> list[Path]:
 # --------------------------------------------------------------------------------------------- report
 def copy_pictures(paths: Paths) -> dict[str, list[str]]:
     """A few inputs for the report: street views, a labelled crop, grafted samples."""
+    from addressvlm.graft import grafted_name
+
     pictures = paths.out / "pictures"
     pictures.mkdir(parents=True, exist_ok=True)
     rows = [r for r in read_locations(paths.city / "locations.csv") if r.split == "train"][:3]
@@ -260,7 +262,7 @@ def copy_pictures(paths: Paths) -> dict[str, list[str]]:
         target = pictures / f"street_view_{i}.jpg"
         shutil.copyfile(paths.city / row.image, target)
         chosen["street views"].append(target.name)
-        grafted = paths.city / "stage1" / "grafted" / Path(row.image).with_suffix(".jpg")
+        grafted = paths.city / "stage1" / "grafted" / grafted_name(row.image)
         if grafted.is_file():
             shutil.copyfile(grafted, pictures / f"grafted_{i}.jpg")
             chosen["grafted"].append(f"grafted_{i}.jpg")

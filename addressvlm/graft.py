@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from itertools import groupby
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
@@ -231,8 +231,10 @@ def read_graft_manifest(path) -> list[GraftPair]:
 
 
 def grafted_name(image: str) -> str:
-    """Where a street view's grafted image goes, relative to the grafted folder: its own relative path."""
-    return str(Path(image).with_suffix(".jpg"))
+    """Where a street view's grafted image goes, relative to the grafted folder: its own relative path, as a JPEG.
+    A view that is not a ``.jpg`` keeps its suffix in the name (``x.png`` -> ``x.png.jpg``), so ``x.jpg`` and
+    ``x.png`` of one location never share an output."""
+    return image if PurePosixPath(image).suffix == ".jpg" else f"{image}.jpg"
 
 
 def city_pairs(city_root, crops_dir, splits: tuple[str, ...] | None = ("train",)) -> list[GraftPair]:

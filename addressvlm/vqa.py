@@ -275,12 +275,13 @@ def test_questions(row: Location, question_prefix: str, distractors: Distractors
 
 def view_names(rows: Sequence[Location]) -> dict[str, str]:
     """image -> its view name inside its location: the file stem, or, where two views of one location share a
-    stem, the path without suffix with '/' replaced by '__' (ids split on '/')."""
+    stem (``a/x.jpg``, ``b/x.jpg``; ``x.jpg``, ``x.png``), the whole path with '/' replaced by '__' (ids split on
+    '/'), unique because images are."""
     stems: dict[tuple[str, str], int] = Counter((r.location_id, PurePosixPath(r.image).stem) for r in rows)
     names = {}
     for r in rows:
         stem = PurePosixPath(r.image).stem
-        names[r.image] = stem if stems[(r.location_id, stem)] == 1 else str(PurePosixPath(r.image).with_suffix("")).replace("/", "__")
+        names[r.image] = stem if stems[(r.location_id, stem)] == 1 else r.image.replace("/", "__")
     return names
 
 

@@ -391,3 +391,18 @@ def test_vqa_output_folder_with_foreign_files_is_refused(city, tmp_path):
     with pytest.raises(DataError, match="my_notes.txt"):
         build_vqa(city, out, seed=0)
     assert (out / "my_notes.txt").read_text() == "mine"
+
+
+def test_views_differing_only_by_extension_get_distinct_ids_and_grafts():
+    from addressvlm.graft import grafted_name
+    from addressvlm.records import Location
+    from addressvlm.vqa import view_names
+
+    rows = [Location(image=image, location_id="loc1", lat=0.0, lon=0.0, street="Ash Street", district="Hill")
+            for image in ("img/x.jpg", "img/x.png", "img/x.jpeg", "other/x.jpg", "img/y.jpg")]
+    names = view_names(rows)
+    assert len(set(names.values())) == len(rows)
+    assert names["img/y.jpg"] == "y"  # a stem of its own stays short
+    assert all("/" not in name for name in names.values())
+    assert len({grafted_name(r.image) for r in rows}) == len(rows)
+    assert grafted_name("img/y.jpg") == "img/y.jpg" and grafted_name("img/x.png") == "img/x.png.jpg"
