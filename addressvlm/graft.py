@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from addressvlm.processes import worker_pool
 from addressvlm.records import DataError, path_inside_root, read_jsonl, read_locations
 
 CORNERS = ("upper_right", "upper_left", "lower_right", "lower_left")
@@ -288,6 +289,8 @@ def graft_batch(manifest_or_pairs, out_dir, delta: float = 0.5, size: int = 336,
     from addressvlm.geo.crop import check_run_params
 
     check_run_params(out_dir, {"variant": variant, "delta": delta, "size": size, "corner": corner, "quality": quality})
+    for stale in out_dir.rglob(".*.tmp"):  # half-written by a run that was killed (see _save_atomic)
+        stale.unlink()
     report = GraftReport()
     todo = [p for p in pairs if not all(f.is_file() for f in output_files(out_dir, p.out, variant))]
     report.already_done = len(pairs) - len(todo)
@@ -314,7 +317,7 @@ def graft_batch(manifest_or_pairs, out_dir, delta: float = 0.5, size: int = 336,
             for chunk in chunks:
                 collect(_graft_chunk(chunk, *args))
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with worker_pool(workers) as pool:
                 for future in as_completed([pool.submit(_graft_chunk, chunk, *args) for chunk in chunks]):
                     collect(future.result())
     return report

@@ -499,11 +499,13 @@ def find_unreadable(city_root: str | os.PathLike, images: Sequence[str], workers
     one that is missing or does not decode, in input order."""
     from multiprocessing import Pool
 
+    from addressvlm.processes import die_with_parent, terminating_on_sigterm
+
     paths = [str(Path(city_root) / img) for img in images]
     bar = tqdm(total=len(paths), desc="decoding images", unit="img", disable=not progress, mininterval=1.0)
     errors: list[str | None] = []
     if workers > 1:
-        with Pool(workers) as pool:
+        with terminating_on_sigterm(), Pool(workers, die_with_parent, (os.getpid(),)) as pool:
             for err in pool.imap(_decode_error, paths, chunksize=64):
                 errors.append(err)
                 bar.update()
