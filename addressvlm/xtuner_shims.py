@@ -4,6 +4,7 @@ Lazy (pure-Python) mmengine configs ignore ``custom_imports``, so this module is
 recipes name (``addressvlm.model``, ``addressvlm.dataset``); every shim is a no-op where the real feature exists.
 """
 import os
+import sys
 
 import torch
 
@@ -12,9 +13,15 @@ def apply() -> None:
     # XTuner's LLaVAModel asks the current device whether it supports bf16; torch.cpu has no such method.
     if not hasattr(torch.cpu, "is_bf16_supported"):
         torch.cpu.is_bf16_supported = lambda: False
-    # torch >= 2.6 unpickles checkpoints with weights_only=True, which rejects mmengine's HistoryBuffer in the
-    # message hub and so breaks `--resume`. The checkpoints are the run's own files.
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    # torch >= 2.6 unpickles with weights_only=True, which refuses the non-tensor state mmengine keeps in a
+    # checkpoint, and `xtuner train --resume` reads the checkpoint (for its seed) before any hook runs: a process
+    # started to resume may read it fully. addressvlm.hooks.ResumeLoadHook lifts this once the checkpoint has
+    # loaded (and sets it itself for a config-level resume); no other process is touched.
+    if any(arg == "--resume" or arg.startswith("--resume=") for arg in sys.argv):
+        os.environ.setdefault(RESUME_VARIABLE, "1")
+
+
+RESUME_VARIABLE = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
 
 apply()

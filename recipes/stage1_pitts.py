@@ -31,7 +31,7 @@ from torch.optim import AdamW
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
 from addressvlm.dataset import CityLLaVADataset
-from addressvlm.hooks import RNGStateHook
+from addressvlm.hooks import ResumeLoadHook, RNGStateHook
 from addressvlm.model import AddressLLaVAModel
 from xtuner.dataset.collate_fns import default_collate_fn
 from xtuner.dataset.map_fns import llava_map_fn, template_map_fn_factory
@@ -39,6 +39,10 @@ from xtuner.dataset.samplers import LengthGroupedSampler
 from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
 from xtuner.utils import PROMPT_TEMPLATE
+
+# Applied as the recipe is read, not when its classes are built: `xtuner train --resume` reads the checkpoint
+# before it builds anything (addressvlm/xtuner_shims.py).
+__import__("addressvlm.xtuner_shims")
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -200,7 +204,8 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 #######################################################################
 #                           PART 5  Runtime                           #
 #######################################################################
-custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer), dict(type=RNGStateHook)]
+custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer), dict(type=RNGStateHook),
+                dict(type=ResumeLoadHook)]
 
 default_hooks = dict(
     timer=dict(type=IterTimerHook),

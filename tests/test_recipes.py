@@ -163,3 +163,20 @@ def test_new_city_writes_into_the_checkout_it_is_run_from(tmp_path):
     again = subprocess.run([sys.executable, "tools/new_city.py", "oslo", "--data-root", "./data/oslo"], cwd=clone,
                            capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and again.stderr.strip().startswith("error: ") and "--overwrite" in again.stderr
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_every_recipe_resumes_exactly_and_safely(path):
+    hooks = {type_name(h.type) for h in Config.fromfile(str(path)).custom_hooks}
+    assert {"RNGStateHook", "ResumeLoadHook"} <= hooks
+
+
+def test_importing_the_package_leaves_torch_load_safe():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    code = "import os, addressvlm.model, addressvlm.minicpmv; print(os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip().splitlines()[-1] == "None", done.stderr[-2000:]

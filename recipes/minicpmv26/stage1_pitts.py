@@ -23,11 +23,16 @@ from peft import LoraConfig
 from torch.optim import AdamW
 from transformers import AutoTokenizer
 
+from addressvlm.hooks import ResumeLoadHook, RNGStateHook
 from addressvlm.minicpmv import AddressMiniCPMV
 from addressvlm.minicpmv_dataset import MiniCPMVDataset, minicpmv_collate_fn
 from xtuner.dataset.samplers import LengthGroupedSampler
 from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
+
+# Applied as the recipe is read, not when its classes are built: `xtuner train --resume` reads the checkpoint
+# before it builds anything (addressvlm/xtuner_shims.py).
+__import__("addressvlm.xtuner_shims")
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -172,7 +177,8 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 #######################################################################
 #                           PART 5  Runtime                           #
 #######################################################################
-custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer)]
+custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer), dict(type=RNGStateHook),
+                dict(type=ResumeLoadHook)]
 
 default_hooks = dict(
     timer=dict(type=IterTimerHook),
