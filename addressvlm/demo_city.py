@@ -2,7 +2,7 @@
 
 Everything geographic is real OSM data (streets, district boundaries, addresses, buildings and their levels, shops,
 tram tracks, parks, water, trees); the imagery is rendered from it (``addressvlm.render``) because no street-view
-photos or aerial images can ship with the project. The output is a standard city root (DESIGN.md section 2):
+photos or aerial images can ship with the project. The output is a standard city root (docs/design.md section 2):
 ``locations.csv``, ``images/``, ``satellite.tif``, ``streets.geojson``, plus ``districts.geojson`` and
 ``ATTRIBUTION.txt``.
 

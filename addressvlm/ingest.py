@@ -1,4 +1,4 @@
-"""From an image-address dataset as published to the city table ``locations.csv`` (DESIGN.md section 2).
+"""From an image-address dataset as published to the city table ``locations.csv`` (docs/design.md section 2).
 
 Sources this understands:
 - any CSV, JSON (a list of objects) or JSONL table, its columns named through a column map;

@@ -1,6 +1,6 @@
 """The project's data files: one reader and one writer per format, each with a schema check.
 
-Formats (DESIGN.md section 2):
+Formats (docs/design.md section 2):
 - ``locations.csv``: the city table, one row per street-view image.
 - LLaVA JSON (``train.json``/``val.json`` of either stage): ``[{"id", "image", "conversations": [...]}]``.
 - ``test_questions.jsonl``: one single-turn question per line.

@@ -1,4 +1,4 @@
-"""Scoring of test predictions: the paper's Table 2 metrics (DESIGN.md section 3, docs/metrics.md).
+"""Scoring of test predictions: the paper's Table 2 metrics (docs/design.md section 3, docs/metrics.md).
 
 Two steps, kept apart as in lm-evaluation-harness: *extraction* turns raw model text into an answer of the
 question's kind (one function per question type: ``extract_generation``, ``extract_judgment``,

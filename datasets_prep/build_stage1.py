@@ -16,7 +16,7 @@ from addressvlm.records import DataError
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--city", type=Path, required=True, help="city root (DESIGN.md layout)")
+    parser.add_argument("--city", type=Path, required=True, help="city root (docs/design.md layout)")
     parser.add_argument("--labels", type=Path, help="labels JSONL (default <city>/stage1/labels.jsonl)")
     parser.add_argument("--out", type=Path, help="output JSON (default <city>/stage1/train.json)")
     parser.add_argument("--variant", choices=VARIANTS, default="grafted", help="the input the labels were made for")

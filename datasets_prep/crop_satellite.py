@@ -25,7 +25,7 @@ from addressvlm.records import DataError
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--city", type=Path, help="city root (DESIGN.md layout): crop every location")
+    mode.add_argument("--city", type=Path, help="city root (docs/design.md layout): crop every location")
     mode.add_argument("--lat", type=float, help="single crop: latitude (WGS84)")
     parser.add_argument("--lon", type=float, help="single crop: longitude (WGS84)")
     parser.add_argument("--out", type=Path, help="single crop: output image")

@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--satellite", type=Path, help="single pair: the satellite crop")
-    mode.add_argument("--city", type=Path, help="city root (DESIGN.md layout) to graft every street view of")
+    mode.add_argument("--city", type=Path, help="city root (docs/design.md layout) to graft every street view of")
     mode.add_argument("--manifest", type=Path, help="JSONL manifest of pairs")
     parser.add_argument("--street-view", type=Path, help="single pair: the street-view image")
     parser.add_argument("--out", type=Path, help="single pair: output image (.jpg)")

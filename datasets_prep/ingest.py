@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write a city's locations.csv (the city table of DESIGN.md) from an image-address dataset as published.
+"""Write a city's locations.csv (the city table of docs/design.md) from an image-address dataset as published.
 
 The city root is the folder of --out; image paths are written relative to it (source paths are relative to
 --image-root, the city root by default). Coordinates come from lat/lon columns, UTM columns, SF-XL file names or a

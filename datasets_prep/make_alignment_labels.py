@@ -23,7 +23,7 @@ from addressvlm.records import DataError
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--city", type=Path, required=True, help="city root (DESIGN.md layout)")
+    parser.add_argument("--city", type=Path, required=True, help="city root (docs/design.md layout)")
     parser.add_argument("--grafted", type=Path, help="stage-1 images (default <city>/stage1/<variant>)")
     parser.add_argument("--out", type=Path, help="labels JSONL (default <city>/stage1/labels.jsonl)")
     parser.add_argument("--backend", choices=("rule", "openai", "hf"), default="rule")

@@ -1,6 +1,6 @@
 """Time eval/score.py's path on generated questions and predictions (target: 200K predictions in <= 5 s).
 
-Writes a test set of the DESIGN.md shape (9 single-turn questions per image) and predictions in the forms models
+Writes a test set of the docs/design.md shape (9 single-turn questions per image) and predictions in the forms models
 produce (right and wrong, abbreviated, quoted, lettered, chatty), then times reading, scoring and the JSON
 report. The last line is `scored N predictions in S s, C s CPU (R predictions/s)`.
 

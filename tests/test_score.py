@@ -170,7 +170,7 @@ def _scored(level, qtype, correct, total):
 
 
 def test_table2_mean_arithmetic():
-    """Table 2 (Pitts, AddressVLM) per-type accuracies on a 1:2:1 test set give the micro-averages DESIGN.md
+    """Table 2 (Pitts, AddressVLM) per-type accuracies on a 1:2:1 test set give the micro-averages docs/design.md
     quotes: (88.73 + 2 x 93.54 + 95.16) / 4 = 92.74 (the paper prints 92.70)."""
     n = 10_000
     scored = (_scored("district", "generation", 8873, n) + _scored("district", "judgment", 18708, 2 * n)

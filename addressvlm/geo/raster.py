@@ -190,7 +190,7 @@ def open_raster(path: str | os.PathLike) -> GeoTiffRaster | TileFolderRaster:
 
 
 def find_city_raster(city_root: str | os.PathLike) -> Path:
-    """The city's imagery per DESIGN.md: ``satellite.tif`` or else ``tiles/``."""
+    """The city's imagery per docs/design.md: ``satellite.tif`` or else ``tiles/``."""
     root = Path(city_root)
     for candidate in (root / "satellite.tif", root / "tiles"):
         if candidate.exists():

@@ -167,7 +167,7 @@ def read_street_map(path: str | os.PathLike) -> StreetMap:
 
 
 def find_city_streets(city_root: str | os.PathLike) -> Path:
-    """The city's streets per DESIGN.md: ``streets.geojson``, else a single ``*.osm.pbf`` in the city root."""
+    """The city's streets per docs/design.md: ``streets.geojson``, else a single ``*.osm.pbf`` in the city root."""
     root = Path(city_root)
     if (root / "streets.geojson").is_file():
         return root / "streets.geojson"
