@@ -16,9 +16,7 @@ import hashlib
 import math
 import os
 import random
-import re
 import time
-import unicodedata
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from shapely.geometry import Point
 from shapely.ops import unary_union
 
 from addressvlm.graft import SEPARATE_SUFFIXES, grafted_name, select_rows
+from addressvlm.names import mentions_name, normalize_name
 from addressvlm.records import DataError, JsonlAppender, Location, read_jsonl, read_locations, write_llava_json
 
 VARIANTS = ("grafted", "stitched", "separate")
@@ -74,23 +73,6 @@ def hint_prompt(street: str, cross_street: str, district: str, city: str, varian
             f"Begin your response by stating that it was taken {where}, then substantiate it by matching what the "
             f"street view shows (road width and direction, intersections, buildings, greenery, signs) with "
             f"{cues}the road layout and the surroundings on the map.)")
-
-
-# --------------------------------------------------------------------------------------------- naming check
-ABBREVIATIONS = {"st": "street", "ave": "avenue", "av": "avenue", "blvd": "boulevard", "rd": "road", "dr": "drive",
-                 "ln": "lane", "pl": "place", "sq": "square", "hwy": "highway", "pkwy": "parkway", "ct": "court",
-                 "ter": "terrace", "cir": "circle", "e": "east", "w": "west", "n": "north", "s": "south"}
-
-
-def _words(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
-    words = re.sub(r"[^\w]+", " ", text).split()
-    return " " + " ".join(ABBREVIATIONS.get(w, w) for w in words) + " "
-
-
-def names_street(text: str, street: str) -> bool:
-    """Whether ``text`` names ``street`` (case, punctuation and St/Ave-style abbreviations ignored)."""
-    return _words(street) in _words(text)
 
 
 # --------------------------------------------------------------------------------------------- facts
@@ -149,13 +131,13 @@ def gather_facts(row: Location, city: str, street_map=None, crop: dict | None = 
         return facts
     here = Point(0, 0)
     near = street_map.near(row.lat, row.lon, radius_m)
-    own = [s for s in near if _words(s.name) == _words(row.street)]
+    own = [s for s in near if normalize_name(s.name) == normalize_name(row.street)]
     own_line = unary_union([s.line for s in own]) if own else None
     if own:
         facts.street_axis = _axis(min(own, key=lambda s: s.distance_m).line, here)
     best: dict[str, float] = {}
     for s in near:
-        if _words(s.name) == _words(row.street):
+        if normalize_name(s.name) == normalize_name(row.street):
             continue
         if own_line is not None:
             meet = own_line.intersection(s.line)
@@ -433,7 +415,7 @@ def make_labels(city_root, grafted_dir, out_jsonl, backend="rule", *, streets=No
                     "images": [_relative(p, city_root) for p in request.images], "question": question,
                     "hint_prompt": request.prompt, "reason": reason, "backend": backend.name,
                     "street": request.facts.street, "district": request.facts.district}
-            if names_street(reason, request.facts.street):
+            if mentions_name(reason, request.facts.street):
                 out.write(base)
                 report.written += 1
             else:

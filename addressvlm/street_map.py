@@ -22,7 +22,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from addressvlm.geo.streets import StreetMap
 from addressvlm.records import DataError, JsonlAppender, read_jsonl
-from addressvlm.scoring import extract_choice, extract_generation, normalize_name
+from addressvlm.names import normalize_name
+from addressvlm.scoring import extract_choice, extract_generation
 from addressvlm.templates import STREET_TEMPLATES, level_question
 
 SAMPLES_PER_IMAGE = 100  # Appendix D.1

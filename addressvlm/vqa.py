@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from addressvlm import templates
+from addressvlm.names import normalize_name
 from addressvlm.records import (
     DataError, Location, location_centroids, read_llava_json, read_locations, read_questions, replaced_folder, write_atomic,
     write_llava_json, write_locations, write_questions,
@@ -124,7 +125,15 @@ class Distractors:
         if mode not in DISTRACTOR_MODES:
             raise ValueError(f"distractors must be one of {DISTRACTOR_MODES}, not {mode!r}")
         self.mode = mode
-        self.names = {level: sorted({getattr(r, level) for r in rows}) for level in templates.LEVELS}
+        # One spelling per name ("Ash St" and "Ash Street" are one street, never two options): the most used.
+        self.spelling: dict[str, dict[str, str]] = {}
+        for level in templates.LEVELS:
+            counts = Counter(getattr(r, level) for r in rows)
+            chosen: dict[str, str] = {}
+            for name, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+                chosen.setdefault(normalize_name(name), name)
+            self.spelling[level] = {name: chosen[normalize_name(name)] for name in counts}
+        self.names = {level: sorted(set(spelling.values())) for level, spelling in self.spelling.items()}
         for level, names in self.names.items():
             if len(names) < 4:
                 raise DataError(path, None, f"the city has {len(names)} distinct {level} name(s); multiple-choice "
@@ -146,7 +155,7 @@ class Distractors:
         for level, names in self.names.items():
             members: dict[str, set[int]] = defaultdict(set)
             for r in rows:
-                members[getattr(r, level)].add(self.location_index[r.location_id])
+                members[self.spelling[level][getattr(r, level)]].add(self.location_index[r.location_id])
             distance = np.empty((len(xy), len(names)))
             for j, name in enumerate(names):
                 distance[:, j] = cKDTree(xy[sorted(members[name])]).query(xy)[0]
@@ -156,17 +165,17 @@ class Distractors:
     def pick(self, level: str, row: Location, rng: random.Random) -> list[str]:
         """Three wrong names of ``level`` for ``row``."""
         names = self.names[level]
-        excluded = {getattr(row, level)}
+        excluded = {normalize_name(getattr(row, level))}
         if level == "street" and row.cross_street:
-            excluded.update(s.strip() for s in row.cross_street.split("&"))
-        available = len(names) - len(excluded.intersection(names))
+            excluded.update(normalize_name(s) for s in row.cross_street.split("&") if s.strip())
+        available = sum(normalize_name(name) not in excluded for name in names)
         if available < 3:
             raise ValueError(f"image {row.image!r}: only {available} {level} name(s) are neither its own nor a cross "
                              "street; multiple choice needs three")
         if self.mode == "nearest":
             picked = []
             for j in self.order[level][self.location_index[row.location_id]]:
-                if names[j] not in excluded:
+                if normalize_name(names[j]) not in excluded:
                     picked.append(names[j])
                     if len(picked) == 3:
                         break
@@ -175,7 +184,7 @@ class Distractors:
         picked = []
         while len(picked) < 3:
             name = names[rng.randrange(len(names))]
-            if name not in excluded and name not in picked:
+            if normalize_name(name) not in excluded and name not in picked:
                 picked.append(name)
         return picked
 

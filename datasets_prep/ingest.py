@@ -22,6 +22,7 @@ import sys
 from collections import Counter
 
 from addressvlm.ingest import COORDINATE_SOURCES, IngestOptions, ingest_table, parse_column_map
+from addressvlm.names import collision_report
 from addressvlm.records import DataError
 
 
@@ -51,6 +52,8 @@ def main() -> None:
         rows = ingest_table(args.table, args.out, options)
     except (DataError, ValueError) as exc:
         sys.exit(f"error: {exc}")
+    for line in collision_report(rows):
+        print(f"warning: {line}", file=sys.stderr)
     locations = len({r.location_id for r in rows})
     views = Counter(Counter(r.location_id for r in rows).values())
     print(f"{args.out}: {len(rows)} images, {locations} locations, {len({r.street for r in rows})} streets, "

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Decode every image of a city table in parallel and list the ones that are missing or do not decode.
+"""Decode every image of a city table in parallel and list the ones that are missing or do not decode; warn of
+street or district names written in several spellings.
 
 Exit status 1 when any image is unreadable, so a pipeline stops before training on a broken city.
 
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from addressvlm.ingest import find_unreadable
+from addressvlm.names import collision_report
 from addressvlm.records import DataError, read_locations, write_atomic
 
 
@@ -25,6 +27,8 @@ def main() -> None:
         rows = read_locations(args.locations)
     except DataError as exc:
         sys.exit(f"error: {exc}")
+    for line in collision_report(rows):
+        print(f"warning: {line}", file=sys.stderr)
     bad = find_unreadable(Path(args.locations).parent, [r.image for r in rows], workers=args.workers)
     lines = [f"{image}\t{reason}" for image, reason in bad]
     if args.report:

@@ -17,7 +17,8 @@ from PIL import Image
 
 from addressvlm.geo.crop import crop_city, offset_latlon, read_crop_index
 from addressvlm.graft import city_pairs, graft_batch
-from addressvlm.labels import (OpenAIBackend, build_stage1_json, hint_prompt, make_labels, names_street,
+from addressvlm.names import mentions_name
+from addressvlm.labels import (OpenAIBackend, build_stage1_json, hint_prompt, make_labels,
                                training_question)
 from addressvlm.records import Location, read_jsonl, read_llava_json, write_locations
 from test_crop import LAT, LON, write_geotiff, write_streets
@@ -52,9 +53,9 @@ def test_prompts():
     assert "taken on Forbes Avenue near Ross Street in Downtown, Pittsburgh" in hint
     assert "upper-right corner" in q and "street names" in q
     assert "street names" not in training_question(map_labels=False)
-    assert names_street("It was taken on Forbes Ave. near Ross St", "Forbes Avenue")
-    assert names_street("ON YRJÖNKATU, clearly", "Yrjönkatu")
-    assert not names_street("It was taken on Forbes Avenue East", "Forbes Avenue West")
+    assert mentions_name("It was taken on Forbes Ave. near Ross St", "Forbes Avenue")
+    assert mentions_name("ON YRJÖNKATU, clearly", "Yrjönkatu")
+    assert not mentions_name("It was taken on Forbes Avenue East", "Forbes Avenue West")
 
 
 def test_rule_backend_end_to_end(tmp_path):
