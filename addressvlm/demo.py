@@ -177,7 +177,8 @@ def train_stage(paths: Paths, s: DemoSettings, stage: int, name: str, init_from:
     overrides = run_overrides(paths, s, data_file, epochs, len(read_llava_json(paths.city / data_file)))
     if stage == 2:
         overrides["model.init_from_work_dir"] = str(init_from) if init_from else None
-    return train(str(paths.recipes / f"stage{stage}_helsinki.py"), work_dir, str(paths.models), overrides=overrides)
+    return train(str(paths.recipes / f"stage{stage}_helsinki.py"), work_dir, str(paths.models), overrides=overrides,
+                 progress=True)
 
 
 # --------------------------------------------------------------------------------------------- answers and scores

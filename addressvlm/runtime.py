@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,21 +90,37 @@ def local_run_options(config: str, model_root: str | None = None, device: str = 
     return options
 
 
+ITERATION_LINE = re.compile(r"Iter\(train\) \[\s*(\d+)/(\d+)\].*?loss: ([-\d.e]+)")
+
+
 def train(config: str, work_dir: str, model_root: str | None = None, device: str = "cpu",
-          overrides: dict[str, Any] | None = None, resume: str | None = None, log_file: str | None = None) -> Path:
+          overrides: dict[str, Any] | None = None, resume: str | None = None, log_file: str | None = None,
+          progress: bool = False) -> Path:
     """Run ``python -m xtuner.tools.train`` (not ``xtuner train``, which exits 0 on failure) and return ``work_dir``;
-    a failed run raises with the end of its log."""
+    a failed run raises with the end of its log. The whole output goes to the log file; with ``progress`` a bar
+    on the console follows mmengine's iteration lines (iterations, loss, time left)."""
+    from tqdm import tqdm
+
     command = [sys.executable, "-m", "xtuner.tools.train", config, "--work-dir", str(work_dir)]
     if resume:
         command += ["--resume", str(resume)]
     command += ["--cfg-options", *local_run_options(config, model_root, device, overrides)]
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     log_path = Path(log_file or Path(work_dir) / "train_stdout.log")
-    with open(log_path, "w") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
+    with open(log_path, "w") as log, tqdm(desc="  training", unit="it", disable=not progress, leave=False) as bar:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 errors="replace")
+        for line in child.stdout:
+            log.write(line)
+            match = ITERATION_LINE.search(line)
+            if match:
+                bar.total = int(match.group(2))
+                bar.update(int(match.group(1)) - bar.n)
+                bar.set_postfix(loss=match.group(3), refresh=False)
+        done = child.wait()
+    if done != 0:
         tail = log_path.read_text(errors="replace")[-4000:]
-        raise RuntimeError(f"training {config} failed (exit {done.returncode}); log {log_path}:\n{tail}")
+        raise RuntimeError(f"training {config} failed (exit {done}); log {log_path}:\n{tail}")
     return Path(work_dir)
 
 

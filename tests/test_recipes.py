@@ -180,3 +180,12 @@ def test_importing_the_package_leaves_torch_load_safe():
     code = "import os, addressvlm.model, addressvlm.minicpmv; print(os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.stdout.strip().splitlines()[-1] == "None", done.stderr[-2000:]
+
+
+def test_training_progress_follows_mmengines_iteration_lines():
+    from addressvlm.runtime import ITERATION_LINE
+
+    line = ("11/27 12:49:21 - mmengine - INFO - Iter(train) [ 18/120]  lr: 6.6987e-07  eta: 0:00:02  time: 0.8029  "
+            "data_time: 0.0156  memory: 15440  loss: 8.4708")
+    assert ITERATION_LINE.search(line).groups() == ("18", "120", "8.4708")
+    assert ITERATION_LINE.search("Iter(val) [1/5] loss: 1.0") is None
