@@ -16,8 +16,8 @@ from xtuner.dataset import LLaVADataset
 def check_llava_inputs(data_path: str, image_folder: str) -> int:
     """Validate a LLaVA JSON and that every image it names exists under ``image_folder``; return the record count."""
     if not Path(data_path).is_file():
-        raise MissingInputError(f"training data file {data_path} not found: build it first (docs/data.md, docs/stage1.md) "
-                                "or set data_root / data_path in the recipe")
+        raise MissingInputError(f"training data file {data_path} not found: build it first (docs/data.md, "
+                                "docs/stage1.md) or set data_root / data_path in the recipe")
     if not Path(image_folder).is_dir():
         raise MissingInputError(f"image folder {image_folder} not found: set data_root / image_folder in the recipe")
     records = read_llava_json(data_path)

@@ -254,6 +254,17 @@ def city_pairs(city_root, crops_dir, splits: tuple[str, ...] | None = ("train",)
     return pairs
 
 
+def parse_splits(text: str) -> tuple[str, ...] | None:
+    """The ``--splits`` option of the stage-1 tools: ``all`` (None) or comma-separated names of train, val, test."""
+    if text.strip() == "all":
+        return None
+    splits = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in splits if s not in ("train", "val", "test")]
+    if not splits or unknown:
+        raise ValueError(f"splits must be 'all' or names among train, val, test, not {text!r}")
+    return splits
+
+
 def select_rows(rows, splits: tuple[str, ...] | None):
     """Rows in ``splits`` (``None``: every row). Asking for splits of a table that has none is an error: stage 1
     would otherwise train on the street views of the test locations."""

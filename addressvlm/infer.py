@@ -125,7 +125,8 @@ def build_recipe_model(config: str | os.PathLike, cfg_options: Sequence[str] | d
                        dtype: torch.dtype | None = None):
     """``(cfg, model)``: the recipe's model built as training builds it, ``cfg_options`` merged (e.g.
     ``runtime.model_root_options``), without a previous stage (a checkpoint will replace every trained tensor); frozen
-    weights load in ``dtype`` (default: the dtype answering uses on this machine, ``precision.default_device_dtype``)."""
+    weights load in ``dtype`` (default: the dtype answering uses on this machine,
+    ``precision.default_device_dtype``)."""
     from mmengine.config import Config
 
     from addressvlm import xtuner_shims  # noqa: F401

@@ -24,11 +24,10 @@ from pathlib import Path
 from shapely.geometry import Point
 from shapely.ops import unary_union
 
-from addressvlm.graft import SEPARATE_SUFFIXES, grafted_name, select_rows
+from addressvlm.graft import SEPARATE_SUFFIXES, VARIANTS, grafted_name, select_rows
 from addressvlm.names import mentions_name, normalize_name
 from addressvlm.records import DataError, JsonlAppender, Location, read_jsonl, read_locations, write_llava_json
 
-VARIANTS = ("grafted", "stitched", "separate")
 CORNER_WORDS = {"upper_right": "upper-right", "upper_left": "upper-left", "lower_right": "lower-right",
                 "lower_left": "lower-left"}
 LABEL_KEYS = ("image", "location_id", "variant", "images", "question", "hint_prompt", "reason", "backend")

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from addressvlm.graft import parse_splits
 from addressvlm.labels import VARIANTS, build_stage1_json
 from addressvlm.records import DataError
 
@@ -21,9 +22,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="output JSON (default <city>/stage1/train.json)")
     parser.add_argument("--variant", choices=VARIANTS, default="grafted", help="the input the labels were made for")
     parser.add_argument("--image-root", type=Path, help="folder image paths are relative to (default: city root)")
-    parser.add_argument("--splits", default="train", help="comma-separated splits, or 'all' (default train)")
+    parser.add_argument("--splits", default="train", type=parse_splits,
+                        help="comma-separated splits, or 'all' (default train)")
     args = parser.parse_args()
-    splits = None if args.splits == "all" else tuple(s.strip() for s in args.splits.split(","))
+    splits = args.splits
     try:
         report = build_stage1_json(args.city, args.labels, args.out, variant=args.variant,
                                    image_root=args.image_root, splits=splits)

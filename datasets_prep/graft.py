@@ -16,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from addressvlm.graft import CORNERS, JPEG_QUALITY, VARIANTS, GraftError, city_pairs, graft_batch, graft_file
+from addressvlm.graft import (CORNERS, JPEG_QUALITY, VARIANTS, GraftError, city_pairs, graft_batch, graft_file,
+                              parse_splits)
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="single pair: output image (.jpg)")
     parser.add_argument("--out-dir", type=Path, help="batch output folder (city default: <city>/stage1/<variant>)")
     parser.add_argument("--crops", type=Path, help="city mode: crop folder (default <city>/stage1/crops)")
-    parser.add_argument("--splits", default="train",
+    parser.add_argument("--splits", default="train", type=parse_splits,
                         help="city mode: comma-separated splits to graft when locations.csv has a split column, "
                              "or 'all' (default train: test views must not reach stage 1)")
     parser.add_argument("--delta", type=float, default=0.5, help="street-view longer side / output side (0.5)")
@@ -54,7 +55,7 @@ def main() -> None:
         return
 
     if args.city:
-        splits = None if args.splits == "all" else tuple(s.strip() for s in args.splits.split(","))
+        splits = args.splits
         crops = args.crops or args.city / "stage1" / "crops"
         pairs = city_pairs(args.city, crops, splits)
         out_dir = args.out_dir or args.city / "stage1" / args.variant

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from addressvlm.graft import CORNERS
+from addressvlm.graft import CORNERS, parse_splits
 from addressvlm.labels import VARIANTS, make_labels
 from addressvlm.records import DataError
 
@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--variant", choices=VARIANTS, default="grafted")
     parser.add_argument("--corner", choices=CORNERS, default="upper_right")
     parser.add_argument("--no-map-labels", action="store_true", help="the crops carry no street names")
-    parser.add_argument("--splits", default="train", help="comma-separated splits, or 'all' (default train)")
+    parser.add_argument("--splits", default="train", type=parse_splits,
+                        help="comma-separated splits, or 'all' (default train)")
     parser.add_argument("--limit", type=int, default=None, help="label at most this many images in this run")
     parser.add_argument("--model", help="openai: served model name; hf: model path or hub id")
     parser.add_argument("--base-url", help="openai: server URL, e.g. http://localhost:8000/v1")
@@ -59,7 +60,7 @@ def main() -> None:
             parser.error("--backend hf needs --model")
         options = dict(model=args.model, device=args.device, dtype=args.dtype, max_new_tokens=args.max_tokens,
                        temperature=args.temperature)
-    splits = None if args.splits == "all" else tuple(s.strip() for s in args.splits.split(","))
+    splits = args.splits
     try:
         report = make_labels(args.city, args.grafted or args.city / "stage1" / args.variant,
                              args.out or args.city / "stage1" / "labels.jsonl", args.backend, streets=args.streets,
