@@ -101,20 +101,15 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def load_checked_state(model: torch.nn.Module, checkpoint: Path) -> int:
     """Load a training checkpoint with ``strict=False`` (it holds only the trained tensors) and fail, naming keys,
     unless it holds exactly what this model trains and every tensor fits; return the tensor count."""
+    from addressvlm.stage_chain import fit_problems
     from xtuner.model.utils import guess_load_checkpoint
 
     state = guess_load_checkpoint(str(checkpoint))
-    full = torch.nn.Module.state_dict(model)
-    trained = set(model.state_dict())  # LLaVAModel.state_dict: the tensors training saves
-    unknown = sorted(k for k in state if k not in full)
-    missing = sorted(trained - set(state))
-    wrong_shape = sorted(k for k in state if k in full and full[k].shape != state[k].shape)
-    if unknown or missing or wrong_shape:
-        raise CheckpointError(
-            f"{checkpoint} does not fit the model its recipe builds (same recipe and --cfg-options as training?):\n"
-            f"  in the checkpoint, not in the model: {unknown[:20]}\n"
-            f"  trained by the model, not in the checkpoint: {missing[:20]}\n"
-            f"  with another shape: {wrong_shape[:20]}")
+    # model.state_dict() (LLaVAModel's, AddressMiniCPMV's): the tensors training saves.
+    problems = fit_problems(torch.nn.Module.state_dict(model), set(model.state_dict()), state)
+    if problems:
+        raise CheckpointError(f"{checkpoint} does not fit the model its recipe builds (same recipe and --cfg-options "
+                              "as training?):\n" + "\n".join(problems))
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise CheckpointError(f"{checkpoint}: tensors did not load: {sorted(result.unexpected_keys)[:20]}")

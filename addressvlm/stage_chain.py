@@ -44,6 +44,21 @@ def find_last_checkpoint(work_dir: str | os.PathLike) -> Path:
     return max(numbered)[1]
 
 
+def fit_problems(own: dict, expected: set[str], state: dict) -> list[str]:
+    """What keeps checkpoint ``state`` from fitting a model whose full state is ``own`` and which trains the keys
+    ``expected``: tensors the model lacks, trained tensors the checkpoint lacks, tensors of another shape (one line
+    each, empty when it fits). The one check behind the stage chain and loading a checkpoint to answer."""
+    def listed(keys: list[str]) -> str:
+        return f"{keys[:20]}{' ...' if len(keys) > 20 else ''}"
+
+    unknown = sorted(k for k in state if k not in own)
+    absent = sorted(expected - set(state))
+    wrong_shape = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+    problems = [("in the checkpoint but not in this model", unknown), ("with another shape", wrong_shape),
+                ("trained by this model but not in the checkpoint", absent)]
+    return [f"  {what}: {listed(keys)}" for what, keys in problems if keys]
+
+
 def load_chained_tensors(module: nn.Module, work_dir: str | os.PathLike, is_chained: Callable[[str], bool]) -> Path:
     """Load the tensors selected by ``is_chained`` from the final checkpoint of the previous stage's ``work_dir`` into
     ``module``, and raise ``StageChainError`` naming the keys unless every one exists here with the same shape, every
@@ -56,15 +71,10 @@ def load_chained_tensors(module: nn.Module, work_dir: str | os.PathLike, is_chai
     if not chained:
         raise StageChainError(f"{checkpoint} holds no tensor this stage continues: is it a stage checkpoint?")
     own = nn.Module.state_dict(module)
-    missing_here = sorted(k for k in chained if k not in own)
-    wrong_shape = sorted(k for k in chained if k in own and own[k].shape != chained[k].shape)
-    expected = sorted(k for k in own if is_chained(k) and k not in chained)
-    if missing_here or wrong_shape or expected:
-        raise StageChainError(
-            f"stage chain from {checkpoint} does not fit this model (same LoRA rank and targets needed):\n"
-            f"  in the checkpoint but not in this model: {missing_here[:20]}{' ...' if len(missing_here) > 20 else ''}\n"
-            f"  with another shape: {wrong_shape[:20]}\n"
-            f"  in this model but not in the checkpoint: {expected[:20]}{' ...' if len(expected) > 20 else ''}")
+    problems = fit_problems(own, {k for k in own if is_chained(k)}, chained)
+    if problems:
+        raise StageChainError(f"stage chain from {checkpoint} does not fit this model (same LoRA rank and targets "
+                              "needed):\n" + "\n".join(problems))
     result = nn.Module.load_state_dict(module, chained, strict=False)
     if result.unexpected_keys:
         raise StageChainError(f"tensors of {checkpoint} did not load: {sorted(result.unexpected_keys)[:20]}")
