@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny LLaVA-Phi3-mini model set and a tiny city of LLaVA conversations, built once per run."""
-import json
+"""Shared fixtures: tiny model sets in the releases' layouts and a tiny city of LLaVA conversations; tests write only
+under their tmp paths (a copy of recipes/ where they need child recipes)."""
 import os
 from pathlib import Path
 
@@ -57,18 +57,9 @@ def colour_city(tmp_path) -> Path:
     return write_colour_city(tmp_path / "colour_city")
 
 
-@pytest.fixture
-def city_recipes(request):
-    """Write a child recipe pair into recipes/ for a test city and remove it afterwards."""
-    from addressvlm.city_recipes import write_city_recipes
+def copy_recipes(into: Path) -> Path:
+    """A copy of recipes/ to write child recipes beside (their read_base imports are relative), so tests never
+    write into the repository."""
+    import shutil
 
-    written = []
-
-    def make(city: str, data_root: Path, work_root: Path):
-        paths = write_city_recipes(city, str(data_root), REPO / "recipes", work_root=str(work_root), overwrite=True)
-        written.extend(paths)
-        return paths
-
-    yield make
-    for path in written:
-        path.unlink(missing_ok=True)
+    return Path(shutil.copytree(REPO / "recipes", into / "recipes"))

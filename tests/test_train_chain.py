@@ -12,7 +12,7 @@ from addressvlm.dataset import check_llava_inputs
 from addressvlm.stage_chain import StageChainError, find_last_checkpoint
 from addressvlm.runtime import local_run_options, read_losses, train
 
-from conftest import write_colour_city
+from conftest import copy_recipes, write_colour_city
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,14 +50,10 @@ def chain(tmp_path_factory, tiny_llava):
     root = tmp_path_factory.mktemp("chain")
     city = write_colour_city(root / "city")
     work = root / "work"
-    recipes = write_city_recipes("chaintown", str(city), REPO / "recipes", work_root=str(work), overwrite=True)
-    try:
-        stage1 = train(str(recipes[0]), work / "stage1_chaintown", str(tiny_llava), overrides=TINY_RUN)
-        stage2 = train(str(recipes[1]), work / "stage2_chaintown", str(tiny_llava), overrides=TINY_RUN)
-        yield {"recipes": recipes, "stage1": stage1, "stage2": stage2, "model_root": tiny_llava, "city": city}
-    finally:
-        for path in recipes:
-            path.unlink(missing_ok=True)
+    recipes = write_city_recipes("chaintown", str(city), copy_recipes(root), work_root=str(work))
+    stage1 = train(str(recipes[0]), work / "stage1_chaintown", str(tiny_llava), overrides=TINY_RUN)
+    stage2 = train(str(recipes[1]), work / "stage2_chaintown", str(tiny_llava), overrides=TINY_RUN)
+    return {"recipes": recipes, "stage1": stage1, "stage2": stage2, "model_root": tiny_llava, "city": city}
 
 
 def mean(values):
