@@ -444,7 +444,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.num_samples > 1 and args.temperature == 0:
         parser.error("--num-samples > 1 needs --temperature > 0 (greedy samples are all the same)")
     try:
-        questions = chunk_questions(read_questions(args.questions), args.num_chunks, args.chunk_idx)
+        every_question = read_questions(args.questions)
+        if not every_question:
+            raise DataError(args.questions, None, "no questions to answer")
+        questions = chunk_questions(every_question, args.num_chunks, args.chunk_idx)
         model = load_model_from_args(args)
         answered = answer_questions(
             model, questions, args.out, image_folder=args.image_folder or Path(args.questions).resolve().parent.parent,

@@ -12,6 +12,7 @@ Errors name the file and the line (1-based, as an editor shows it) so a user can
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -44,6 +45,17 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A data file's text: UTF-8, a byte-order mark (Excel's "CSV UTF-8") accepted; anything else is a
+    ``DataError`` naming the line of the first byte that is not UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DataError(path, line, f"not UTF-8 (byte 0x{data[exc.start]:02x}): save the file as UTF-8") from None
 
 
 def path_inside_root(value: Any, what: str) -> str:
@@ -144,7 +156,7 @@ def read_locations(path: str | os.PathLike) -> list[Location]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, "city table not found")
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in LOCATION_COLUMNS if c not in header]
@@ -152,8 +164,10 @@ def read_locations(path: str | os.PathLike) -> list[Location]:
             raise DataError(path, 1, f"missing column(s) {', '.join(missing)}; header is {', '.join(header)}")
         known = set(LOCATION_COLUMNS) | set(LOCATION_OPTIONAL)
         extra_columns = [c for c in header if c not in known]
-        rows, seen = [], {}
-        for line, raw in enumerate(reader, start=2):
+        rows, seen, previous_end = [], {}, reader.line_num
+        for raw in reader:
+            # A quoted field may span lines: a row starts on the line after the previous row ended.
+            line, previous_end = previous_end + 1, reader.line_num
             try:
                 heading = raw.get("heading") or ""
                 row = Location(
@@ -193,7 +207,6 @@ def write_locations(path: str | os.PathLike, rows: Iterable[Location]) -> None:
     used_optional = [c for c in LOCATION_OPTIONAL if any(getattr(r, c) not in (None, "") for r in rows)]
     extra_columns = list(dict.fromkeys(name for row in rows for name, _ in row.extra))
     columns = list(LOCATION_COLUMNS) + used_optional
-    import io
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -240,7 +253,7 @@ def read_llava_json(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise DataError(path, None, "LLaVA JSON not found")
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
     if not isinstance(records, list):
@@ -266,7 +279,9 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> Iterato
     which repairs it.
     """
     required = tuple(required)
-    with open(path, encoding="utf-8") as f:
+    if not Path(path).is_file():
+        raise DataError(path, None, "file not found")
+    with io.StringIO(read_text(path)) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -248,6 +248,8 @@ def score_files(questions_path: str | os.PathLike, predictions_path: str | os.Pa
 
 def _score_files(questions_path, predictions_path, allow_missing: bool) -> tuple[dict, list[ScoredQuestion]]:
     numbered = read_numbered_questions(questions_path)
+    if not numbered:
+        raise DataError(questions_path, None, "no questions: nothing to score")
     predicted = read_predictions(predictions_path)
     question_line = {q["question_id"]: line for line, q in numbered}
     unknown, missing = id_mismatches(question_line, predicted)
