@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path, PurePosixPath
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from addressvlm.processes import worker_pool
 from addressvlm.records import DataError, path_inside_root, read_jsonl, read_locations
@@ -73,22 +73,42 @@ def _decoding(path: Path):
         raise GraftError(f"{path}: cannot decode image ({exc})") from None
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def _turned(im: Image.Image) -> bool:
+    """Whether the EXIF orientation shows the stored pixels turned by 90 degrees (a phone held upright)."""
+    return im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+
+
+def _as_shown(im: Image.Image) -> Image.Image:
+    """RGB as a viewer shows the file: EXIF orientation applied, transparency over white (not the colour the
+    transparent pixels happen to hold)."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+    return im.convert("RGB")
+
+
 def _open_image(path: Path, target: tuple[int, int] | None = None) -> Image.Image:
-    """Decode ``path`` as RGB; with ``target``, JPEGs are decoded at the smallest DCT scale still >= target."""
+    """Decode ``path`` as shown (``_as_shown``); with ``target``, JPEGs are decoded at the smallest DCT scale still
+    >= target."""
     with _decoding(path):
         im = Image.open(path)
         if target is not None:
-            im.draft("RGB", target)  # no-op for non-JPEG
-        return im.convert("RGB")
+            im.draft("RGB", target[::-1] if _turned(im) else target)  # no-op for non-JPEG
+        return _as_shown(im)
 
 
 def _open_street_view(path: Path, delta: float, size: int, corner: str) -> tuple[Image.Image, tuple[int, int]]:
     """The street view decoded (draft mode) and resized for pasting, with its paste position."""
     with _decoding(path):
         im = Image.open(path)  # reads the header only: the size is known before decoding
-        x0, y0, x1, y1 = graft_box(im.size, delta, size, corner)
-        im.draft("RGB", (x1 - x0, y1 - y0))
-        return _resized(im.convert("RGB"), (x1 - x0, y1 - y0)), (x0, y0)
+        turned = _turned(im)
+        x0, y0, x1, y1 = graft_box(im.size[::-1] if turned else im.size, delta, size, corner)
+        target = (x1 - x0, y1 - y0)
+        im.draft("RGB", target[::-1] if turned else target)
+        return _resized(_as_shown(im), target), (x0, y0)
 
 
 def _resized(im: Image.Image, wh: tuple[int, int]) -> Image.Image:

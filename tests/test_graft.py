@@ -193,3 +193,30 @@ def test_city_table_paths_are_normalised(tmp_path):
     table = tmp_path / "locations.csv"
     table.write_text("image,location_id,lat,lon,street,district\n./images/x/../a.jpg,l1,40.4,-79.9,Ash Street,Hill\n")
     assert read_locations(table)[0].image == "images/a.jpg"
+
+
+def test_street_views_are_grafted_as_shown(tmp_path):
+    """A phone photo stored sideways with an EXIF orientation, and a PNG with transparent pixels that hold some
+    colour, are grafted as a viewer shows them: upright, and white where transparent."""
+    from addressvlm.graft import graft_file
+
+    satellite = tmp_path / "sat.png"
+    Image.new("RGB", (336, 336), (0, 0, 255)).save(satellite)
+    # Stored 400 x 300 (left half red, right half green), shown turned 90 degrees clockwise: 300 x 400, red on top.
+    stored = Image.new("RGB", (400, 300), (255, 0, 0))
+    stored.paste((0, 255, 0), (200, 0, 400, 300))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "sideways.jpg", exif=exif.tobytes(), quality=95)
+    graft_file(satellite, tmp_path / "sideways.jpg", tmp_path / "out1.jpg")
+    out = Image.open(tmp_path / "out1.jpg").convert("RGB")
+    # delta 0.5: the view's longer side (400, now vertical) is 168 px, in the upper-right corner.
+    top, bottom = out.getpixel((336 - 60, 20)), out.getpixel((336 - 60, 150))
+    assert top[0] > 200 and top[1] < 60 and bottom[1] > 200 and bottom[0] < 60
+    assert out.getpixel((336 - 140, 20))[2] > 200  # left of the 126 px wide upright view: satellite
+
+    clear = Image.new("RGBA", (400, 300), (255, 0, 255, 0))  # fully transparent, hidden colour magenta
+    clear.save(tmp_path / "clear.png")
+    graft_file(satellite, tmp_path / "clear.png", tmp_path / "out2.jpg")
+    pixel = Image.open(tmp_path / "out2.jpg").convert("RGB").getpixel((336 - 40, 20))
+    assert min(pixel) > 230  # white, not magenta
