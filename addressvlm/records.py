@@ -164,7 +164,7 @@ def read_locations(path: str | os.PathLike) -> list[Location]:
             raise DataError(path, 1, f"missing column(s) {', '.join(missing)}; header is {', '.join(header)}")
         known = set(LOCATION_COLUMNS) | set(LOCATION_OPTIONAL)
         extra_columns = [c for c in header if c not in known]
-        rows, seen, previous_end = [], {}, reader.line_num
+        rows, seen, first_of_location, previous_end = [], {}, {}, reader.line_num
         for raw in reader:
             # A quoted field may span lines: a row starts on the line after the previous row ended.
             line, previous_end = previous_end + 1, reader.line_num
@@ -192,10 +192,32 @@ def read_locations(path: str | os.PathLike) -> list[Location]:
             if row.image in seen:
                 raise DataError(path, line, f"duplicate image {row.image!r} (first on line {seen[row.image]})")
             seen[row.image] = line
+            _check_same_place(row, line, first_of_location, path)
             rows.append(row)
     if not rows:
         raise DataError(path, None, "city table has no rows")
     return rows
+
+
+# The views of one location are taken at one place (a panorama's crops, one capture point): rows further apart than
+# this, or naming another street or district, are two places under one id, and averaging them would be wrong.
+LOCATION_SPREAD_M = 100.0
+
+
+def _check_same_place(row: Location, line: int, first_of_location: dict, path) -> None:
+    first, first_line = first_of_location.setdefault(row.location_id, (row, line))
+    if first is row:
+        return
+    for field in ("street", "district"):
+        if getattr(row, field) != getattr(first, field):
+            raise DataError(path, line, f"location_id {row.location_id!r} has {field} {getattr(row, field)!r} here "
+                                        f"but {getattr(first, field)!r} on line {first_line}: one place, one address")
+    north = math.radians(row.lat - first.lat) * 6_371_000.0
+    east = math.radians(row.lon - first.lon) * 6_371_000.0 * math.cos(math.radians(first.lat))
+    if math.hypot(north, east) > LOCATION_SPREAD_M:
+        raise DataError(path, line, f"location_id {row.location_id!r} lies {math.hypot(north, east):,.0f} m from its "
+                                    f"view on line {first_line} (more than {LOCATION_SPREAD_M:.0f} m): two places "
+                                    "under one id?")
 
 
 def write_locations(path: str | os.PathLike, rows: Iterable[Location]) -> None:

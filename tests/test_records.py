@@ -41,3 +41,14 @@ def test_an_empty_question_file_is_an_error(tmp_path, tool):
             else ["eval/infer.py", "--questions", str(questions), "--out", str(predictions), "--hf", str(tmp_path)])
     done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "no questions" in done.stderr
+
+
+@pytest.mark.parametrize("second,message", [
+    ("images/b.jpg,l1,40.46,-79.9,Ash Street,Hill", r"locations\.csv:3: location_id 'l1' lies 6,672 m from"),
+    ("images/b.jpg,l1,40.4,-79.9,Elm Road,Hill", r"locations\.csv:3: location_id 'l1' has street 'Elm Road'"),
+])
+def test_one_location_id_is_one_place(tmp_path, second, message):
+    table = tmp_path / "locations.csv"
+    table.write_text(HEADER + "images/a.jpg,l1,40.4,-79.9,Ash Street,Hill\n" + second + "\n")
+    with pytest.raises(DataError, match=message):
+        read_locations(table)
