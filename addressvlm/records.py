@@ -95,8 +95,8 @@ def replaced_folder(out_dir: str | os.PathLike, owned: Iterable[str]) -> Iterato
             raise DataError(out_dir, None, "output folder is a file")
         foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in owned)
         if foreign:
-            raise DataError(out_dir, None, f"output folder holds files this tool does not write ({', '.join(foreign[:5])}"
-                                           f"): use a folder of its own")
+            raise DataError(out_dir, None, "output folder holds files this tool does not write "
+                                           f"({', '.join(foreign[:5])}): use a folder of its own")
     staging, old = (out_dir.with_name(f".{out_dir.name}.{suffix}") for suffix in ("staging", "old"))
     for leftover in (staging, old):  # an earlier run killed mid-way
         shutil.rmtree(leftover, ignore_errors=True)
