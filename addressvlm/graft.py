@@ -161,6 +161,16 @@ def output_files(out_dir: Path, out: str, variant: str) -> list[Path]:
     return [target.with_suffix(".jpg")]
 
 
+def _complete_jpeg(path: Path) -> bool:
+    """An output a rerun may keep: a JPEG that ends with its end-of-image marker (not an empty or cut-off file)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-2, os.SEEK_END)
+            return f.read(2) == b"\xff\xd9"
+    except OSError:  # missing, or shorter than two bytes
+        return False
+
+
 def _save_atomic(image: Image.Image, path: Path, quality: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -211,10 +221,26 @@ def _graft_chunk(pairs: list[GraftPair], out_dir: Path, variant: str, delta: flo
     return results
 
 
+def check_settings(delta: float, size: int, quality: int = JPEG_QUALITY) -> None:
+    """The grafting settings, checked before any image is read (``ValueError`` naming the bad one)."""
+    if not 0 < delta <= 1:
+        raise ValueError(f"delta must be in (0, 1], not {delta}")
+    if size < 16:
+        raise ValueError(f"size must be at least 16 pixels, not {size}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be 1-100, not {quality}")
+
+
 def graft_file(satellite, street_view, out, delta: float = 0.5, size: int = 336, corner: str = "upper_right",
                variant: str = "grafted", quality: int = JPEG_QUALITY) -> list[Path]:
-    """Single pair: write the output image(s) for ``variant``; raises ``GraftError`` naming a bad input."""
+    """Single pair: write the output image(s) for ``variant``; raises ``GraftError`` naming a bad input. Outputs
+    are JPEGs: an ``out`` with another extension is refused rather than silently renamed."""
     out = Path(out)
+    check_settings(delta, size, quality)
+    if out.suffix.lower() not in (".jpg", ".jpeg"):
+        raise ValueError(f"--out {out}: grafts are written as JPEG; give a .jpg name")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ValueError(f"--out {out}: {out.parent} is a file, not a folder")
     pair = GraftPair(Path(satellite), Path(street_view), out.name)
     _graft_one(pair, out.parent, variant, delta, size, corner, quality, _SatelliteCache())
     return output_files(out.parent, out.name, variant)
@@ -313,7 +339,10 @@ def graft_batch(manifest_or_pairs, out_dir, delta: float = 0.5, size: int = 336,
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    graft_box((4, 3), delta, size, corner)  # validate delta and corner before any work
+    check_settings(delta, size, quality)
+    graft_box((4, 3), delta, size, corner)  # validate the corner before any work
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"output folder {out_dir} is a file")
     pairs = read_graft_manifest(manifest_or_pairs) if isinstance(manifest_or_pairs, (str, os.PathLike)) \
         else list(manifest_or_pairs)
     out_dir = Path(out_dir)
@@ -323,7 +352,7 @@ def graft_batch(manifest_or_pairs, out_dir, delta: float = 0.5, size: int = 336,
     for stale in out_dir.rglob(".*.tmp"):  # half-written by a run that was killed (see _save_atomic)
         stale.unlink()
     report = GraftReport()
-    todo = [p for p in pairs if not all(f.is_file() for f in output_files(out_dir, p.out, variant))]
+    todo = [p for p in pairs if not all(_complete_jpeg(f) for f in output_files(out_dir, p.out, variant))]
     report.already_done = len(pairs) - len(todo)
     todo.sort(key=lambda p: str(p.satellite))
     chunks = []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from addressvlm.graft import (CORNERS, JPEG_QUALITY, VARIANTS, GraftError, city_pairs, graft_batch, graft_file,
                               parse_splits)
+from addressvlm.records import DataError
 
 
 def main() -> None:
@@ -50,21 +51,23 @@ def main() -> None:
             for f in graft_file(args.satellite, args.street_view, args.out, args.delta, args.size, args.corner,
                                 args.variant, args.quality):
                 print(f)
-        except GraftError as exc:
+        except (GraftError, ValueError) as exc:
             sys.exit(f"error: {exc}")
         return
 
-    if args.city:
-        splits = args.splits
-        crops = args.crops or args.city / "stage1" / "crops"
-        pairs = city_pairs(args.city, crops, splits)
-        out_dir = args.out_dir or args.city / "stage1" / args.variant
-    else:
-        if not args.out_dir:
-            parser.error("--manifest needs --out-dir")
-        pairs, out_dir = args.manifest, args.out_dir
-    report = graft_batch(pairs, out_dir, args.delta, args.size, args.workers, variant=args.variant,
-                         corner=args.corner, quality=args.quality)
+    try:
+        if args.city:
+            crops = args.crops or args.city / "stage1" / "crops"
+            pairs = city_pairs(args.city, crops, args.splits)
+            out_dir = args.out_dir or args.city / "stage1" / args.variant
+        else:
+            if not args.out_dir:
+                parser.error("--manifest needs --out-dir")
+            pairs, out_dir = args.manifest, args.out_dir
+        report = graft_batch(pairs, out_dir, args.delta, args.size, args.workers, variant=args.variant,
+                             corner=args.corner, quality=args.quality)
+    except (DataError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
     print(report.summary())
     if report.failed and args.strict:
         sys.exit(1)

@@ -220,3 +220,31 @@ def test_street_views_are_grafted_as_shown(tmp_path):
     graft_file(satellite, tmp_path / "clear.png", tmp_path / "out2.jpg")
     pixel = Image.open(tmp_path / "out2.jpg").convert("RGB").getpixel((336 - 40, 20))
     assert min(pixel) > 230  # white, not magenta
+
+
+def test_settings_and_outputs_are_checked_before_any_work(tmp_path):
+    from addressvlm.graft import graft_file
+
+    Image.new("RGB", (336, 336)).save(tmp_path / "sat.png")
+    Image.new("RGB", (400, 300)).save(tmp_path / "sv.jpg")
+    (tmp_path / "afile").write_text("")
+    for kwargs, message in [({"size": 0}, "size must be at least 16"), ({"delta": 0}, r"delta must be in \(0, 1\]"),
+                            ({"out": tmp_path / "want.png"}, "give a .jpg name"),
+                            ({"out": tmp_path / "afile" / "o.jpg"}, "is a file, not a folder")]:
+        with pytest.raises(ValueError, match=message):
+            graft_file(tmp_path / "sat.png", tmp_path / "sv.jpg", **{"out": tmp_path / "o.jpg", **kwargs})
+    assert not (tmp_path / "want.jpg").exists()
+
+
+def test_empty_or_cut_off_outputs_are_grafted_again(tmp_path):
+    from addressvlm.graft import graft_batch
+
+    pairs = make_pairs(tmp_path, n_locations=1, views=3)
+    out = tmp_path / "out"
+    assert graft_batch(pairs, out, workers=1, progress=False).written == 3
+    empty, cut = (out / pairs[0].out), (out / pairs[1].out)
+    empty.write_bytes(b"")
+    cut.write_bytes(cut.read_bytes()[:100])
+    report = graft_batch(pairs, out, workers=1, progress=False)
+    assert (report.written, report.already_done) == (2, 1)
+    assert Image.open(cut).size == (336, 336)
