@@ -174,8 +174,12 @@ def _complete_jpeg(path: Path) -> bool:
 def _save_atomic(image: Image.Image, path: Path, quality: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="JPEG", quality=quality)
-    os.replace(tmp, path)
+    try:
+        image.save(tmp, format="JPEG", quality=quality)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class _SatelliteCache:

@@ -52,3 +52,17 @@ def test_one_location_id_is_one_place(tmp_path, second, message):
     table.write_text(HEADER + "images/a.jpg,l1,40.4,-79.9,Ash Street,Hill\n" + second + "\n")
     with pytest.raises(DataError, match=message):
         read_locations(table)
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import os
+
+    from addressvlm.records import write_atomic
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(tmp_path / "stats.json", "{}")
+    assert list(tmp_path.iterdir()) == []
