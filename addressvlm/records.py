@@ -298,29 +298,36 @@ def write_llava_json(path: str | os.PathLike, records: list[dict]) -> None:
 
 
 # --------------------------------------------------------------------------------------------- JSONL
-def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)``; a malformed line or a missing key is a ``DataError``.
+def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[tuple[int, dict]]:
+    """``(line_number, record)`` of every line; a malformed line or a missing key is a ``DataError``.
 
     A truncated last line (a crash mid-write) is an error too: callers that resume use ``JsonlAppender``,
-    which repairs it.
+    which repairs it. The lines are parsed in one call (several times faster for the 200K-line files scoring reads);
+    when that fails, line by line, to name the line at fault.
     """
     required = tuple(required)
     if not Path(path).is_file():
         raise DataError(path, None, "file not found")
-    with io.StringIO(read_text(path)) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    numbered = [(n, line) for n, line in enumerate(read_text(path).split("\n"), start=1) if line.strip()]
+    try:
+        records = json.loads("[" + ",".join(line for _, line in numbered) + "]")
+    except json.JSONDecodeError:
+        records = None
+    if records is None or len(records) != len(numbered):  # a bad line, or one holding several values
+        records = []
+        for line_no, line in numbered:
             try:
-                rec = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise DataError(path, line_no, f"invalid JSON: {exc.msg}") from None
-            if not isinstance(rec, dict):
-                raise DataError(path, line_no, "each line must be a JSON object")
+    line_numbers = [n for n, _ in numbered]
+    for line_no, rec in zip(line_numbers, records):
+        if type(rec) is not dict:
+            raise DataError(path, line_no, "each line must be a JSON object")
+        if required and not all(k in rec for k in required):
             missing = [k for k in required if k not in rec]
-            if missing:
-                raise DataError(path, line_no, f"missing key(s) {', '.join(missing)}")
-            yield line_no, rec
+            raise DataError(path, line_no, f"missing key(s) {', '.join(missing)}")
+    return list(zip(line_numbers, records))
 
 
 class JsonlAppender:
