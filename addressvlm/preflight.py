@@ -212,6 +212,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.samples < 1:
         parser.error("--steps and --samples must be at least 1")
+    if not Path(args.recipe).is_file():
+        raise SystemExit(f"error: recipe {args.recipe} not found")
     try:
         figures = run_preflight(args.recipe, args.weights, args.steps, args.samples, args.device, args.cfg_options)
     except PreflightError as error:

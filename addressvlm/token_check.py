@@ -100,7 +100,7 @@ def main(argv=None) -> None:
 
     from mmengine.config import Config
 
-    from addressvlm.records import read_llava_json
+    from addressvlm.records import DataError, read_llava_json
 
     parser = argparse.ArgumentParser(
         description="Tokenize a LLaVA recipe's data with a real tokenizer: answering prompts must equal the start of "
@@ -112,6 +112,9 @@ def main(argv=None) -> None:
                         help="tokenizer folder (default: the Phi-3 tokenizer shipped for the tests, converted from "
                              "llama.cpp's ggml-vocab-phi-3.gguf)")
     args = parser.parse_args(argv)
+    missing = [p for p in (args.recipe, *args.data) if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"error: {missing[0]} not found")
     cfg = Config.fromfile(args.recipe)
     dataset = cfg.train_dataloader.dataset
     template = dataset.template_map_fn.template
@@ -119,7 +122,11 @@ def main(argv=None) -> None:
     image_tokens = 576  # CLIP ViT-L/14 at 336 px
     failed = False
     for path in args.data:
-        report = check_records(read_llava_json(path), tokenizer, template, dataset.max_length, image_tokens)
+        try:
+            records = read_llava_json(path)
+        except DataError as error:
+            raise SystemExit(f"error: {error}")
+        report = check_records(records, tokenizer, template, dataset.max_length, image_tokens)
         print(f"{path}: {report.records} records; longest {report.longest[0]} tokens ({report.longest[1]}, "
               f"image included) against {dataset.max_length} + {image_tokens}; {len(report.over_max_length)} over "
               f"max_length (truncated in training); prompt mismatches {len(report.prompt_mismatches)}, label "
