@@ -189,3 +189,13 @@ def test_training_progress_follows_mmengines_iteration_lines():
             "data_time: 0.0156  memory: 15440  loss: 8.4708")
     assert ITERATION_LINE.search(line).groups() == ("18", "120", "8.4708")
     assert ITERATION_LINE.search("Iter(val) [1/5] loss: 1.0") is None
+
+
+@pytest.mark.parametrize("script", sorted(str(p.relative_to(REPO)) for folder in ("tools", "eval", "datasets_prep")
+                                          for p in (REPO / folder).glob("*.py")))
+def test_every_script_has_help(script):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr[-1000:]
