@@ -1,8 +1,11 @@
 """GPU acceptance check: the real-size LLaVA-Phi3-mini architecture, from random weights (no download), trained for a
 few steps by `xtuner train --deepspeed deepspeed_zero2` on a city's stage-1 data; prints peak memory and samples/s
 next to tools/estimate_memory.py's figure. Run it wherever a GPU is available (README, "What has run on a GPU").
+`--backbone minicpmv-tiny` runs the MiniCPM-V recipe's code paths on the GPU instead (the tiny stand-in: preflight in
+bf16, then training with AMP and with DeepSpeed ZeRO-2).
 
     python tools/gpu_check.py --city data/helsinki --tokenizer TOKENIZER_DIR --steps 20 --out gpu_check
+    python tools/gpu_check.py --backbone minicpmv-tiny --city data/helsinki --steps 10 --out gpu_check_minicpmv
 
 TOKENIZER_DIR: the Phi-3 tokenizer (the release's folder, or one converted from llama.cpp's ggml-vocab-phi-3.gguf;
 docs/real_models.md). Also runs tools/preflight.py on the random release in bf16 on the GPU (AMP path).
@@ -21,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "stage1_pitts.py"
+MINICPMV_RECIPE = REPO / "recipes" / "minicpmv26" / "stage1_pitts.py"
 
 
 def write_random_release(root: Path, tokenizer_dir: Path) -> Path:
@@ -59,12 +63,14 @@ def sample_data(city: Path, records: int, out: Path) -> Path:
     return out
 
 
-def train(release: Path, data: Path, city: Path, steps: int, batch: int, work_dir: Path) -> dict:
+def train(recipe: Path, release: Path, data: Path, city: Path, steps: int, batch: int, work_dir: Path,
+          deepspeed: bool = True) -> dict:
     from mmengine.config import Config
 
     from addressvlm.runtime import format_option, model_root_options
 
-    options = model_root_options(Config.fromfile(str(RECIPE)), str(release)) + [
+    work_dir.mkdir(parents=True)
+    options = model_root_options(Config.fromfile(str(recipe)), str(release)) + [
         format_option(k, v) for k, v in {
             "train_dataloader.dataset.data_path": str(data), "train_dataloader.dataset.image_folder": str(city),
             "train_dataloader.batch_size": batch, "train_dataloader.sampler.per_device_batch_size": batch,
@@ -73,14 +79,15 @@ def train(release: Path, data: Path, city: Path, steps: int, batch: int, work_di
             "param_scheduler.0.end": 0.1, "param_scheduler.1.begin": 0.1, "randomness.seed": 0}.items()]
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": "29517"}
-    command = [sys.executable, "-m", "xtuner.tools.train", str(RECIPE), "--deepspeed", "deepspeed_zero2",
-               "--work-dir", str(work_dir), "--cfg-options", *options]
+    command = [sys.executable, "-m", "xtuner.tools.train", str(recipe), "--work-dir", str(work_dir)]
+    command += ["--deepspeed", "deepspeed_zero2"] if deepspeed else []
     start = time.perf_counter()
-    with open(work_dir.parent / "train.log", "w") as log:
-        done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log_path = work_dir.parent / f"{work_dir.name}.log"
+    with open(log_path, "w") as log:
+        done = subprocess.run([*command, "--cfg-options", *options], env=env, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        tail = (work_dir.parent / "train.log").read_text(errors="replace")[-3000:]
+        tail = log_path.read_text(errors="replace")[-3000:]
         raise SystemExit(f"error: training failed (exit {done.returncode}):\n{tail}")
     rows = [json.loads(line) for path in work_dir.glob("*/vis_data/scalars.json")
             for line in path.read_text().splitlines()]
@@ -94,7 +101,8 @@ def train(release: Path, data: Path, city: Path, steps: int, batch: int, work_di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--city", required=True, help="city root with stage1/train.json and its images")
-    parser.add_argument("--tokenizer", required=True, help="a Phi-3 tokenizer folder")
+    parser.add_argument("--tokenizer", help="a Phi-3 tokenizer folder (the LLaVA check)")
+    parser.add_argument("--backbone", choices=("llava", "minicpmv-tiny"), default="llava")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=4, help="per-device batch (Table A1: 4)")
     parser.add_argument("--out", required=True, help="folder for the release, the run and gpu_check.json")
@@ -106,6 +114,10 @@ def main() -> None:
     out = Path(args.out)
     shutil.rmtree(out / "work", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    if args.backbone == "minicpmv-tiny":
+        return check_minicpmv_tiny(args, out)
+    if not args.tokenizer:
+        parser.error("the LLaVA check needs --tokenizer")
     start = time.perf_counter()
     release = write_random_release(out / "llava-phi-3-mini-random", Path(args.tokenizer))
     result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
@@ -121,8 +133,8 @@ def main() -> None:
                                                    "token_lengths")}
     torch.cuda.empty_cache()
     data = sample_data(Path(args.city), args.steps * args.batch, out / "sample.json")
-    (out / "work").mkdir()
-    result["train"] = train(release, data, Path(args.city).resolve(), args.steps, args.batch, out / "work")
+    result["train"] = train(RECIPE, release, data, Path(args.city).resolve(), args.steps, args.batch,
+                            out / "work" / "zero2")
     cfg = Config.fromfile(str(RECIPE))
     cfg.train_dataloader.batch_size = args.batch
     result["estimate_zero2_1gpu_gb"] = estimate(cfg, gpus=1)["memory"]["zero2"]
@@ -134,6 +146,29 @@ def main() -> None:
           f"{result['estimate_zero2_1gpu_gb']['activations_estimate_gb']:.1f}), "
           f"{train_result['samples_per_s']:.2f} samples/s, losses {train_result['losses'][0]:.3f} -> "
           f"{train_result['losses'][-1]:.3f}")
+
+
+def check_minicpmv_tiny(args, out: Path) -> None:
+    """The MiniCPM-V recipe's code on a GPU: remote-code load, bf16 frozen / fp32 trained tensors under AMP, and
+    training through AmpOptimWrapper and through DeepSpeed ZeRO-2 (the tiny stand-in: no release weights)."""
+    import torch
+
+    from addressvlm.preflight import run_preflight
+    from addressvlm.tiny_minicpmv import write_tiny_minicpmv
+
+    release = write_tiny_minicpmv(out / "MiniCPM-V-2_6", hidden=128, vision_hidden=64)
+    result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    figures = run_preflight(str(MINICPMV_RECIPE), str(release), steps=2, device="cuda")
+    result["preflight"] = {k: figures[k] for k in ("trainable_params", "frozen_params", "dtypes", "losses")}
+    data = sample_data(Path(args.city), args.steps * args.batch, out / "sample.json")
+    for name, deepspeed in (("amp", False), ("zero2", True)):
+        result[name] = train(MINICPMV_RECIPE, release, data, Path(args.city).resolve(), args.steps, args.batch,
+                             out / "work" / name, deepspeed=deepspeed)
+    (out / "gpu_check_minicpmv.json").write_text(json.dumps(result, indent=2) + "\n")
+    for name in ("amp", "zero2"):
+        run = result[name]
+        print(f"{result['gpu']}: MiniCPM-V stand-in, {name}: {run['steps']} steps of {args.batch}, peak "
+              f"{run['peak_memory_mb']} MB, losses {run['losses'][0]:.3f} -> {run['losses'][-1]:.3f}")
 
 
 if __name__ == "__main__":
