@@ -37,7 +37,7 @@ class DemoSettings:
     stage1_epochs: int = 2
     stage2_epochs: int = 10
     # The paper's multi-turn conversations, in shuffled turn order. Single-turn records match the test format but,
-    # in the minutes a CPU has, teach the tiny model less (docs/data.md, "Turn order").
+    # in the minutes a CPU has, teach the tiny model less (docs/experiments.md, "Turn order").
     single_turn: bool = False
     warmup_iters: int = 10
     crop_metres: float = 240.0

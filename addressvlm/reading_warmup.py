@@ -3,9 +3,9 @@
 The released LLaVA-Phi3-mini can already answer "Is this image taken in Kamppi, Yes or No?" or pick "(B)" about
 something it recognises: it compares two names and reads an option's letter. A random tiny LLM cannot, and with its
 weights frozen under the recipes' LoRA it did not learn to in the minutes a CPU gives: on the demo city its
-judgment and choice answers stayed at guessing (docs/data.md, "Reading warm-up"). So before any recipe runs, the
-whole tiny LLM trains on text-only conversations in the stage-2 question forms (Tables B4/B5), where the image's place
-holds a passage of random tokens with a street name and a district name in it. Street and district are paired at
+judgment and choice answers stayed at guessing (docs/experiments.md, "reading warm-up"). So before any recipe runs,
+the whole tiny LLM trains on text-only conversations in the stage-2 question forms (Tables B4/B5), where the image's
+place holds a passage of random tokens with a street name and a district name in it. Street and district are paired at
 random, so the LLM learns to read and compare the city's names, never which street lies in which district or what
 any place looks like: which name fits an image is still learned from the images, by stage 1 and stage 2.
 

@@ -46,7 +46,7 @@ class TinySize:
     # layer get wide ones: with 0.02 the frozen output layer's logits stay so small that no answer can become
     # confident (the loss stalls near log(vocab)). Wide weights everywhere (0.2) make the frozen blocks scramble
     # the stream instead: on the demo city, stage 2 then named the street of 72% of the test images, against 89%
-    # (docs/data.md, "Turn order").
+    # (docs/experiments.md, "Turn order").
     initializer_range: float = 0.02
     embedding_std: float = 0.2
 
