@@ -57,8 +57,8 @@ def build_meta_model(cfg) -> nn.Module:
             from addressvlm.remote_code import hub_code_names
 
             with hub_code_names():
-                from addressvlm.minicpmv_standin.configuration_minicpm import MiniCPMVConfig
-                from addressvlm.minicpmv_standin.modeling_minicpmv import MiniCPMV
+                from addressvlm.standins.minicpmv_code.configuration_minicpm import MiniCPMVConfig
+                from addressvlm.standins.minicpmv_code.modeling_minicpmv import MiniCPMV
             release = MiniCPMV(MiniCPMVConfig(**release_config("minicpm_v_2_6"))).to(torch.bfloat16)
             model_cfg["model_path"] = release
             return AddressMiniCPMV(**model_cfg)

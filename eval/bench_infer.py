@@ -40,7 +40,7 @@ def build_model(folder: Path, args):
 
     from addressvlm.infer import build_recipe_model, wrap_xtuner_model
     from addressvlm.runtime import model_root_options
-    from addressvlm.tiny import TinySize, make_tiny_llava
+    from addressvlm.standins.tiny import TinySize, make_tiny_llava
 
     size = TinySize(hidden=args.hidden, layers=args.layers, intermediate=2 * args.hidden, heads=args.hidden // 16,
                     image_size=336, patch_size=14, vision_hidden=args.hidden, vision_layers=args.layers)

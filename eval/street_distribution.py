@@ -2,7 +2,7 @@
 
 Input: one or more JSONL files of sampled answers, one record per test image,
 `{"image", "answers": [100 replies], "options"?: {"A": street, ...}}` (written by
-addressvlm.street_map.sample_street_answers; records with "options" hold multiple-choice replies, Appendix D.1).
+addressvlm.street_distribution.sample_street_answers; records with "options" hold multiple-choice replies, Appendix D.1).
 Each file is a panel, e.g. the model after and before cross-view alignment tuning. Output per image:
 OUT/<image>.png, and OUT/street_counts.json with every panel's counts.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from addressvlm.geo.streets import read_street_map
 from addressvlm.records import DataError, read_locations, write_atomic
-from addressvlm.street_map import count_streets, draw_street_distribution, read_sampled_answers
+from addressvlm.street_distribution import count_streets, draw_street_distribution, read_sampled_answers
 
 
 def _panel_arg(text: str) -> tuple[str, Path]:

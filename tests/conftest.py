@@ -18,7 +18,7 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220), 
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory) -> Path:
     """A tiny random model in the layout of xtuner/llava-phi-3-mini-xtuner (LLM, visual_encoder/, projector/)."""
-    from addressvlm.tiny import make_tiny_llava
+    from addressvlm.standins.tiny import make_tiny_llava
 
     return make_tiny_llava(tmp_path_factory.mktemp("models") / "llava-phi-3-mini-xtuner",
                            corpus=[f"The colour is {c}." for c in COLOURS])
@@ -27,7 +27,7 @@ def tiny_llava(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_minicpmv(tmp_path_factory) -> Path:
     """A tiny random model in the layout of openbmb/MiniCPM-V-2_6, its code loaded as remote code."""
-    from addressvlm.tiny_minicpmv import write_tiny_minicpmv
+    from addressvlm.standins.tiny_minicpmv import write_tiny_minicpmv
 
     return write_tiny_minicpmv(tmp_path_factory.mktemp("models") / "MiniCPM-V-2_6",
                                corpus=[f"The colour is {c}." for c in COLOURS])

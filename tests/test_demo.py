@@ -5,8 +5,8 @@ import re
 import pytest
 from PIL import Image
 
-from addressvlm.demo import MODELS, DemoSettings, run_demo
-from addressvlm.reading_warmup import read_warmup_result
+from addressvlm.demo.pipeline import MODELS, DemoSettings, run_demo
+from addressvlm.standins.reading_warmup import read_warmup_result
 from addressvlm.records import read_locations, read_predictions, read_questions
 from addressvlm.scoring import METRICS
 

@@ -14,8 +14,9 @@ from PIL import Image
 from pyproj import Transformer
 from shapely.geometry import Point, shape
 
-from addressvlm.demo_city import (ATTRIBUTION, build_demo_city, bundled_extract, load_city, read_osm_pbf,
-                                  rebuild_district_polygons)
+from addressvlm.demo.city import build_demo_city
+from addressvlm.demo.city_map import ATTRIBUTION, load_city, rebuild_district_polygons
+from addressvlm.demo.osm import bundled_extract, read_osm_pbf
 from addressvlm.records import read_locations
 
 SMALL = dict(seed=3, locations=8, views=2, image_size=(96, 72), metres_per_pixel=4.0, streets=4, progress=False)

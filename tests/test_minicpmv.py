@@ -89,7 +89,7 @@ def test_example_has_placeholders_bounds_and_answer_labels(tiny_minicpmv):
     from addressvlm.remote_code import hub_code_names
 
     with hub_code_names():
-        from addressvlm.minicpmv_standin.modeling_minicpmv import patches_to_image
+        from addressvlm.standins.minicpmv_code.modeling_minicpmv import patches_to_image
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_minicpmv, trust_remote_code=True)
     settings = ImageSettings.from_model_dir(tiny_minicpmv)

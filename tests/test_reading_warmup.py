@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from addressvlm.reading_warmup import (RESULT_FILE, CityNames, ReadingExamples, ReadingWarmup,
+from addressvlm.standins.reading_warmup import (RESULT_FILE, CityNames, ReadingExamples, ReadingWarmup,
                                        length_grouped_batches, read_warmup_result, reading_accuracy, reading_record,
                                        warm_up_reading)
 from synthetic_city import DISTRICT_NAMES, street_names

@@ -132,7 +132,7 @@ def test_clean_demo_removes_only_what_the_demo_made():
     import inspect
     import subprocess
 
-    from addressvlm.demo import run_demo
+    from addressvlm.demo.pipeline import run_demo
 
     dry = subprocess.run(["make", "-n", "clean-demo"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     removed = [Path(p) for line in dry.splitlines() if line.startswith("rm -rf") for p in line.split()[2:]]

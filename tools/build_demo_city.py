@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from addressvlm.demo_city import build_demo_city
+from addressvlm.demo.city import build_demo_city
 
 
 def _image_size(text: str) -> tuple[int, int]:

@@ -154,7 +154,7 @@ def check_minicpmv_tiny(args, out: Path) -> None:
     import torch
 
     from addressvlm.preflight import run_preflight
-    from addressvlm.tiny_minicpmv import write_tiny_minicpmv
+    from addressvlm.standins.tiny_minicpmv import write_tiny_minicpmv
 
     release = write_tiny_minicpmv(out / "MiniCPM-V-2_6", hidden=128, vision_hidden=64)
     result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}

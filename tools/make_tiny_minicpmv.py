@@ -11,7 +11,7 @@ import argparse
 import inspect
 from pathlib import Path
 
-from addressvlm.tiny_minicpmv import write_tiny_minicpmv
+from addressvlm.standins.tiny_minicpmv import write_tiny_minicpmv
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 """Write a tiny random LLaVA-Phi3-mini-shaped model set (same layout as xtuner/llava-phi-3-mini-xtuner).
 
 With --names, the LLM is then warmed up on reading that city's street and district names in the stage-2 question
-forms, standing in for the language pre-training a real LVLM arrives with (addressvlm/reading_warmup.py).
+forms, standing in for the language pre-training a real LVLM arrives with (addressvlm/standins/reading_warmup.py).
 
 Example:
     python tools/make_tiny_model.py tiny_models/llava-phi-3-mini-xtuner
@@ -11,8 +11,8 @@ Example:
 import argparse
 from pathlib import Path
 
-from addressvlm.reading_warmup import ReadingWarmup, names_from_locations
-from addressvlm.tiny import TinySize, make_tiny_llava
+from addressvlm.standins.reading_warmup import ReadingWarmup, names_from_locations
+from addressvlm.standins.tiny import TinySize, make_tiny_llava
 
 
 def add_fields(parser: argparse.ArgumentParser, defaults, prefix: str = "") -> None:

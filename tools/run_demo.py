@@ -6,7 +6,7 @@ and writes answers, metrics, pictures and report.md into --out. Finished steps a
 """
 import argparse
 
-from addressvlm.demo import DemoSettings, run_demo
+from addressvlm.demo.pipeline import DemoSettings, run_demo
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""addressvlm.street_map and eval/street_distribution.py (Fig. 5): prompts, counting, sampling, the map."""
+"""addressvlm.street_distribution and eval/street_distribution.py (Fig. 5): prompts, counting, sampling, the map."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from PIL import Image
 from addressvlm.geo.streets import read_street_map
 from addressvlm.records import DataError, Location, write_locations
 from addressvlm.scoring import extract_choice
-from addressvlm.street_map import (
+from addressvlm.street_distribution import (
     TOP_COLOURS,
     choice_options,
     count_streets,

@@ -99,7 +99,7 @@ def _name_colour(name: str):
 # ============================================================================================ street views
 @dataclass(frozen=True)
 class StreetScene:
-    """What one street-view image shows; built from OSM by ``addressvlm.demo_city``."""
+    """What one street-view image shows; built from OSM by ``addressvlm.demo.city``."""
 
     street: str
     street_index: int  # selects the sign's colour code

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 
 if TYPE_CHECKING:
-    from addressvlm.reading_warmup import CityNames, ReadingWarmup
+    from addressvlm.standins.reading_warmup import CityNames, ReadingWarmup
 
 # Phi-3's chat tokens must be single tokens, or XTuner's phi3_chat template would encode differently.
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -76,7 +76,7 @@ def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterab
                     names: "CityNames | None" = None, warmup: "ReadingWarmup | None" = None) -> Path:
     """Write a tiny LLaVA-Phi3-mini model set to ``out`` (deterministic for a seed) and return ``out``.
 
-    With ``names`` and ``warmup``, the LLM is warmed up on reading those names (``addressvlm.reading_warmup``).
+    With ``names`` and ``warmup``, the LLM is warmed up on reading those names (``addressvlm.standins.reading_warmup``).
     The projector is written last, so its config marks a finished model set.
     """
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, Phi3Config, Phi3ForCausalLM
@@ -102,7 +102,7 @@ def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterab
         llm.get_output_embeddings().weight.normal_(0.0, size.embedding_std)
     llm.save_pretrained(out)
     if warmup is not None:
-        from addressvlm.reading_warmup import warm_up_reading
+        from addressvlm.standins.reading_warmup import warm_up_reading
 
         if names is None:
             raise ValueError("the reading warm-up needs the city's names")

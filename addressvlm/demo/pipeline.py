@@ -32,7 +32,7 @@ class DemoSettings:
     # Table A1's rank 128 is the whole width of this 128-wide model and costs as much as the frozen layers it adapts;
     # rank 32 trains the same stage-2 epoch in about three quarters of the time.
     lora_rank: int = 32
-    # Steps of the tiny LLM's reading warm-up, its stand-in for language pre-training (addressvlm/reading_warmup.py).
+    # Steps of the tiny LLM's reading warm-up, its stand-in for language pre-training (addressvlm/standins/reading_warmup.py).
     reading_steps: int = 1000
     stage1_epochs: int = 2
     stage2_epochs: int = 10
@@ -81,7 +81,7 @@ class Steps:
 
 # --------------------------------------------------------------------------------------------- data
 def build_city(paths: Paths, s: DemoSettings):
-    from addressvlm.demo_city import build_demo_city
+    from addressvlm.demo.city import build_demo_city
 
     if (paths.city / "city.json").is_file() and (paths.city / "locations.csv").is_file():
         return "kept the city built earlier"
@@ -119,9 +119,9 @@ def build_stage1_data(paths: Paths, s: DemoSettings):
 def make_model(paths: Paths, s: DemoSettings):
     """The tiny LLaVA-Phi3-mini, its tokenizer trained on the city's own questions and answers, its LLM warmed up
     on reading the city's names."""
-    from addressvlm.reading_warmup import ReadingWarmup, names_from_locations
+    from addressvlm.standins.reading_warmup import ReadingWarmup, names_from_locations
     from addressvlm.records import read_llava_json
-    from addressvlm.tiny import TinySize, make_tiny_llava
+    from addressvlm.standins.tiny import TinySize, make_tiny_llava
 
     if (paths.models / "projector" / "config.json").is_file():
         return "kept the model made earlier"
@@ -198,7 +198,7 @@ def load_model(paths: Paths, s: DemoSettings, name: str):
 
 def answer_and_score(paths: Paths, s: DemoSettings, name: str) -> tuple[dict, dict]:
     """Answer the test questions with one model and score them: (metrics, which answers it gave)."""
-    from addressvlm.demo_report import answer_spread
+    from addressvlm.demo.report import answer_spread
     from addressvlm.infer import answer_questions
     from addressvlm.scoring import score, score_each
     from addressvlm.records import read_predictions
@@ -222,7 +222,7 @@ def street_distribution(paths: Paths, s: DemoSettings) -> list[Path]:
     the streets that model produced (Appendix D.1)."""
     from addressvlm.geo.streets import read_street_map
     from addressvlm.infer import sample_answers
-    from addressvlm.street_map import (choice_options, count_streets, draw_street_distribution,
+    from addressvlm.street_distribution import (choice_options, count_streets, draw_street_distribution,
                                        street_choice_question, street_question)
 
     rows = [r for r in read_locations(paths.city / "locations.csv") if r.split == "test"]
@@ -289,8 +289,8 @@ def majority_shares(questions: list[dict]) -> dict[str, float]:
 
 def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spreads: dict[str, dict], steps: Steps,
                  pictures: dict, distribution: list[Path], district_method: str) -> Path:
-    from addressvlm.demo_report import render_report
-    from addressvlm.reading_warmup import read_warmup_result
+    from addressvlm.demo.report import render_report
+    from addressvlm.standins.reading_warmup import read_warmup_result
 
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
     reading = read_warmup_result(paths.models)

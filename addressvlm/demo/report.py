@@ -105,7 +105,7 @@ def render_report(metrics: dict[str, dict], times: dict[str, float], pictures: d
             f"Before any image, the tiny LLM trained for {reading['settings']['steps']} steps on text-only "
             "conversations in the stage-2 question forms, with a street and a district name, paired at random, in "
             "a passage of random tokens where the image goes: the stand-in for the language a real LVLM arrives "
-            "with (addressvlm/reading_warmup.py). Its accuracy % on held-out passages, first answer token:",
+            "with (addressvlm/standins/reading_warmup.py). Its accuracy % on held-out passages, first answer token:",
             "",
             reading_table(reading),
             "",

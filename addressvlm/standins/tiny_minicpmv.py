@@ -1,4 +1,4 @@
-"""Write a tiny stand-in folder for ``openbmb/MiniCPM-V-2_6``: its remote code (``addressvlm/minicpmv_standin/``),
+"""Write a tiny stand-in folder for ``openbmb/MiniCPM-V-2_6``: its remote code (``addressvlm/standins/minicpmv_code/``),
 a config whose ``auto_map`` names it, random weights, a Qwen2-style tokenizer and the processor settings."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from addressvlm.remote_code import hub_code_names
 
-STANDIN_DIR = Path(__file__).resolve().parent / "minicpmv_standin"
+STANDIN_DIR = Path(__file__).resolve().parent / "minicpmv_code"
 REMOTE_CODE_FILES = ("configuration_minicpm.py", "modeling_minicpmv.py", "resampler.py")
 
 # MiniCPM-V 2.6's token strings: the chat tokens of Qwen2, and the image/slice markers its processor writes.
