@@ -56,7 +56,7 @@ class Paths:
     out: Path
     city: Path
     work: Path
-    recipes: Path = Path(__file__).resolve().parent.parent / "recipes"
+    recipes: Path = Path(__file__).resolve().parents[2] / "recipes"
     models: Path = field(init=False)
 
     def __post_init__(self):
