@@ -27,6 +27,7 @@ from shapely.ops import unary_union
 from addressvlm.graft import SEPARATE_SUFFIXES, VARIANTS, grafted_name, select_rows
 from addressvlm.names import mentions_name, normalize_name
 from addressvlm.records import DataError, JsonlAppender, Location, read_jsonl, read_locations, write_llava_json
+from addressvlm.vqa import view_names
 
 CORNER_WORDS = {"upper_right": "upper-right", "upper_left": "upper-left", "lower_right": "lower-right",
                 "lower_left": "lower-left"}
@@ -480,6 +481,7 @@ def build_stage1_json(city_root, labels_jsonl=None, out_json=None, *, variant: s
     wanted = {r.image for r in rows}
     report.outside_splits = sum(1 for image in labels if image not in wanted)
     city = city_root.resolve().name
+    views = view_names(rows)  # the same view names (and so ids) as the stage-2 records
     records = []
     for row in rows:
         rec = labels.get(row.image)
@@ -493,7 +495,7 @@ def build_stage1_json(city_root, labels_jsonl=None, out_json=None, *, variant: s
                 raise DataError(labels_jsonl, None, f"image {absolute} of label {row.image!r} not found")
             paths.append(os.path.relpath(absolute, image_root))
         records.append({
-            "id": f"{city}/{row.location_id}/{Path(row.image).stem}",
+            "id": f"{city}/{row.location_id}/{views[row.image]}",
             "image": paths[0] if len(paths) == 1 else paths,
             "conversations": [{"from": "human", "value": "<image>\n" * len(paths) + rec["question"]},
                               {"from": "gpt", "value": rec["reason"]}],

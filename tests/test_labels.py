@@ -233,3 +233,25 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(grafted_city):
         assert {r["image"]: r["reason"] for _, r in read_jsonl(labels) if r["image"] in before} == before
     finally:
         server.close()
+
+
+def test_stage1_ids_of_views_differing_only_by_extension_are_distinct(tmp_path):
+    import json
+
+    from addressvlm.records import read_llava_json
+
+    city = tmp_path / "city"
+    images = ["img/x.jpg", "img/x.png", "img/y.jpg"]
+    (city / "stage1" / "grafted" / "img").mkdir(parents=True)
+    for image in images:
+        (city / "stage1" / "grafted" / (image + ".jpg")).write_bytes(b"\xff\xd8\xff\xd9")
+    write_locations(city / "locations.csv", [
+        Location(image=image, location_id="l1", lat=40.4, lon=-79.9, street="Ash Street", district="Hill",
+                 split="train") for image in images])
+    (city / "stage1" / "labels.jsonl").write_text("".join(json.dumps({
+        "image": image, "location_id": "l1", "variant": "grafted", "images": [f"stage1/grafted/{image}.jpg"],
+        "question": "Where?", "hint_prompt": "Where? Hint", "reason": "On Ash Street.", "backend": "rule"}) + "\n"
+        for image in images))
+    build_stage1_json(city)
+    ids = [r["id"] for r in read_llava_json(city / "stage1" / "train.json")]
+    assert len(set(ids)) == 3
