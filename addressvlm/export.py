@@ -19,7 +19,8 @@ from typing import Sequence
 
 import torch
 
-from addressvlm.infer import IMAGE_TOKEN, build_recipe_model, is_quantized, load_checked_state, resolve_checkpoint
+from addressvlm.infer import IMAGE_TOKEN, build_recipe_model, load_checked_state, resolve_checkpoint
+from addressvlm.precision import is_quantized
 
 # XTuner ProjectorModel(depth=2) -> LlavaMultiModalProjector
 _PROJECTOR_NAMES = {"model.0.": "multi_modal_projector.linear_1.", "model.2.": "multi_modal_projector.linear_2."}

@@ -28,7 +28,7 @@ from addressvlm.prefix_cache import (
     generate_shared,
     sampler,
 )
-from addressvlm.precision import default_device_dtype
+from addressvlm.precision import default_device_dtype, is_quantized
 from addressvlm.records import DataError, PREDICTION_KEYS, open_predictions, read_jsonl, read_questions, write_atomic
 
 IMAGE_TOKEN = "<image>"
@@ -160,10 +160,6 @@ class PerQuestionModel:
     def answer_image(self, image_path: Path, questions: Sequence[dict], max_new_tokens: int) -> list[str]:
         image = Image.open(image_path).convert("RGB")
         return [self.model.answer(image, q["question"], max_new_tokens=max_new_tokens) for q in questions]
-
-
-def is_quantized(llm: torch.nn.Module) -> bool:
-    return bool(getattr(llm, "is_loaded_in_4bit", False) or getattr(llm, "is_loaded_in_8bit", False))
 
 
 def wrap_xtuner_model(cfg, model, device: str | None = None, dtype: str | torch.dtype | None = None

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from addressvlm.precision import count_parameters
+
 RELEASE_CONFIGS = Path(__file__).resolve().parent / "release_configs"
 GB = 1e9
 HALF = 2  # bytes of a bf16/fp16 value
@@ -137,8 +139,8 @@ def estimate(cfg, gpus: int = 8) -> dict:
     on one GPU, at the recipe's per-device batch and length."""
     model = build_meta_model(cfg)
     parts = count_by_part(model)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    counts = count_parameters(model)
+    trainable, frozen = counts["trainable_params"], counts["frozen_params"]
     quantized = quantizable_llm_weights(model)
     shapes = recipe_shapes(cfg, model)
     activations = activation_bytes(shapes)
@@ -191,7 +193,8 @@ def markdown_table(recipe: str, result: dict) -> str:
 
 
 README_RECIPES = ("recipes/stage1_pitts.py", "recipes/minicpmv26/stage1_pitts.py")
-README_START, README_END = "<!-- memory table: tools/estimate_memory.py --readme README.md -->", "<!-- end of memory table -->"
+README_START = "<!-- memory table: tools/estimate_memory.py --readme README.md -->"
+README_END = "<!-- end of memory table -->"
 
 
 def readme_block(repo: Path) -> str:

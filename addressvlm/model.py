@@ -17,12 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmengine import print_log
-
 from peft import get_peft_model
 
 from addressvlm import xtuner_shims  # noqa: F401  (applies the CPU shims before XTuner runs)
 from addressvlm.inputs import require_model_folder
-from addressvlm.precision import load_dtype, upcast_trainable
+from addressvlm.precision import is_quantized, load_dtype, upcast_trainable
 from addressvlm.stage_chain import StageChainError, load_chained_tensors
 from xtuner.model import LLaVAModel
 from xtuner.model.modules import ProjectorModel
@@ -80,7 +79,7 @@ class AddressLLaVAModel(LLaVAModel):
     def _prepare_llm_for_lora(self, lora_config, use_activation_checkpointing=True):
         """XTuner runs peft's ``prepare_model_for_kbit_training`` on every LLM, which casts all fp16/bf16 weights to
         fp32 (8 GB more per rank for Phi-3-mini); that preparation is for quantized LLMs only."""
-        if getattr(self.llm, "is_loaded_in_4bit", False) or getattr(self.llm, "is_loaded_in_8bit", False):
+        if is_quantized(self.llm):
             return super()._prepare_llm_for_lora(lora_config, use_activation_checkpointing)
         lora_config = self._parse_lora_config(lora_config)
         if lora_config.target_modules is None:

@@ -49,6 +49,17 @@ def upcast_trainable(model: nn.Module) -> int:
     return cast
 
 
+def is_quantized(module: nn.Module) -> bool:
+    """Whether a transformers model was loaded in 4 or 8 bits (bitsandbytes): its weights cannot be cast."""
+    return bool(getattr(module, "is_loaded_in_4bit", False) or getattr(module, "is_loaded_in_8bit", False))
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """``{"trainable_params", "frozen_params"}``: the figures preflight and the memory estimate report."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "frozen_params": sum(p.numel() for p in model.parameters()) - trainable}
+
+
 def dtype_census(model: nn.Module) -> dict[str, dict[str, int]]:
     """``{"trainable": {dtype: n_params}, "frozen": {dtype: n_params}}``: what a dtype test and preflight print."""
     census = {"trainable": Counter(), "frozen": Counter()}

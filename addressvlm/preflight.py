@@ -73,12 +73,6 @@ def chained_predicate(model) -> Callable[[str], bool]:
     return is_trained_minicpmv_tensor if isinstance(model, AddressMiniCPMV) else is_chained_llava_tensor
 
 
-def count_parameters(model) -> dict[str, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return {"trainable_params": trainable, "frozen_params": total - trainable}
-
-
 def run_preflight(recipe: str, weights: str, steps: int = 1, samples: int = 2, device: str | None = None,
                   cfg_options: list[str] | dict | None = None, report: Callable[[str], None] = print) -> dict:
     """Run every check; return the figures (parameter counts, token lengths, losses). ``cfg_options`` apply after
@@ -86,7 +80,7 @@ def run_preflight(recipe: str, weights: str, steps: int = 1, samples: int = 2, d
     from mmengine.config import Config
 
     from addressvlm.infer import parse_cfg_options
-    from addressvlm.precision import dtype_census
+    from addressvlm.precision import count_parameters, dtype_census
     from addressvlm.runtime import local_run_options
     from xtuner.registry import BUILDER
 

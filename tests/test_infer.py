@@ -51,7 +51,9 @@ def model_options(model_root: Path) -> list[str]:
 
 
 def write_synthetic_checkpoint(work_dir: Path, options: list[str], seed: int = 0) -> Path:
-    """An ``iter_3.pth`` as training saves it (the trained tensors under ``state_dict``) plus ``last_checkpoint``."""
+    """An ``iter_3.pth`` as training saves it (the trained tensors under ``state_dict``) plus ``last_checkpoint``;
+    the same file whatever ran before (LoRA starts from the global generator)."""
+    torch.manual_seed(seed)
     _, model = build_recipe_model(RECIPE, options)
     generator = torch.Generator().manual_seed(seed)
     state = {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in model.state_dict().items()}
