@@ -60,8 +60,11 @@ def labelled_spans(labels: list[int], ignore_index: int) -> list[list[int]]:
     return spans + ([current] if current else [])
 
 
-def check_records(records: list[dict], tokenizer, template, max_length: int, image_tokens: int) -> TokenReport:
+def check_records(records: list[dict], tokenizer, template, max_length: int, image_tokens: int,
+                  progress: bool = False) -> TokenReport:
     """Check every record (LLaVA JSON conversations with one ``<image>``); see the module docstring."""
+    from tqdm import tqdm
+
     from xtuner.dataset.map_fns import llava_map_fn, template_map_fn_factory
     from xtuner.dataset.utils import encode_fn, get_bos_eos_token_ids
     from xtuner.utils import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -71,7 +74,7 @@ def check_records(records: list[dict], tokenizer, template, max_length: int, ima
     to_template = template_map_fn_factory(template)
     bos_ids, _ = get_bos_eos_token_ids(tokenizer)
     report = TokenReport()
-    for record in records:
+    for record in tqdm(records, desc="tokenizing", unit="record", disable=not progress, mininterval=1.0):
         rid = str(record.get("id", report.records))
         report.records += 1
         example = to_template(llava_map_fn(copy.deepcopy(record)))
@@ -126,7 +129,7 @@ def main(argv=None) -> None:
             records = read_llava_json(path)
         except DataError as error:
             raise SystemExit(f"error: {error}")
-        report = check_records(records, tokenizer, template, dataset.max_length, image_tokens)
+        report = check_records(records, tokenizer, template, dataset.max_length, image_tokens, progress=True)
         print(f"{path}: {report.records} records; longest {report.longest[0]} tokens ({report.longest[1]}, "
               f"image included) against {dataset.max_length} + {image_tokens}; {len(report.over_max_length)} over "
               f"max_length (truncated in training); prompt mismatches {len(report.prompt_mismatches)}, label "
