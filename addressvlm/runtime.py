@@ -73,7 +73,7 @@ def cpu_options(cfg: Config) -> list[str]:
         options += [format_option(f"optim_wrapper.clip_grad.{k}", v) for k, v in optim.clip_grad.items()]
     options += ["env_cfg.dist_cfg.backend=gloo", "train_dataloader.pin_memory=False",
                 "train_dataloader.num_workers=0"]
-    if "torch_dtype" in cfg.model:  # models that load their weights in a dtype (MiniCPM-V: bfloat16 on GPUs)
+    if "torch_dtype" in cfg.model:  # the frozen weights' dtype (bfloat16 on GPUs)
         options.append("model.torch_dtype=float32")
     return options
 
@@ -95,10 +95,13 @@ ITERATION_LINE = re.compile(r"Iter\(train\) \[\s*(\d+)/(\d+)\].*?loss: ([-\d.e]+
 
 def train(config: str, work_dir: str, model_root: str | None = None, device: str = "cpu",
           overrides: dict[str, Any] | None = None, resume: str | None = None, log_file: str | None = None,
-          progress: bool = False) -> Path:
+          progress: bool = False, name: str = "training", threads: int | None = None, bar_row: int = 0) -> Path:
     """Run ``python -m xtuner.tools.train`` (not ``xtuner train``, which exits 0 on failure) and return ``work_dir``;
     a failed run raises with the end of its log. The whole output goes to the log file; with ``progress`` a bar
-    on the console follows mmengine's iteration lines (iterations, loss, time left)."""
+    named ``name`` on console row ``bar_row`` follows mmengine's iteration lines (iterations, loss, time left).
+    ``threads`` caps the run's CPU threads (two runs side by side on a small machine)."""
+    import os
+
     from tqdm import tqdm
 
     command = [sys.executable, "-m", "xtuner.tools.train", config, "--work-dir", str(work_dir)]
@@ -107,9 +110,11 @@ def train(config: str, work_dir: str, model_root: str | None = None, device: str
     command += ["--cfg-options", *local_run_options(config, model_root, device, overrides)]
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     log_path = Path(log_file or Path(work_dir) / "train_stdout.log")
-    with open(log_path, "w") as log, tqdm(desc="  training", unit="it", disable=not progress, leave=False) as bar:
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    with open(log_path, "w") as log, tqdm(desc=f"  {name}", unit="it", disable=not progress, leave=False,
+                                          position=bar_row) as bar:
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 errors="replace")
+                                 errors="replace", env=env)
         for line in child.stdout:
             log.write(line)
             match = ITERATION_LINE.search(line)

@@ -140,6 +140,19 @@ def length_grouped_batches(examples: ReadingExamples, rng: random.Random, batch_
         done += min(pool, steps - done)
 
 
+def answer_loss(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The causal-LM loss over the answer tokens, as ``model(..., labels=labels).loss`` computes it, with the output
+    layer applied at those positions only: a reading conversation's answer is a few of its tokens, and the logits
+    of all the others were a sixth of a warm-up step's work."""
+    from xtuner.utils import IGNORE_INDEX
+
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    targets = labels[:, 1:]
+    scored = targets != IGNORE_INDEX
+    logits = model.lm_head(hidden[:, :-1][scored]).float()
+    return torch.nn.functional.cross_entropy(logits, targets[scored])
+
+
 def _batch(examples, pad_id: int):
     from xtuner.utils import IGNORE_INDEX
 
@@ -191,7 +204,7 @@ def warm_up_reading(llm_dir: str | Path, names: CityNames, settings: ReadingWarm
     bar = tqdm(batches, total=settings.steps, desc="reading warm-up", disable=not progress, mininterval=5)
     for batch in bar:
         ids, labels, mask = _batch(batch, tokenizer.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = answer_loss(model, ids, labels, mask)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
