@@ -308,23 +308,30 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[tu
     required = tuple(required)
     if not Path(path).is_file():
         raise DataError(path, None, "file not found")
-    numbered = [(n, line) for n, line in enumerate(read_text(path).split("\n"), start=1) if line.strip()]
+    text = read_text(path)
+    body = text[:-1] if text.endswith("\n") else text
+    lines = body.count("\n") + 1 if body else 0
+    # A raw line break cannot occur inside a JSON value, so with every line break made a comma the file parses as
+    # one list when each line is one value; blank lines, bad lines and lines holding several values take the slow
+    # way.
     try:
-        records = json.loads("[" + ",".join(line for _, line in numbered) + "]")
+        records = json.loads("[" + body.replace("\n", ",") + "]")
+        line_numbers = range(1, lines + 1)
     except json.JSONDecodeError:
         records = None
-    if records is None or len(records) != len(numbered):  # a bad line, or one holding several values
-        records = []
+    if records is None or len(records) != lines:
+        numbered = [(n, line) for n, line in enumerate(body.split("\n"), start=1) if line.strip()]
+        line_numbers, records = [n for n, _ in numbered], []
         for line_no, line in numbered:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise DataError(path, line_no, f"invalid JSON: {exc.msg}") from None
-    line_numbers = [n for n, _ in numbered]
+    required_keys = frozenset(required)
     for line_no, rec in zip(line_numbers, records):
         if type(rec) is not dict:
             raise DataError(path, line_no, "each line must be a JSON object")
-        if required and not all(k in rec for k in required):
+        if not rec.keys() >= required_keys:
             missing = [k for k in required if k not in rec]
             raise DataError(path, line_no, f"missing key(s) {', '.join(missing)}")
     return list(zip(line_numbers, records))
@@ -412,9 +419,12 @@ QTYPES = ("generation", "judgment", "multiple_choice")
 QUESTION_KEYS = ("question_id", "image", "level", "qtype", "question", "answer", "street", "district")
 
 
+_QUESTION_KEY_SET = frozenset(QUESTION_KEYS)
+
+
 def check_question(rec: dict, path, line: int | None) -> None:
-    missing = [k for k in QUESTION_KEYS if k not in rec]
-    if missing:
+    if not rec.keys() >= _QUESTION_KEY_SET:
+        missing = [k for k in QUESTION_KEYS if k not in rec]
         raise DataError(path, line, f"missing key(s) {', '.join(missing)}")
     if rec["level"] not in LEVELS:
         raise DataError(path, line, f"level {rec['level']!r} not in {LEVELS}")

@@ -207,6 +207,9 @@ def aggregate(scored: Iterable[ScoredQuestion]) -> dict:
 def id_mismatches(question_ids: Iterable[str], prediction_ids: Iterable[str]) -> tuple[list[str], list[str]]:
     """``(unknown, missing)``: predicted ids that are no question, and question ids without a prediction,
     each in the order given."""
+    if isinstance(question_ids, Mapping) and isinstance(prediction_ids, Mapping) \
+            and question_ids.keys() == prediction_ids.keys():
+        return [], []  # the usual case, decided in one set comparison
     question_ids, prediction_ids = list(question_ids), list(prediction_ids)
     asked, answered = set(question_ids), set(prediction_ids)
     return [i for i in prediction_ids if i not in asked], [i for i in question_ids if i not in answered]
