@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import torch
 from tqdm import tqdm
 
-from addressvlm import templates
+from addressvlm.gazetteer import Gazetteer, build_gazetteer
 from addressvlm.infer import (
     CheckpointError,
     PerQuestionModel,
@@ -36,12 +36,9 @@ from addressvlm.infer import (
     load_model_from_args,
     model_settings_of,
 )
-from addressvlm.names import normalize_name
 from addressvlm.prefix_cache import ImageQuestions, VisionChatModel, generate_shared
 from addressvlm.records import (
     DataError,
-    GazetteerEntry,
-    Location,
     open_predictions,
     open_ranked,
     read_gazetteer,
@@ -53,37 +50,7 @@ NORMALISATIONS = ("sum", "mean")
 RANKED_LEVELS = ("district", "street", "address")
 
 
-# --------------------------------------------------------------------------------------------- candidates
-@dataclass(frozen=True)
-class Gazetteer:
-    """The candidate answers of each generation level, one spelling per normalised name (the city table's first)."""
-
-    districts: tuple[str, ...]
-    streets: tuple[str, ...]
-    addresses: tuple[str, ...]  # "STREET, DISTRICT" as the address question's gold answers are written
-
-    def names_for(self, level: str) -> tuple[str, ...]:
-        return {"district": self.districts, "street": self.streets, "address": self.addresses}[level]
-
-
-def _unique_by_normal_form(names: Iterable[tuple[tuple[str, ...], str]]) -> tuple[str, ...]:
-    kept: dict[tuple[str, ...], str] = {}
-    for key, name in names:
-        kept.setdefault(key, name)
-    return tuple(kept.values())
-
-
-def build_gazetteer(locations: Iterable[Location], extra: Iterable[GazetteerEntry] = ()) -> Gazetteer:
-    """The districts, streets and (street, district) pairs of the city table, then those of ``extra``."""
-    entries = [GazetteerEntry(row.street, row.district) for row in locations] + list(extra)
-    districts = _unique_by_normal_form(((normalize_name(e.district),), e.district) for e in entries if e.district)
-    streets = _unique_by_normal_form(((normalize_name(e.street),), e.street) for e in entries if e.street)
-    addresses = _unique_by_normal_form(
-        ((normalize_name(e.street), normalize_name(e.district)), templates.address_answer(e.street, e.district))
-        for e in entries if e.street and e.district)
-    return Gazetteer(districts, streets, addresses)
-
-
+# --------------------------------------------------------------------------------------------- questions
 def ranked_questions(questions: Iterable[dict]) -> list[dict]:
     """The questions closed-set answering applies to: generation at every level."""
     return [q for q in questions if q["qtype"] == "generation" and q["level"] in RANKED_LEVELS]

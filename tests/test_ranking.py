@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from addressvlm.infer import chunk_questions, load_xtuner_model
+from addressvlm.gazetteer import build_gazetteer
 from addressvlm.ranking import (
     NameTrie,
-    build_gazetteer,
     constrained_answers,
     rank_image_questions,
     rank_one_by_one,
