@@ -7,7 +7,8 @@ turn is part of the score so that "Forbes" does not win over "Forbes Avenue" by 
 Cost: the image and the prompt prefix are encoded and prefilled once per image (``prefix_cache``'s sharing), each
 question's suffix once on top of that, and the candidate names in batches over the question's cache, right-padded
 (causal attention never lets a name's token see the padding after it). ``--constrained`` is the cheap alternative:
-greedy decoding where each step may only continue some gazetteer name (a token trie).
+greedy decoding where each step may only continue some gazetteer name (a token trie). A model that prompts itself
+(MiniCPM-V) is ranked per question: its whole prompt prefilled once, the names in batches over that cache.
 
 Output ``ranked.jsonl`` (``addressvlm.records.open_ranked``): ``{"question_id", "ranking": [{"name", "logprob"}]}``,
 best first; ``logprob`` is the ranking score (the sum over the answer's tokens, or their mean with
@@ -86,7 +87,7 @@ def _forward(language_model, embeds, cache, start: int, keep_all: bool):
     return out.logits, out.past_key_values
 
 
-def _extend(language_model, embed, prefilled: _Prefilled | None, embeds: torch.Tensor) -> _Prefilled:
+def _extend(language_model, prefilled: _Prefilled | None, embeds: torch.Tensor) -> _Prefilled:
     """Prefill ``embeds`` ``[1, L, hidden]`` after ``prefilled`` (or from the start)."""
     cache = _cache_rows(prefilled.cache, 1) if prefilled else None
     start = prefilled.length if prefilled else 0
@@ -146,15 +147,37 @@ def rank_image_questions(model: VisionChatModel, image, questions: Sequence[str]
     pixels = model.preprocess_image(image)[None].to(model.device, model.dtype)
     prefix = torch.cat([model.embed(torch.tensor(prefix_ids))[None], model.encode_images(pixels)], dim=1)
     language_model = model.language_model
-    image_prefilled = _extend(language_model, model.embed, None, prefix)
+    image_prefilled = _extend(language_model, None, prefix)
     rankings = []
     for suffix, names in zip(suffixes, candidates):
         if not suffix:
             raise ValueError("a question has no tokens after the image: its answer has nothing to follow")
-        question_prefilled = _extend(language_model, model.embed, image_prefilled,
+        question_prefilled = _extend(language_model, image_prefilled,
                                      model.embed(torch.tensor(suffix))[None])
         scores = _answer_logprobs(language_model, model.embed, question_prefilled,
                                   [model.answer_ids(name) for name in names], batch_size, model.pad_token_id)
+        rankings.append(_ranking(names, scores, normalisation))
+    return rankings
+
+
+@torch.inference_mode()
+def rank_per_question(model: PerQuestionModel, image, questions: Sequence[str],
+                      candidates: Sequence[Sequence[str]], normalisation: str = "sum",
+                      batch_size: int = 64) -> list[list[dict]]:
+    """``rank_image_questions`` for a model that prompts itself (MiniCPM-V): each question's whole prompt, image
+    included, prefilled once, its candidates in batches over that cache."""
+    from PIL import Image
+
+    wrapper = model.model
+    language_model = wrapper.model.llm
+    embed = language_model.get_input_embeddings()
+    pad_id = wrapper.tokenizer.pad_token_id if wrapper.tokenizer.pad_token_id is not None else 0
+    picture = image if isinstance(image, Image.Image) else Image.open(image)
+    rankings = []
+    for question, names in zip(questions, candidates):
+        prefilled = _extend(language_model, None, wrapper.prompt_embeddings(picture, question))
+        scores = _answer_logprobs(language_model, lambda ids: embed(ids.to(prefilled.last_logits.device)), prefilled,
+                                  [wrapper.answer_ids(name) for name in names], batch_size, pad_id)
         rankings.append(_ranking(names, scores, normalisation))
     return rankings
 
@@ -250,8 +273,7 @@ def rank_questions(model: VisionChatModel, questions: Sequence[dict], gazetteer:
     """Rank the gazetteer's names for each generation question not yet in ``out_path`` and append the rankings;
     return how many questions were ranked. Settings (normalisation, the gazetteer's size, ``model_settings``) are
     recorded beside the output; a resume with others is refused."""
-    if isinstance(model, PerQuestionModel):
-        raise ValueError("this model prompts itself (MiniCPM-V): closed-set ranking is not available for it yet")
+    rank = rank_per_question if isinstance(model, PerQuestionModel) else rank_image_questions
     image_folder = Path(image_folder)
     settings = {"normalisation": normalisation, "districts": len(gazetteer.districts),
                 "streets": len(gazetteer.streets), "addresses": len(gazetteer.addresses), **(model_settings or {})}
@@ -261,8 +283,8 @@ def rank_questions(model: VisionChatModel, questions: Sequence[dict], gazetteer:
         names_scored, started = 0, time.perf_counter()
         for image, qs in groups.items():
             candidates = [gazetteer.names_for(q["level"]) for q in qs]
-            rankings = rank_image_questions(model, image_folder / image, [q["question"] for q in qs], candidates,
-                                            normalisation, batch_size)
+            rankings = rank(model, image_folder / image, [q["question"] for q in qs], candidates, normalisation,
+                            batch_size)
             for q, ranking in zip(qs, rankings):
                 out.write({"question_id": q["question_id"], "ranking": ranking})
             names_scored += sum(len(c) for c in candidates)

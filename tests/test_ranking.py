@@ -267,3 +267,31 @@ def test_cli_bad_input_is_one_line(city, tmp_path):
     gazetteer.write_text("street\nBaum Boulevard\n")
     wrong = subprocess.run(script + ["--gazetteer", str(gazetteer)], capture_output=True, text=True)
     assert wrong.stderr.strip().splitlines()[-1] == f"error: {gazetteer}:1: missing column(s) district; header is street"
+
+
+# ------------------------------------------------------------------------------------------ MiniCPM-V
+@torch.inference_mode()
+def test_minicpmv_ranks_per_question_as_one_forward_per_name(tiny_minicpmv, city, gazetteer, tmp_path):
+    from addressvlm.infer import PerQuestionModel
+    from addressvlm.minicpmv import AddressMiniCPMV
+
+    wrapper = AddressMiniCPMV(str(tiny_minicpmv), torch_dtype="float32", gradient_checkpointing=False).eval()
+    model = PerQuestionModel(wrapper)
+    root, questions_path = city
+    out = tmp_path / "ranked.jsonl"
+    questions = [q for q in read_questions(questions_path) if q["image"] == "images/1.png"]
+    assert rank_questions(model, questions, gazetteer, out, root, batch_size=2, progress=False) == 3
+    image = Image.open(root / "images/1.png").convert("RGB")
+    llm = wrapper.model.llm
+    for qid, (_, ranking) in read_ranked(out).items():
+        q = next(q for q in questions if q["question_id"] == qid)
+        prompt = wrapper.prompt_embeddings(image, q["question"])
+        expected = {}
+        for name in gazetteer.names_for(q["level"]):
+            answer = wrapper.answer_ids(name)
+            embeds = torch.cat([prompt, llm.get_input_embeddings()(torch.tensor(answer))[None]], dim=1)
+            logprobs = torch.log_softmax(llm(inputs_embeds=embeds).logits[0, -len(answer) - 1:-1], dim=-1)
+            expected[name] = float(logprobs.gather(-1, torch.tensor(answer)[:, None]).sum())
+        assert [r["name"] for r in ranking] == sorted(expected, key=lambda n: (-expected[n], n))
+        assert {r["name"]: r["logprob"] for r in ranking} == pytest.approx(expected, abs=1e-4)
+    assert wrapper.answer_ids("Oakland")[-1] == wrapper.tokenizer.convert_tokens_to_ids("<|im_end|>")
