@@ -3,7 +3,7 @@
 Formats (docs/design.md section 2):
 - ``locations.csv``: the city table, one row per street-view image.
 - LLaVA JSON (``train.json``/``val.json`` of either stage): ``[{"id", "image", "conversations": [...]}]``.
-- ``test_questions.jsonl``: one single-turn question per line.
+- ``test_questions.jsonl`` (and ``val_questions.jsonl``, same format): one single-turn question per line.
 - ``predictions.jsonl``: ``{"question_id", "prediction"}``, appended and flushed per line.
 - ``ranked.jsonl``: ``{"question_id", "ranking": [{"name", "logprob"}, ...]}`` best first, appended like predictions.
 - A gazetteer CSV: extra ``street``/``district`` names (and pairs) to rank beside the city table's.
