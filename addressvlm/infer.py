@@ -144,10 +144,24 @@ def load_xtuner_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
     checkpoint = resolve_checkpoint(checkpoint)
     cfg, model = build_recipe_model(config, cfg_options, default_device_dtype(device, dtype)[1])
     load_checked_state(model, checkpoint)
-    if not hasattr(model, "projector") and hasattr(model, "answer"):
+    if prompts_itself(model):
         device, _ = default_device_dtype(device, dtype)
         return PerQuestionModel(model.to(device).eval())
     return wrap_xtuner_model(cfg, model, device, dtype)
+
+
+def prompts_itself(model) -> bool:
+    """MiniCPM-V (``answer(image, question)``, its remote code places the image) rather than a LLaVA and projector."""
+    return not hasattr(model, "projector") and hasattr(model, "answer")
+
+
+def answering_in_place(cfg, model):
+    """Answering for a model as it stands, mid-training: nothing moved or cast (the optimizer holds its tensors), the
+    image features in the dtype of the LLM's input embeddings; the caller chooses eval mode and autocast."""
+    if prompts_itself(model):
+        return PerQuestionModel(model)
+    embeddings = model.llm.get_input_embeddings().weight
+    return chat_model(cfg, model, embeddings.device, embeddings.dtype)
 
 
 class PerQuestionModel:
@@ -164,10 +178,8 @@ class PerQuestionModel:
 
 def wrap_xtuner_model(cfg, model, device: str | None = None, dtype: str | torch.dtype | None = None
                       ) -> VisionChatModel:
-    """An XTuner ``LLaVAModel`` with the prompt format and image preprocessing of its recipe's training dataset."""
-    from xtuner.dataset.utils import get_bos_eos_token_ids
-    from xtuner.registry import BUILDER
-
+    """An XTuner ``LLaVAModel`` moved to ``device`` and cast to ``dtype`` (default: this machine's answering dtype), in
+    eval mode, with the prompt format and image preprocessing of its recipe's training dataset."""
     device, dtype = default_device_dtype(device, dtype)
     if is_quantized(model.llm):
         # bitsandbytes weights (a QLoRA recipe) are placed and typed at load and cannot be cast; the image features
@@ -178,6 +190,14 @@ def wrap_xtuner_model(cfg, model, device: str | None = None, dtype: str | torch.
     else:
         model.to(device=device, dtype=dtype)
     model.eval()
+    return chat_model(cfg, model, device, dtype)
+
+
+def chat_model(cfg, model, device: torch.device | str, dtype: torch.dtype) -> VisionChatModel:
+    """An XTuner ``LLaVAModel`` placed on ``device`` answering in ``dtype``, prompted as its recipe's dataset trains."""
+    from xtuner.dataset.utils import get_bos_eos_token_ids
+    from xtuner.registry import BUILDER
+
     dataset = cfg.train_dataloader.dataset
     template = dataset.template_map_fn.template
     tokenizer = BUILDER.build(cfg.tokenizer)
