@@ -144,10 +144,24 @@ def load_xtuner_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
     checkpoint = resolve_checkpoint(checkpoint)
     cfg, model = build_recipe_model(config, cfg_options, default_device_dtype(device, dtype)[1])
     load_checked_state(model, checkpoint)
-    if not hasattr(model, "projector") and hasattr(model, "answer"):
+    if prompts_itself(model):
         device, _ = default_device_dtype(device, dtype)
         return PerQuestionModel(model.to(device).eval())
     return wrap_xtuner_model(cfg, model, device, dtype)
+
+
+def prompts_itself(model) -> bool:
+    """MiniCPM-V (``answer(image, question)``, its remote code places the image) rather than a LLaVA and projector."""
+    return not hasattr(model, "projector") and hasattr(model, "answer")
+
+
+def answering_in_place(cfg, model):
+    """Answering for a model as it stands, mid-training: nothing moved or cast (the optimizer holds its tensors), the
+    image features in the dtype of the LLM's input embeddings; the caller chooses eval mode and autocast."""
+    if prompts_itself(model):
+        return PerQuestionModel(model)
+    embeddings = model.llm.get_input_embeddings().weight
+    return chat_model(cfg, model, embeddings.device, embeddings.dtype)
 
 
 class PerQuestionModel:
@@ -164,10 +178,8 @@ class PerQuestionModel:
 
 def wrap_xtuner_model(cfg, model, device: str | None = None, dtype: str | torch.dtype | None = None
                       ) -> VisionChatModel:
-    """An XTuner ``LLaVAModel`` with the prompt format and image preprocessing of its recipe's training dataset."""
-    from xtuner.dataset.utils import get_bos_eos_token_ids
-    from xtuner.registry import BUILDER
-
+    """An XTuner ``LLaVAModel`` moved to ``device`` and cast to ``dtype`` (default: this machine's answering dtype), in
+    eval mode, with the prompt format and image preprocessing of its recipe's training dataset."""
     device, dtype = default_device_dtype(device, dtype)
     if is_quantized(model.llm):
         # bitsandbytes weights (a QLoRA recipe) are placed and typed at load and cannot be cast; the image features
@@ -178,6 +190,14 @@ def wrap_xtuner_model(cfg, model, device: str | None = None, dtype: str | torch.
     else:
         model.to(device=device, dtype=dtype)
     model.eval()
+    return chat_model(cfg, model, device, dtype)
+
+
+def chat_model(cfg, model, device: torch.device | str, dtype: torch.dtype) -> VisionChatModel:
+    """An XTuner ``LLaVAModel`` placed on ``device`` answering in ``dtype``, prompted as its recipe's dataset trains."""
+    from xtuner.dataset.utils import get_bos_eos_token_ids
+    from xtuner.registry import BUILDER
+
     dataset = cfg.train_dataloader.dataset
     template = dataset.template_map_fn.template
     tokenizer = BUILDER.build(cfg.tokenizer)
@@ -194,12 +214,18 @@ def wrap_xtuner_model(cfg, model, device: str | None = None, dtype: str | torch.
         hidden = model.visual_encoder(pixels, output_hidden_states=True).hidden_states
         return model.projector(hidden[model.visual_select_layer][:, 1:])
 
+    def answer_ids(answer: str) -> list[int]:
+        # XTuner's template_map_fn and encode_fn: the answer and SUFFIX encoded together, EOS appended unless the
+        # template's SUFFIX is its EOS.
+        ids = tokenizer.encode(answer + template.get("SUFFIX", ""), add_special_tokens=False)
+        return ids if template.get("SUFFIX_AS_EOS", False) else ids + list(eos_ids)
+
     return VisionChatModel(
         language_model=model.llm, encode_images=encode_images, prompt_pieces=prompt_pieces,
         preprocess_image=image_preprocessor(image_processor, bool(dataset.get("pad_image_to_square", False))),
         tokenizer=tokenizer, stop_token_ids=frozenset(stop_ids),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0],
-        device=device, dtype=dtype)
+        device=device, dtype=dtype, answer_ids=answer_ids)
 
 
 # --------------------------------------------------------------------------------------------- exported folders
@@ -227,13 +253,22 @@ def load_hf_model(folder: str | os.PathLike, device: str | None = None,
     def encode_images(pixels: torch.Tensor) -> torch.Tensor:
         return model.get_image_features(pixels, config.vision_feature_layer, config.vision_feature_select_strategy)
 
+    # The chat template's text after an assistant answer (its end of turn), found by rendering a marked answer.
+    marker = "\u2063ANSWER\u2063"
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}],
+                                             tokenize=False)
+    answer_end = rendered.partition(marker)[2].rstrip()
+
+    def answer_ids(answer: str) -> list[int]:
+        return tokenizer.encode(answer + answer_end, add_special_tokens=False)
+
     return VisionChatModel(
         language_model=model.language_model, encode_images=encode_images, prompt_pieces=prompt_pieces,
         preprocess_image=image_preprocessor(processor.image_processor,
                                             getattr(config, "image_aspect_ratio", None) == "pad"),
         tokenizer=tokenizer, stop_token_ids=frozenset(i for i in stop_ids if i is not None),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        device=device, dtype=dtype)
+        device=device, dtype=dtype, answer_ids=answer_ids)
 
 
 # --------------------------------------------------------------------------------------------- answering
@@ -381,12 +416,9 @@ def merge_predictions(questions_path: str | os.PathLike, chunk_paths: Sequence[s
 
 
 # --------------------------------------------------------------------------------------------- command line
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Answer test_questions.jsonl with a trained model; predictions are appended and flushed per "
-                    "line, and a rerun skips answered ids.")
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The questions, output, image folder, model and device options every answering tool takes."""
     parser.add_argument("--questions", required=True, help="test_questions.jsonl")
-    parser.add_argument("--out", required=True, help="predictions.jsonl to append to (one per chunk)")
     parser.add_argument("--image-folder",
                         help="folder the questions' image paths are relative to (default: the city root, i.e. the "
                              "parent of the questions file's folder, as in data/<city>/vqa/test_questions.jsonl)")
@@ -397,19 +429,37 @@ def build_parser() -> argparse.ArgumentParser:
                         help="recipe overrides, as given to xtuner train")
     source.add_argument("--model-root", help="local LLaVA-Phi3-mini folder replacing the recipe's llava_root")
     source.add_argument("--hf", help="an exported LlavaForConditionalGeneration folder (tools/export_hf.py)")
+    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions (by image) into K shares")
+    parser.add_argument("--chunk-idx", type=int, default=0, help="which share this process answers")
+    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="default: bfloat16 (float16 without bf16) on GPU, float32 on CPU")
+
+
+def model_settings_of(args: argparse.Namespace) -> dict:
+    """Which model answered, as recorded beside an output (a resume with another is refused)."""
+    return {"config": args.config, "checkpoint": args.checkpoint, "hf": args.hf, "model_root": args.model_root,
+            "cfg_options": list(args.cfg_options), "dtype": args.dtype}
+
+
+def image_folder_of(args: argparse.Namespace) -> Path:
+    return Path(args.image_folder) if args.image_folder else Path(args.questions).resolve().parent.parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Answer test_questions.jsonl with a trained model; predictions are appended and flushed per "
+                    "line, and a rerun skips answered ids.")
+    parser.add_argument("--out", required=True, help="predictions.jsonl to append to (one per chunk)")
+    add_model_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=18, help="rows decoded together (default 18)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     parser.add_argument("--num-samples", type=int, default=1,
                         help="answers per question (needs --temperature > 0); all go to a 'samples' list")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions (by image) into K shares")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="which share this process answers")
     parser.add_argument("--no-share-prefix", action="store_true",
                         help="prefill every question's whole prompt (slower; same greedy answers)")
-    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                        help="default: bfloat16 (float16 without bf16) on GPU, float32 on CPU")
     return parser
 
 
@@ -446,11 +496,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         questions = chunk_questions(every_question, args.num_chunks, args.chunk_idx)
         model = load_model_from_args(args)
         answered = answer_questions(
-            model, questions, args.out, image_folder=args.image_folder or Path(args.questions).resolve().parent.parent,
+            model, questions, args.out, image_folder=image_folder_of(args),
             batch_size=args.batch_size, share_prefix=not args.no_share_prefix, max_new_tokens=args.max_new_tokens,
             temperature=args.temperature, num_samples=args.num_samples, seed=args.seed,
-            model_settings={"config": args.config, "checkpoint": args.checkpoint, "hf": args.hf,
-                            "model_root": args.model_root, "cfg_options": list(args.cfg_options), "dtype": args.dtype})
+            model_settings=model_settings_of(args))
     except (DataError, FileNotFoundError, CheckpointError, StageChainError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"answered {answered} of {len(questions)} question(s) of chunk {args.chunk_idx + 1}/{args.num_chunks} "

@@ -27,7 +27,13 @@ from transformers import AutoModel, AutoTokenizer
 
 from addressvlm import xtuner_shims  # noqa: F401
 from addressvlm.inputs import require_model_folder
-from addressvlm.minicpmv_dataset import ImageSettings, check_marker_tokens, encode_question
+from addressvlm.minicpmv_dataset import (
+    IGNORE_INDEX,
+    ImageSettings,
+    check_marker_tokens,
+    encode_question,
+    render_turns,
+)
 from addressvlm.precision import load_dtype, upcast_trainable
 from addressvlm.remote_code import hub_code_names
 from addressvlm.stage_chain import StageChainError, load_chained_tensors
@@ -139,3 +145,21 @@ class AddressMiniCPMV(BaseModel):
                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)[0]
         finally:
             self.train(was_training)
+
+    @torch.inference_mode()
+    def prompt_embeddings(self, image: Image.Image, question: str) -> torch.Tensor:
+        """``[1, L, hidden]``: the answering prompt of ``answer`` with the image features in place, for scoring
+        answers over its cache (``addressvlm.ranking``)."""
+        prompt = encode_question(question, image.convert("RGB"), self.tokenizer, self.image_settings)
+        device = next(self.model.parameters()).device
+        embeddings, _ = self.model.get_vllm_embedding({
+            "input_ids": prompt["input_ids"][None].to(device),
+            "pixel_values": [[t.to(device) for t in prompt["pixel_values"]]],
+            "tgt_sizes": [prompt["tgt_sizes"].to(device)], "image_bound": [prompt["image_bound"].to(device)]})
+        return embeddings
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """The token ids training labels for ``answer``: the answer and its ``<|im_end|>``."""
+        _, labels = render_turns(self.tokenizer, [{"role": "user", "content": "?"},
+                                                  {"role": "assistant", "content": answer}])
+        return [token for token in labels if token != IGNORE_INDEX]

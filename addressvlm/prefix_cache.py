@@ -31,7 +31,8 @@ class VisionChatModel:
     ``encode_images`` maps preprocessed pixels ``[B, 3, H, W]`` to LLM-space image embeddings ``[B, N, hidden]``;
     ``language_model`` is a causal LM called with ``inputs_embeds`` (a Hugging Face model, bare or PEFT-wrapped).
     ``prompt_pieces(question)`` returns the token ids before and after the image for the question text (which has
-    no ``<image>``); the part before must not depend on the question.
+    no ``<image>``); the part before must not depend on the question. ``answer_ids(answer)`` are the token ids of an
+    answer as training labelled it, the template's end of turn included (scoring a name as the answer needs them).
     """
 
     language_model: nn.Module
@@ -43,6 +44,7 @@ class VisionChatModel:
     pad_token_id: int
     device: torch.device
     dtype: torch.dtype
+    answer_ids: Callable[[str], list[int]] | None = None
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.language_model.get_input_embeddings()(ids.to(self.device))

@@ -3,8 +3,10 @@
 Formats (docs/design.md section 2):
 - ``locations.csv``: the city table, one row per street-view image.
 - LLaVA JSON (``train.json``/``val.json`` of either stage): ``[{"id", "image", "conversations": [...]}]``.
-- ``test_questions.jsonl``: one single-turn question per line.
+- ``test_questions.jsonl`` (and ``val_questions.jsonl``, same format): one single-turn question per line.
 - ``predictions.jsonl``: ``{"question_id", "prediction"}``, appended and flushed per line.
+- ``ranked.jsonl``: ``{"question_id", "ranking": [{"name", "logprob"}, ...]}`` best first, appended like predictions.
+- A gazetteer CSV: extra ``street``/``district`` names (and pairs) to rank beside the city table's.
 - Any other append-only JSONL (alignment labels): ``JsonlAppender`` plus ``read_jsonl``.
 
 Errors name the file and the line (1-based, as an editor shows it) so a user can fix the row.
@@ -484,3 +486,88 @@ def read_predictions(path: str | os.PathLike) -> dict[str, tuple[int, str]]:
             raise DataError(path, line, f"duplicate question_id {qid!r} (first on line {out[qid][0]})")
         out[qid] = (line, rec["prediction"])
     return out
+
+
+# --------------------------------------------------------------------------------------------- ranked names
+RANKED_KEYS = ("question_id", "ranking")
+
+
+def open_ranked(path: str | os.PathLike, settings: dict | None = None) -> JsonlAppender:
+    """The ``ranked.jsonl`` writer: resumable and locked like the predictions writer."""
+    return JsonlAppender(path, key="question_id", required=RANKED_KEYS, settings=settings)
+
+
+def _check_ranking(ranking: Any, path, line: int) -> None:
+    if not isinstance(ranking, list) or not ranking:
+        raise DataError(path, line, "'ranking' must be a non-empty list of {name, logprob}")
+    previous, seen = math.inf, set()
+    for position, entry in enumerate(ranking, start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
+            raise DataError(path, line, f"ranking entry {position} needs a non-empty string 'name'")
+        logprob = entry.get("logprob")
+        if isinstance(logprob, bool) or not isinstance(logprob, (int, float)) or math.isnan(logprob):
+            raise DataError(path, line, f"ranking entry {position} ({entry['name']!r}) needs a number 'logprob'")
+        # The list's order is the ranking; a list sorted the wrong way would silently score as another model.
+        if logprob > previous:
+            raise DataError(path, line, f"ranking entry {position} ({entry['name']!r}) scores higher than the one "
+                                        "before it: rankings are best first")
+        if entry["name"] in seen:
+            raise DataError(path, line, f"ranking names {entry['name']!r} twice")
+        previous = logprob
+        seen.add(entry["name"])
+
+
+def read_ranked(path: str | os.PathLike) -> dict[str, tuple[int, list[dict]]]:
+    """``question_id -> (line, ranking)``; a duplicate id or a malformed ranking is an error naming the line."""
+    out: dict[str, tuple[int, list[dict]]] = {}
+    for line, rec in read_jsonl(path, RANKED_KEYS):
+        qid = rec["question_id"]
+        _check_ranking(rec["ranking"], path, line)
+        if qid in out:
+            raise DataError(path, line, f"duplicate question_id {qid!r} (first on line {out[qid][0]})")
+        out[qid] = (line, rec["ranking"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------- gazetteer
+GAZETTEER_COLUMNS = ("street", "district")
+
+
+@dataclass(frozen=True)
+class GazetteerEntry:
+    """A gazetteer row: a street, a district, or both (then also an address pair); empty strings where absent."""
+
+    street: str
+    district: str
+
+
+def read_gazetteer(path: str | os.PathLike) -> list[GazetteerEntry]:
+    """A CSV with ``street`` and ``district`` columns; each row names at least one of them."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, "gazetteer not found")
+    with io.StringIO(read_text(path), newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in GAZETTEER_COLUMNS if c not in header]
+        if missing:
+            raise DataError(path, 1, f"missing column(s) {', '.join(missing)}; header is {', '.join(header)}")
+        entries, previous_end = [], reader.line_num
+        for raw in reader:
+            line, previous_end = previous_end + 1, reader.line_num
+            entry = GazetteerEntry(*(" ".join((raw[c] or "").split()) for c in GAZETTEER_COLUMNS))
+            if not entry.street and not entry.district:
+                raise DataError(path, line, "names neither a street nor a district")
+            entries.append(entry)
+    return entries
+
+
+def write_gazetteer(path: str | os.PathLike, entries: Iterable[GazetteerEntry]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(GAZETTEER_COLUMNS)
+    for line, entry in enumerate(entries, start=2):
+        if not entry.street.strip() and not entry.district.strip():
+            raise DataError(path, line, "names neither a street nor a district")
+        writer.writerow([entry.street, entry.district])
+    write_atomic(path, buf.getvalue())

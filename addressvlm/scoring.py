@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Iterable, Mapping, NamedTuple
 
 from addressvlm.names import normalize_name
-from addressvlm.records import DataError, read_numbered_questions, read_predictions, write_atomic
+from addressvlm.records import DataError, read_numbered_questions, read_predictions, read_ranked, write_atomic
 
 # ------------------------------------------------------------------------------------------ extraction
 def extract_generation(prediction: str) -> str:
@@ -266,6 +266,60 @@ def _score_files(questions_path, predictions_path, allow_missing: bool) -> tuple
                         f" ({len(missing)} missing in all; --allow-missing counts them wrong)")
     scored = score_each((q for _, q in numbered), {qid: text for qid, (_, text) in predicted.items()})
     return aggregate(scored), scored
+
+
+# ------------------------------------------------------------------------------------------ ranked names
+# Top-k accuracy of closed-set answering (eval/rank.py), per level: comparable with AddressCLIP's SA-1/SA-5.
+TOP_K = {"district_top1": ("district", 1), "district_top5": ("district", 5), "street_top1": ("street", 1),
+         "street_top5": ("street", 5), "address_top1": ("address", 1)}
+
+
+def first_correct_position(question: Mapping, names: Iterable[str]) -> int | None:
+    """The 1-based position of the first name that is a right answer to the generation ``question`` (each name read
+    as a reply by the question's extractor and judged by ``is_correct``), or None when none is."""
+    for position, name in enumerate(names, start=1):
+        if is_correct(question, extract_answer(question, name)):
+            return position
+    return None
+
+
+def top_k_accuracy(questions: Iterable[dict], rankings: Mapping[str, list[str]]) -> dict:
+    """``TOP_K``'s percentages over the generation questions of each level (a question without a ranking counts
+    wrong), with ``counts``."""
+    positions: dict[str, list[int | None]] = {}
+    for q in questions:
+        if q["qtype"] == "generation":
+            ranking = rankings.get(q["question_id"])
+            positions.setdefault(q["level"], []).append(
+                None if ranking is None else first_correct_position(q, ranking))
+    metrics: dict = {"counts": {}}
+    for key, (level, k) in TOP_K.items():
+        found = positions.get(level, [])
+        correct = sum(p is not None and p <= k for p in found)
+        metrics[key] = percent(correct, len(found))
+        metrics["counts"][key] = {"correct": correct, "total": len(found)}
+    return metrics
+
+
+def read_ranked_names(questions_path: str | os.PathLike, ranked_path: str | os.PathLike,
+                      allow_missing: bool = False) -> tuple[list[dict], dict[str, list[str]]]:
+    """The questions and ``question_id -> names best first``; a ranking for an unknown or a non-generation question,
+    or (unless ``allow_missing``) a generation question without one, is a ``DataError`` naming file and line."""
+    numbered = read_numbered_questions(questions_path)
+    ranked = read_ranked(ranked_path)
+    question_at = {q["question_id"]: (line, q) for line, q in numbered}
+    for qid, (line, _) in ranked.items():
+        if qid not in question_at:
+            raise DataError(ranked_path, line, f"unknown question_id {qid!r}: not in {questions_path}")
+        if question_at[qid][1]["qtype"] != "generation":
+            raise DataError(ranked_path, line, f"question_id {qid!r} is a {question_at[qid][1]['qtype']} question: "
+                                               "only generation questions are ranked")
+    missing = [(line, q["question_id"]) for line, q in numbered
+               if q["qtype"] == "generation" and q["question_id"] not in ranked]
+    if missing and not allow_missing:
+        raise DataError(questions_path, missing[0][0], f"no ranking for question_id {missing[0][1]!r} in "
+                        f"{ranked_path} ({len(missing)} missing in all; --allow-missing counts them wrong)")
+    return [q for _, q in numbered], {qid: [r["name"] for r in ranking] for qid, (_, ranking) in ranked.items()}
 
 
 def write_per_sample(path: str | os.PathLike, scored: Iterable[ScoredQuestion]) -> None:

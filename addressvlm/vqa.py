@@ -24,7 +24,7 @@ from addressvlm.records import (
 
 SPLITS = ("train", "val", "test")
 # The files of a VQA folder (build_vqa, merge_cities): written together, replaced together.
-VQA_FILES = ("train.json", "val.json", "test_questions.jsonl", "stats.json")
+VQA_FILES = ("train.json", "val.json", "test_questions.jsonl", "val_questions.jsonl", "stats.json")
 DISTRACTOR_MODES = ("random", "nearest")
 # "shuffled": every question type opens some conversations, as every test question is asked first. "generation-first":
 # names are asked before a judgment or choice can give them away, so later turns of a level can be answered from the
@@ -256,8 +256,8 @@ def split_turns(record: dict) -> list[dict]:
     return out
 
 
-def test_questions(row: Location, question_prefix: str, distractors: Distractors, seed: int) -> list[dict]:
-    """The nine single-turn questions of a test image: per level generation, judgment Yes, judgment No and
+def single_turn_questions(row: Location, question_prefix: str, distractors: Distractors, seed: int) -> list[dict]:
+    """The nine single-turn questions of a test or validation image: per level generation, judgment Yes, judgment No and
     multiple choice, then the address question. The text has no "<image>" token (inference adds it)."""
     rng = random.Random(f"{seed}:{row.image}")
     out = []
@@ -318,7 +318,9 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
               rounds: int = MAX_ROUNDS, distractors: str = "nearest", view_fraction: float = 1.0,
               location_fraction: float = 1.0, city: str | None = None, progress: bool = False,
               single_turn: bool = False, turn_order: str = "shuffled") -> dict:
-    """Write ``train.json``, ``val.json``, ``test_questions.jsonl`` and ``stats.json`` into ``out_dir``.
+    """Write ``train.json``, ``val.json``, ``test_questions.jsonl``, ``val_questions.jsonl`` and ``stats.json`` into
+    ``out_dir``: the validation locations as conversations and, for the metrics logged while training
+    (``hooks.AddressMetricsHook``), as single-turn questions in the test questions' format.
 
     Image paths stay relative to the city root (the folder of ``locations_csv``); ids are
     ``<city>/<location_id>/<view>`` (records) and ``<city>/<location_id>/<view>/<level>_<qtype>[_yes|_no]``
@@ -365,18 +367,21 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
                 counts.update(kinds)
             write_llava_json(staging / f"{name}.json", records)
             stats["splits"][name] = _split_stats(by_split[name], counts)
-        questions, counts = [], Counter()
-        for row in _progress(by_split["test"], f"{city} test", progress):
-            try:
-                qs = test_questions(row, f"{city}/{row.location_id}/{views[row.image]}", index, seed)
-            except ValueError as exc:
-                raise DataError(locations_csv, None, str(exc)) from None
-            questions.extend(qs)
-            counts.update((q["level"], q["qtype"]) for q in qs)
-        write_questions(staging / "test_questions.jsonl", questions)
-        stats["splits"]["test"] = _split_stats(by_split["test"], counts)
+        questions = {}
+        for name in ("test", "val"):
+            questions[name], counts = [], Counter()
+            for row in _progress(by_split[name], f"{city} {name} questions", progress):
+                try:
+                    qs = single_turn_questions(row, f"{city}/{row.location_id}/{views[row.image]}", index, seed)
+                except ValueError as exc:
+                    raise DataError(locations_csv, None, str(exc)) from None
+                questions[name].extend(qs)
+                counts.update((q["level"], q["qtype"]) for q in qs)
+            write_questions(staging / f"{name}_questions.jsonl", questions[name])
+            if name == "test":
+                stats["splits"]["test"] = _split_stats(by_split["test"], counts)
         stats["splits"]["test"]["judgment_answers"] = dict(sorted(Counter(
-            q["answer"] for q in questions if q["qtype"] == "judgment").items()))
+            q["answer"] for q in questions["test"] if q["qtype"] == "judgment").items()))
         write_atomic(staging / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return stats
 
@@ -402,13 +407,13 @@ def merge_cities(cities: Sequence[tuple[str, str | Path]], out_dir: str | Path) 
     ``cities`` is ``[(prefix, vqa_dir), ...]``: ``prefix`` is the city root's path relative to the image folder
     the merged files are used with (with ``data/pitts`` and ``data/sf`` and the image folder ``data/``, the
     prefixes are ``pitts`` and ``sf``). Images get that prefix; ids already start with their city. Writes
-    train.json, val.json, test_questions.jsonl and stats.json (counts per city).
+    train.json, val.json, test_questions.jsonl, val_questions.jsonl and stats.json (counts per city).
     """
     if len(cities) < 2:
         raise ValueError("merging needs at least two cities")
     out_dir = Path(out_dir)
     stats: dict = {"cities": {}}
-    merged: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    merged: dict[str, list[dict]] = {"train": [], "val": [], "test": [], "val_questions": []}
     for prefix, vqa_dir in cities:
         vqa_dir = Path(vqa_dir)
         counts = {}
@@ -416,11 +421,12 @@ def merge_cities(cities: Sequence[tuple[str, str | Path]], out_dir: str | Path) 
             records = [_prefixed(r, prefix) for r in read_llava_json(vqa_dir / f"{name}.json")]
             merged[name].extend(records)
             counts[name] = len(records)
-        questions = [_prefixed(q, prefix) for q in read_questions(vqa_dir / "test_questions.jsonl")]
-        merged["test"].extend(questions)
-        counts["test_questions"] = len(questions)
+        for name, file in (("test", "test_questions"), ("val_questions", "val_questions")):
+            questions = [_prefixed(q, prefix) for q in read_questions(vqa_dir / f"{file}.jsonl")]
+            merged[name].extend(questions)
+            counts[file] = len(questions)
         stats["cities"][prefix] = counts
-    for name, key in (("train", "id"), ("val", "id"), ("test", "question_id")):
+    for name, key in (("train", "id"), ("val", "id"), ("test", "question_id"), ("val_questions", "question_id")):
         duplicates = [k for k, n in Counter(r[key] for r in merged[name]).items() if n > 1]
         if duplicates:
             raise ValueError(f"{name}: {len(duplicates)} id(s) appear in two cities, e.g. {duplicates[0]!r}; "
@@ -429,6 +435,7 @@ def merge_cities(cities: Sequence[tuple[str, str | Path]], out_dir: str | Path) 
         write_llava_json(staging / "train.json", merged["train"])
         write_llava_json(staging / "val.json", merged["val"])
         write_questions(staging / "test_questions.jsonl", merged["test"])
+        write_questions(staging / "val_questions.jsonl", merged["val_questions"])
         write_atomic(staging / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return stats
 

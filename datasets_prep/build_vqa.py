@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Build a city's stage-2 VQA data: train.json and val.json (XTuner LLaVA JSON, multi-turn per image),
-test_questions.jsonl (nine single-turn questions per test image) and stats.json (Table B2's rows).
+test_questions.jsonl (nine single-turn questions per test image), val_questions.jsonl (the same for the validation
+images: the metrics logged while training) and stats.json (Table B2's rows).
 
 Splits are by location_id (7:2:1 by default, a `split` column is honoured); image paths stay relative to the city
 root (the folder of --locations). Same input and seed give byte-identical files. docs/data.md explains the format.

@@ -1,8 +1,11 @@
-"""Score predictions against test questions: the paper's Table 2 columns (rules in docs/metrics.md).
+"""Score predictions against test questions: the paper's Table 2 columns (rules in docs/metrics.md), and optionally
+top-k accuracy of ranked names (eval/rank.py) and the metre-scale error of street answers.
 
     python eval/score.py --questions data/pitts/vqa/test_questions.jsonl \
         --predictions eval_results/llava_phi3/stage2_pitts/predictions.jsonl \
         --json eval_results/llava_phi3/stage2_pitts/metrics.json --per-sample eval_results/.../per_sample.jsonl
+    ... --ranked eval_results/llava_phi3/stage2_pitts/ranked.jsonl \
+        --locations data/pitts/locations.csv --streets data/pitts/streets.geojson
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import json
 import sys
 
 from addressvlm.records import DataError, write_atomic
-from addressvlm.scoring import format_table, score_files, write_per_sample
+from addressvlm.scoring import format_table, read_ranked_names, score_files, top_k_accuracy, write_per_sample
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,14 +25,39 @@ def main(argv: list[str] | None = None) -> None:
                                                        "accuracy as JSON")
     parser.add_argument("--per-sample", metavar="OUT.jsonl", help="write each question's extracted answer and 0/1")
     parser.add_argument("--allow-missing", action="store_true",
-                        help="score questions without a prediction as wrong instead of stopping")
+                        help="score questions without a prediction (or ranking) as wrong instead of stopping")
+    parser.add_argument("--ranked", metavar="RANKED.jsonl",
+                        help="eval/rank.py's rankings: adds district_top1/top5, street_top1/top5, address_top1")
+    parser.add_argument("--locations", help="the city's locations.csv (true locations; with --streets)")
+    parser.add_argument("--streets", help="the city's streets (GeoJSON or .osm.pbf; with --locations): adds the "
+                                          "metre error of street generation answers (and of the top-1 ranked street)")
     args = parser.parse_args(argv)
+    if bool(args.locations) != bool(args.streets):
+        parser.error("--locations and --streets go together (true locations and the streets to measure to)")
 
     try:
         metrics, scored = score_files(args.questions, args.predictions, allow_missing=args.allow_missing)
+        extra: dict = {}
+        rankings = None
+        if args.ranked:
+            questions, rankings = read_ranked_names(args.questions, args.ranked, args.allow_missing)
+            extra.update(top_k_accuracy(questions, rankings))
+        if args.streets:
+            from addressvlm.geo.street_error import street_error_files
+
+            answers = {"street": {s.question["question_id"]: s.prediction for s in scored}}
+            if rankings is not None:
+                answers["street_top1"] = {qid: names[0] for qid, names in rankings.items()}
+            errors, _ = street_error_files(args.questions, args.locations, args.streets, answers)
+            extra.update(errors)
     except (DataError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")
+    metrics["counts"].update(extra.pop("counts", {}))
+    metrics.update(extra)
     print(format_table(metrics))
+    for key, value in extra.items():
+        if not isinstance(value, dict):
+            print(f"{key}: {'-' if value is None else value}")
     missing = sum(s.prediction is None for s in scored)
     if missing:
         print(f"{missing} question(s) had no prediction and count as wrong (--allow-missing)")

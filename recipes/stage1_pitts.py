@@ -26,13 +26,15 @@ from mmengine.hooks import (
     ParamSchedulerHook,
 )
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
+from mmengine.visualization import LocalVisBackend, Visualizer
 from peft import LoraConfig
 from torch.optim import AdamW
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
 from addressvlm.dataset import CityLLaVADataset
-from addressvlm.hooks import ResumeLoadHook, RNGStateHook
+from addressvlm.hooks import AddressMetricsHook, ResumeLoadHook, RNGStateHook
 from addressvlm.model import AddressLLaVAModel
+from addressvlm.vis_backends import TensorboardIfInstalled
 from xtuner.dataset.collate_fns import default_collate_fn
 from xtuner.dataset.map_fns import llava_map_fn, template_map_fn_factory
 from xtuner.dataset.samplers import LengthGroupedSampler
@@ -87,6 +89,15 @@ lora_dropout = 0.05
 work_dir = "./work_dirs/llava_phi3_mini/stage1_pitts"
 save_steps = 500
 save_total_limit = 2  # Maximum checkpoints to keep (-1 means unlimited)
+
+# Address metrics while training (docs/eval.md): every address_eval_interval iterations, greedy answers to the
+# questions of address_eval_images validation images (nine each, drawn once with seed 0), scored as eval/score.py
+# scores, logged as address/A_d, address/A_s, address/A_sd beside the loss (tensorboard --logdir <work_dir>).
+# Off: --cfg-options default_hooks.address_metrics.interval=0; other values likewise (.images=50): the variables
+# below are copied into the hook's dict, so overriding them does not reach it.
+address_eval_questions = "vqa/val_questions.jsonl"  # relative to the dataset's image_folder, the city root
+address_eval_images = 22  # 198 questions
+address_eval_interval = 500  # training iterations (micro-batches), 0: off
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
@@ -218,6 +229,8 @@ default_hooks = dict(
         max_keep_ckpts=save_total_limit,
     ),
     sampler_seed=dict(type=DistSamplerSeedHook),
+    address_metrics=dict(type=AddressMetricsHook, questions=address_eval_questions, images=address_eval_images,
+                         interval=address_eval_interval),
 )
 
 env_cfg = dict(
@@ -226,7 +239,7 @@ env_cfg = dict(
     dist_cfg=dict(backend="nccl"),
 )
 
-visualizer = None
+visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend), dict(type=TensorboardIfInstalled)])
 log_level = "INFO"
 load_from = None
 resume = False

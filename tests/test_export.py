@@ -84,3 +84,20 @@ def test_processor_and_generate_as_saved(exported):
 
     ours = sample_answers(load_hf_model(out), image, question, n=1, temperature=0, max_new_tokens=8)
     assert answer == ours[0] and len(answer) > 3
+
+
+def test_hf_ranks_names_as_the_xtuner_path(exported, tmp_path):
+    """The exported folder scores an answer's tokens, its end of turn included, as the XTuner recipe does."""
+    from addressvlm.ranking import rank_image_questions
+
+    checkpoint, options, out = exported
+    hf, xtuner = load_hf_model(out), load_xtuner_model(RECIPE, checkpoint, options)
+    names = ["Forbes Avenue", "Forbes", "Craig Street", "Forbes Avenue, Oakland"]
+    assert [hf.answer_ids(n) for n in names] == [xtuner.answer_ids(n) for n in names]
+    image = Image.new("RGB", (64, 40), (120, 60, 200))
+    question = "Identify the street in this image, please."
+    ours = rank_image_questions(xtuner, image, [question], [names])[0]
+    theirs = rank_image_questions(hf, image, [question], [names])[0]
+    assert [r["name"] for r in theirs] == [r["name"] for r in ours]
+    # Merged LoRA weights round differently from adapters applied on the fly: close, not equal.
+    assert [r["logprob"] for r in theirs] == pytest.approx([r["logprob"] for r in ours], rel=1e-3)

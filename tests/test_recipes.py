@@ -199,3 +199,16 @@ def test_every_script_has_help(script):
 
     done = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "usage:" in done.stdout, done.stderr[-1000:]
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_every_recipe_logs_address_metrics_to_tensorboard(path):
+    """The hook's dict carries the recipe's PART 1 settings (children inherit them, and the questions path is taken
+    from the dataset's image_folder, so no child patches it), and the visualizer writes scalars.json and TensorBoard."""
+    cfg = Config.fromfile(str(path))
+    hook = cfg.default_hooks.address_metrics
+    assert type_name(hook.type) == "AddressMetricsHook"
+    assert (hook.questions, hook.images, hook.interval) == (
+        cfg.address_eval_questions, cfg.address_eval_images, cfg.address_eval_interval)
+    assert hook.questions == "vqa/val_questions.jsonl" and hook.images >= 1 and hook.interval >= 1  # on by default
+    assert [type_name(b.type) for b in cfg.visualizer.vis_backends] == ["LocalVisBackend", "TensorboardIfInstalled"]

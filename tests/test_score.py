@@ -344,14 +344,14 @@ def test_gold_answers_score_100_even_with_separators_in_names():
     address answer's separator (a comma): such a name used to be split in two and A_sd fell to 90."""
     from addressvlm.records import Location
     from addressvlm.scoring import score
-    from addressvlm.vqa import Distractors, test_questions
+    from addressvlm.vqa import Distractors, single_turn_questions
 
     streets = ["Main Street, North", "Ash Street", "Elm Road", "Oak Lane, East", "Pine Way"]
     districts = ["Old Town, Upper", "Harbour", "Hill", "Park, West"]
     rows = [Location(image=f"img/{i}.jpg", location_id=f"loc{i}", lat=0.0, lon=0.0, street=streets[i % 5],
                      district=districts[i % 4]) for i in range(20)]
     distractors = Distractors(rows, "random")
-    questions = [q for i, row in enumerate(rows) for q in test_questions(row, f"img/{i}", distractors, seed=0)]
+    questions = [q for i, row in enumerate(rows) for q in single_turn_questions(row, f"img/{i}", distractors, seed=0)]
     metrics = score(questions, {q["question_id"]: q["answer"] for q in questions})
     accuracies = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     assert accuracies and all(v == 100 for v in accuracies.values()), accuracies

@@ -58,6 +58,10 @@ def test_no_location_in_two_splits(built, city):
     test = {_location_of(q["question_id"]) for q in read_questions(out / "test_questions.jsonl")}
     assert not (train & val or train & test or val & test)
     assert train | val | test == {r.location_id for r in read_locations(city)}
+    # The validation questions ask about exactly the validation images, nine each, in the test questions' format.
+    val_questions = read_questions(out / "val_questions.jsonl")
+    assert {q["image"] for q in val_questions} == {r["image"] for r in read_llava_json(out / "val.json")}
+    assert len(val_questions) == 9 * len({q["image"] for q in val_questions})
 
 
 def test_image_paths_are_relative_to_the_city_root(built, city):
@@ -214,7 +218,7 @@ def test_deterministic_for_a_seed_and_different_across_seeds(built, city, tmp_pa
     out, _ = built
     build_vqa(city, tmp_path / "again", seed=3)
     build_vqa(city, tmp_path / "other", seed=4)
-    for name in ("train.json", "val.json", "test_questions.jsonl", "stats.json"):
+    for name in ("train.json", "val.json", "test_questions.jsonl", "val_questions.jsonl", "stats.json"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes()
     assert (tmp_path / "other" / "train.json").read_bytes() != (out / "train.json").read_bytes()
 
@@ -263,7 +267,7 @@ def test_view_and_location_fractions_are_nested_and_leave_val_and_test_alone(cit
         assert stats["splits"]["train"]["locations"] == math.ceil(42 * f)
         assert stats["splits"]["train"]["images"] == math.ceil(42 * f) * math.ceil(4 * f)
     assert kept[0.25] < kept[0.5] < kept[1.0]
-    for name in ("val.json", "test_questions.jsonl"):
+    for name in ("val.json", "test_questions.jsonl", "val_questions.jsonl"):
         assert (tmp_path / "v0.25" / name).read_bytes() == (tmp_path / "v1.0" / name).read_bytes()
     rows = read_locations(city)
     assert subsample(rows, 0, view_fraction=0.5) == subsample(rows, 0, view_fraction=0.5)
@@ -283,6 +287,9 @@ def test_merge_cities_prefixes_images(built, tmp_path):
     assert all(r["id"].split("/")[0] == r["image"].split("/")[0] for r in train)
     questions = read_questions(tmp_path / "both" / "test_questions.jsonl")
     assert len(questions) == 9 * (stats["splits"]["test"]["images"]) + merged["cities"]["sf"]["test_questions"]
+    val_questions = read_questions(tmp_path / "both" / "val_questions.jsonl")
+    assert len(val_questions) == 9 * stats["splits"]["val"]["images"] + merged["cities"]["sf"]["val_questions"]
+    assert {q["image"].split("/")[0] for q in val_questions} == {"tinyburg", "sf"}
     with pytest.raises(ValueError, match="appear in two cities"):
         merge_cities([("a", out), ("b", out)], tmp_path / "dup")
 
