@@ -17,6 +17,7 @@ from addressvlm.records import read_locations, read_questions, write_atomic
 
 ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
 MODELS = ("zero_shot", "stage2_only", "stage1_stage2")
+TUNED = MODELS[1:]
 RUN_NAMES = {"stage1_helsinki": "stage 1", "stage1_stage2": "stage 2 after stage 1 (AddressVLM)",
              "stage2_only": "stage 2 only (Baseline)"}
 
@@ -222,6 +223,16 @@ def load_model(paths: Paths, s: DemoSettings, name: str):
     return load_xtuner_model(recipe, paths.work / name, options)
 
 
+def drop_stale(output: Path, paths: Paths, name: str) -> None:
+    """Remove ``output`` when an earlier model or run wrote it (no settings beside it, or the model's checkpoint is
+    newer), so that only what this model started is resumed."""
+    checkpoint = paths.work / name / "last_checkpoint"
+    settings = output.with_name(output.name + ".settings.json")
+    if output.exists() and (not settings.exists() or checkpoint.exists()
+                            and checkpoint.stat().st_mtime > output.stat().st_mtime):
+        output.unlink()
+
+
 def answer_and_score(paths: Paths, s: DemoSettings, name: str) -> tuple[dict, dict]:
     """Answer the test questions with one model and score them: (metrics, which answers it gave)."""
     from addressvlm.demo.report import answer_spread
@@ -231,16 +242,48 @@ def answer_and_score(paths: Paths, s: DemoSettings, name: str) -> tuple[dict, di
 
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
     predictions_path = paths.out / "predictions" / f"{name}.jsonl"
-    checkpoint = paths.work / name / "last_checkpoint"
-    settings = predictions_path.with_name(predictions_path.name + ".settings.json")
-    if predictions_path.exists() and (not settings.exists() or checkpoint.exists()
-                                      and checkpoint.stat().st_mtime > predictions_path.stat().st_mtime):
-        predictions_path.unlink()  # answers of an earlier model or run: resume only what this model started
+    drop_stale(predictions_path, paths, name)
     answer_questions(load_model(paths, s, name), questions, predictions_path, image_folder=paths.city)
     predictions = {qid: text for qid, (_, text) in read_predictions(predictions_path).items()}
     metrics = score(questions, predictions)
     write_atomic(paths.out / "metrics" / f"{name}.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return metrics, answer_spread(score_each(questions, predictions))
+
+
+def rank_and_measure(paths: Paths, s: DemoSettings, name: str) -> dict:
+    """Beyond exact match, for one tuned model: every district, street and address of the city ranked by the model's
+    likelihood for each generation question (top-1/top-5), the metre error of the street it generated and of its
+    top-ranked street, and two pictures (the district confusion, the error map). Returns the metrics."""
+    from addressvlm.demo.report import LABELS
+    from addressvlm.error_figures import district_confusion, draw_district_confusion, draw_street_errors
+    from addressvlm.gazetteer import build_gazetteer
+    from addressvlm.geo.street_error import street_error_files
+    from addressvlm.geo.streets import read_street_map
+    from addressvlm.ranking import rank_questions
+    from addressvlm.records import read_predictions
+    from addressvlm.scoring import read_ranked_names, top_k_accuracy
+
+    questions_path = paths.city / "vqa" / "test_questions.jsonl"
+    ranked_path = paths.out / "predictions" / f"{name}.ranked.jsonl"
+    drop_stale(ranked_path, paths, name)
+    gazetteer = build_gazetteer(read_locations(paths.city / "locations.csv"))
+    rank_questions(load_model(paths, s, name), read_questions(questions_path), gazetteer, ranked_path,
+                   image_folder=paths.city)
+    questions, rankings = read_ranked_names(questions_path, ranked_path)
+    metrics = top_k_accuracy(questions, rankings)
+    generated = {qid: text for qid, (_, text) in read_predictions(paths.out / "predictions" / f"{name}.jsonl").items()}
+    top1 = {qid: names[0] for qid, names in rankings.items()}
+    errors, placed = street_error_files(questions_path, paths.city / "locations.csv", paths.city / "streets.geojson",
+                                        {"street": generated, "street_top1": top1})
+    metrics.update(errors)
+    pictures = paths.out / "pictures"
+    draw_district_confusion(district_confusion(questions, generated, gazetteer.districts),
+                            pictures / f"district_confusion_{name}.png", title=f"{LABELS[name]}: districts named")
+    draw_street_errors(read_street_map(paths.city / "streets.geojson"), placed["street"],
+                       pictures / f"street_errors_{name}.png", title=f"{LABELS[name]}: streets named")
+    write_atomic(paths.out / "metrics" / f"{name}.closed_set.json",
+                 json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    return metrics
 
 
 def street_distribution(paths: Paths, s: DemoSettings) -> list[Path]:
@@ -314,14 +357,14 @@ def majority_shares(questions: list[dict]) -> dict[str, float]:
 
 
 def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spreads: dict[str, dict], steps: Steps,
-                 pictures: dict, distribution: list[Path], district_method: str) -> Path:
+                 pictures: dict, distribution: list[Path], district_method: str, closed_set: dict[str, dict]) -> Path:
     from addressvlm.demo.report import render_report
     from addressvlm.standins.reading_warmup import read_warmup_result
 
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
     reading = read_warmup_result(paths.models)
     text = render_report(metrics, steps.times, pictures, [p.name for p in distribution], asdict(s),
-                         district_method, ATTRIBUTION, majority_shares(questions), spreads, reading)
+                         district_method, ATTRIBUTION, majority_shares(questions), spreads, reading, closed_set)
     report = paths.out / "report.md"
     write_atomic(report, text)
     return report
@@ -330,7 +373,7 @@ def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spread
 def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki",
              work: str | Path = "work_dirs/demo_helsinki", settings: DemoSettings = DemoSettings()) -> Path:
     paths = Paths(Path(out), Path(city), Path(work))
-    steps = Steps(11)
+    steps = Steps(11 + len(TUNED))
     s = settings
     summary = steps.run("build the Helsinki demo city", build_city, paths, s)
     steps.run("pin location-disjoint splits (7:2:1)", pin_splits, paths, s)
@@ -343,10 +386,13 @@ def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki"
     scored = {name: steps.run(f"answer and score: {name}", answer_and_score, paths, s, name) for name in MODELS}
     metrics = {name: result[0] for name, result in scored.items()}
     spreads = {name: result[1] for name, result in scored.items()}
+    closed_set = {name: steps.run(f"rank the city's names, metre errors: {name}", rank_and_measure, paths, s, name)
+                  for name in TUNED}
     distribution = steps.run("street distribution (Fig. 5)", street_distribution, paths, s)
     pictures = copy_pictures(paths)
     method = json.loads((paths.city / "city.json").read_text()).get("district_method", "") \
         if (paths.city / "city.json").is_file() else getattr(summary, "district_method", "")
-    report = steps.run("report", write_report, paths, s, metrics, spreads, steps, pictures, distribution, method)
+    report = steps.run("report", write_report, paths, s, metrics, spreads, steps, pictures, distribution, method,
+                       closed_set)
     print(f"report: {report}")
     return report

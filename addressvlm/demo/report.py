@@ -85,10 +85,29 @@ def stage1_effect(metrics: dict[str, dict]) -> str:
             "questions a few points are noise.")
 
 
+CLOSED_SET_COLUMNS = (
+    ("district_top1", "district top-1"), ("district_top5", "district top-5"), ("street_top1", "street top-1"),
+    ("street_top5", "street top-5"), ("address_top1", "address top-1"),
+    ("street_error_median_m", "median error m (generated)"), ("street_within_25m", "<= 25 m"),
+    ("street_within_100m", "<= 100 m"), ("street_top1_error_median_m", "median error m (top-1 ranked)"),
+    ("street_top1_within_25m", "<= 25 m"), ("street_top1_within_100m", "<= 100 m"),
+)
+
+
+def closed_set_table(closed_set: dict[str, dict]) -> str:
+    """Top-k accuracy of the ranked names and the metre error of the street answers, per model."""
+    lines = ["| model | " + " | ".join(header for _, header in CLOSED_SET_COLUMNS) + " |",
+             "|---|" + "---:|" * len(CLOSED_SET_COLUMNS)]
+    for name, m in closed_set.items():
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(_cell(m.get(key)) for key, _ in CLOSED_SET_COLUMNS)
+                     + " |")
+    return "\n".join(lines)
+
+
 def render_report(metrics: dict[str, dict], times: dict[str, float], pictures: dict[str, list[str]],
                   distribution: list[str], settings: dict, district_method: str, attribution: str,
                   majority: dict[str, float], spreads: dict[str, dict[str, dict[str, int]]],
-                  reading: dict | None = None) -> str:
+                  reading: dict | None = None, closed_set: dict[str, dict] | None = None) -> str:
     parts = [
         "# AddressVLM demo: central Helsinki, on CPU",
         "",
@@ -134,6 +153,24 @@ def render_report(metrics: dict[str, dict], times: dict[str, float], pictures: d
         "",
         stage1_effect(metrics),
         "",
+    ]
+    if closed_set:
+        parts += [
+            "## Beyond exact match: ranking the city's names, and how far off a wrong street is",
+            "",
+            "For each generation question the model scored every district, street and address of the city by its "
+            "log-likelihood as the answer (eval/rank.py): top-1/top-5 accuracy % of that ranking. The metre error is "
+            "the distance from the image's true location to the nearest point of the street named, generated or "
+            "ranked first (eval/score.py --streets); an answer naming no street of the map counts beyond every "
+            "threshold.",
+            "",
+            closed_set_table(closed_set),
+            "",
+            " ".join(f"![district confusion](pictures/district_confusion_{name}.png) "
+                     f"![street errors](pictures/street_errors_{name}.png)" for name in closed_set),
+            "",
+        ]
+    parts += [
         "## Pictures",
         "",
     ]
