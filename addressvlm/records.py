@@ -23,7 +23,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 
 class DataError(ValueError):
@@ -157,49 +157,57 @@ def _check_location(row: Location, path, line: int) -> None:
         raise DataError(path, line, f"split {row.split!r} is not train, val or test")
 
 
+def _read_csv(path: Path, columns: Sequence[str], what: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The header and the ``(line, row)`` pairs of a CSV whose header must name ``columns`` (``what`` names the file
+    in the not-found error). A quoted field may span lines: a row's line is the one after the previous row ended."""
+    if not path.is_file():
+        raise DataError(path, None, f"{what} not found")
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    header = reader.fieldnames or []
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(path, 1, f"missing column(s) {', '.join(missing)}; header is {', '.join(header)}")
+    rows, previous_end = [], reader.line_num
+    for raw in reader:
+        rows.append((previous_end + 1, raw))
+        previous_end = reader.line_num
+    return header, rows
+
+
 def read_locations(path: str | os.PathLike) -> list[Location]:
     """Read and validate ``locations.csv``: required columns, ranges, no duplicate image."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, "city table not found")
-    with io.StringIO(read_text(path), newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in LOCATION_COLUMNS if c not in header]
-        if missing:
-            raise DataError(path, 1, f"missing column(s) {', '.join(missing)}; header is {', '.join(header)}")
-        known = set(LOCATION_COLUMNS) | set(LOCATION_OPTIONAL)
-        extra_columns = [c for c in header if c not in known]
-        rows, seen, first_of_location, previous_end = [], {}, {}, reader.line_num
-        for raw in reader:
-            # A quoted field may span lines: a row starts on the line after the previous row ended.
-            line, previous_end = previous_end + 1, reader.line_num
-            try:
-                heading = raw.get("heading") or ""
-                row = Location(
-                    image=(raw["image"] or "").strip(),
-                    location_id=(raw["location_id"] or "").strip(),
-                    lat=float(raw["lat"]),
-                    lon=float(raw["lon"]),
-                    street=" ".join((raw["street"] or "").split()),
-                    district=" ".join((raw["district"] or "").split()),
-                    heading=float(heading) if heading.strip() else None,
-                    cross_street=" ".join((raw.get("cross_street") or "").split()),
-                    split=(raw.get("split") or "").strip(),
-                    extra=tuple((c, raw.get(c) or "") for c in extra_columns),
-                )
-            except (TypeError, ValueError) as exc:
-                raise DataError(path, line, f"bad value: {exc}") from None
-            try:
-                row = replace(row, image=path_inside_root(row.image, "image"))
-            except ValueError as exc:
-                raise DataError(path, line, str(exc)) from None
-            _check_location(row, path, line)
-            if row.image in seen:
-                raise DataError(path, line, f"duplicate image {row.image!r} (first on line {seen[row.image]})")
-            seen[row.image] = line
-            _check_same_place(row, line, first_of_location, path)
-            rows.append(row)
+    header, raw_rows = _read_csv(path, LOCATION_COLUMNS, "city table")
+    known = set(LOCATION_COLUMNS) | set(LOCATION_OPTIONAL)
+    extra_columns = [c for c in header if c not in known]
+    rows, seen, first_of_location = [], {}, {}
+    for line, raw in raw_rows:
+        try:
+            heading = raw.get("heading") or ""
+            row = Location(
+                image=(raw["image"] or "").strip(),
+                location_id=(raw["location_id"] or "").strip(),
+                lat=float(raw["lat"]),
+                lon=float(raw["lon"]),
+                street=" ".join((raw["street"] or "").split()),
+                district=" ".join((raw["district"] or "").split()),
+                heading=float(heading) if heading.strip() else None,
+                cross_street=" ".join((raw.get("cross_street") or "").split()),
+                split=(raw.get("split") or "").strip(),
+                extra=tuple((c, raw.get(c) or "") for c in extra_columns),
+            )
+        except (TypeError, ValueError) as exc:
+            raise DataError(path, line, f"bad value: {exc}") from None
+        try:
+            row = replace(row, image=path_inside_root(row.image, "image"))
+        except ValueError as exc:
+            raise DataError(path, line, str(exc)) from None
+        _check_location(row, path, line)
+        if row.image in seen:
+            raise DataError(path, line, f"duplicate image {row.image!r} (first on line {seen[row.image]})")
+        seen[row.image] = line
+        _check_same_place(row, line, first_of_location, path)
+        rows.append(row)
     if not rows:
         raise DataError(path, None, "city table has no rows")
     return rows
@@ -544,21 +552,12 @@ class GazetteerEntry:
 def read_gazetteer(path: str | os.PathLike) -> list[GazetteerEntry]:
     """A CSV with ``street`` and ``district`` columns; each row names at least one of them."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, "gazetteer not found")
-    with io.StringIO(read_text(path), newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in GAZETTEER_COLUMNS if c not in header]
-        if missing:
-            raise DataError(path, 1, f"missing column(s) {', '.join(missing)}; header is {', '.join(header)}")
-        entries, previous_end = [], reader.line_num
-        for raw in reader:
-            line, previous_end = previous_end + 1, reader.line_num
-            entry = GazetteerEntry(*(" ".join((raw[c] or "").split()) for c in GAZETTEER_COLUMNS))
-            if not entry.street and not entry.district:
-                raise DataError(path, line, "names neither a street nor a district")
-            entries.append(entry)
+    entries = []
+    for line, raw in _read_csv(path, GAZETTEER_COLUMNS, "gazetteer")[1]:
+        entry = GazetteerEntry(*(" ".join((raw[c] or "").split()) for c in GAZETTEER_COLUMNS))
+        if not entry.street and not entry.district:
+            raise DataError(path, line, "names neither a street nor a district")
+        entries.append(entry)
     return entries
 
 

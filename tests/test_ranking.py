@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from addressvlm.infer import chunk_questions, load_xtuner_model
+from addressvlm.infer import chunk_questions
 from addressvlm.gazetteer import build_gazetteer
 from addressvlm.ranking import (
     NameTrie,
@@ -33,7 +33,7 @@ from addressvlm.records import (
     write_questions,
 )
 from addressvlm.templates import ADDRESS_QUESTION, address_answer
-from test_infer import RECIPE, model_options, write_synthetic_checkpoint
+from test_infer import RECIPE, checkpoint, model, options  # noqa: F401 (the same model fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 PLACES = [("Forbes Avenue", "Oakland"), ("Craig Street", "Oakland"), ("Fifth Avenue", "Shadyside"),
@@ -68,21 +68,6 @@ def write_ranked_city(root: Path, images: int = 4) -> Path:
     write_locations(root / "locations.csv", rows)
     write_questions(root / "vqa" / "test_questions.jsonl", questions)
     return root / "vqa" / "test_questions.jsonl"
-
-
-@pytest.fixture(scope="module")
-def options(tiny_llava):
-    return model_options(tiny_llava)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, options) -> Path:
-    return write_synthetic_checkpoint(tmp_path_factory.mktemp("work") / "stage2", options)
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint, options):
-    return load_xtuner_model(RECIPE, checkpoint, options)
 
 
 @pytest.fixture(scope="module")

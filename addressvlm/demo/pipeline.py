@@ -48,8 +48,9 @@ class DemoSettings:
     crop_metres: float = 240.0
     street_samples: int = 100      # Fig. 5: 100 answers at temperature 0.8
     street_images: int = 2
-    # The AddressVLM and Baseline runs train side by side, each on this many threads (train_side_by_side). One thread
-    # also keeps their figures independent of the machine's core count.
+    # Threads of the warm-up and of stage 1, which run alone, and of each of the two stage-2 runs, which train side
+    # by side (train_side_by_side). Fixed counts keep the figures independent of the machine's core count.
+    threads: int = 2
     threads_per_run: int = 1
 
     @classmethod
@@ -173,7 +174,8 @@ def run_overrides(paths: Paths, s: DemoSettings, data_file: str, epochs: int, n_
     }
 
 
-def train_stage(paths: Paths, s: DemoSettings, stage: int, name: str, init_from: Path | None, bar_row: int = 0):
+def train_stage(paths: Paths, s: DemoSettings, stage: int, name: str, init_from: Path | None, threads: int,
+                bar_row: int = 0):
     from addressvlm.records import read_llava_json
     from addressvlm.runtime import train
 
@@ -186,13 +188,13 @@ def train_stage(paths: Paths, s: DemoSettings, stage: int, name: str, init_from:
     if stage == 2:
         overrides["model.init_from_work_dir"] = str(init_from) if init_from else None
     return train(str(paths.recipes / f"stage{stage}_helsinki.py"), work_dir, str(paths.models), overrides=overrides,
-                 progress=True, name=name, threads=s.threads_per_run, bar_row=bar_row)
+                 progress=True, name=name, threads=threads, bar_row=bar_row)
 
 
 def train_side_by_side(paths: Paths, s: DemoSettings) -> dict[str, float]:
-    """AddressVLM (stage 1, then stage 2 from it) and the Baseline (stage 2 alone) train at the same time, each run
-    on ``threads_per_run`` threads: a model this small keeps one core busier than it keeps two, so two runs side
-    by side finish sooner than one after the other. Returns each run's seconds."""
+    """Stage 1 alone on ``threads``, then AddressVLM's stage 2 (from stage 1) and the Baseline's (stage 2 alone)
+    side by side, each on ``threads_per_run``: a model this small keeps one core busier than it keeps two, so the two
+    runs together finish sooner than one after the other. Returns each run's seconds."""
     from concurrent.futures import ThreadPoolExecutor
 
     def timed(fn, *args, **kwargs):
@@ -200,10 +202,10 @@ def train_side_by_side(paths: Paths, s: DemoSettings) -> dict[str, float]:
         result = fn(*args, **kwargs)
         return result, time.perf_counter() - start
 
+    stage1, stage1_seconds = timed(train_stage, paths, s, 1, "stage1_helsinki", None, s.threads)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        baseline = pool.submit(timed, train_stage, paths, s, 2, "stage2_only", None, bar_row=1)
-        stage1, stage1_seconds = timed(train_stage, paths, s, 1, "stage1_helsinki", None)
-        _, stage2_seconds = timed(train_stage, paths, s, 2, "stage1_stage2", stage1)
+        baseline = pool.submit(timed, train_stage, paths, s, 2, "stage2_only", None, s.threads_per_run, bar_row=1)
+        _, stage2_seconds = timed(train_stage, paths, s, 2, "stage1_stage2", stage1, s.threads_per_run)
         baseline_seconds = baseline.result()[1]
     return {"stage1_helsinki": stage1_seconds, "stage1_stage2": stage2_seconds, "stage2_only": baseline_seconds}
 
@@ -372,7 +374,10 @@ def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spread
 
 def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki",
              work: str | Path = "work_dirs/demo_helsinki", settings: DemoSettings = DemoSettings()) -> Path:
+    import torch
+
     paths = Paths(Path(out), Path(city), Path(work))
+    torch.set_num_threads(settings.threads)  # the warm-up and the answers; training runs set their own
     steps = Steps(11 + len(TUNED))
     s = settings
     summary = steps.run("build the Helsinki demo city", build_city, paths, s)
@@ -380,7 +385,7 @@ def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki"
     steps.run("stage-2 VQA (templates of Tables B4/B5)", build_stage2_data, paths, s)
     steps.run("stage-1 data: labelled crops, grafts, rule reasons", build_stage1_data, paths, s)
     steps.run("tiny LLaVA-Phi3-mini", make_model, paths, s)
-    runs = steps.run("train stage 1 then stage 2 (AddressVLM), beside stage 2 only (Baseline)", train_side_by_side,
+    runs = steps.run("train stage 1, then stage 2 (AddressVLM) beside stage 2 only (Baseline)", train_side_by_side,
                      paths, s)
     steps.times.update({f"  of which {RUN_NAMES[name]}": seconds for name, seconds in runs.items()})
     scored = {name: steps.run(f"answer and score: {name}", answer_and_score, paths, s, name) for name in MODELS}
