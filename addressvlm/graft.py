@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageOps
 
-from addressvlm.processes import worker_pool
+from addressvlm.processes import default_workers, worker_pool
 from addressvlm.records import DataError, path_inside_root, read_jsonl, read_locations
 
 CORNERS = ("upper_right", "upper_left", "lower_right", "lower_left")
@@ -325,10 +325,6 @@ def select_rows(rows, splits: tuple[str, ...] | None):
                          "pin the splits first (python datasets_prep/split_locations.py --locations ...), or pass "
                          "--splits all to use every row on purpose")
     return [r for r in rows if r.split in splits]
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def graft_batch(manifest_or_pairs, out_dir, delta: float = 0.5, size: int = 336, workers: int | None = None, *,

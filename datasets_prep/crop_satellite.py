@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--keep-clear-for-delta", type=float, default=None, metavar="DELTA",
                         help="keep names out of the corner a 4:3 street view grafted with this delta will cover")
     parser.add_argument("--corner", choices=CORNERS, default="upper_right", help="with --keep-clear-for-delta")
+    parser.add_argument("--workers", type=int, default=None, help="city mode: processes (default: usable cores)")
     parser.add_argument("--attribution", default=None,
                         help='text written small in the lower-left, e.g. "(c) OpenStreetMap contributors, ODbL"')
     args = parser.parse_args()
@@ -53,7 +54,8 @@ def main() -> None:
         if args.city:
             report = crop_city(args.city, args.out_dir or args.city / "stage1" / "crops", args.size_m, args.pixels,
                                args.jitter_m, labels, args.seed, raster=args.raster, streets=args.streets,
-                               font_px=args.font_px, reserved_box=reserved, attribution=args.attribution)
+                               font_px=args.font_px, reserved_box=reserved, attribution=args.attribution,
+                               workers=args.workers)
             print(report.summary())
             return
         if args.lon is None or not args.out or not args.raster or (labels and not args.streets):

@@ -202,3 +202,26 @@ def test_single_crop_cli(tmp_path):
     far = subprocess.run([sys.executable, str(script), "--raster", str(tif), "--no-labels", "--lat", "0",
                           "--lon", "0", "--out", str(tmp_path / "two.png")], capture_output=True, text=True)
     assert far.returncode != 0 and "sat.tif: point lat=0.0, lon=0.0 lies outside the raster" in far.stderr
+
+
+def test_crop_city_with_workers_writes_what_one_process_writes(tmp_path):
+    """Two worker processes (each opening its own raster) give byte-identical crops and the same index, in the
+    same order, as one process."""
+    from addressvlm.geo.crop import CROP_CHUNK, crop_city, crop_file_name
+
+    outputs = {}
+    for workers in (1, 2):
+        city = tmp_path / f"city{workers}"
+        city.mkdir()
+        write_geotiff(city / "satellite.tif", "EPSG:32635", 1.0, 400)
+        write_streets(city / "streets.geojson")
+        spots = [offset_latlon(LAT, LON, 3.0 * i, -2.0 * i) for i in range(CROP_CHUNK + 4)]
+        write_locations(city / "locations.csv", [
+            Location(f"img/{i}.jpg", f"loc/{i}", lat, lon, "Mannerheimintie", "Kluuvi")
+            for i, (lat, lon) in enumerate(spots)])
+        out = city / "stage1" / "crops"
+        report = crop_city(city, out, size_m=60, pixels=120, jitter_m=5, seed=1, progress=False, workers=workers)
+        assert (report.written, report.failed) == (len(spots), [])
+        outputs[workers] = ((out / "crops.jsonl").read_text(),
+                            [(out / crop_file_name(f"loc/{i}")).read_bytes() for i in range(len(spots))])
+    assert outputs[1] == outputs[2]

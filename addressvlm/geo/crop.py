@@ -207,17 +207,63 @@ def check_run_params(out_dir: Path, params: dict) -> None:
         path.write_text(json.dumps(params, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
+CROP_CHUNK = 16  # locations per pool task: enough to amortise the round trip, few enough to balance two workers
+
+
+_OPEN_SOURCES: dict[tuple[str, str | None], tuple] = {}
+
+
+def _sources(raster_path: str, street_path: str | None):
+    """The raster and street map this process renders from, opened once per process (a pool worker's first task)."""
+    key = (raster_path, street_path)
+    if key not in _OPEN_SOURCES:
+        _OPEN_SOURCES[key] = (open_raster(raster_path), read_street_map(street_path) if street_path else None)
+    return _OPEN_SOURCES[key]
+
+
+def _close_sources() -> None:
+    for raster, _ in _OPEN_SOURCES.values():
+        raster.close()
+    _OPEN_SOURCES.clear()
+
+
+def _render_chunk(tasks: list[tuple[str, float, float, float, float]], out_dir: Path, raster_path: str,
+                  street_path: str | None, size_m: float, pixels: int, labels: bool, font_px: int | None,
+                  reserved_box, attribution: str | None) -> list[tuple[str, dict | None, str | None]]:
+    """Render and save the crops of ``(location_id, lat, lon, east, north)`` tasks: ``(location_id, index record,
+    None)`` for each one written, ``(location_id, None, error)`` for each the raster does not cover."""
+    source, street_map = _sources(raster_path, street_path)
+    results = []
+    for loc, lat, lon, east, north in tasks:
+        # The crop centre moves by the offset; the location sits at -offset from the centre.
+        clat, clon = offset_latlon(lat, lon, east, north)
+        try:
+            image, drawn = render_crop(source, street_map, clat, clon, size_m, pixels, labels, font_px,
+                                       reserved_box, attribution)
+        except RasterError as exc:
+            results.append((loc, None, str(exc)))
+            continue
+        target = out_dir / crop_file_name(loc)
+        tmp = target.with_name(f".{target.name}.tmp")
+        image.save(tmp, format="PNG")
+        os.replace(tmp, target)
+        results.append((loc, {"location_id": loc, "file": target.name, "lat": lat, "lon": lon,
+                              "center_lat": clat, "center_lon": clon, "location_east_m": -east,
+                              "location_north_m": -north, "size_m": size_m, "pixels": pixels,
+                              "street_labels": drawn}, None))
+    return results
+
+
 def crop_city(city_root, out_dir, size_m: float, pixels: int, jitter_m: float = 0, labels: bool = True,
               seed: int = 0, *, raster=None, streets=None, font_px: int | None = None,
               reserved_box: tuple[float, float, float, float] | None = None, attribution: str | None = None,
-              progress: bool = True) -> CropReport:
-    """One crop per ``location_id`` of ``<city_root>/locations.csv`` into ``out_dir/<crop_file_name(id)>``.
+              progress: bool = True, workers: int | None = None) -> CropReport:
+    """One crop per ``location_id`` of ``<city_root>/locations.csv`` into ``out_dir/<crop_file_name(id)>``, rendered
+    by ``workers`` processes (default: the usable cores).
 
     Resumable and idempotent: ``out_dir/crops.jsonl`` records each finished crop (with its centre and the
     location's offset from it) and a rerun skips those. A location the raster does not cover is reported, not fatal.
     """
-    from tqdm import tqdm
-
     if jitter_m * 2 >= size_m:
         raise ValueError(f"jitter_m={jitter_m} would move the location out of a {size_m} m crop")
     city_root, out_dir = Path(city_root), Path(out_dir)
@@ -228,36 +274,50 @@ def crop_city(city_root, out_dir, size_m: float, pixels: int, jitter_m: float = 
                             "seed": seed, "raster": str(raster_path), "streets": str(street_path or ""),
                             "font_px": font_px, "reserved_box": list(reserved_box) if reserved_box else None,
                             "attribution": attribution})
-    street_map = read_street_map(street_path) if labels else None
+    sources = (str(raster_path), str(street_path) if street_path else None)
+    _sources(*sources)  # bad inputs fail here, before any worker starts
     report = CropReport()
-    source = open_raster(raster_path)
     try:
-        with JsonlAppender(out_dir / CROPS_INDEX, key="location_id") as index:
-            todo = [loc for loc in locations if loc not in index.done or not (out_dir / crop_file_name(loc)).is_file()]
-            report.already_done = len(locations) - len(todo)
-            for loc in tqdm(todo, desc="satellite crops", unit="crop", disable=not progress):
-                lat, lon = locations[loc]
-                east, north = jitter_offset(loc, jitter_m, seed)
-                # The crop centre moves by the offset; the location sits at -offset from the centre.
-                clat, clon = offset_latlon(lat, lon, east, north)
-                try:
-                    image, drawn = render_crop(source, street_map, clat, clon, size_m, pixels, labels, font_px,
-                                        reserved_box, attribution)
-                except RasterError as exc:
-                    report.failed.append((loc, str(exc)))
-                    continue
-                target = out_dir / crop_file_name(loc)
-                tmp = target.with_name(f".{target.name}.tmp")
-                image.save(tmp, format="PNG")
-                os.replace(tmp, target)
-                index.write({"location_id": loc, "file": target.name, "lat": lat, "lon": lon,
-                             "center_lat": clat, "center_lon": clon, "location_east_m": -east,
-                             "location_north_m": -north, "size_m": size_m, "pixels": pixels,
-                             "street_labels": drawn})
-                report.written += 1
+        _crop_all(locations, out_dir, sources, report, size_m, pixels, jitter_m, labels, seed, font_px, reserved_box,
+                  attribution, progress, workers)
     finally:
-        source.close()
+        _close_sources()
     return report
+
+
+def _crop_all(locations, out_dir, sources, report, size_m, pixels, jitter_m, labels, seed, font_px, reserved_box,
+              attribution, progress, workers) -> None:
+    from tqdm import tqdm
+
+    from addressvlm.processes import default_workers, worker_pool
+
+    with JsonlAppender(out_dir / CROPS_INDEX, key="location_id") as index:
+        todo = [loc for loc in locations if loc not in index.done or not (out_dir / crop_file_name(loc)).is_file()]
+        report.already_done = len(locations) - len(todo)
+        tasks = [(loc, *locations[loc], *jitter_offset(loc, jitter_m, seed)) for loc in todo]
+        chunks = [tasks[i:i + CROP_CHUNK] for i in range(0, len(tasks), CROP_CHUNK)]
+        args = (out_dir, *sources, size_m, pixels, labels, font_px, reserved_box, attribution)
+        workers = max(1, min(workers or default_workers(), len(chunks) or 1))
+        with tqdm(total=len(todo), desc="satellite crops", unit="crop", disable=not progress) as bar:
+            def collect(results):
+                for loc, record, error in results:
+                    if record is None:
+                        report.failed.append((loc, error))
+                    else:
+                        index.write(record)
+                        report.written += 1
+                bar.update(len(results))
+
+            if workers == 1:
+                for chunk in chunks:
+                    collect(_render_chunk(chunk, *args))
+            else:
+                # A raster handle must not cross a fork (the workers would share its file offset): each worker
+                # opens its own. In order, so the index lists the crops in the same order whatever the worker count.
+                _close_sources()
+                with worker_pool(workers) as pool:
+                    for results in pool.map(_render_chunk, chunks, *[[a] * len(chunks) for a in args]):
+                        collect(results)
 
 
 def read_crop_index(crops_dir) -> dict[str, dict]:
