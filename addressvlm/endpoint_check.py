@@ -5,12 +5,16 @@ several concurrent clients (docs/serving.md).
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from PIL import Image
 
 from addressvlm.labels import data_url
 from addressvlm.records import DataError, open_predictions, read_predictions, read_questions
@@ -33,14 +37,27 @@ def ask(client, model: str, image: str, question: str, max_tokens: int) -> str:
     return (response.choices[0].message.content or "").strip()
 
 
+def padded_data_url(path: Path, colour: tuple[int, int, int]) -> str:
+    """The image padded to a square with ``colour`` as training padded it, as a lossless PNG data URL: for engines
+    whose processor does not pad (vLLM, lmdeploy)."""
+    from xtuner.dataset.utils import expand2square
+
+    buffer = io.BytesIO()
+    expand2square(Image.open(path).convert("RGB"), colour).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def endpoint_answers(client, model: str, questions: Sequence[dict], image_folder: Path, out_path: Path,
-                     max_tokens: int = 32, concurrency: int = 8) -> int:
+                     max_tokens: int = 32, concurrency: int = 8, pad_colour: tuple[int, int, int] | None = None) -> int:
     """Answer the questions not yet in ``out_path`` through the endpoint, ``concurrency`` requests at a time, and
-    append them (a predictions file: resumable); return how many were answered."""
-    settings = {"endpoint_model": model, "max_new_tokens": max_tokens, "temperature": 0.0}
+    append them (a predictions file: resumable); return how many were answered. ``pad_colour``: send the images
+    padded to a square with it."""
+    settings = {"endpoint_model": model, "max_new_tokens": max_tokens, "temperature": 0.0,
+                "pad_colour": list(pad_colour) if pad_colour else None}
+    encode = (lambda path: padded_data_url(path, pad_colour)) if pad_colour else data_url
     with open_predictions(out_path, settings) as out:
         pending = [q for q in questions if q["question_id"] not in out.done]
-        urls = {image: data_url(image_folder / image) for image in {q["image"] for q in pending}}
+        urls = {image: encode(image_folder / image) for image in {q["image"] for q in pending}}
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
             futures = {pool.submit(ask, client, model, urls[q["image"]], q["question"], max_tokens): q
                        for q in pending}
@@ -99,9 +116,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=32, help="as eval/infer.py's --max-new-tokens (32)")
     parser.add_argument("--limit", type=int, help="only the first N questions")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--pad-to-square", metavar="R,G,B",
+                        help="pad images to a square with this colour before sending, as training did, for engines "
+                             "that do not (vLLM, lmdeploy): the CLIP mean 122,116,104 for LLaVA-Phi3-mini")
     parser.add_argument("--min-agreement", type=float, default=1.0, help="share of equal answers needed (default 1)")
     args = parser.parse_args(argv)
     image_folder = Path(args.image_folder) if args.image_folder else Path(args.questions).resolve().parent.parent
+    pad_colour = tuple(int(v) for v in args.pad_to_square.split(",")) if args.pad_to_square else None
+    if pad_colour is not None and len(pad_colour) != 3:
+        parser.error("--pad-to-square takes three numbers: R,G,B")
     try:
         questions = read_questions(args.questions)[:args.limit]
         reference = read_predictions(args.predictions)
@@ -109,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if missing:
             raise DataError(args.predictions, None, f"{len(missing)} question(s) unanswered, first {missing[0]!r}")
         endpoint_answers(client_for(args.base_url), args.model, questions, image_folder, Path(args.out),
-                         args.max_tokens, args.concurrency)
+                         args.max_tokens, args.concurrency, pad_colour)
         result = agreement(args.predictions, args.out)
     except (DataError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from None

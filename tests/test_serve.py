@@ -114,13 +114,14 @@ def image_message(url: str, question: str) -> list[dict]:
                                          {"type": "text", "text": question}]}]
 
 
-def test_endpoint_check_agrees_with_eval_infer(server, city, reference, tmp_path):
+@pytest.mark.parametrize("padding", [[], ["--pad-to-square", "122,116,104"]], ids=["as_is", "padded_by_client"])
+def test_endpoint_check_agrees_with_eval_infer(server, city, reference, tmp_path, padding):
     """tools/check_serving_engine.py against our server: 8 concurrent greedy requests (batched together by the
-    server) answer exactly as eval/infer.py."""
+    server) answer exactly as eval/infer.py; images the client padded with the CLIP mean (as for vLLM) too."""
     with pytest.raises(SystemExit) as exit_:
         check_endpoint(["--base-url", f"{server}/v1", "--model", MODEL_NAME, "--questions",
                         str(city / "vqa" / "test_questions.jsonl"), "--predictions", str(reference),
-                        "--out", str(tmp_path / "endpoint.jsonl"), "--max-tokens", str(MAX_TOKENS)])
+                        "--out", str(tmp_path / "endpoint.jsonl"), "--max-tokens", str(MAX_TOKENS), *padding])
     assert exit_.value.code == 0
     assert len(read_predictions(tmp_path / "endpoint.jsonl")) == len(read_predictions(reference)) == 12
 
