@@ -1,10 +1,10 @@
-# The README's two commands: `make demo` and `make test`. Both install into .venv first when needed.
+# The README's commands: `make demo`, `make test` and `make serve`. They install into .venv first when needed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean-demo
+.PHONY: install test demo serve clean-demo
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,12 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	# XTuner and bitsandbytes go in with --no-deps: see requirements-nodeps.txt for why.
 	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --no-deps -e .
+	# The page's test drives headless Chromium: the distribution's package when on PATH, else Playwright's own
+	# download, else (as root, where that download is unreachable) the Debian/Ubuntu package; without any of them
+	# the browser test skips, saying why.
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || $(PY) -m playwright install chromium \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium; } \
+	  || echo "no Chromium: the browser test will skip (install the chromium package)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +30,10 @@ test: install
 
 demo: install
 	$(PY) tools/run_demo.py --out demo_output
+
+# The model `make demo` trained, behind an OpenAI-compatible API and a page with the city map: http://127.0.0.1:8000/
+serve: install
+	$(PY) tools/serve.py --demo
 
 # `make demo` keeps finished steps; this removes all of them (city, models, training runs, answers, report), and
 # nothing else: the demo trains under work_dirs/demo_helsinki, apart from the real runs' work_dirs/llava_phi3_mini.

@@ -304,6 +304,21 @@ def _batches(groups: "OrderedDict[str, list[dict]]", batch_size: int) -> Iterabl
         yield batch
 
 
+def image_question_groups(model: VisionChatModel, images_questions: Sequence[tuple[object, Sequence[str]]],
+                          num_samples: int = 1) -> tuple[list[int], list[ImageQuestions]]:
+    """The prompt prefix every question shares and, per image (a PIL image or a path), its pixels with each of its
+    questions' suffixes ``num_samples`` times: the input of ``prefix_cache``'s generation."""
+    prefixes, groups = [], []
+    for image, questions in images_questions:
+        pieces = [model.prompt_pieces(q) for q in questions]
+        prefixes += [prefix for prefix, _ in pieces]
+        suffixes = [suffix for _, suffix in pieces for _ in range(num_samples)]
+        groups.append(ImageQuestions(model.preprocess_image(image), suffixes))
+    if any(p != prefixes[0] for p in prefixes):
+        raise ValueError("the chat template puts question-dependent text before the image")
+    return prefixes[0], groups
+
+
 @torch.inference_mode()
 def answer_questions(model: VisionChatModel, questions: Sequence[dict], out_path: str | os.PathLike,
                      image_folder: str | os.PathLike = ".", batch_size: int = 18, share_prefix: bool = True,
@@ -343,16 +358,9 @@ def answer_questions(model: VisionChatModel, questions: Sequence[dict], out_path
         generator = torch.Generator(device=model.device).manual_seed(seed) if temperature > 0 else None
         choose = sampler(temperature, generator)
         for batch in _batches(groups, max(1, batch_size // num_samples)):
-            image_groups, asked, prefixes = [], [], []
-            for image, qs in batch:
-                pieces = [model.prompt_pieces(q["question"]) for q in qs]
-                prefixes += [prefix for prefix, _ in pieces]
-                suffixes = [suffix for _, suffix in pieces for _ in range(num_samples)]
-                image_groups.append(ImageQuestions(model.preprocess_image(image_folder / image), suffixes))
-                asked.extend(qs)
-            prefix = prefixes[0]
-            if any(p != prefix for p in prefixes):
-                raise ValueError("the chat template puts question-dependent text before the image")
+            prefix, image_groups = image_question_groups(
+                model, [(image_folder / image, [q["question"] for q in qs]) for image, qs in batch], num_samples)
+            asked = [q for _, qs in batch for q in qs]
             answers = [a for group in model.decode_groups(generate(model, prefix, image_groups, max_new_tokens, choose))
                        for a in group]
             for i, q in enumerate(asked):
@@ -422,6 +430,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-folder",
                         help="folder the questions' image paths are relative to (default: the city root, i.e. the "
                              "parent of the questions file's folder, as in data/<city>/vqa/test_questions.jsonl)")
+    add_model_source_arguments(parser)
+    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions (by image) into K shares")
+    parser.add_argument("--chunk-idx", type=int, default=0, help="which share this process answers")
+
+
+def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which model (``load_model_from_args``) and where it runs."""
     source = parser.add_argument_group("model: --config and --checkpoint, or --hf")
     source.add_argument("--config", help="the XTuner recipe the checkpoint was trained with")
     source.add_argument("--checkpoint", help="iter_N.pth, a DeepSpeed checkpoint folder, or a work_dir")
@@ -429,8 +444,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recipe overrides, as given to xtuner train")
     source.add_argument("--model-root", help="local LLaVA-Phi3-mini folder replacing the recipe's llava_root")
     source.add_argument("--hf", help="an exported LlavaForConditionalGeneration folder (tools/export_hf.py)")
-    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions (by image) into K shares")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="which share this process answers")
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="default: bfloat16 (float16 without bf16) on GPU, float32 on CPU")

@@ -225,7 +225,8 @@ class RuleBackend:
                            f"The view is towards the {facing}, diagonally across {f.street}."])
 
 
-def _data_url(path: Path) -> str:
+def data_url(path: Path) -> str:
+    """The image file as a base64 ``data:`` URL, the form every OpenAI-compatible server accepts."""
     mime = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
@@ -261,7 +262,7 @@ class OpenAIBackend:
 
     def generate(self, request: LabelRequest) -> str:
         oa = self._openai
-        content = [{"type": "image_url", "image_url": {"url": _data_url(p)}} for p in request.images]
+        content = [{"type": "image_url", "image_url": {"url": data_url(p)}} for p in request.images]
         content.append({"type": "text", "text": request.prompt})
         last = None
         for attempt in range(self.max_retries + 1):

@@ -1,0 +1,576 @@
+"""A trained model behind an OpenAI-compatible API and a web page (docs/serving.md; ``tools/serve.py``).
+
+Routes: ``POST /v1/chat/completions`` (OpenAI's chat shape: one user message with one image and a question),
+``GET /v1/models``, ``POST /v1/locate`` (a street view -> generated district and street, the closed-set top 5 of
+``ranking.rank_image_questions``, the answer to an optional free question), ``GET /v1/city`` (the streets of the
+city for the page's map), ``GET /`` (the page, ``addressvlm/static/``: nothing is fetched from the internet).
+
+One worker thread owns the model. Requests queue for it; each turn it takes every greedy generation waiting (up to
+``max_batch_rows`` questions) and decodes them together through ``prefix_cache.generate_shared``, so concurrent
+clients share forward passes. Sampled answers and rankings run one request at a time.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import io
+import json
+import math
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import unquote, urlparse
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image, UnidentifiedImageError
+
+from addressvlm import templates
+from addressvlm.gazetteer import Gazetteer, build_gazetteer
+from addressvlm.geo.streets import StreetMap, find_city_streets, read_street_map
+from addressvlm.infer import image_question_groups, sample_answers
+from addressvlm.names import normalize_name
+from addressvlm.prefix_cache import VisionChatModel, choose_greedy, generate_shared
+from addressvlm.ranking import rank_image_questions
+from addressvlm.records import Location, read_locations
+
+DEFAULT_MAX_TOKENS = 32  # eval/infer.py's --max-new-tokens, so default answers match its predictions
+TOP_K = 5
+# The questions /v1/locate asks: the first Table B4 template of each level with the generation prompt, as the test
+# questions ask them.
+DISTRICT_QUESTION = templates.level_question("district", "generation", 0)
+STREET_QUESTION = templates.level_question("street", "generation", 0)
+
+
+class RequestError(Exception):
+    """A request the server refuses, in OpenAI's error shape with its HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict:
+        kind = "not_found_error" if self.status == 404 else "invalid_request_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+# --------------------------------------------------------------------------------------------- images
+def decode_image(data: bytes, what: str = "image") -> Image.Image:
+    """The RGB picture in ``data``; a ``RequestError`` (400) for anything Pillow cannot decode."""
+    if not data:
+        raise RequestError(400, f"{what} is empty", "image", "invalid_image")
+    try:
+        picture = Image.open(io.BytesIO(data))
+        picture.load()
+        return picture.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
+        raise RequestError(400, f"{what} is not an image Pillow can read ({exc})", "image", "invalid_image") from None
+
+
+def image_bytes_from_url(url: str, allowed_folder: Path | None) -> bytes:
+    """The bytes an ``image_url`` names: a base64 ``data:`` URL, or a path (``file://`` or plain; relative paths
+    are taken inside ``allowed_folder``) that resolves inside ``allowed_folder``. Nothing is fetched from the web."""
+    if url.startswith("data:"):
+        header, comma, payload = url.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise RequestError(400, "a data URL image must be base64: data:image/jpeg;base64,...", "image_url",
+                               "invalid_image")
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(400, "the data URL's base64 payload does not decode", "image_url",
+                               "invalid_image") from None
+    parsed = urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        raise RequestError(400, "this server fetches nothing from the web: send the image as a base64 data URL",
+                           "image_url", "invalid_image")
+    if allowed_folder is None:
+        raise RequestError(400, "image paths are refused (the server has no --allowed-folder): send a data URL",
+                           "image_url", "invalid_image")
+    path = Path(unquote(parsed.path) if parsed.scheme == "file" else url)
+    resolved = (allowed_folder / path).resolve()
+    if not resolved.is_relative_to(allowed_folder.resolve()):
+        raise RequestError(400, f"image path {url!r} is outside the allowed folder", "image_url", "path_not_allowed")
+    if not resolved.is_file():
+        raise RequestError(400, f"image path {url!r} is not a file under the allowed folder", "image_url",
+                           "invalid_image")
+    return resolved.read_bytes()
+
+
+# --------------------------------------------------------------------------------------------- the city
+@dataclass
+class ServedCity:
+    """The city a model was trained on: its table (candidate names, the photos whose place is known) and streets."""
+
+    locations: list[Location]
+    street_map: StreetMap
+    root: Path
+    gazetteer: Gazetteer = field(init=False)
+    _by_digest: dict[str, Location] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.gazetteer = build_gazetteer(self.locations)
+        self._by_digest = {}
+        for row in self.locations:
+            path = self.root / row.image
+            if path.is_file():
+                self._by_digest.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), row)
+
+    @classmethod
+    def from_root(cls, root: str | Path, streets: str | Path | None = None) -> "ServedCity":
+        """``root/locations.csv`` and the city's streets (``streets.geojson`` or one ``*.osm.pbf`` in the root)."""
+        root = Path(root)
+        return cls(read_locations(root / "locations.csv"), read_street_map(streets or find_city_streets(root)), root)
+
+    def location_of(self, data: bytes) -> Location | None:
+        """The table row whose image file has exactly these bytes (a photo of the city's own), else None."""
+        return self._by_digest.get(hashlib.sha256(data).hexdigest())
+
+    def map_data(self) -> dict:
+        """The page's map: each street's name, its key (the normalised name /v1/locate's names carry) and lines in
+        lon/lat, and the bounds of all of them."""
+        streets: dict[str, dict] = {}
+        lons, lats = [], []
+        for street in self.street_map.streets:
+            coords = [[round(x, 6), round(y, 6)] for x, y, *_ in street.line.coords]
+            lons += [c[0] for c in coords]
+            lats += [c[1] for c in coords]
+            key = normalize_name(street.name)
+            streets.setdefault(key, {"name": street.name, "key": key, "lines": []})["lines"].append(coords)
+        return {"bounds": [min(lons), min(lats), max(lons), max(lats)], "streets": list(streets.values())}
+
+
+# --------------------------------------------------------------------------------------------- the model's worker
+@dataclass
+class Generated:
+    text: str
+    completion_tokens: int
+    finish_reason: str  # "stop" (an end of turn) or "length" (max_tokens reached)
+
+
+@dataclass
+class _Job:
+    kind: str  # "greedy", "sample" or "rank"
+    image: Image.Image
+    questions: Sequence[str]
+    max_new_tokens: int = DEFAULT_MAX_TOKENS
+    candidates: Sequence[Sequence[str]] = ()
+    samples: int = 1
+    temperature: float = 0.0
+    seed: int | None = None
+    future: Future = field(default_factory=Future)
+
+
+class ModelWorker:
+    """The one thread that runs the model; ``submit`` queues a job and returns a future of its result."""
+
+    def __init__(self, model: VisionChatModel, max_batch_rows: int = 32):
+        self.model, self.max_batch_rows = model, max_batch_rows
+        self.jobs: queue.Queue[_Job] = queue.Queue()
+        self._held: _Job | None = None
+        blank = model.preprocess_image(Image.new("RGB", (32, 32)))[None].to(model.device, model.dtype)
+        with torch.inference_mode():
+            self.image_tokens = model.encode_images(blank).shape[1]
+        self.thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
+        self.thread.start()
+
+    def prompt_tokens(self, question: str) -> int:
+        prefix, suffix = self.model.prompt_pieces(question)
+        return len(prefix) + self.image_tokens + len(suffix)
+
+    def greedy(self, image, questions: Sequence[str], max_new_tokens: int) -> Future:
+        return self._submit(_Job("greedy", image, questions, max_new_tokens))
+
+    def sample(self, image, question: str, n: int, temperature: float, max_new_tokens: int,
+               seed: int | None) -> Future:
+        return self._submit(_Job("sample", image, [question], max_new_tokens, samples=n, temperature=temperature,
+                                 seed=seed))
+
+    def rank(self, image, questions: Sequence[str], candidates: Sequence[Sequence[str]]) -> Future:
+        return self._submit(_Job("rank", image, questions, candidates=candidates))
+
+    def _submit(self, job: _Job) -> Future:
+        self.jobs.put(job)
+        return job.future
+
+    def _take_batch(self) -> list[_Job]:
+        """The oldest job, and the greedy jobs queued right behind it that fit ``max_batch_rows`` beside it (the
+        first job that does not is held over to start the next batch, so the order of arrival is kept)."""
+        first, self._held = self._held or self.jobs.get(), None
+        batch, rows = [first], len(first.questions)
+        while first.kind == "greedy":
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job.kind != "greedy" or rows + len(job.questions) > self.max_batch_rows:
+                self._held = job
+                break
+            batch.append(job)
+            rows += len(job.questions)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            try:
+                if batch[0].kind == "greedy":
+                    results = self._greedy(batch)
+                elif batch[0].kind == "sample":
+                    results = [self._sample(batch[0])]
+                else:
+                    job = batch[0]
+                    results = [rank_image_questions(self.model, job.image, job.questions, job.candidates)]
+            except Exception as exc:  # noqa: BLE001 - the request fails, the server goes on
+                for job in batch:
+                    job.future.set_exception(exc)
+                continue
+            for job, result in zip(batch, results):
+                job.future.set_result(result)
+
+    @torch.inference_mode()
+    def _greedy(self, jobs: Sequence[_Job]) -> list[list[Generated]]:
+        """Every job's questions decoded in one batch, to the longest ``max_new_tokens`` asked; each answer then
+        cut at its own (greedy rows do not influence each other, so the cut equals a run to that length)."""
+        prefix, groups = image_question_groups(self.model, [(job.image, job.questions) for job in jobs])
+        ids = generate_shared(self.model, prefix, groups, max(job.max_new_tokens for job in jobs), choose_greedy)
+        results = []
+        for job, answers in zip(jobs, ids):
+            results.append([Generated(self.model.decode(a[:job.max_new_tokens]), min(len(a), job.max_new_tokens),
+                                      "stop" if len(a) < job.max_new_tokens else "length") for a in answers])
+        return results
+
+    def _sample(self, job: _Job) -> list[Generated]:
+        texts = sample_answers(self.model, job.image, job.questions[0], job.samples, job.temperature,
+                               job.max_new_tokens, job.seed)
+        return [Generated(text, len(self.model.tokenizer.encode(text, add_special_tokens=False)), "stop")
+                for text in texts]
+
+
+# --------------------------------------------------------------------------------------------- requests
+def _message_parts(messages: Any) -> tuple[str, str]:
+    """``(question, image url)`` of a chat request: one user message holding one image and text."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "messages must be a non-empty list", "messages")
+    if len(messages) != 1 or not isinstance(messages[0], dict) or messages[0].get("role") != "user":
+        raise RequestError(400, "this model answers one user message (an image and a question), as it was "
+                           "trained; system and earlier turns are not supported", "messages")
+    content = messages[0].get("content")
+    if not isinstance(content, list):
+        raise RequestError(400, "the user message needs an image: content must be a list with one image_url part "
+                           "and text", "messages", "missing_image")
+    texts, urls = [], []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            image_url = part.get("image_url")
+            url = image_url.get("url") if isinstance(image_url, dict) else image_url
+            if not isinstance(url, str):
+                raise RequestError(400, "image_url.url must be a string", "messages")
+            urls.append(url)
+        else:
+            raise RequestError(400, f"unsupported content part {kind!r}: text and image_url only", "messages")
+    if not urls:
+        raise RequestError(400, "the user message has no image: add an image_url part", "messages", "missing_image")
+    if len(urls) > 1:
+        raise RequestError(400, f"{len(urls)} images in one message: this model takes one", "messages")
+    question = " ".join(t.strip() for t in texts if t.strip())
+    if not question:
+        raise RequestError(400, "the user message has no question text", "messages")
+    return question, urls[0]
+
+
+def _number(body: dict, key: str, default, kind, low, high):
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
+            or not low <= value <= high:
+        raise RequestError(400, f"{key} must be {kind.__name__} in [{low}, {high}], not {value!r}", key)
+    return kind(value)
+
+
+@dataclass
+class ChatRequest:
+    question: str
+    image_url: str
+    max_tokens: int
+    temperature: float
+    n: int
+    seed: int | None
+
+
+def parse_chat_request(body: Any, model_name: str, max_tokens_limit: int) -> ChatRequest:
+    """A ``/v1/chat/completions`` body checked field by field; ``RequestError`` names the first problem."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    if body.get("model") not in (None, model_name):
+        raise RequestError(404, f"the model {body.get('model')!r} does not exist; this server serves "
+                           f"{model_name!r}", "model", "model_not_found")
+    if body.get("stream"):
+        raise RequestError(400, "streaming is not supported", "stream")
+    if _number(body, "top_p", 1.0, float, 0.0, 1.0) != 1.0:
+        raise RequestError(400, "top_p other than 1 is not supported (use temperature)", "top_p")
+    question, url = _message_parts(body.get("messages"))
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    return ChatRequest(question, url,
+                       _number({"max_tokens": max_tokens}, "max_tokens", DEFAULT_MAX_TOKENS, int, 1, max_tokens_limit),
+                       _number(body, "temperature", 0.0, float, 0.0, 2.0), _number(body, "n", 1, int, 1, 16),
+                       _number(body, "seed", None, int, 0, 2 ** 63 - 1))
+
+
+def top_names(ranking: Sequence[dict], k: int = TOP_K) -> list[dict]:
+    """The ``k`` best names with their probability among all the city's names (the softmax of the scores: with
+    the default ``sum`` scoring, P(exactly this answer) renormalised over the closed set)."""
+    best = ranking[0]["logprob"]
+    weights = [math.exp(r["logprob"] - best) for r in ranking]
+    total = sum(weights)
+    return [{"name": r["name"], "key": normalize_name(r["name"]), "probability": w / total}
+            for r, w in zip(ranking[:k], weights[:k])]
+
+
+def location_record(row: Location | None) -> dict | None:
+    if row is None:
+        return None
+    return {"image": row.image, "lat": row.lat, "lon": row.lon, "street": row.street, "district": row.district}
+
+
+# --------------------------------------------------------------------------------------------- upload limit
+class UploadLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before the app sees it; the body is read in
+    the server's chunks and dropped once over the limit, so a huge upload never sits in memory whole."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+            if size <= self.limit:
+                chunks.append(message.get("body", b""))
+            else:
+                chunks = []  # the rest is read and dropped, so the client gets to read the 413 it is sent
+        if size > self.limit:
+            return await self._too_large(send)
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, send):
+        error = RequestError(413, f"the request is larger than the server's limit of {self.limit / 2 ** 20:g} MB",
+                             None, "request_too_large")
+        payload = json.dumps(error.body()).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+# --------------------------------------------------------------------------------------------- the app
+def create_app(model: VisionChatModel, city: ServedCity, model_name: str = "addressvlm",
+               allowed_folder: str | Path | None = None, max_upload_mb: float = 20.0, max_tokens_limit: int = 512,
+               max_batch_rows: int = 32):
+    """The FastAPI app (wrapped in the upload limit) serving ``model`` and ``city``."""
+    worker = ModelWorker(model, max_batch_rows)
+    allowed = Path(allowed_folder).resolve() if allowed_folder else None
+    static = resources.files("addressvlm") / "static"
+    map_data = city.map_data()
+    app = FastAPI(title="AddressVLM", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(RequestError)
+    async def refused(_request, exc: RequestError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_request, exc):
+        return JSONResponse(RequestError(400, f"malformed request: {exc.errors()[:1]}").body(), status_code=400)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return (static / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/static/{name}")
+    async def static_file(name: str):
+        files = {"page.js": "text/javascript", "page.css": "text/css"}
+        if name not in files:
+            raise RequestError(404, f"no static file {name!r}", None, "not_found")
+        return Response((static / name).read_text(encoding="utf-8"), media_type=files[name])
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "addressvlm"}]}
+
+    @app.get("/v1/city")
+    async def city_map():
+        return map_data
+
+    async def json_body(request: Request) -> Any:
+        try:
+            return json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestError(400, f"the request body is not JSON: {exc}") from None
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        parsed = parse_chat_request(await json_body(request), model_name, max_tokens_limit)
+        image = decode_image(image_bytes_from_url(parsed.image_url, allowed), "the image_url")
+        if parsed.temperature == 0:
+            answers = (await asyncio.wrap_future(worker.greedy(image, [parsed.question], parsed.max_tokens)))
+            answers = answers * parsed.n
+        else:
+            answers = await asyncio.wrap_future(worker.sample(image, parsed.question, parsed.n, parsed.temperature,
+                                                              parsed.max_tokens, parsed.seed))
+        prompt_tokens = worker.prompt_tokens(parsed.question)
+        completion = sum(a.completion_tokens for a in answers)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": model_name,
+                "choices": [{"index": i, "message": {"role": "assistant", "content": a.text},
+                             "finish_reason": a.finish_reason, "logprobs": None} for i, a in enumerate(answers)],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                          "total_tokens": prompt_tokens + completion}}
+
+    @app.post("/v1/locate")
+    async def locate(request: Request):
+        data, question = await _locate_inputs(request, allowed)
+        image = decode_image(data)
+        questions = [DISTRICT_QUESTION, STREET_QUESTION] + ([question] if question else [])
+        generated = worker.greedy(image, questions, DEFAULT_MAX_TOKENS)
+        ranked = worker.rank(image, questions[:2], [city.gazetteer.districts, city.gazetteer.streets])
+        answers = await asyncio.wrap_future(generated)
+        districts, streets = await asyncio.wrap_future(ranked)
+        return {"district": answers[0].text, "street": answers[1].text,
+                "top_districts": top_names(districts), "top_streets": top_names(streets),
+                "question": question, "answer": answers[2].text if question else None,
+                "true_location": location_record(city.location_of(data))}
+
+    return UploadLimit(app, int(max_upload_mb * 2 ** 20))
+
+
+async def _locate_inputs(request, allowed: Path | None) -> tuple[bytes, str | None]:
+    """The image bytes and the optional free question of a /v1/locate request: multipart (fields ``image``,
+    ``question``) or JSON ``{"image": "<data URL or allowed path>", "question": ...}``."""
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form()
+        upload, question = form.get("image"), form.get("question")
+        if upload is None or isinstance(upload, str):
+            raise RequestError(400, "no file in the multipart field 'image'", "image", "missing_image")
+        data = await upload.read()
+    else:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError(400, "send multipart/form-data with an 'image' file, or JSON {\"image\": "
+                               "\"data:image/jpeg;base64,...\"}", "image", "missing_image") from None
+        if not isinstance(body, dict) or not isinstance(body.get("image"), str):
+            raise RequestError(400, "the JSON body needs \"image\": a data URL or a path under the allowed folder",
+                               "image", "missing_image")
+        data, question = image_bytes_from_url(body["image"], allowed), body.get("question")
+    if question is not None and not isinstance(question, str):
+        raise RequestError(400, "question must be text", "question")
+    return data, (question or "").strip() or None
+
+
+# --------------------------------------------------------------------------------------------- command line
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def demo_model_and_city(checkout: Path) -> tuple[VisionChatModel, Path]:
+    """The AddressVLM model ``make demo`` trained in ``checkout`` (stage 1 then stage 2) and its city root."""
+    from addressvlm.demo.pipeline import DemoSettings, Paths, load_model
+
+    paths = Paths(checkout / "demo_output", checkout / "data" / "helsinki", checkout / "work_dirs" / "demo_helsinki",
+                  recipes=checkout / "recipes")
+    for needed in (paths.models / "projector" / "config.json", paths.work / "stage1_stage2" / "last_checkpoint",
+                   paths.city / "locations.csv"):
+        if not needed.is_file():
+            raise SystemExit(f"error: {needed} not found: run `make demo` in {checkout} first")
+    return load_model(paths, DemoSettings(), "stage1_stage2"), paths.city
+
+
+def build_parser():
+    import argparse
+
+    from addressvlm.infer import add_model_source_arguments
+
+    parser = argparse.ArgumentParser(
+        description="Serve a trained model: an OpenAI-compatible POST /v1/chat/completions, POST /v1/locate (district, "
+                    "street, the city's top-5 names) and a page at / with the city map (docs/serving.md).")
+    parser.add_argument("--demo", action="store_true",
+                        help="the AddressVLM model `make demo` trained, on its city (data/helsinki of this checkout)")
+    parser.add_argument("--demo-root", default=str(CHECKOUT), help="the checkout `make demo` ran in (default: this one)")
+    add_model_source_arguments(parser)
+    parser.add_argument("--city", help="the city root the model was trained on (locations.csv, streets.geojson, images)")
+    parser.add_argument("--streets", help="the city's streets, when not streets.geojson or one *.osm.pbf in --city")
+    parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only); 0.0.0.0 for all")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", default="addressvlm", help="the model name clients give (default addressvlm)")
+    parser.add_argument("--allowed-folder",
+                        help="image paths in requests must lie inside it (default: the city root); 'none' refuses paths")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MB)")
+    parser.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
+    parser.add_argument("--max-batch-rows", type=int, default=32,
+                        help="greedy questions of concurrent requests decoded together (default 32)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from addressvlm.infer import CheckpointError, load_model_from_args
+    from addressvlm.records import DataError
+    from addressvlm.stage_chain import StageChainError
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.demo:
+            if args.config or args.checkpoint or args.hf:
+                raise SystemExit("error: give --demo or a model (--config with --checkpoint, or --hf), not both")
+            model, city_root = demo_model_and_city(Path(args.demo_root).resolve())
+            city_root = Path(args.city or city_root)
+        else:
+            if not args.city:
+                raise SystemExit("error: --city ROOT is needed (the city the model was trained on), or --demo")
+            city_root = Path(args.city)
+            if not (city_root / "locations.csv").is_file():
+                raise SystemExit(f"error: {city_root / 'locations.csv'} not found: --city must be a city root")
+            model = load_model_from_args(args)
+        if not isinstance(model, VisionChatModel):
+            raise SystemExit("error: this server answers LLaVA-style models; serve MiniCPM-V 2.6 with vLLM or "
+                             "lmdeploy (docs/serving.md)")
+        city = ServedCity.from_root(city_root, args.streets)
+    except (DataError, FileNotFoundError, CheckpointError, StageChainError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    allowed = None if args.allowed_folder == "none" else Path(args.allowed_folder or city_root)
+    app = create_app(model, city, args.served_model_name, allowed, args.max_upload_mb, args.max_tokens_limit,
+                     args.max_batch_rows)
+    import uvicorn
+
+    print(f"serving {args.served_model_name} on http://{args.host}:{args.port}/ ({len(city.gazetteer.streets)} "
+          f"streets, {len(city.gazetteer.districts)} districts; image paths inside {allowed or 'nothing'})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

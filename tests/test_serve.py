@@ -1,0 +1,232 @@
+"""tools/serve.py on the tiny LLaVA-Phi3 and a small generated city: the OpenAI-compatible API (through the openai
+client and our own label backend), /v1/locate, refused requests, the page in headless Chromium, and
+tools/check_serving_engine.py against eval/infer.py's answers.
+
+One server subprocess serves every test of the module; a test that breaks it breaks the tests after it.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from addressvlm import templates
+from addressvlm.endpoint_check import main as check_endpoint
+from addressvlm.infer import answer_questions, load_xtuner_model
+from addressvlm.labels import LabelRequest, OpenAIBackend, data_url
+from addressvlm.records import read_locations, read_predictions, write_questions
+from synthetic_city import make_city
+from test_infer import RECIPE, REPO, model_options, write_synthetic_checkpoint
+
+MODEL_NAME = "tiny-addressvlm"
+MAX_TOKENS = 32  # /v1/locate answers with eval/infer.py's default length
+
+
+def write_served_city(root: Path) -> Path:
+    """Six locations on six streets with a street line each, and a district and a street question per image."""
+    make_city(root, n_locations=6, views=1, n_streets=6, n_districts=3, seed=1)
+    rows = read_locations(root / "locations.csv")
+    features = []
+    for street in sorted({r.street for r in rows}):
+        points = sorted((r.lon, r.lat) for r in rows if r.street == street)
+        (lon0, lat0), (lon1, lat1) = points[0], points[-1]
+        east_west = all(abs(lat - lat0) < 1e-9 for _, lat in points)
+        ends = [(lon0 - 0.001, lat0), (lon1 + 0.001, lat1)] if east_west else [(lon0, lat0 - 0.001), (lon1, lat1 + 0.001)]
+        features.append({"type": "Feature", "properties": {"name": street},
+                         "geometry": {"type": "LineString", "coordinates": ends}})
+    (root / "streets.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    questions = [{"question_id": f"served/{i}/{level}", "image": row.image, "level": level, "qtype": "generation",
+                  "question": templates.level_question(level, "generation", 0),
+                  "answer": getattr(row, level), "street": row.street, "district": row.district}
+                 for i, row in enumerate(rows) for level in ("district", "street")]
+    write_questions(root / "vqa" / "test_questions.jsonl", questions)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory) -> Path:
+    return write_served_city(tmp_path_factory.mktemp("served_city"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_llava) -> Path:
+    return write_synthetic_checkpoint(tmp_path_factory.mktemp("work") / "stage2", model_options(tiny_llava))
+
+
+@pytest.fixture(scope="module")
+def server(city, checkpoint, tiny_llava, tmp_path_factory):
+    """``tools/serve.py`` on the tiny model and the city, as a user starts it; its base URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "tools" / "serve.py"), "--config", RECIPE, "--checkpoint", str(checkpoint),
+             "--model-root", str(tiny_llava), "--city", str(city), "--port", str(port),
+             "--served-model-name", MODEL_NAME, "--max-upload-mb", "2"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600  # a loaded 2-core machine takes minutes to import torch and build a model
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def reference(city, checkpoint, tiny_llava, tmp_path_factory, server) -> Path:
+    """eval/infer.py's answers to the city's questions (the default, prefix-shared path), ``MAX_TOKENS`` each."""
+    from addressvlm.records import read_questions
+
+    out = tmp_path_factory.mktemp("reference") / "predictions.jsonl"
+    model = load_xtuner_model(RECIPE, checkpoint, model_options(tiny_llava))
+    answer_questions(model, read_questions(city / "vqa" / "test_questions.jsonl"), out, city,
+                     max_new_tokens=MAX_TOKENS, progress=False)
+    return out
+
+
+def image_message(url: str, question: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": question}]}]
+
+
+@pytest.mark.parametrize("padding", [[], ["--pad-to-square", "122,116,104"]], ids=["as_is", "padded_by_client"])
+def test_endpoint_check_agrees_with_eval_infer(server, city, reference, tmp_path, padding):
+    """tools/check_serving_engine.py against our server: 8 concurrent greedy requests (batched together by the
+    server) answer exactly as eval/infer.py; images the client padded with the CLIP mean (as for vLLM) too."""
+    with pytest.raises(SystemExit) as exit_:
+        check_endpoint(["--base-url", f"{server}/v1", "--model", MODEL_NAME, "--questions",
+                        str(city / "vqa" / "test_questions.jsonl"), "--predictions", str(reference),
+                        "--out", str(tmp_path / "endpoint.jsonl"), "--max-tokens", str(MAX_TOKENS), *padding])
+    assert exit_.value.code == 0
+    assert len(read_predictions(tmp_path / "endpoint.jsonl")) == len(read_predictions(reference)) == 12
+
+
+def test_openai_client_and_errors(server, city, reference):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    row = read_locations(city / "locations.csv")[0]
+    question = templates.level_question("street", "generation", 0)
+    response = client.chat.completions.create(model=MODEL_NAME, messages=image_message(data_url(city / row.image),
+                                                                                         question),
+                                              max_tokens=MAX_TOKENS, temperature=0)
+    expected = read_predictions(reference)["served/0/street"][1]
+    assert response.choices[0].message.content == expected
+    assert response.choices[0].finish_reason in ("stop", "length")
+    assert response.usage.completion_tokens <= MAX_TOKENS and response.usage.prompt_tokens > 0
+    # A path inside the allowed folder (the city root by default) is the same image.
+    by_path = client.chat.completions.create(model=MODEL_NAME, messages=image_message(row.image, question),
+                                             max_tokens=MAX_TOKENS)
+    assert by_path.choices[0].message.content == expected
+    sampled = client.chat.completions.create(model=MODEL_NAME, messages=image_message(row.image, question),
+                                             max_tokens=MAX_TOKENS, temperature=1.0, n=3, seed=0)
+    assert len(sampled.choices) == 3
+
+    refusals = [
+        (openai.NotFoundError, "model_not_found", dict(model="gpt-4o", messages=image_message(row.image, question))),
+        (openai.BadRequestError, "missing_image", dict(model=MODEL_NAME, messages=[{"role": "user", "content": [
+            {"type": "text", "text": question}]}])),
+        (openai.BadRequestError, "invalid_image", dict(model=MODEL_NAME, messages=image_message(
+            "data:image/png;base64," + "bm90IGFuIGltYWdl", question))),
+        (openai.BadRequestError, "path_not_allowed", dict(model=MODEL_NAME, messages=image_message(
+            "file:///etc/passwd", question))),
+        (openai.BadRequestError, "path_not_allowed", dict(model=MODEL_NAME, messages=image_message(
+            "../" * 6 + "etc/passwd", question))),
+    ]
+    for error, code, request in refusals:
+        with pytest.raises(error) as refused:
+            client.chat.completions.create(**request)
+        assert refused.value.body["code"] == code, refused.value.body
+        assert refused.value.body["message"]
+    # 50 MB where at most 2 are allowed: 413 in the OpenAI shape, and the server goes on serving.
+    too_large = httpx.post(f"{server}/v1/locate", files={"image": ("big.jpg", b"\xff" * (50 * 2 ** 20))}, timeout=120)
+    assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "request_too_large"
+    not_an_image = httpx.post(f"{server}/v1/locate", files={"image": ("notes.txt", b"hello")}, timeout=60)
+    assert not_an_image.status_code == 400 and "not an image" in not_an_image.json()["error"]["message"]
+    again = client.chat.completions.create(model=MODEL_NAME, messages=image_message(row.image, question),
+                                           max_tokens=MAX_TOKENS)
+    assert again.choices[0].message.content == expected
+
+
+def test_label_backend_talks_to_the_server(server, city):
+    """datasets_prep/make_alignment_labels.py --backend openai's client, unchanged, gets a reason from our server."""
+    backend = OpenAIBackend(model=MODEL_NAME, base_url=f"{server}/v1", max_tokens=8, max_retries=0)
+    row = read_locations(city / "locations.csv")[0]
+    reason = backend.generate(LabelRequest(row.image, [city / row.image], "Where was this taken?", facts=None))
+    assert isinstance(reason, str)
+
+
+def test_locate(server, city, reference):
+    rows = read_locations(city / "locations.csv")
+    body = {"image": data_url(city / rows[1].image), "question": "What colour is this image?"}
+    located = httpx.post(f"{server}/v1/locate", json=body, timeout=120).json()
+    answers = read_predictions(reference)
+    assert located["district"] == answers["served/1/district"][1]
+    assert located["street"] == answers["served/1/street"][1]
+    for key, names in (("top_streets", {r.street for r in rows}), ("top_districts", {r.district for r in rows})):
+        top = located[key]
+        assert len(top) == min(5, len(names)) and {t["name"] for t in top} <= names
+        probabilities = [t["probability"] for t in top]
+        assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+    assert located["question"] == body["question"] and isinstance(located["answer"], str)
+    assert located["true_location"] == {"image": rows[1].image, "lat": rows[1].lat, "lon": rows[1].lon,
+                                        "street": rows[1].street, "district": rows[1].district}
+    uploaded = httpx.post(f"{server}/v1/locate", files={"image": ("photo.jpg", (city / rows[1].image).read_bytes())},
+                          timeout=120).json()
+    assert (uploaded["street"], uploaded["top_streets"]) == (located["street"], located["top_streets"])
+    assert uploaded["answer"] is None
+
+
+def chromium_executable() -> str | None:
+    """The Chromium Playwright drives: $ADDRESSVLM_CHROMIUM, else the Debian/Ubuntu package's binary on PATH; None
+    leaves it to Playwright's own download (``playwright install chromium``)."""
+    return os.environ.get("ADDRESSVLM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+def test_page_in_headless_chromium(server, city):
+    """Upload a city photo on the page: the answers, the top-5 chart and the map with the top streets and the true
+    location appear."""
+    from playwright.sync_api import Error as PlaywrightError, sync_playwright
+
+    with sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=chromium_executable())
+        except PlaywrightError as exc:
+            pytest.skip(f"no Chromium: install the chromium package or run `playwright install chromium` ({exc})")
+        page = browser.new_page()
+        page.goto(server)
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.locator("#city-map path").count() == 6  # one line per street, drawn before any photo
+        row = read_locations(city / "locations.csv")[2]
+        page.set_input_files("#photo", str(city / row.image))
+        page.wait_for_selector("#answers:not([hidden])", timeout=120_000)
+        assert page.locator("#district").inner_text().strip() != "" or page.locator("#street").inner_text() != ""
+        assert page.locator("#street-chart rect").count() == 5
+        assert page.locator("#city-map path.top").count() >= 1
+        assert page.locator("#true-location").count() == 1
+        assert page.locator("#truth").inner_text() == f"{row.street}, {row.district}"
+        browser.close()
