@@ -40,7 +40,7 @@ class DemoSettings:
     # Steps of the tiny LLM's reading warm-up, its stand-in for language pre-training (addressvlm/standins/reading_warmup.py).
     reading_steps: int = 1000
     stage1_epochs: int = 2
-    stage2_epochs: int = 10
+    stage2_epochs: int = 8
     # The paper's multi-turn conversations, in shuffled turn order. Single-turn records match the test format but,
     # in the minutes a CPU has, teach the tiny model less (docs/experiments.md, "Turn order").
     single_turn: bool = False
