@@ -1,7 +1,8 @@
 """The stage chain: find the previous stage's final checkpoint and load what this stage continues, loudly.
 
 XTuner's ``pretrained_pth`` loads with ``strict=False`` and ignores every mismatch; a two-stage method needs the
-opposite, for every backbone.
+opposite, for every backbone. What a stage does with each part of the checkpoint (continue it, open it fresh, carry
+it frozen) is declared, and a checkpoint that does not match the declaration is refused, naming the keys.
 """
 from __future__ import annotations
 
@@ -44,13 +45,15 @@ def find_last_checkpoint(work_dir: str | os.PathLike) -> Path:
     return max(numbered)[1]
 
 
+def listed(keys: list[str]) -> str:
+    """At most 20 keys, for an error message."""
+    return f"{keys[:20]}{' ...' if len(keys) > 20 else ''}"
+
+
 def fit_problems(own: dict, expected: set[str], state: dict) -> list[str]:
     """What keeps checkpoint ``state`` from fitting a model whose full state is ``own`` and which trains the keys
     ``expected``: tensors the model lacks, trained tensors the checkpoint lacks, tensors of another shape (one line
     each, empty when it fits). The one check behind the stage chain and loading a checkpoint to answer."""
-    def listed(keys: list[str]) -> str:
-        return f"{keys[:20]}{' ...' if len(keys) > 20 else ''}"
-
     unknown = sorted(k for k in state if k not in own)
     absent = sorted(expected - set(state))
     wrong_shape = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
@@ -87,8 +90,8 @@ def plan_problems(part: str, mode: str, own: dict, state: dict) -> list[str]:
     part's tensors ``own`` (empty when the model lacks the part)."""
     if mode == OPEN:
         if state:
-            return [f"  {part} is declared {OPEN!r} but the previous stage trained it ({len(state)} tensors, e.g. "
-                    f"{sorted(state)[:3]}): declare it {CONTINUE!r} or {FROZEN!r}"]
+            return [f"  {part} is declared {OPEN!r} but the previous stage trained it (declare it {CONTINUE!r} or "
+                    f"{FROZEN!r}), {len(state)} tensors: {listed(sorted(state))}"]
         if not own:
             return [f"  {part} is declared {OPEN!r} but this model has none: give it a config or drop the declaration"]
         return []
