@@ -1,4 +1,5 @@
-"""Answer test questions with a trained model: an XTuner recipe plus checkpoint, or an exported Hugging Face folder.
+"""Answer test questions with a trained model: an XTuner recipe plus checkpoint, or an exported Hugging Face folder;
+or with the untuned release a recipe starts from (the zero-shot row of the paper's Table 2).
 
 The XTuner path builds the model exactly as training built it (the recipe, its ``--cfg-options``, the checkpoint's
 LoRA adapters and projector, every tensor checked) and prompts it exactly as training did: the dataset's chat
@@ -144,6 +145,20 @@ def load_xtuner_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
     checkpoint = resolve_checkpoint(checkpoint)
     cfg, model = build_recipe_model(config, cfg_options, default_device_dtype(device, dtype)[1])
     load_checked_state(model, checkpoint)
+    return answering_model(cfg, model, device, dtype)
+
+
+def load_release_model(config: str | os.PathLike, cfg_options: Sequence[str] | dict | None = None,
+                       device: str | None = None, dtype: str | torch.dtype | None = None) -> VisionChatModel:
+    """The recipe's model untuned, as training starts it: the release's weights and projector, LoRA adapters fresh
+    (peft's B = 0 leaves every layer as released); prompted as the recipe trains. Table 2's zero-shot row."""
+    cfg, model = build_recipe_model(config, cfg_options, default_device_dtype(device, dtype)[1])
+    return answering_model(cfg, model, device, dtype)
+
+
+def answering_model(cfg, model, device: str | None = None, dtype: str | torch.dtype | None = None):
+    """A built recipe model ready to answer on ``device`` in ``dtype``: MiniCPM-V one question at a time, a LLaVA
+    through ``wrap_xtuner_model``."""
     if prompts_itself(model):
         device, _ = default_device_dtype(device, dtype)
         return PerQuestionModel(model.to(device).eval())
@@ -437,9 +452,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
     """Which model (``load_model_from_args``) and where it runs."""
-    source = parser.add_argument_group("model: --config and --checkpoint, or --hf")
+    source = parser.add_argument_group("model: --config and --checkpoint, --config and --zero-shot, or --hf")
     source.add_argument("--config", help="the XTuner recipe the checkpoint was trained with")
-    source.add_argument("--checkpoint", help="iter_N.pth, a DeepSpeed checkpoint folder, or a work_dir")
+    trained_or_not = source.add_mutually_exclusive_group()
+    trained_or_not.add_argument("--checkpoint", help="iter_N.pth, a DeepSpeed checkpoint folder, or a work_dir")
+    trained_or_not.add_argument("--zero-shot", action="store_true",
+                                help="answer with the untuned release the recipe starts from (Table 2's zero-shot "
+                                     "row), prompted as the recipe trains")
     source.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="recipe overrides, as given to xtuner train")
     source.add_argument("--model-root", help="local LLaVA-Phi3-mini folder replacing the recipe's llava_root")
@@ -450,7 +469,8 @@ def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_settings_of(args: argparse.Namespace) -> dict:
-    """Which model answered, as recorded beside an output (a resume with another is refused)."""
+    """Which model answered, as recorded beside an output (a resume with another is refused). A recipe without a
+    checkpoint is the zero-shot model: no key of its own, so outputs recorded before ``--zero-shot`` still resume."""
     return {"config": args.config, "checkpoint": args.checkpoint, "hf": args.hf, "model_root": args.model_root,
             "cfg_options": list(args.cfg_options), "dtype": args.dtype}
 
@@ -461,8 +481,8 @@ def image_folder_of(args: argparse.Namespace) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Answer test_questions.jsonl with a trained model; predictions are appended and flushed per "
-                    "line, and a rerun skips answered ids.")
+        description="Answer test_questions.jsonl with a trained model (or the untuned release: --zero-shot); "
+                    "predictions are appended and flushed per line, and a rerun skips answered ids.")
     parser.add_argument("--out", required=True, help="predictions.jsonl to append to (one per chunk)")
     add_model_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=18, help="rows decoded together (default 18)")
@@ -478,11 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_model_from_args(args: argparse.Namespace) -> VisionChatModel:
     if args.hf:
-        if args.config or args.checkpoint:
-            raise SystemExit("give either --hf or --config with --checkpoint, not both")
+        if args.config or args.checkpoint or args.zero_shot:
+            raise SystemExit("give either --hf or --config with --checkpoint or --zero-shot, not both")
         return load_hf_model(args.hf, args.device, args.dtype)
-    if not (args.config and args.checkpoint):
-        raise SystemExit("a model is needed: --config RECIPE --checkpoint CKPT, or --hf DIR")
+    if not (args.config and (args.checkpoint or args.zero_shot)):
+        raise SystemExit("a model is needed: --config RECIPE --checkpoint CKPT, --config RECIPE --zero-shot, "
+                         "or --hf DIR")
     options: list[str] = []
     if args.model_root:
         from mmengine.config import Config
@@ -490,7 +511,10 @@ def load_model_from_args(args: argparse.Namespace) -> VisionChatModel:
         from addressvlm.runtime import model_root_options
 
         options += model_root_options(Config.fromfile(args.config), args.model_root)
-    return load_xtuner_model(args.config, args.checkpoint, options + list(args.cfg_options), args.device, args.dtype)
+    options += list(args.cfg_options)
+    if args.zero_shot:
+        return load_release_model(args.config, options, args.device, args.dtype)
+    return load_xtuner_model(args.config, args.checkpoint, options, args.device, args.dtype)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

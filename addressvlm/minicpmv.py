@@ -41,9 +41,17 @@ from xtuner.model.utils import find_all_linear_names
 from xtuner.registry import BUILDER
 
 
+# The parts a MiniCPM-V stage trains and saves, by key, as the stage chain continues them.
+MINICPMV_CHAIN_PARTS = {
+    "llm_lora": lambda key: key.startswith("model.llm.") and "lora_" in key,
+    "visual_encoder_lora": lambda key: key.startswith("model.vpm.") and "lora_" in key,
+    "resampler": lambda key: key.startswith("model.resampler."),
+}
+
+
 def is_trained_minicpmv_tensor(key: str) -> bool:
     """LoRA adapters and the resampler: what a MiniCPM-V stage trains and saves."""
-    return "lora_" in key or key.startswith("model.resampler.")
+    return any(selects(key) for selects in MINICPMV_CHAIN_PARTS.values())
 
 
 class AddressMiniCPMV(BaseModel):
@@ -113,7 +121,7 @@ class AddressMiniCPMV(BaseModel):
         return type(state)((k, v) for k, v in state.items() if is_trained_minicpmv_tensor(k))
 
     def load_previous_stage(self, work_dir: str) -> Path:
-        return load_chained_tensors(self, work_dir, is_trained_minicpmv_tensor)
+        return load_chained_tensors(self, work_dir, MINICPMV_CHAIN_PARTS)
 
     def forward(self, data, data_samples=None, mode="loss"):
         if mode != "loss":

@@ -10,7 +10,8 @@ random projector. A two-stage recipe needs the opposite on both counts:
 
 Stage 2 *continues* stage 1's LoRA adapters (same rank, same target modules) rather than merging them and opening new
 ones: the adapters keep all of stage 1's update, the chain stays one adapter per module (one merge at export), and
-the step-0 equality with stage 1 is checkable tensor by tensor.
+the step-0 equality with stage 1 is checkable tensor by tensor. Table 4's variants declare otherwise part by part
+(``stage_chain``): an adapter stage 1 did not train is opened fresh, one stage 2 does not train is carried frozen.
 """
 from __future__ import annotations
 
@@ -34,9 +35,17 @@ def vision_layers_used(num_layers: int, select_layer: int) -> int:
     return select_layer % (num_layers + 1)
 
 
+# The parts a LLaVA stage trains and saves, by key (full-state names): what ``stage_chain`` declares part by part.
+LLAVA_CHAIN_PARTS = {
+    "llm_lora": lambda key: key.startswith("llm.") and "lora_" in key,
+    "visual_encoder_lora": lambda key: key.startswith("visual_encoder.") and "lora_" in key,
+    "projector": lambda key: key.startswith("projector."),
+}
+
+
 def is_chained_llava_tensor(key: str) -> bool:
     """LoRA adapters and the projector: what a LLaVA stage trains, saves and the next stage continues."""
-    return "lora_" in key or key.startswith("projector.")
+    return any(selects(key) for selects in LLAVA_CHAIN_PARTS.values())
 
 
 class AddressLLaVAModel(LLaVAModel):
@@ -45,14 +54,18 @@ class AddressLLaVAModel(LLaVAModel):
     Args (beyond ``LLaVAModel``'s):
         projector_name_or_path: the trained projector folder (``<llava-phi-3-mini-xtuner>/projector``).
         init_from_work_dir: the previous stage's ``work_dir``; its final checkpoint initialises LoRA and projector.
+        stage_chain: what this stage does with each part of that checkpoint, ``{part: mode}`` over the parts
+            ``llm_lora``, ``visual_encoder_lora``, ``projector``: ``"continue"`` (the default for every part),
+            ``"open"`` (stage 1 did not train it: fresh) or ``"frozen"`` (loaded, not trained). Any checkpoint that
+            does not match the declaration is refused, naming the keys (``addressvlm.stage_chain``).
         torch_dtype: the dtype the frozen LLM and vision encoder load in (``addressvlm.precision``); an explicit
             ``torch_dtype`` in the ``llm`` dict (a QLoRA recipe's compute dtype) wins for the LLM. Trained tensors
             are fp32 whatever this is.
     """
 
     def __init__(self, llm: dict, visual_encoder: dict, *args, projector_name_or_path: str | None = None,
-                 init_from_work_dir: str | None = None, pretrained_pth: str | None = None,
-                 torch_dtype: str = "bfloat16", visual_select_layer: int = -2, **kwargs):
+                 init_from_work_dir: str | None = None, stage_chain: dict[str, str] | None = None,
+                 pretrained_pth: str | None = None, torch_dtype: str = "bfloat16", visual_select_layer: int = -2, **kwargs):
         if pretrained_pth is not None:
             raise StageChainError(
                 "pretrained_pth loads with strict=False and ignores mismatches; use init_from_work_dir "
@@ -74,7 +87,7 @@ class AddressLLaVAModel(LLaVAModel):
             return
         self._load_projector(projector_name_or_path)
         if init_from_work_dir is not None:
-            self.load_previous_stage(init_from_work_dir)
+            self.load_previous_stage(init_from_work_dir, stage_chain)
 
     def _prepare_llm_for_lora(self, lora_config, use_activation_checkpointing=True):
         """XTuner runs peft's ``prepare_model_for_kbit_training`` on every LLM, which casts all fp16/bf16 weights to
@@ -110,5 +123,5 @@ class AddressLLaVAModel(LLaVAModel):
         self.projector.load_state_dict({k: v.to(own[k].dtype) for k, v in trained.items()})
         print_log(f"Loaded the trained projector from {path}", "current")
 
-    def load_previous_stage(self, work_dir: str) -> Path:
-        return load_chained_tensors(self, work_dir, is_chained_llava_tensor)
+    def load_previous_stage(self, work_dir: str, stage_chain: dict[str, str] | None = None) -> Path:
+        return load_chained_tensors(self, work_dir, LLAVA_CHAIN_PARTS, stage_chain)

@@ -440,35 +440,32 @@ def merge_cities(cities: Sequence[tuple[str, str | Path]], out_dir: str | Path) 
     return stats
 
 
-def parse_ratio(spec: str) -> tuple[int, int]:
-    """ "5:1" -> (5, 1): address records to general records."""
-    try:
-        a, g = (int(p) for p in spec.split(":"))
-    except ValueError:
-        raise ValueError(f"ratio {spec!r} should be two integers like 5:1") from None
-    if a <= 0 or g < 0:
-        raise ValueError(f"ratio {spec!r}: the address part must be positive and the general part non-negative")
-    return a, g
+def mix_general(address_json: str | Path, general_json: str | Path, out_json: str | Path,
+                general_per_address: float, seed: int = 0, address_prefix: str = "", general_prefix: str = "") -> dict:
+    """Mix a general LLaVA JSON (llava_v1_5_mix665k) into address training data, ``general_per_address`` general
+    records for each address record, drawing the general records without replacement, seeded.
 
-
-def mix_general(address_json: str | Path, general_json: str | Path, out_json: str | Path, ratio: str = "5:1",
-                seed: int = 0, address_prefix: str = "", general_prefix: str = "") -> dict:
-    """Mix a general LLaVA JSON (llava_v1_5_mix665k) into address training data at ``ratio`` address:general
-    records (Table 6: 5:1, 1:1), drawing the general records without replacement, seeded.
+    Table 6's "5:1" and "1:1" are general:address, i.e. 5 and 1 here: its text reads the 1:1 mix as the one with
+    more address data, and that mix scores higher. Pitts-IAL's ~138K training images need ~690K general records at
+    5, more than llava_v1_5_mix665k holds; a mix that needs more records than the general file has is refused.
 
     The two sets usually have different image folders: the prefixes make both relative to one folder (e.g.
     ``pitts`` and ``llava``, with their common parent as the recipe's image folder). Text-only general records
     are kept as they are.
     """
-    a, g = parse_ratio(ratio)
+    if not 0 <= general_per_address < float("inf"):
+        raise ValueError(f"general records per address record must be a number >= 0, not {general_per_address}")
     address = [_prefixed(r, address_prefix) for r in read_llava_json(address_json)]
     general = read_llava_json(general_json)
-    wanted = round(len(address) * g / a)
+    wanted = round(len(address) * general_per_address)
     if wanted > len(general):
-        raise ValueError(f"ratio {ratio} needs {wanted} general records but {general_json} has {len(general)}")
+        raise ValueError(f"{general_per_address:g} general records per address record needs {wanted} general records "
+                         f"for the {len(address)} address records, but {general_json} has {len(general)} (at most "
+                         f"{len(general) / len(address):.2f} per address record without repeating one)")
     rng = random.Random(f"mix:{seed}")
     chosen = [_prefixed(general[i], general_prefix) for i in sorted(rng.sample(range(len(general)), wanted))]
     mixed = address + chosen
     rng.shuffle(mixed)
     write_llava_json(out_json, mixed)
-    return {"address_records": len(address), "general_records": len(chosen), "ratio": ratio, "seed": seed}
+    return {"address_records": len(address), "general_records": len(chosen),
+            "general_per_address": general_per_address, "seed": seed}

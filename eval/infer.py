@@ -4,6 +4,7 @@
         --questions data/pitts/vqa/test_questions.jsonl \
         --out eval_results/llava_phi3_mini/stage2_pitts/predictions.jsonl
     python eval/infer.py --hf exports/stage2_pitts --questions ... --out ...
+    python eval/infer.py --config recipes/stage2_pitts.py --zero-shot --questions ... --out ...   # untuned release
 One process per GPU: add --num-chunks K --chunk-idx I (a distinct --out each), then eval/merge_predictions.py.
 """
 from __future__ import annotations

@@ -55,6 +55,10 @@ llm_name_or_path = llava_root
 visual_encoder_name_or_path = llava_root + "/visual_encoder"
 projector_name_or_path = llava_root + "/projector"
 init_from_work_dir = None  # stage 1 starts from the release itself
+# What a stage started from init_from_work_dir does with each part the previous stage trained: "continue" training
+# it, "open" it fresh (the previous stage did not train it) or carry it "frozen" (loaded, not trained); a checkpoint
+# that does not match is refused, naming the keys. Table 4's variants change it (recipes/ablations/).
+stage_chain = dict(llm_lora="continue", visual_encoder_lora="continue", projector="continue")
 # Frozen LLM and CLIP load in bf16 (fp16 on a GPU without bf16; fp32 on CPU through addressvlm.runtime); the trained
 # tensors (LoRA, projector) are kept in fp32 by the model whatever this is (addressvlm/precision.py).
 torch_dtype = "bfloat16"
@@ -122,6 +126,7 @@ model = dict(
     freeze_visual_encoder=True,
     projector_name_or_path=projector_name_or_path,
     init_from_work_dir=init_from_work_dir,
+    stage_chain=stage_chain,
     torch_dtype=torch_dtype,
     llm=dict(
         type=AutoModelForCausalLM.from_pretrained,

@@ -63,3 +63,26 @@ def copy_recipes(into: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(REPO / "recipes", into / "recipes"))
+
+
+def local_recipe(recipe: str, model_root: Path, overrides: dict):
+    """The recipe's config as a CPU run here reads it: model paths moved to ``model_root``, then ``overrides``."""
+    import argparse
+
+    from mmengine.config import Config, DictAction
+
+    from addressvlm.runtime import local_run_options
+
+    cfg = Config.fromfile(recipe)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    options = local_run_options(recipe, str(model_root), overrides=overrides)
+    cfg.merge_from_dict(parser.parse_args(["--cfg-options", *options]).cfg_options)
+    return cfg
+
+
+def build_model(recipe: str, model_root: Path, overrides: dict):
+    """The recipe's model as a CPU run here builds it (``init_from_work_dir`` included: the stage chain runs)."""
+    from xtuner.registry import BUILDER
+
+    return BUILDER.build(local_recipe(recipe, model_root, overrides).model)

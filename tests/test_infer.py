@@ -315,3 +315,31 @@ def test_resume_with_other_settings_or_a_second_writer_is_refused(model, city, r
     unrecorded.write_text("".join(lines[:5]))
     with pytest.raises(DataError, match="no old.jsonl.settings.json"):
         answer_questions(model, questions, unrecorded, root, max_new_tokens=6, progress=False)
+
+
+def test_zero_shot_answers_with_the_untuned_release(tiny_llava, options, city, tmp_path):
+    """--zero-shot answers without a checkpoint, exactly as the recipe's model with its freshly built (identity)
+    LoRA and the release's projector loaded as a checkpoint; it refuses a checkpoint beside it."""
+    from addressvlm.infer import main
+    from addressvlm.records import read_questions
+
+    root, questions_path = city
+    out = tmp_path / "zero_shot.jsonl"
+    main(["--config", RECIPE, "--zero-shot", "--model-root", str(tiny_llava), "--questions", str(questions_path),
+          "--out", str(out), "--max-new-tokens", "6"])
+    _, untuned = build_recipe_model(RECIPE, options)
+    work_dir = tmp_path / "untuned"
+    work_dir.mkdir()
+    torch.save({"meta": {}, "state_dict": untuned.state_dict()}, work_dir / "iter_0.pth")
+    expected = tmp_path / "expected.jsonl"
+    answer_questions(load_xtuner_model(RECIPE, work_dir, options), read_questions(questions_path), expected, root,
+                     max_new_tokens=6, progress=False)
+    assert _answers(out) == _answers(expected) and len(_answers(out)) == len(QUESTION_TEXTS) * 3
+    settings = json.loads(out.with_name(out.name + ".settings.json").read_text())
+    assert settings["config"] == RECIPE and settings["checkpoint"] is None
+
+    common = ["--config", RECIPE, "--questions", str(questions_path), "--out", str(tmp_path / "never.jsonl")]
+    with pytest.raises(SystemExit):
+        main([*common, "--zero-shot", "--checkpoint", str(work_dir)])
+    with pytest.raises(SystemExit, match="--zero-shot"):
+        main(common)

@@ -212,3 +212,53 @@ def test_every_recipe_logs_address_metrics_to_tensorboard(path):
         cfg.address_eval_questions, cfg.address_eval_images, cfg.address_eval_interval)
     assert hook.questions == "vqa/val_questions.jsonl" and hook.images >= 1 and hook.interval >= 1  # on by default
     assert [type_name(b.type) for b in cfg.visualizer.vis_backends] == ["LocalVisBackend", "TensorboardIfInstalled"]
+
+
+TABLE4_STAGE1 = {"AB": "./work_dirs/llava_phi3_mini/table4_AB_stage1",
+                 "CD": "./work_dirs/llava_phi3_mini/table4_CD_stage1"}
+# Each recipe of recipes/ablations/: its parent and what it changes there (its work_dir besides).
+ABLATIONS = {
+    "table4_AB_stage1": ("stage1_pitts", {"model.llm_lora": None, "model.visual_encoder_lora": None}),
+    "table4_CD_stage1": ("stage1_pitts", {"model.visual_encoder_lora": None}),
+    "table4_A_stage2": ("stage2_pitts", {"model.init_from_work_dir": TABLE4_STAGE1["AB"],
+                                         "model.visual_encoder_lora": None, "model.stage_chain.llm_lora": "open"}),
+    "table4_B_stage2": ("stage2_pitts", {"model.init_from_work_dir": TABLE4_STAGE1["AB"],
+                                         "model.stage_chain.llm_lora": "open",
+                                         "model.stage_chain.visual_encoder_lora": "open"}),
+    "table4_D_stage2": ("stage2_pitts", {"model.init_from_work_dir": TABLE4_STAGE1["CD"],
+                                         "model.stage_chain.visual_encoder_lora": "open"}),
+    "table4_E_stage2": ("stage2_pitts", {"model.stage_chain.visual_encoder_lora": "frozen"}),
+}
+
+
+def flat(node, prefix: str = "") -> dict:
+    """``{"model.llm_lora.r": 128, ...}``: every leaf of a config dict under its dotted key."""
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+    if isinstance(node, (list, tuple)):
+        return {k: v for i, value in enumerate(node) for k, v in flat(value, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def test_every_ablation_recipe_changes_only_what_its_header_says():
+    """Every recipe in recipes/ablations/ is listed above, reads its listed parent, names its Table 4 row(s) in its
+    header, and differs from the parent in exactly the listed settings and its work_dir."""
+    folder = REPO / "recipes" / "ablations"
+    assert {p.stem for p in folder.glob("*.py")} == set(ABLATIONS)
+    for name, (parent, changes) in ABLATIONS.items():
+        text = (folder / f"{name}.py").read_text()
+        rows = name.split("_")[1]
+        assert text.startswith(f"# Table 4 (paper section 4.3), row{'s' if len(rows) > 1 else ''} {rows[0]}")
+        assert f"from ..{parent} import *" in text and f"recipes/{parent}.py" in text
+        child, base = flat(Config.fromfile(str(folder / f"{name}.py")).to_dict()), flat(load(parent).to_dict())
+        differing = {k for k in child.keys() | base.keys() if child.get(k, "absent") != base.get(k, "absent")}
+        changed = {next((c for c in [*changes, "work_dir"] if k == c or k.startswith(c + ".")), k) for k in differing}
+        assert changed == {*changes, "work_dir"}, name
+        assert all(child[key] == value for key, value in changes.items()), name
+        assert child["work_dir"] == f"./work_dirs/llava_phi3_mini/{name}"
+
+
+def test_table4_stage2_recipes_start_from_their_rows_stage1():
+    for row, stage1 in {"A": "ablations/table4_AB_stage1", "B": "ablations/table4_AB_stage1",
+                        "D": "ablations/table4_CD_stage1", "E": "stage1_pitts"}.items():
+        assert load(f"ablations/table4_{row}_stage2").model.init_from_work_dir == load(stage1).work_dir

@@ -1,18 +1,16 @@
 """The real two-stage run: `python -m xtuner.tools.train` on the tiny model through child city recipes."""
-import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from mmengine.config import Config, DictAction
 
 from addressvlm.dataset import check_llava_inputs
 from addressvlm.stage_chain import StageChainError, find_last_checkpoint
 from addressvlm.runtime import local_run_options, read_losses, train
 
-from conftest import copy_recipes, write_colour_city
+from conftest import build_model, copy_recipes, write_colour_city
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,17 +23,6 @@ TINY_RUN = {
     "param_scheduler.1.end": 2, "default_hooks.logger.interval": 1, "default_hooks.checkpoint.interval": 8,
     "randomness.seed": 0,
 }
-
-
-def build_model(recipe: str, model_root: Path, overrides: dict):
-    from xtuner.registry import BUILDER
-
-    cfg = Config.fromfile(recipe)
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
-    options = local_run_options(recipe, str(model_root), overrides=overrides)
-    cfg.merge_from_dict(parser.parse_args(["--cfg-options", *options]).cfg_options)
-    return BUILDER.build(cfg.model)
 
 
 def chained(state: dict) -> dict:

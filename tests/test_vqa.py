@@ -294,25 +294,31 @@ def test_merge_cities_prefixes_images(built, tmp_path):
         merge_cities([("a", out), ("b", out)], tmp_path / "dup")
 
 
-def test_mix_general_at_a_ratio(built, tmp_path):
+def test_mix_general_per_address_record(built, tmp_path):
+    """Table 6's "5:1" is general:address: 5 general records per address record, refused when the general file is
+    too small (as llava_v1_5_mix665k is for Pitts-IAL); a fraction gives fewer general than address records."""
     out, stats = built
     general = [{"id": f"g{i}", "image": f"coco/{i}.jpg",
                 "conversations": [{"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": "A cat."}]}
-               for i in range(60)]
+               for i in range(300)]
     general += [{"id": "text", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}]
     write_llava_json(tmp_path / "general.json", general)
     n_address = stats["splits"]["train"]["images"]
-    result = mix_general(out / "train.json", tmp_path / "general.json", tmp_path / "mix.json", ratio="5:1", seed=0,
-                         address_prefix="tinyburg", general_prefix="llava")
+    result = mix_general(out / "train.json", tmp_path / "general.json", tmp_path / "mix.json", general_per_address=1,
+                         seed=0, address_prefix="tinyburg", general_prefix="llava")
     mixed = read_llava_json(tmp_path / "mix.json")
-    assert result["general_records"] == round(n_address / 5) == sum(not r["id"].startswith("tinyburg/") for r in mixed)
+    assert result["general_records"] == n_address == sum(not r["id"].startswith("tinyburg/") for r in mixed)
+    assert len(mixed) == 2 * n_address
     assert all(r["image"].startswith("tinyburg/" if r["id"].startswith("tinyburg/") else "llava/coco/")
                for r in mixed if "image" in r)
-    mix_general(out / "train.json", tmp_path / "general.json", tmp_path / "mix2.json", ratio="5:1", seed=0,
-                address_prefix="tinyburg", general_prefix="llava")
+    mix_general(out / "train.json", tmp_path / "general.json", tmp_path / "mix2.json", general_per_address=1,
+                seed=0, address_prefix="tinyburg", general_prefix="llava")
     assert (tmp_path / "mix.json").read_bytes() == (tmp_path / "mix2.json").read_bytes()
-    with pytest.raises(ValueError, match="needs 168 general records"):
-        mix_general(out / "train.json", tmp_path / "general.json", tmp_path / "mix3.json", ratio="1:1")
+    fewer = mix_general(out / "train.json", tmp_path / "general.json", tmp_path / "mix3.json", general_per_address=0.2)
+    assert fewer["general_records"] == round(n_address / 5)
+    with pytest.raises(ValueError, match=f"needs {5 * n_address} general records for the {n_address} address "
+                                         r"records, but .* has 301 \(at most 1\.79 per address record"):
+        mix_general(out / "train.json", tmp_path / "general.json", tmp_path / "mix4.json", general_per_address=5)
 
 
 def test_cli_build_and_bench(city, tmp_path):

@@ -212,7 +212,7 @@ def train_side_by_side(paths: Paths, s: DemoSettings) -> dict[str, float]:
 
 # --------------------------------------------------------------------------------------------- answers and scores
 def load_model(paths: Paths, s: DemoSettings, name: str):
-    from addressvlm.infer import build_recipe_model, load_xtuner_model, wrap_xtuner_model
+    from addressvlm.infer import load_release_model, load_xtuner_model
     from addressvlm.runtime import format_option, model_root_options
     from mmengine.config import Config
 
@@ -220,8 +220,7 @@ def load_model(paths: Paths, s: DemoSettings, name: str):
     options = model_root_options(Config.fromfile(recipe), str(paths.models)) + [
         format_option(key, value) for key, value in lora_overrides(s).items()]
     if name == "zero_shot":
-        cfg, model = build_recipe_model(recipe, options)
-        return wrap_xtuner_model(cfg, model)
+        return load_release_model(recipe, options)
     return load_xtuner_model(recipe, paths.work / name, options)
 
 
