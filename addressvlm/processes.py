@@ -29,13 +29,20 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 @contextmanager
 def terminating_on_sigterm() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``SystemExit`` (so ``finally`` and ``with`` clean-ups run)."""
+    """Within the block, SIGTERM raises ``SystemExit`` (so ``finally`` and ``with`` clean-ups run).
+
+    A process forked inside the block inherits the handler until its initializer resets it; a SIGTERM in that window
+    (a pool terminated while it starts a worker) must end the child at once: an exception there would climb the
+    parent's copied stack and run the parent's program on in the child."""
+    owner = os.getpid()
+
+    def _exit_on_sigterm(signum, frame):
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise SystemExit(128 + signum)
+
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         yield

@@ -45,3 +45,24 @@ def test_killing_graft_stops_its_workers(tmp_path, how):
 
     graft_batch([], out, progress=False)  # the next run starts by removing what a killed one half wrote
     assert not list(out.rglob("*.tmp"))
+
+
+def test_a_child_forked_inside_the_block_exits_on_sigterm_instead_of_running_on():
+    """A SIGTERM that reaches a freshly forked worker before its initializer resets the handler ends that worker; it
+    must not raise in the child, where the exception would climb the parent's copied stack (seen: a pool worker went
+    on running the rest of the test session while the parent waited for it)."""
+    import os
+
+    from addressvlm.processes import terminating_on_sigterm
+
+    with terminating_on_sigterm():
+        child = os.fork()
+        if child == 0:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except BaseException:
+                os._exit(7)  # the handler raised in the child: the bug
+            os._exit(0)
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGTERM
