@@ -13,7 +13,7 @@ from addressvlm.geo.street_error import THRESHOLDS_M, StreetError
 from addressvlm.geo.streets import StreetMap
 from addressvlm.names import normalize_name
 from addressvlm.scoring import extract_generation
-from addressvlm.street_distribution import OSM_ATTRIBUTION
+from addressvlm.street_distribution import OSM_ATTRIBUTION, headless_pyplot
 
 OTHER = "(no city district)"
 
@@ -49,17 +49,8 @@ def district_confusion(questions: Iterable[dict], answers: dict[str, str | None]
     return Confusion(districts, tuple(tuple(row) for row in counts))
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on servers
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def draw_district_confusion(confusion: Confusion, out_png: str | os.PathLike, title: str = "") -> None:
-    plt = _pyplot()
+    plt = headless_pyplot()
     n = len(confusion.districts)
     fig, ax = plt.subplots(figsize=(2.2 + 0.7 * (n + 1), 1.8 + 0.6 * n))
     ax.imshow(confusion.counts, cmap="Blues", aspect="auto")
@@ -87,7 +78,7 @@ def draw_street_errors(street_map: StreetMap, errors: Sequence[StreetError], out
     from matplotlib.collections import LineCollection
     from matplotlib.colors import LogNorm
 
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(8.0, 7.0))
     ax.add_collection(LineCollection([list(s.line.coords) for s in street_map.streets], colors="#c0c0c0",
                                      linewidths=0.8, zorder=1))

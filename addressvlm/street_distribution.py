@@ -193,16 +193,22 @@ def _draw_panel(map_ax, bar_ax, street_map: StreetMap, counts: StreetCounts, tru
         bar_ax.text(0.5, 0.5, "no valid street named", transform=bar_ax.transAxes, ha="center", va="center")
 
 
+def headless_pyplot():
+    """``matplotlib.pyplot`` drawing to files only: servers have no display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def draw_street_distribution(street_map: StreetMap, panels: Sequence[tuple[str, StreetCounts]], true_lat: float,
                              true_lon: float, out_png: str | os.PathLike, title: str = "", top_k: int = 3,
                              attribution: str = OSM_ATTRIBUTION) -> None:
     """Fig. 5 for one street view: per panel (a model), the city's streets in grey, its ``top_k`` streets in red,
     orange and yellow, a bar per top street proportional to its count, and the true location as a blue star."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on servers
-    import matplotlib.pyplot as plt
-
+    plt = headless_pyplot()
     if not 1 <= top_k <= len(TOP_COLOURS):
         raise ValueError(f"top_k must be 1..{len(TOP_COLOURS)}")
     fig, axes = plt.subplots(2, len(panels), figsize=(6.2 * len(panels), 8.0), squeeze=False,
