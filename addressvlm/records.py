@@ -570,3 +570,106 @@ def write_gazetteer(path: str | os.PathLike, entries: Iterable[GazetteerEntry]) 
             raise DataError(path, line, "names neither a street nor a district")
         writer.writerow([entry.street, entry.district])
     write_atomic(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------------- retrieval
+# The cross-view retrieval task (docs/retrieval.md): a gallery of geo-tagged satellite tiles and queries (a street
+# view or a scene text), each with the one tile it should retrieve. Paths are relative to the city root, as everywhere.
+RETRIEVAL_SPLITS = ("train", "val", "test")
+RETRIEVAL_QUERY_KINDS = ("image", "text")
+GALLERY_KEYS = ("tile", "image", "lat", "lon", "street", "district", "split")
+RETRIEVAL_QUERY_KEYS = ("query_id", "kind", "tile", "split", "image", "text", "source")
+
+
+def _check_coordinates(rec: dict, path, line: int) -> None:
+    for key, bound in (("lat", 90.0), ("lon", 180.0)):
+        value = rec[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -bound <= value <= bound:
+            raise DataError(path, line, f"{key} {value!r} is not a number in [-{bound:g}, {bound:g}]")
+
+
+def _check_relative_image(rec: dict, path, line: int) -> None:
+    try:
+        path_inside_root(rec["image"], "image")
+    except ValueError as exc:
+        raise DataError(path, line, str(exc)) from None
+
+
+def _check_gallery_tile(rec: dict, path, line: int) -> None:
+    missing = [k for k in GALLERY_KEYS if k not in rec]
+    if missing:
+        raise DataError(path, line, f"missing key(s) {', '.join(missing)}")
+    for key in ("tile", "image"):
+        if not isinstance(rec[key], str) or not rec[key].strip():
+            raise DataError(path, line, f"{key} must be a non-empty string")
+    _check_relative_image(rec, path, line)
+    _check_coordinates(rec, path, line)
+    if rec["split"] not in RETRIEVAL_SPLITS:
+        raise DataError(path, line, f"split {rec['split']!r} not in {RETRIEVAL_SPLITS}")
+
+
+def _check_retrieval_query(rec: dict, path, line: int) -> None:
+    missing = [k for k in RETRIEVAL_QUERY_KEYS if k not in rec]
+    if missing:
+        raise DataError(path, line, f"missing key(s) {', '.join(missing)}")
+    if rec["kind"] not in RETRIEVAL_QUERY_KINDS:
+        raise DataError(path, line, f"kind {rec['kind']!r} not in {RETRIEVAL_QUERY_KINDS}")
+    if rec["split"] not in RETRIEVAL_SPLITS:
+        raise DataError(path, line, f"split {rec['split']!r} not in {RETRIEVAL_SPLITS}")
+    # Exactly one of image / text: the query's kind says which, the other is null.
+    present, absent = ("image", "text") if rec["kind"] == "image" else ("text", "image")
+    if not isinstance(rec[present], str) or not rec[present].strip():
+        raise DataError(path, line, f"a {rec['kind']} query needs a non-empty {present}")
+    if rec[absent] is not None:
+        raise DataError(path, line, f"a {rec['kind']} query has {absent} null, not {rec[absent]!r}")
+    if rec["kind"] == "image":
+        _check_relative_image(rec, path, line)
+
+
+def _read_unique(path, key: str, check) -> list[dict]:
+    out, seen = [], {}
+    for line, rec in read_jsonl(path):
+        check(rec, path, line)
+        if rec[key] in seen:
+            raise DataError(path, line, f"duplicate {key} {rec[key]!r} (first on line {seen[rec[key]]})")
+        seen[rec[key]] = line
+        out.append(rec)
+    return out
+
+
+def _write_checked(path, records: Iterable[dict], key: str, check) -> None:
+    lines, seen = [], set()
+    for line, rec in enumerate(records, start=1):
+        check(rec, path, line)
+        if rec[key] in seen:
+            raise DataError(path, line, f"duplicate {key} {rec[key]!r}")
+        seen.add(rec[key])
+        lines.append(json.dumps(rec, ensure_ascii=False, sort_keys=True))
+    write_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def read_gallery(path: str | os.PathLike) -> list[dict]:
+    """``retrieval/gallery.jsonl``: one satellite tile per line, ``tile`` unique."""
+    return _read_unique(path, "tile", _check_gallery_tile)
+
+
+def write_gallery(path: str | os.PathLike, tiles: Iterable[dict]) -> None:
+    _write_checked(path, tiles, "tile", _check_gallery_tile)
+
+
+def read_retrieval_queries(path: str | os.PathLike, gallery: Iterable[dict] | None = None) -> list[dict]:
+    """``retrieval/queries.jsonl``: one query per line, ``query_id`` unique; with ``gallery``, every query's ``tile``
+    must be one of its tiles (a query whose answer is not in the gallery could never be retrieved)."""
+    check = _check_retrieval_query
+    if gallery is not None:
+        tiles = {t["tile"] for t in gallery}
+
+        def check(rec: dict, path, line: int) -> None:
+            _check_retrieval_query(rec, path, line)
+            if rec["tile"] not in tiles:
+                raise DataError(path, line, f"tile {rec['tile']!r} is not in the gallery")
+    return _read_unique(path, "query_id", check)
+
+
+def write_retrieval_queries(path: str | os.PathLike, queries: Iterable[dict]) -> None:
+    _write_checked(path, queries, "query_id", _check_retrieval_query)
