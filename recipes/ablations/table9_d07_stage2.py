@@ -1,0 +1,10 @@
+# Table 9 (appendix), row "delta = 0.7", stage 2: address localization tuning continuing table9_d07_stage1.py.
+# Changes from recipes/stage2_pitts.py: starts from table9_d07_stage1's work_dir. The commands are in
+# table9_d07_stage1.py.
+from mmengine.config import read_base
+
+with read_base():
+    from ..stage2_pitts import *  # noqa: F401,F403
+
+model.update(init_from_work_dir="./work_dirs/llava_phi3_mini/table9_d07_stage1")
+work_dir = "./work_dirs/llava_phi3_mini/table9_d07_stage2"
