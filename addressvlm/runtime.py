@@ -95,16 +95,27 @@ ITERATION_LINE = re.compile(r"Iter\(train\) \[\s*(\d+)/(\d+)\].*?loss: ([-\d.e]+
 
 def train(config: str, work_dir: str, model_root: str | None = None, device: str = "cpu",
           overrides: dict[str, Any] | None = None, resume: str | None = None, log_file: str | None = None,
-          progress: bool = False, name: str = "training", threads: int | None = None, bar_row: int = 0) -> Path:
+          progress: bool = False, name: str = "training", threads: int | None = None, bar_row: int = 0,
+          gpus: int = 1, deepspeed: str | None = None) -> Path:
     """Run ``python -m xtuner.tools.train`` (not ``xtuner train``, which exits 0 on failure) and return ``work_dir``;
     a failed run raises with the end of its log. The whole output goes to the log file; with ``progress`` a bar
     named ``name`` on console row ``bar_row`` follows mmengine's iteration lines (iterations, loss, time left).
-    ``threads`` caps the run's CPU threads (two runs side by side on a small machine)."""
+    ``threads`` caps the run's CPU threads (two runs side by side on a small machine). ``gpus`` > 1 starts one
+    process per GPU through torchrun, as ``NPROC_PER_NODE=N xtuner train`` does; ``deepspeed`` names XTuner's
+    DeepSpeed config (``deepspeed_zero2``) or a JSON file."""
     import os
 
     from tqdm import tqdm
 
-    command = [sys.executable, "-m", "xtuner.tools.train", config, "--work-dir", str(work_dir)]
+    if gpus > 1:
+        import xtuner.tools.train as xtuner_train
+
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", xtuner_train.__file__,
+                   config, "--launcher", "pytorch", "--work-dir", str(work_dir)]
+    else:
+        command = [sys.executable, "-m", "xtuner.tools.train", config, "--work-dir", str(work_dir)]
+    if deepspeed:
+        command += ["--deepspeed", deepspeed]
     if resume:
         command += ["--resume", str(resume)]
     command += ["--cfg-options", *local_run_options(config, model_root, device, overrides)]

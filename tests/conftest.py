@@ -33,6 +33,21 @@ def tiny_minicpmv(tmp_path_factory) -> Path:
                                corpus=[f"The colour is {c}." for c in COLOURS])
 
 
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """A shortened `make demo` (DemoSettings.quick()), once per session: its city, tiny model and runs serve every
+    test that needs a whole city (the demo's own test, the paper tables)."""
+    from types import SimpleNamespace
+
+    from addressvlm.demo.pipeline import DemoSettings, run_demo
+
+    root = tmp_path_factory.mktemp("quick_demo")
+    out, city, work = root / "out", root / "city", root / "work"
+    report = run_demo(out, city, work, DemoSettings.quick())
+    return SimpleNamespace(out=out, city=city, work=work, report=report, settings=DemoSettings.quick(),
+                           model=out / "models" / "llava-phi-3-mini-xtuner")
+
+
 def write_colour_city(root: Path, n_images: int = 16) -> Path:
     """A city root whose stage-1 and stage-2 JSONs ask the colour of plain images: learnable in a few steps."""
     names = list(COLOURS)

@@ -12,9 +12,8 @@ from addressvlm.scoring import METRICS
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_every_artefact(tmp_path):
-    out, city, work = tmp_path / "out", tmp_path / "city", tmp_path / "work"
-    report = run_demo(out, city, work, DemoSettings.quick())
+def test_quick_demo_writes_every_artefact(quick_demo):
+    out, city, work, report = quick_demo.out, quick_demo.city, quick_demo.work, quick_demo.report
 
     rows = read_locations(city / "locations.csv")
     assert {r.split for r in rows} == {"train", "val", "test"}

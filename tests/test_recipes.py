@@ -228,7 +228,22 @@ ABLATIONS = {
     "table4_D_stage2": ("stage2_pitts", {"model.init_from_work_dir": TABLE4_STAGE1["CD"],
                                          "model.stage_chain.visual_encoder_lora": "open"}),
     "table4_E_stage2": ("stage2_pitts", {"model.stage_chain.visual_encoder_lora": "frozen"}),
+    "table4_C_stage2": ("stage2_pitts", {"model.init_from_work_dir": TABLE4_STAGE1["CD"],
+                                         "model.visual_encoder_lora": None}),
 }
+# Stage-1 data variants (Tables 1, 3, 9) and the stage 2 that continues each; stage-2 data variants (Table 6, Fig. 7).
+for variant in ("table1_stitched", "table3_noroad_d03", "table3_noroad_d05", "table9_d03", "table9_d07"):
+    ABLATIONS[f"{variant}_stage1"] = ("stage1_pitts", {"train_dataloader.dataset.data_path":
+                                                       f"./data/pitts/stage1/train_{variant.split('_', 1)[1]}.json"})
+    ABLATIONS[f"{variant}_stage2"] = ("stage2_pitts", {"model.init_from_work_dir":
+                                                       f"./work_dirs/llava_phi3_mini/{variant}_stage1"})
+for folder in ("views50", "views25", "views12", "locations75", "locations50", "locations25"):
+    ABLATIONS[f"fig7_{folder}_stage2"] = ("stage2_pitts", {"train_dataloader.dataset.data_path":
+                                                          f"./data/pitts/vqa_{folder}/train.json"})
+for n in (5, 1):
+    ABLATIONS[f"table6_general{n}_stage2"] = ("stage2_pitts", {
+        "train_dataloader.dataset.data_path": f"./data/pitts/vqa_general{n}/train.json",
+        "train_dataloader.dataset.image_folder": "./data/"})
 
 
 def flat(node, prefix: str = "") -> dict:
@@ -241,14 +256,14 @@ def flat(node, prefix: str = "") -> dict:
 
 
 def test_every_ablation_recipe_changes_only_what_its_header_says():
-    """Every recipe in recipes/ablations/ is listed above, reads its listed parent, names its Table 4 row(s) in its
-    header, and differs from the parent in exactly the listed settings and its work_dir."""
+    """Every recipe in recipes/ablations/ is listed above, reads its listed parent, names its table (or figure) in
+    its header, and differs from the parent in exactly the listed settings and its work_dir."""
     folder = REPO / "recipes" / "ablations"
     assert {p.stem for p in folder.glob("*.py")} == set(ABLATIONS)
     for name, (parent, changes) in ABLATIONS.items():
         text = (folder / f"{name}.py").read_text()
-        rows = name.split("_")[1]
-        assert text.startswith(f"# Table 4 (paper section 4.3), row{'s' if len(rows) > 1 else ''} {rows[0]}")
+        table = name.split("_")[0]
+        assert text.startswith("# Fig. 7 " if table == "fig7" else f"# Table {table[len('table'):]} "), name
         assert f"from ..{parent} import *" in text and f"recipes/{parent}.py" in text
         child, base = flat(Config.fromfile(str(folder / f"{name}.py")).to_dict()), flat(load(parent).to_dict())
         differing = {k for k in child.keys() | base.keys() if child.get(k, "absent") != base.get(k, "absent")}

@@ -1,44 +1,40 @@
-"""Table 4's variants A, B, D, E (recipes/ablations/): each stage 1 -> stage 2 chain trains through
-`python -m xtuner.tools.train` on the tiny model, and stage 2 holds every part as its stage_chain declares."""
+"""Table 4's variants (recipes/ablations/): `tools/paper_table.py --table 4 --quick`'s code trains every stage 1 ->
+stage 2 chain through `python -m xtuner.tools.train` on the quick demo city, each stage 2 holds every part as its
+stage_chain declares, and the table has all six rows."""
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from addressvlm.demo.pipeline import Paths, run_overrides
 from addressvlm.model import LLAVA_CHAIN_PARTS
-from addressvlm.runtime import train
+from addressvlm.records import read_llava_json
 from addressvlm.stage_chain import StageChainError, find_last_checkpoint
 
-from conftest import build_model, local_recipe, write_colour_city
+from conftest import build_model, local_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 ABLATIONS = RECIPES / "ablations"
-# Each row's stage 1: rows A and B share one (neither VE nor LLM), D has C's (LLM only), E the paper's own (both).
-STAGE1_RECIPES = {"AB": ABLATIONS / "table4_AB_stage1.py", "CD": ABLATIONS / "table4_CD_stage1.py",
-                  "ours": RECIPES / "stage1_pitts.py"}
-STAGE1_OF_ROW = {"A": "AB", "B": "AB", "D": "CD", "E": "ours"}
-# What each stage-2 checkpoint holds: A trains no CLIP LoRA; E saves its frozen one unchanged.
-STAGE2_PARTS = {"A": {"llm_lora", "projector"}, "B": set(LLAVA_CHAIN_PARTS), "D": set(LLAVA_CHAIN_PARTS),
-                "E": set(LLAVA_CHAIN_PARTS)}
+# Each row's stage 1 (its run's name): A and B share one (neither VE nor LLM), C and D one (LLM only), E the paper's.
+STAGE1_RUNS = {"AB": "table4_AB_stage1", "CD": "table4_CD_stage1", "ours": "stage1_pitts"}
+STAGE1_OF_ROW = {"A": "AB", "B": "AB", "C": "CD", "D": "CD", "E": "ours"}
+# What each stage-2 checkpoint holds: A and C train no CLIP LoRA; E saves its frozen one unchanged.
+STAGE2_PARTS = {"A": {"llm_lora", "projector"}, "B": set(LLAVA_CHAIN_PARTS), "C": {"llm_lora", "projector"},
+                "D": set(LLAVA_CHAIN_PARTS), "E": set(LLAVA_CHAIN_PARTS)}
 
 
 def stage2_recipe(row: str) -> str:
     return str(ABLATIONS / f"table4_{row}_stage2.py")
 
 
-def few_steps(city: Path, data_file: str) -> dict:
-    """Two iterations on the 4-image city, the second at lr 1e-3, so trained tensors move visibly."""
-    return {"train_dataloader.dataset.data_path": str(city / data_file),
-            "train_dataloader.dataset.image_folder": str(city),
-            "train_dataloader.batch_size": 2, "train_dataloader.sampler.per_device_batch_size": 2,
-            "optim_wrapper.accumulative_counts": 1, "optim_wrapper.optimizer.lr": 1e-3, "train_cfg.max_epochs": 1,
-            "param_scheduler.0.end": 0.5, "param_scheduler.1.begin": 0.5, "param_scheduler.1.end": 1,
-            "default_hooks.checkpoint.interval": 2, "randomness.seed": 0}
-
-
-def stage2_run(table4: dict, stage1: str) -> dict:
-    """A stage 2 started from the work_dir of the stage 1 named ``stage1`` (a key of ``STAGE1_RECIPES``)."""
-    return {**few_steps(table4["city"], "vqa/train.json"),
+def stage2_run(table4: dict, recipe: str, stage1: str) -> dict:
+    """The overrides of a stage 2 (``recipe``) started from the run of the stage 1 named ``stage1`` (a key of
+    ``STAGE1_RUNS``), at the scale paper_table trained them."""
+    city = table4["city"]
+    paths = Paths(table4["root"], city, table4["work"])
+    return {**run_overrides(paths, table4["settings"], recipe, "vqa/train.json", 1,
+                            len(read_llava_json(city / "vqa" / "train.json"))),
             "model.init_from_work_dir": str(table4["stage1"][stage1])}
 
 
@@ -51,24 +47,36 @@ def part(state: dict, name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def table4(tmp_path_factory, tiny_llava):
-    """The three stage-1 runs, then stage 2 of rows A, B, D and E, two iterations each, once for the module. A run
-    this short is mostly process start-up, so two go side by side on one thread each."""
-    from concurrent.futures import ThreadPoolExecutor
+def table4(tmp_path_factory, quick_demo):
+    """Table 4 filled once for the module, as `tools/paper_table.py --table 4 --quick` fills it: three stage-1
+    runs, six stage-2 runs two side by side on one thread each, answers and scores."""
+    from addressvlm.paper_tables import TABLES, DemoScale, fill_table
 
     root = tmp_path_factory.mktemp("table4")
-    city = write_colour_city(root / "city", n_images=4)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        stage1 = dict(zip(STAGE1_RECIPES, pool.map(
-            lambda item: train(str(item[1]), root / f"stage1_{item[0]}", str(tiny_llava),
-                               overrides=few_steps(city, "stage1/train.json"), threads=1),
-            STAGE1_RECIPES.items())))
-        table4 = {"city": city, "stage1": stage1, "model_root": tiny_llava}
-        table4["stage2"] = dict(zip(STAGE1_OF_ROW, pool.map(
-            lambda row: train(stage2_recipe(row), root / f"stage2_{row}", str(tiny_llava),
-                              overrides=stage2_run(table4, STAGE1_OF_ROW[row]), threads=1),
-            STAGE1_OF_ROW)))
-    return table4
+    work = root / "work"
+    runner = DemoScale(quick_demo.city, root, work, quick_demo.settings, quick_demo.model)
+    report = fill_table(TABLES["4"], quick_demo.city, root, runner)
+    return {"city": quick_demo.city, "root": root, "work": work, "model_root": quick_demo.model,
+            "settings": quick_demo.settings, "report": report,
+            "stage1": {key: work / name for key, name in STAGE1_RUNS.items()},
+            "stage2": {row: work / f"table4_{row}_stage2" for row in STAGE1_OF_ROW}}
+
+
+@pytest.mark.slow
+def test_the_table_has_all_six_rows_with_their_scores_and_the_papers(table4):
+    from addressvlm.scoring import METRICS
+
+    text = table4["report"].read_text()
+    filled = json.loads(table4["report"].with_suffix(".json").read_text())
+    rows = [f"table4_{row}_stage2" for row in "ABCDE"] + ["stage2_pitts"]
+    assert filled["rows"] == rows and set(filled["metrics"]) == set(rows)
+    for name in rows:
+        assert set(METRICS) <= set(filled["metrics"][name])
+        assert (table4["root"] / "predictions" / f"{name}.jsonl").is_file()
+        mean, sd = filled["metrics"][name]["A"], filled["metrics"][name]["A_sd"]
+        assert f"`{'ablations/' if name != 'stage2_pitts' else ''}{name}.py` | {mean:.2f} | {sd:.2f} |" in text
+    assert "| Ours: stage 1 VE + LLM, stage 2 VE + LLM | paper | 90.02 | 69.60 |" in text
+    assert all(f"train {name}" in filled["seconds"] for name in [*STAGE1_RUNS.values(), *rows])
 
 
 @pytest.mark.slow
@@ -93,7 +101,7 @@ def test_a_frozen_part_is_loaded_kept_and_gets_no_gradient(table4):
         assert torch.equal(stage2[key], value), key
     assert any(not torch.equal(value, stage2[key]) for key, value in part(stage1, "llm_lora").items())
 
-    cfg = local_recipe(stage2_recipe("E"), table4["model_root"], stage2_run(table4, "ours"))
+    cfg = local_recipe(stage2_recipe("E"), table4["model_root"], stage2_run(table4, stage2_recipe("E"), "ours"))
     model = BUILDER.build(cfg.model)
     dataset = BUILDER.build(cfg.train_dataloader.dataset)
     collate = dict(cfg.train_dataloader.collate_fn)
@@ -112,7 +120,8 @@ def test_a_frozen_part_is_loaded_kept_and_gets_no_gradient(table4):
                                         ("D", "visual_encoder_lora")])
 def test_an_opened_part_starts_fresh(table4, row, opened):
     """Stage 1 did not train it: peft's fresh adapter (B = 0, the identity), while continued parts are stage 1's."""
-    model = build_model(stage2_recipe(row), table4["model_root"], stage2_run(table4, STAGE1_OF_ROW[row]))
+    model = build_model(stage2_recipe(row), table4["model_root"],
+                        stage2_run(table4, stage2_recipe(row), STAGE1_OF_ROW[row]))
     state = model.state_dict()
     fresh = part(state, opened)
     assert fresh and all(torch.count_nonzero(v) == 0 for k, v in fresh.items() if ".lora_B." in k)
@@ -139,7 +148,7 @@ def test_an_opened_part_starts_fresh(table4, row, opened):
 ])
 def test_a_declaration_that_does_not_match_stage1_names_the_keys(table4, recipe, stage1, message):
     with pytest.raises(StageChainError, match=message):
-        build_model(recipe, table4["model_root"], stage2_run(table4, stage1))
+        build_model(recipe, table4["model_root"], stage2_run(table4, recipe, stage1))
 
 
 def test_a_declaration_of_unknown_parts_or_modes_is_refused():

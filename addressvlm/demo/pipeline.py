@@ -144,17 +144,22 @@ def make_model(paths: Paths, s: DemoSettings):
 
 
 # --------------------------------------------------------------------------------------------- training
-def lora_overrides(s: DemoSettings) -> dict:
-    """The demo's LoRA size, for training and for loading what was trained (lora_alpha = 2 x rank, as the recipes)."""
-    return {f"model.{adapter}.{key}": value for adapter in ("llm_lora", "visual_encoder_lora")
+def lora_overrides(s: DemoSettings, recipe: str | Path) -> dict:
+    """The demo's LoRA size for each adapter ``recipe`` declares, for training and for loading what was trained
+    (lora_alpha = 2 x rank, as the recipes)."""
+    from mmengine.config import Config
+
+    model = Config.fromfile(str(recipe)).model
+    return {f"model.{adapter}.{key}": value for adapter in ("llm_lora", "visual_encoder_lora") if model.get(adapter)
             for key, value in (("r", s.lora_rank), ("lora_alpha", 2 * s.lora_rank))}
 
 
-def run_overrides(paths: Paths, s: DemoSettings, data_file: str, epochs: int, n_records: int) -> dict:
+def run_overrides(paths: Paths, s: DemoSettings, recipe: str | Path, data_file: str, epochs: int,
+                  n_records: int) -> dict:
     iters_per_epoch = max(1, -(-n_records // s.batch_size))
     warmup_epochs = min(0.5 * epochs, s.warmup_iters / iters_per_epoch)
     return {
-        **lora_overrides(s),
+        **lora_overrides(s, recipe),
         "train_dataloader.dataset.data_path": str(paths.city / data_file),
         "train_dataloader.dataset.image_folder": str(paths.city) + "/",
         "train_dataloader.batch_size": s.batch_size,
@@ -174,21 +179,32 @@ def run_overrides(paths: Paths, s: DemoSettings, data_file: str, epochs: int, n_
     }
 
 
-def train_stage(paths: Paths, s: DemoSettings, stage: int, name: str, init_from: Path | None, threads: int,
-                bar_row: int = 0):
+def train_recipe(paths: Paths, s: DemoSettings, recipe: Path, name: str, data_file: str, epochs: int,
+                 init_from: Path | None, threads: int, bar_row: int = 0, image_folder: Path | None = None,
+                 stage2: bool = True) -> Path:
+    """Train ``recipe`` at the demo's scale on ``paths.city``'s ``data_file`` into ``paths.work / name``; a run that
+    finished before is kept. A stage 2 starts from ``init_from`` (None: from the release, as the Baseline)."""
     from addressvlm.records import read_llava_json
     from addressvlm.runtime import train
 
     work_dir = paths.work / name
     if (work_dir / "last_checkpoint").is_file():
         return work_dir
-    data_file = "stage1/train.json" if stage == 1 else "vqa/train.json"
-    epochs = s.stage1_epochs if stage == 1 else s.stage2_epochs
-    overrides = run_overrides(paths, s, data_file, epochs, len(read_llava_json(paths.city / data_file)))
-    if stage == 2:
+    overrides = run_overrides(paths, s, recipe, data_file, epochs, len(read_llava_json(paths.city / data_file)))
+    if image_folder is not None:
+        overrides["train_dataloader.dataset.image_folder"] = str(image_folder) + "/"
+    if stage2:
         overrides["model.init_from_work_dir"] = str(init_from) if init_from else None
-    return train(str(paths.recipes / f"stage{stage}_helsinki.py"), work_dir, str(paths.models), overrides=overrides,
-                 progress=True, name=name, threads=threads, bar_row=bar_row)
+    return train(str(recipe), work_dir, str(paths.models), overrides=overrides, progress=True, name=name,
+                 threads=threads, bar_row=bar_row)
+
+
+def train_stage(paths: Paths, s: DemoSettings, stage: int, name: str, init_from: Path | None, threads: int,
+                bar_row: int = 0):
+    return train_recipe(paths, s, paths.recipes / f"stage{stage}_helsinki.py", name,
+                        "stage1/train.json" if stage == 1 else "vqa/train.json",
+                        s.stage1_epochs if stage == 1 else s.stage2_epochs, init_from, threads, bar_row,
+                        stage2=stage == 2)
 
 
 def train_side_by_side(paths: Paths, s: DemoSettings) -> dict[str, float]:
@@ -211,14 +227,16 @@ def train_side_by_side(paths: Paths, s: DemoSettings) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------- answers and scores
-def load_model(paths: Paths, s: DemoSettings, name: str):
+def load_model(paths: Paths, s: DemoSettings, name: str, recipe: Path | None = None):
+    """The model trained into ``paths.work / name`` (``zero_shot``: the untuned release), built by ``recipe``
+    (default: the demo's stage-2 recipe)."""
     from addressvlm.infer import load_release_model, load_xtuner_model
     from addressvlm.runtime import format_option, model_root_options
     from mmengine.config import Config
 
-    recipe = str(paths.recipes / "stage2_helsinki.py")
+    recipe = str(recipe or paths.recipes / "stage2_helsinki.py")
     options = model_root_options(Config.fromfile(recipe), str(paths.models)) + [
-        format_option(key, value) for key, value in lora_overrides(s).items()]
+        format_option(key, value) for key, value in lora_overrides(s, recipe).items()]
     if name == "zero_shot":
         return load_release_model(recipe, options)
     return load_xtuner_model(recipe, paths.work / name, options)
@@ -234,8 +252,9 @@ def drop_stale(output: Path, paths: Paths, name: str) -> None:
         output.unlink()
 
 
-def answer_and_score(paths: Paths, s: DemoSettings, name: str) -> tuple[dict, dict]:
-    """Answer the test questions with one model and score them: (metrics, which answers it gave)."""
+def answer_and_score(paths: Paths, s: DemoSettings, name: str, recipe: Path | None = None) -> tuple[dict, dict]:
+    """Answer the test questions with one model (``load_model``'s) and score them: (metrics, which answers it
+    gave)."""
     from addressvlm.demo.report import answer_spread
     from addressvlm.infer import answer_questions
     from addressvlm.scoring import score, score_each
@@ -244,7 +263,7 @@ def answer_and_score(paths: Paths, s: DemoSettings, name: str) -> tuple[dict, di
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
     predictions_path = paths.out / "predictions" / f"{name}.jsonl"
     drop_stale(predictions_path, paths, name)
-    answer_questions(load_model(paths, s, name), questions, predictions_path, image_folder=paths.city)
+    answer_questions(load_model(paths, s, name, recipe), questions, predictions_path, image_folder=paths.city)
     predictions = {qid: text for qid, (_, text) in read_predictions(predictions_path).items()}
     metrics = score(questions, predictions)
     write_atomic(paths.out / "metrics" / f"{name}.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
