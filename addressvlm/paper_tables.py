@@ -178,15 +178,16 @@ def build_stage1_variant(city: Path, data_file: str, label_backend: str = "rule"
     tag = Path(data_file).stem[len("train_"):]
     stage1 = city / "stage1"
     if spec.map_labels and spec.delta == 0.5:
-        crops = stage1 / "crops"            # the main crops
-    elif spec.map_labels:
-        crops = stage1 / f"crops_d{tag[-2:]}"
+        crops = stage1 / "crops"            # the main crops, as the main stage-1 steps made them
     else:
-        crops = stage1 / "crops_noroad"
-    reserved = reserved_fraction((4, 3), spec.delta, "upper_right") if spec.map_labels and spec.delta != 0.5 \
-        else None
-    crop_city(city, crops, size_m=crop_metres, pixels=336, seed=seed, labels=spec.map_labels, reserved_box=reserved,
-              progress=True)
+        # The main crops' ground size, jitter and attribution, so that only the variant's own setting differs.
+        main = stage1 / "crops" / "params.json"
+        made = json.loads(main.read_text()) if main.is_file() else {}
+        crops = stage1 / (f"crops_d{tag[-2:]}" if spec.map_labels else "crops_noroad")
+        reserved = reserved_fraction((4, 3), spec.delta, "upper_right") if spec.map_labels else None
+        crop_city(city, crops, size_m=made.get("size_m", crop_metres), pixels=336, jitter_m=made.get("jitter_m", 0),
+                  seed=made.get("seed", seed), labels=spec.map_labels, font_px=made.get("font_px"),
+                  reserved_box=reserved, attribution=made.get("attribution"), progress=True)
     images = stage1 / (spec.variant if spec.variant != "grafted" else f"grafted_{tag}")
     graft_batch(city_pairs(city, crops), images, delta=spec.delta, size=336, variant=spec.variant)
     labels = stage1 / f"labels_{tag}.jsonl"
