@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("--city", type=Path, required=True, help="city root (docs/design.md layout)")
     parser.add_argument("--grafted", type=Path, help="stage-1 images (default <city>/stage1/<variant>)")
     parser.add_argument("--out", type=Path, help="labels JSONL (default <city>/stage1/labels.jsonl)")
-    parser.add_argument("--backend", choices=("rule", "openai", "hf"), default="rule")
+    parser.add_argument("--backend", choices=("rule", "openai", "hf"), default="rule",
+                        help="rule (default): reasons from the street data, the CPU demo's stand-in, which the paper's "
+                             "section 3.2 rejects; openai or hf: an LVLM writes them, as the paper does")
     parser.add_argument("--streets", type=Path, help="streets GeoJSON or .osm.pbf (default: the city's)")
     parser.add_argument("--crops", type=Path, help="crop folder with crops.jsonl (default <city>/stage1/crops)")
     parser.add_argument("--city-name", help="city name used in prompts (default: the city folder's name)")
