@@ -96,7 +96,7 @@ def export_hf(config: str | os.PathLike, checkpoint: str | os.PathLike, out_dir:
     ``LlavaForConditionalGeneration`` for a LLaVA recipe, the release's layout for MiniCPM-V), weights in ``dtype``
     (default: the release's), plus the recipe as ``xtuner_config.py``; return ``out_dir``."""
     checkpoint = resolve_checkpoint(checkpoint)
-    # Frozen weights in float32 where the recipe sets their dtype (MiniCPM-V), so the merge does not round twice.
+    # Frozen weights in float32 (the recipes' torch_dtype), so the merge does not round through bf16 first.
     cfg, model = build_recipe_model(config, cfg_options, torch.float32)
     load_checked_state(model, checkpoint)
     model.eval()
@@ -136,10 +136,17 @@ def _write_minicpmv(model, out_dir: Path, dtype: str) -> None:
     for path in release.iterdir():
         if path.is_file() and not path.name.endswith(WEIGHT_FILE_ENDINGS):
             shutil.copyfile(path, out_dir / path.name)
-    config_path = out_dir / "config.json"
-    config = json.loads(config_path.read_text())
+    # The processor the engines run must slice images as training did, also where a recipe capped the slices below
+    # the release's default.
+    slices = model.image_settings.max_slice_nums
+    config = json.loads((out_dir / "config.json").read_text())
     config["torch_dtype"] = dtype
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    if isinstance(config.get("slice_config"), dict):
+        config["slice_config"]["max_slice_nums"] = slices
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    processor = json.loads((out_dir / "preprocessor_config.json").read_text())
+    processor["max_slice_nums"] = slices
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
 
 
 def _write_llava(cfg, model, out_dir: Path, dtype: str) -> None:

@@ -121,8 +121,12 @@ def test_minicpmv_export_is_the_release_layout_with_lora_merged(tiny_minicpmv_ch
     export(["--config", recipe, "--checkpoint", str(checkpoint.parent), "--model-root", str(tiny_minicpmv),
             "--out", str(out), "--dtype", "float32"])
     assert {p.name for p in tiny_minicpmv.iterdir()} | {"xtuner_config.py"} == {p.name for p in out.iterdir()}
-    for name in ("tokenizer_config.json", "preprocessor_config.json", "modeling_minicpmv.py", "resampler.py"):
+    for name in ("tokenizer_config.json", "tokenizer.json", "modeling_minicpmv.py", "resampler.py"):
         assert (out / name).read_bytes() == (tiny_minicpmv / name).read_bytes(), name
+    for name in ("config.json", "preprocessor_config.json"):  # the release's, the dtype and slice cap as trained
+        release, exported = (json.loads((folder / name).read_text()) for folder in (tiny_minicpmv, out))
+        assert exported == {**release, **{k: v for k, v in exported.items() if k in ("torch_dtype", "max_slice_nums")}}
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
     with safe_open(out / "model.safetensors", "pt") as exported, \
             safe_open(tiny_minicpmv / "model.safetensors", "pt") as release:
         assert set(exported.keys()) == set(release.keys())
