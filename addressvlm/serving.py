@@ -360,6 +360,20 @@ def parse_chat_request(body: Any, model_name: str, max_tokens_limit: int) -> Cha
                        _number(body, "seed", None, int, 0, 2 ** 63 - 1))
 
 
+def check_reserved_markers(question: str, markers: Sequence[str]) -> None:
+    """Refuse a question holding any of ``markers`` (MiniCPM-V's image and slice markers, whose tokens delimit the
+    image features in its prompt: a stray one breaks the spans) other than one ``markers[0]`` (``<image>``, which
+    places the image, as training's questions do)."""
+    if not markers:
+        return
+    rest = question.replace(markers[0], "", 1)
+    found = [marker for marker in markers if marker in rest]
+    if found:
+        raise RequestError(400, f"the question holds {found[0]!r}, which this model's prompt reserves for the image "
+                           f"(one {markers[0]!r} may place the image; nothing else of {list(markers)})", "messages",
+                           "reserved_marker")
+
+
 def top_names(ranking: Sequence[dict], k: int = TOP_K) -> list[dict]:
     """The ``k`` best names with their probability among all the city's names (the softmax of the scores: with
     the default ``sum`` scoring, P(exactly this answer) renormalised over the closed set)."""
@@ -431,6 +445,7 @@ def create_app(model: VisionChatModel | PerQuestionModel, city: ServedCity, mode
     allowed = Path(allowed_folder).resolve() if allowed_folder else None
     static = resources.files("addressvlm") / "static"
     map_data = city.map_data()
+    markers = model.model.image_settings.marker_tokens() if worker.per_question else []
     app = FastAPI(title="AddressVLM", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(RequestError)
@@ -473,6 +488,7 @@ def create_app(model: VisionChatModel | PerQuestionModel, city: ServedCity, mode
             raise RequestError(400, f"{model_name} answers greedily only (MiniCPM-V is answered through its own code, "
                                "as eval/infer.py answers with it): leave temperature at 0", "temperature",
                                "unsupported_temperature")
+        check_reserved_markers(parsed.question, markers)
         image = decode_image(image_bytes_from_url(parsed.image_url, allowed), "the image_url")
         if parsed.temperature == 0:
             answers = (await asyncio.wrap_future(worker.greedy(image, [parsed.question], parsed.max_tokens)))
@@ -492,6 +508,7 @@ def create_app(model: VisionChatModel | PerQuestionModel, city: ServedCity, mode
     @app.post("/v1/locate")
     async def locate(request: Request):
         data, question = await _locate_inputs(request, allowed)
+        check_reserved_markers(question or "", markers)
         image = decode_image(data)
         questions = [DISTRICT_QUESTION, STREET_QUESTION] + ([question] if question else [])
         generated = worker.greedy(image, questions, DEFAULT_MAX_TOKENS)
