@@ -484,7 +484,8 @@ def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
                                      "row), prompted as the recipe trains")
     source.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="recipe overrides, as given to xtuner train")
-    source.add_argument("--model-root", help="local LLaVA-Phi3-mini folder replacing the recipe's llava_root")
+    source.add_argument("--model-root", help="local release folder (LLaVA-Phi3-mini or MiniCPM-V 2.6) replacing "
+                                             "the recipe's llava_root / model_root")
     source.add_argument("--hf", help="a folder tools/export_hf.py wrote (LlavaForConditionalGeneration, or MiniCPM-V "
                                      "with its LoRA merged)")
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
