@@ -1,13 +1,18 @@
-"""A trained XTuner checkpoint as one Hugging Face ``LlavaForConditionalGeneration`` folder (the llava-hf layout that
-transformers and vLLM read).
+"""A trained XTuner checkpoint as one Hugging Face folder with its LoRA merged, in the layout the serving engines
+(vLLM, lmdeploy) and transformers read: ``export_hf`` (``tools/export_hf.py``) builds the recipe's model as training
+built it, loads the checkpoint with every tensor checked (``addressvlm.infer``), merges in float32, and writes
 
-The recipe's model is built as training built it and the checkpoint loaded with every tensor checked
-(``addressvlm.infer``); the LoRA adapters are merged into Phi-3 and into CLIP, XTuner's two-layer projector becomes
-``multi_modal_projector``, and the processor is saved so that it works as loaded: ``<image>`` added to the tokenizer,
-``patch_size``, ``vision_feature_select_strategy="default"`` and ``num_additional_image_tokens=1`` (CLIP's class
-token, which "default" drops), so one ``<image>`` expands to exactly the 576 features the model inserts. The chat
-template is written from the recipe's XTuner template, and ``image_aspect_ratio="pad"`` in the config records that
-training padded images to a square with the processor's mean colour (the processor itself does not pad).
+- for LLaVA-Phi3-mini, a ``LlavaForConditionalGeneration`` folder (the llava-hf layout): the LoRA adapters merged into
+  Phi-3 and into CLIP, XTuner's two-layer projector as ``multi_modal_projector``, and the processor saved so that it
+  works as loaded: ``<image>`` added to the tokenizer, ``patch_size``, ``vision_feature_select_strategy="default"``
+  and ``num_additional_image_tokens=1`` (CLIP's class token, which "default" drops), so one ``<image>`` expands to
+  exactly the 576 features the model inserts. The chat template is written from the recipe's XTuner template, and
+  ``image_aspect_ratio="pad"`` in the config records that training padded images to a square with the processor's
+  mean colour (the processor itself does not pad);
+- for MiniCPM-V 2.6, the release's own folder with its weights replaced: LoRA merged into the Qwen2 attention and
+  SigLIP layers, the trained resampler, every tensor under the release's name; the release's remote code, tokenizer,
+  chat template, processor and generation configs copied as they are (training prompts with them), so whatever loads
+  the release (``--trust-remote-code``) loads the export.
 """
 from __future__ import annotations
 
@@ -19,8 +24,13 @@ from typing import Sequence
 
 import torch
 
-from addressvlm.infer import IMAGE_TOKEN, build_recipe_model, load_checked_state, resolve_checkpoint
+from addressvlm.infer import IMAGE_TOKEN, build_recipe_model, load_checked_state, prompts_itself, resolve_checkpoint
 from addressvlm.precision import is_quantized
+
+# The dtype of each release's weights: an export's default.
+RELEASE_DTYPES = {"llava": "float16", "minicpmv": "bfloat16"}
+# Files of a release folder that hold weights (replaced by the export's), not code or settings.
+WEIGHT_FILE_ENDINGS = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 
 # XTuner ProjectorModel(depth=2) -> LlavaMultiModalProjector
 _PROJECTOR_NAMES = {"model.0.": "multi_modal_projector.linear_1.", "model.2.": "multi_modal_projector.linear_2."}
@@ -80,23 +90,72 @@ def _add_image_token(tokenizer, llm) -> int:
     return image_id
 
 
-def export_llava_hf(config: str | os.PathLike, checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
-                    cfg_options: Sequence[str] | dict | None = None, dtype: str = "float16") -> Path:
-    """Write the merged ``LlavaForConditionalGeneration``, its processor, chat template and generation config to
-    ``out_dir`` (plus the recipe, as ``xtuner_config.py``); return ``out_dir``."""
+def export_hf(config: str | os.PathLike, checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
+              cfg_options: Sequence[str] | dict | None = None, dtype: str | None = None) -> Path:
+    """Write the recipe's trained model, LoRA merged, as a Hugging Face folder in ``out_dir`` (a
+    ``LlavaForConditionalGeneration`` for a LLaVA recipe, the release's layout for MiniCPM-V), weights in ``dtype``
+    (default: the release's), plus the recipe as ``xtuner_config.py``; return ``out_dir``."""
+    checkpoint = resolve_checkpoint(checkpoint)
+    # Frozen weights in float32 (the recipes' torch_dtype), so the merge does not round through bf16 first.
+    cfg, model = build_recipe_model(config, cfg_options, torch.float32)
+    load_checked_state(model, checkpoint)
+    model.eval()
+    if not prompts_itself(model) and is_quantized(model.llm):
+        raise ValueError(f"{config} loads the LLM in 4/8 bits: merging LoRA into it would export rounded weights. "
+                         "Export with the full-precision recipe of the same LoRA settings (for "
+                         "stage2_pitts_qlora.py: --config recipes/stage2_pitts.py) and this checkpoint")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if prompts_itself(model):
+        _write_minicpmv(model, out_dir, dtype or RELEASE_DTYPES["minicpmv"])
+    else:
+        _write_llava(cfg, model, out_dir, dtype or RELEASE_DTYPES["llava"])
+    shutil.copyfile(config, out_dir / "xtuner_config.py")
+    return out_dir
+
+
+def merge_injected_lora(module: torch.nn.Module) -> int:
+    """Merge every LoRA layer injected into ``module`` (peft's ``inject_adapter_in_model``, as ``AddressMiniCPMV``
+    injects them) into its base layer and put the base layer back in its place; return how many were merged."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [(name, layer) for name, layer in module.named_modules() if isinstance(layer, BaseTunerLayer)]
+    for name, layer in layers:
+        layer.merge()
+        parent, _, child = name.rpartition(".")
+        setattr(module.get_submodule(parent), child, layer.get_base_layer())
+    return len(layers)
+
+
+def _write_minicpmv(model, out_dir: Path, dtype: str) -> None:
+    """The release folder ``model.model_path`` with the trained weights in place of its own."""
+    release = Path(model.model_path)
+    merge_injected_lora(model.model)
+    model.model.to(getattr(torch, dtype)).save_pretrained(out_dir, safe_serialization=True)
+    # The release's own config, code, tokenizer and processor files over those save_pretrained wrote.
+    for path in release.iterdir():
+        if path.is_file() and not path.name.endswith(WEIGHT_FILE_ENDINGS):
+            shutil.copyfile(path, out_dir / path.name)
+    # The processor the engines run must slice images as training did, also where a recipe capped the slices below
+    # the release's default.
+    slices = model.image_settings.max_slice_nums
+    config = json.loads((out_dir / "config.json").read_text())
+    config["torch_dtype"] = dtype
+    if isinstance(config.get("slice_config"), dict):
+        config["slice_config"]["max_slice_nums"] = slices
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    processor = json.loads((out_dir / "preprocessor_config.json").read_text())
+    processor["max_slice_nums"] = slices
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+
+
+def _write_llava(cfg, model, out_dir: Path, dtype: str) -> None:
+    """The merged ``LlavaForConditionalGeneration``, its processor, chat template and generation config."""
     from accelerate import init_empty_weights
     from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from xtuner.dataset.utils import get_bos_eos_token_ids
     from xtuner.registry import BUILDER
 
-    checkpoint = resolve_checkpoint(checkpoint)
-    cfg, model = build_recipe_model(config, cfg_options)
-    load_checked_state(model, checkpoint)
-    model.eval()
-    if is_quantized(model.llm):
-        raise ValueError(f"{config} loads the LLM in 4/8 bits: merging LoRA into it would export rounded weights. "
-                         "Export with the full-precision recipe of the same LoRA settings (for "
-                         "stage2_pitts_qlora.py: --config recipes/stage2_pitts.py) and this checkpoint")
     projector = model.projector
     if projector.config.depth != 2:
         raise ValueError(f"Llava's projector is Linear-act-Linear; this recipe's projector has depth "
@@ -133,8 +192,6 @@ def export_llava_hf(config: str | os.PathLike, checkpoint: str | os.PathLike, ou
     hf_model.load_state_dict({k: v.to(getattr(torch, dtype)) for k, v in state.items()}, strict=True, assign=True)
     hf_model.tie_weights()
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(out_dir)
     chat_template = chat_template_from_xtuner(template)
     tokenizer.chat_template = chat_template
@@ -146,5 +203,42 @@ def export_llava_hf(config: str | os.PathLike, checkpoint: str | os.PathLike, ou
                              for i in tokenizer.encode(w, add_special_tokens=False)]
     GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=sorted(set(stops)),
                      pad_token_id=tokenizer.pad_token_id, do_sample=False).save_pretrained(out_dir)
-    shutil.copyfile(config, out_dir / "xtuner_config.py")
-    return out_dir
+
+
+# --------------------------------------------------------------------------------------------- command line
+def build_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Export a trained checkpoint as a Hugging Face folder, LoRA merged (docs/serving.md): a "
+                    "LlavaForConditionalGeneration for a LLaVA recipe, the release's own layout for a MiniCPM-V 2.6 "
+                    "recipe; for transformers, vLLM, lmdeploy, or eval/infer.py --hf.")
+    parser.add_argument("--config", required=True, help="the XTuner recipe the checkpoint was trained with")
+    parser.add_argument("--checkpoint", required=True, help="iter_N.pth, a DeepSpeed checkpoint folder, or a work_dir")
+    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides, as given to xtuner train")
+    parser.add_argument("--model-root", help="local release folder replacing the recipe's llava_root / model_root")
+    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
+                        help="weights' dtype (default: the release's: float16 for LLaVA-Phi3-mini, bfloat16 for "
+                             "MiniCPM-V 2.6)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from addressvlm.infer import CheckpointError
+    from addressvlm.stage_chain import StageChainError
+
+    args = build_parser().parse_args(argv)
+    options = []
+    if args.model_root:
+        from mmengine.config import Config
+
+        from addressvlm.runtime import model_root_options
+
+        options += model_root_options(Config.fromfile(args.config), args.model_root)
+    try:
+        out = export_hf(args.config, args.checkpoint, args.out, options + list(args.cfg_options), args.dtype)
+    except (FileNotFoundError, CheckpointError, StageChainError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"exported {args.checkpoint} -> {out}")

@@ -186,9 +186,19 @@ class PerQuestionModel:
     def __init__(self, model):
         self.model = model
 
-    def answer_image(self, image_path: Path, questions: Sequence[dict], max_new_tokens: int) -> list[str]:
-        image = Image.open(image_path).convert("RGB")
-        return [self.model.answer(image, q["question"], max_new_tokens=max_new_tokens) for q in questions]
+    def answer_image(self, image, questions: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Greedy answers to ``questions`` about ``image`` (a PIL image or a path)."""
+        picture = image if isinstance(image, Image.Image) else Image.open(image)
+        picture = picture.convert("RGB")
+        return [self.model.answer(picture, question, max_new_tokens=max_new_tokens) for question in questions]
+
+    def prompt_length(self, image: Image.Image, question: str) -> int:
+        """Tokens of the prompt ``answer`` builds, image placeholders included (their count depends on the image's
+        size: the slices)."""
+        from addressvlm.minicpmv_dataset import encode_question
+
+        return len(encode_question(question, image.convert("RGB"), self.model.tokenizer,
+                                   self.model.image_settings)["input_ids"])
 
 
 def wrap_xtuner_model(cfg, model, device: str | None = None, dtype: str | torch.dtype | None = None
@@ -244,13 +254,25 @@ def chat_model(cfg, model, device: torch.device | str, dtype: torch.dtype) -> Vi
 
 
 # --------------------------------------------------------------------------------------------- exported folders
+def is_minicpmv_folder(folder: str | os.PathLike) -> bool:
+    """A MiniCPM-V folder (the release, or an export of a trained one): ``MiniCPMV`` in its config's architectures."""
+    config = Path(folder) / "config.json"
+    return config.is_file() and "MiniCPMV" in json.loads(config.read_text()).get("architectures", [])
+
+
 def load_hf_model(folder: str | os.PathLike, device: str | None = None,
-                  dtype: str | torch.dtype | None = None) -> VisionChatModel:
-    """Wrap a ``LlavaForConditionalGeneration`` folder (``tools/export_hf.py``): its chat template, processor,
-    stop tokens from its generation config, and square padding where its config says ``image_aspect_ratio="pad"``."""
+                  dtype: str | torch.dtype | None = None) -> VisionChatModel | PerQuestionModel:
+    """Wrap a folder ``tools/export_hf.py`` wrote. A ``LlavaForConditionalGeneration``: its chat template, processor,
+    stop tokens from its generation config, and square padding where its config says ``image_aspect_ratio="pad"``.
+    A MiniCPM-V folder (LoRA merged, the release's layout): its hub code, prompted as the recipes train."""
     from transformers import AutoProcessor, GenerationConfig, LlavaForConditionalGeneration
 
     device, dtype = default_device_dtype(device, dtype)
+    if is_minicpmv_folder(folder):
+        from addressvlm.minicpmv import AddressMiniCPMV
+
+        return PerQuestionModel(AddressMiniCPMV(str(folder), torch_dtype=dtype, gradient_checkpointing=False)
+                                .to(device).eval())
     model = LlavaForConditionalGeneration.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(folder)
     tokenizer = processor.tokenizer
@@ -365,7 +387,8 @@ def answer_questions(model: VisionChatModel, questions: Sequence[dict], out_path
             if temperature > 0:
                 raise ValueError("this model answers greedily only")
             for image, qs in groups.items():
-                for q, answer in zip(qs, model.answer_image(image_folder / image, qs, max_new_tokens)):
+                answers = model.answer_image(image_folder / image, [q["question"] for q in qs], max_new_tokens)
+                for q, answer in zip(qs, answers):
                     out.write({"question_id": q["question_id"], "prediction": answer})
                 bar.update(len(qs))
             bar.close()
@@ -461,8 +484,10 @@ def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
                                      "row), prompted as the recipe trains")
     source.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="recipe overrides, as given to xtuner train")
-    source.add_argument("--model-root", help="local LLaVA-Phi3-mini folder replacing the recipe's llava_root")
-    source.add_argument("--hf", help="an exported LlavaForConditionalGeneration folder (tools/export_hf.py)")
+    source.add_argument("--model-root", help="local release folder (LLaVA-Phi3-mini or MiniCPM-V 2.6) replacing "
+                                             "the recipe's llava_root / model_root")
+    source.add_argument("--hf", help="a folder tools/export_hf.py wrote (LlavaForConditionalGeneration, or MiniCPM-V "
+                                     "with its LoRA merged)")
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="default: bfloat16 (float16 without bf16) on GPU, float32 on CPU")

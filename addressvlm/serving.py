@@ -7,7 +7,9 @@ city for the page's map), ``GET /`` (the page, ``addressvlm/static/``: nothing i
 
 One worker thread owns the model. Requests queue for it; each turn it takes every greedy generation waiting (up to
 ``max_batch_rows`` questions) and decodes them together through ``prefix_cache.generate_shared``, so concurrent
-clients share forward passes. Sampled answers and rankings run one request at a time.
+clients share forward passes. Sampled answers and rankings run one request at a time. A model that prompts itself
+(MiniCPM-V 2.6, ``infer.PerQuestionModel``) answers through its own path, as ``eval/infer.py`` answers with it: one
+greedy question at a time (no batching, no sampling), ranked by ``ranking.rank_per_question``.
 """
 from __future__ import annotations
 
@@ -38,10 +40,10 @@ from PIL import Image, UnidentifiedImageError
 from addressvlm import templates
 from addressvlm.gazetteer import Gazetteer, build_gazetteer
 from addressvlm.geo.streets import StreetMap, find_city_streets, read_street_map
-from addressvlm.infer import image_question_groups, sample_answers
+from addressvlm.infer import PerQuestionModel, image_question_groups, sample_answers
 from addressvlm.names import normalize_name
 from addressvlm.prefix_cache import VisionChatModel, choose_greedy, generate_shared
-from addressvlm.ranking import rank_image_questions
+from addressvlm.ranking import rank_image_questions, rank_per_question
 from addressvlm.records import Location, read_locations
 
 DEFAULT_MAX_TOKENS = 32  # eval/infer.py's --max-new-tokens, so default answers match its predictions
@@ -73,7 +75,10 @@ def decode_image(data: bytes, what: str = "image") -> Image.Image:
         picture = Image.open(io.BytesIO(data))
         picture.load()
         return picture.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise RequestError(400, f"{what} is not an image Pillow can read (no image format recognised)", "image",
+                           "invalid_image") from None
+    except (OSError, Image.DecompressionBombError, ValueError) as exc:
         raise RequestError(400, f"{what} is not an image Pillow can read ({exc})", "image", "invalid_image") from None
 
 
@@ -154,6 +159,7 @@ class ServedCity:
 @dataclass
 class Generated:
     text: str
+    prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (an end of turn) or "length" (max_tokens reached)
 
@@ -172,19 +178,24 @@ class _Job:
 
 
 class ModelWorker:
-    """The one thread that runs the model; ``submit`` queues a job and returns a future of its result."""
+    """The one thread that runs the model (and its tokenizer); ``submit`` queues a job and returns a future of its
+    result."""
 
-    def __init__(self, model: VisionChatModel, max_batch_rows: int = 32):
+    def __init__(self, model: VisionChatModel | PerQuestionModel, max_batch_rows: int = 32):
         self.model, self.max_batch_rows = model, max_batch_rows
+        self.per_question = isinstance(model, PerQuestionModel)
         self.jobs: queue.Queue[_Job] = queue.Queue()
         self._held: _Job | None = None
-        blank = model.preprocess_image(Image.new("RGB", (32, 32)))[None].to(model.device, model.dtype)
-        with torch.inference_mode():
-            self.image_tokens = model.encode_images(blank).shape[1]
+        if not self.per_question:
+            blank = model.preprocess_image(Image.new("RGB", (32, 32)))[None].to(model.device, model.dtype)
+            with torch.inference_mode():
+                self.image_tokens = model.encode_images(blank).shape[1]
         self.thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
         self.thread.start()
 
-    def prompt_tokens(self, question: str) -> int:
+    def _prompt_tokens(self, image: Image.Image, question: str) -> int:
+        if self.per_question:
+            return self.model.prompt_length(image, question)
         prefix, suffix = self.model.prompt_pieces(question)
         return len(prefix) + self.image_tokens + len(suffix)
 
@@ -204,11 +215,12 @@ class ModelWorker:
         return job.future
 
     def _take_batch(self) -> list[_Job]:
-        """The oldest job, and the greedy jobs queued right behind it that fit ``max_batch_rows`` beside it (the
-        first job that does not is held over to start the next batch, so the order of arrival is kept)."""
+        """The oldest job, and (for a model answered in batches) the greedy jobs queued right behind it that fit
+        ``max_batch_rows`` beside it (the first job that does not is held over to start the next batch, so the order
+        of arrival is kept)."""
         first, self._held = self._held or self.jobs.get(), None
         batch, rows = [first], len(first.questions)
-        while first.kind == "greedy":
+        while first.kind == "greedy" and not self.per_question:  # its answers come one at a time anyway
             try:
                 job = self.jobs.get_nowait()
             except queue.Empty:
@@ -230,7 +242,8 @@ class ModelWorker:
                     results = [self._sample(batch[0])]
                 else:
                     job = batch[0]
-                    results = [rank_image_questions(self.model, job.image, job.questions, job.candidates)]
+                    rank = rank_per_question if self.per_question else rank_image_questions
+                    results = [rank(self.model, job.image, job.questions, job.candidates)]
             except Exception as exc:  # noqa: BLE001 - the request fails, the server goes on
                 for job in batch:
                     job.future.set_exception(exc)
@@ -241,20 +254,36 @@ class ModelWorker:
     @torch.inference_mode()
     def _greedy(self, jobs: Sequence[_Job]) -> list[list[Generated]]:
         """Every job's questions decoded in one batch, to the longest ``max_new_tokens`` asked; each answer then
-        cut at its own (greedy rows do not influence each other, so the cut equals a run to that length)."""
+        cut at its own (greedy rows do not influence each other, so the cut equals a run to that length). A model
+        that prompts itself answers the questions one after another."""
+        if self.per_question:
+            return [[self._answer_alone(job.image, question, job.max_new_tokens) for question in job.questions]
+                    for job in jobs]
         prefix, groups = image_question_groups(self.model, [(job.image, job.questions) for job in jobs])
         ids = generate_shared(self.model, prefix, groups, max(job.max_new_tokens for job in jobs), choose_greedy)
         results = []
         for job, answers in zip(jobs, ids):
-            results.append([Generated(self.model.decode(a[:job.max_new_tokens]), min(len(a), job.max_new_tokens),
-                                      "stop" if len(a) < job.max_new_tokens else "length") for a in answers])
+            results.append([Generated(self.model.decode(a[:job.max_new_tokens]), self._prompt_tokens(job.image, q),
+                                      min(len(a), job.max_new_tokens),
+                                      "stop" if len(a) < job.max_new_tokens else "length")
+                            for q, a in zip(job.questions, answers)])
         return results
+
+    def _answer_alone(self, image: Image.Image, question: str, max_new_tokens: int) -> Generated:
+        """``eval/infer.py``'s answer of a model that prompts itself. Its hub code returns text, so the tokens are
+        counted by encoding the answer as training labelled it (with its end of turn): a longer count than
+        ``max_new_tokens`` means generation stopped there."""
+        text = self.model.answer_image(image, [question], max_new_tokens)[0]
+        spoken = len(self.model.model.answer_ids(text))
+        return Generated(text, self._prompt_tokens(image, question), min(spoken, max_new_tokens),
+                         "stop" if spoken <= max_new_tokens else "length")
 
     def _sample(self, job: _Job) -> list[Generated]:
         texts = sample_answers(self.model, job.image, job.questions[0], job.samples, job.temperature,
                                job.max_new_tokens, job.seed)
-        return [Generated(text, len(self.model.tokenizer.encode(text, add_special_tokens=False)), "stop")
-                for text in texts]
+        prompt_tokens = self._prompt_tokens(job.image, job.questions[0])
+        return [Generated(text, prompt_tokens, len(self.model.tokenizer.encode(text, add_special_tokens=False)),
+                          "stop") for text in texts]
 
 
 # --------------------------------------------------------------------------------------------- requests
@@ -331,6 +360,20 @@ def parse_chat_request(body: Any, model_name: str, max_tokens_limit: int) -> Cha
                        _number(body, "seed", None, int, 0, 2 ** 63 - 1))
 
 
+def check_reserved_markers(question: str, markers: Sequence[str]) -> None:
+    """Refuse a question holding any of ``markers`` (MiniCPM-V's image and slice markers, whose tokens delimit the
+    image features in its prompt: a stray one breaks the spans) other than one ``markers[0]`` (``<image>``, which
+    places the image, as training's questions do)."""
+    if not markers:
+        return
+    rest = question.replace(markers[0], "", 1)
+    found = [marker for marker in markers if marker in rest]
+    if found:
+        raise RequestError(400, f"the question holds {found[0]!r}, which this model's prompt reserves for the image "
+                           f"(one {markers[0]!r} may place the image; nothing else of {list(markers)})", "messages",
+                           "reserved_marker")
+
+
 def top_names(ranking: Sequence[dict], k: int = TOP_K) -> list[dict]:
     """The ``k`` best names with their probability among all the city's names (the softmax of the scores: with
     the default ``sum`` scoring, P(exactly this answer) renormalised over the closed set)."""
@@ -394,7 +437,7 @@ class UploadLimit:
 
 
 # --------------------------------------------------------------------------------------------- the app
-def create_app(model: VisionChatModel, city: ServedCity, model_name: str = "addressvlm",
+def create_app(model: VisionChatModel | PerQuestionModel, city: ServedCity, model_name: str = "addressvlm",
                allowed_folder: str | Path | None = None, max_upload_mb: float = 20.0, max_tokens_limit: int = 512,
                max_batch_rows: int = 32):
     """The FastAPI app (wrapped in the upload limit) serving ``model`` and ``city``."""
@@ -402,6 +445,7 @@ def create_app(model: VisionChatModel, city: ServedCity, model_name: str = "addr
     allowed = Path(allowed_folder).resolve() if allowed_folder else None
     static = resources.files("addressvlm") / "static"
     map_data = city.map_data()
+    markers = model.model.image_settings.marker_tokens() if worker.per_question else []
     app = FastAPI(title="AddressVLM", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(RequestError)
@@ -440,6 +484,11 @@ def create_app(model: VisionChatModel, city: ServedCity, model_name: str = "addr
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         parsed = parse_chat_request(await json_body(request), model_name, max_tokens_limit)
+        if parsed.temperature > 0 and worker.per_question:
+            raise RequestError(400, f"{model_name} answers greedily only (MiniCPM-V is answered through its own code, "
+                               "as eval/infer.py answers with it): leave temperature at 0", "temperature",
+                               "unsupported_temperature")
+        check_reserved_markers(parsed.question, markers)
         image = decode_image(image_bytes_from_url(parsed.image_url, allowed), "the image_url")
         if parsed.temperature == 0:
             answers = (await asyncio.wrap_future(worker.greedy(image, [parsed.question], parsed.max_tokens)))
@@ -447,7 +496,7 @@ def create_app(model: VisionChatModel, city: ServedCity, model_name: str = "addr
         else:
             answers = await asyncio.wrap_future(worker.sample(image, parsed.question, parsed.n, parsed.temperature,
                                                               parsed.max_tokens, parsed.seed))
-        prompt_tokens = worker.prompt_tokens(parsed.question)
+        prompt_tokens = answers[0].prompt_tokens
         completion = sum(a.completion_tokens for a in answers)
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": model_name,
@@ -459,6 +508,7 @@ def create_app(model: VisionChatModel, city: ServedCity, model_name: str = "addr
     @app.post("/v1/locate")
     async def locate(request: Request):
         data, question = await _locate_inputs(request, allowed)
+        check_reserved_markers(question or "", markers)
         image = decode_image(data)
         questions = [DISTRICT_QUESTION, STREET_QUESTION] + ([question] if question else [])
         generated = worker.greedy(image, questions, DEFAULT_MAX_TOKENS)
@@ -521,7 +571,8 @@ def build_parser():
     from addressvlm.infer import add_model_source_arguments
 
     parser = argparse.ArgumentParser(
-        description="Serve a trained model: an OpenAI-compatible POST /v1/chat/completions, POST /v1/locate (district, "
+        description="Serve a trained model (LLaVA-Phi3-mini or MiniCPM-V 2.6, loaded as eval/infer.py loads it): an "
+                    "OpenAI-compatible POST /v1/chat/completions, POST /v1/locate (district, "
                     "street, the city's top-5 names) and a page at / with the city map (docs/serving.md).")
     parser.add_argument("--demo", action="store_true",
                         help="the AddressVLM model `make demo` trained, on its city (data/helsinki of this checkout)")
@@ -537,16 +588,18 @@ def build_parser():
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MB)")
     parser.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
     parser.add_argument("--max-batch-rows", type=int, default=32,
-                        help="greedy questions of concurrent requests decoded together (default 32)")
+                        help="greedy questions of concurrent requests decoded together (default 32; a MiniCPM-V "
+                             "model answers one question at a time)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def served_from_args(args) -> tuple[VisionChatModel | PerQuestionModel, ServedCity, Path | None]:
+    """The model (loaded as ``eval/infer.py`` loads it, or ``--demo``'s), its city and the allowed image folder
+    that ``args`` name; ``SystemExit`` with one line for anything missing or not fitting."""
     from addressvlm.infer import CheckpointError, load_model_from_args
     from addressvlm.records import DataError
     from addressvlm.stage_chain import StageChainError
 
-    args = build_parser().parse_args(argv)
     try:
         if args.demo:
             if args.config or args.checkpoint or args.hf:
@@ -560,13 +613,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             if not (city_root / "locations.csv").is_file():
                 raise SystemExit(f"error: {city_root / 'locations.csv'} not found: --city must be a city root")
             model = load_model_from_args(args)
-        if not isinstance(model, VisionChatModel):
-            raise SystemExit("error: this server answers LLaVA-style models; serve MiniCPM-V 2.6 with vLLM or "
-                             "lmdeploy (docs/serving.md)")
         city = ServedCity.from_root(city_root, args.streets)
     except (DataError, FileNotFoundError, CheckpointError, StageChainError) as exc:
         raise SystemExit(f"error: {exc}") from None
     allowed = None if args.allowed_folder == "none" else Path(args.allowed_folder or city_root)
+    return model, city, allowed
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    model, city, allowed = served_from_args(args)
     app = create_app(model, city, args.served_model_name, allowed, args.max_upload_mb, args.max_tokens_limit,
                      args.max_batch_rows)
     import uvicorn

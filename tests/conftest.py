@@ -48,6 +48,19 @@ def quick_demo(tmp_path_factory):
                            model=out / "models" / "llava-phi-3-mini-xtuner")
 
 
+@pytest.fixture(scope="session")
+def tiny_minicpmv_checkpoint(tmp_path_factory, tiny_minicpmv) -> tuple[str, Path, list[str]]:
+    """``(recipe, checkpoint, options)``: a MiniCPM-V stage-2 checkpoint of the tiny stand-in whose LoRA and
+    resampler tensors are all moved off their initial values (``test_infer.write_synthetic_checkpoint``)."""
+    from test_infer import model_options, write_synthetic_checkpoint
+
+    recipe = str(REPO / "recipes" / "minicpmv26" / "stage2_pitts.py")
+    options = model_options(tiny_minicpmv, recipe)
+    checkpoint = write_synthetic_checkpoint(tmp_path_factory.mktemp("work") / "minicpmv_stage2", options, seed=2,
+                                            recipe=recipe)
+    return recipe, checkpoint, options
+
+
 def write_colour_city(root: Path, n_images: int = 16) -> Path:
     """A city root whose stage-1 and stage-2 JSONs ask the colour of plain images: learnable in a few steps."""
     names = list(COLOURS)

@@ -101,3 +101,55 @@ def test_hf_ranks_names_as_the_xtuner_path(exported, tmp_path):
     assert [r["name"] for r in theirs] == [r["name"] for r in ours]
     # Merged LoRA weights round differently from adapters applied on the fly: close, not equal.
     assert [r["logprob"] for r in theirs] == pytest.approx([r["logprob"] for r in ours], rel=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ MiniCPM-V
+@torch.inference_mode()
+def test_minicpmv_export_is_the_release_layout_with_lora_merged(tiny_minicpmv_checkpoint, tiny_minicpmv, tmp_path):
+    """The export holds exactly the release's tensor names and files, loads through the hub code as the engines load
+    it (AutoModel, trust_remote_code), and answers and scores as the recipe with its LoRA adapters does."""
+    from safetensors import safe_open
+    from transformers import AutoModel
+
+    from addressvlm.export import main as export
+    from addressvlm.infer import load_hf_model
+    from addressvlm.minicpmv_dataset import encode_question
+    from addressvlm.remote_code import hub_code_names
+
+    recipe, checkpoint, options = tiny_minicpmv_checkpoint
+    out = tmp_path / "minicpmv"
+    export(["--config", recipe, "--checkpoint", str(checkpoint.parent), "--model-root", str(tiny_minicpmv),
+            "--out", str(out), "--dtype", "float32"])
+    assert {p.name for p in tiny_minicpmv.iterdir()} | {"xtuner_config.py"} == {p.name for p in out.iterdir()}
+    for name in ("tokenizer_config.json", "tokenizer.json", "modeling_minicpmv.py", "resampler.py"):
+        assert (out / name).read_bytes() == (tiny_minicpmv / name).read_bytes(), name
+    for name in ("config.json", "preprocessor_config.json"):  # the release's, the dtype and slice cap as trained
+        release, exported = (json.loads((folder / name).read_text()) for folder in (tiny_minicpmv, out))
+        assert exported == {**release, **{k: v for k, v in exported.items() if k in ("torch_dtype", "max_slice_nums")}}
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
+    with safe_open(out / "model.safetensors", "pt") as exported, \
+            safe_open(tiny_minicpmv / "model.safetensors", "pt") as release:
+        assert set(exported.keys()) == set(release.keys())
+        moved = "llm.model.layers.0.self_attn.q_proj.weight"  # LoRA merged into it
+        assert not torch.equal(exported.get_tensor(moved), release.get_tensor(moved))
+        kept = "llm.model.layers.0.mlp.up_proj.weight"  # no LoRA on the MLP
+        assert torch.equal(exported.get_tensor(kept), release.get_tensor(kept))
+
+    ours = load_xtuner_model(recipe, checkpoint, options)
+    with hub_code_names():
+        hub = AutoModel.from_pretrained(out, trust_remote_code=True, torch_dtype=torch.float32).eval()
+    assert type(hub).__module__.startswith("transformers_modules.")
+    image = Image.new("RGB", (64, 40), (120, 60, 200))
+    image.paste((250, 250, 10), (5, 5, 30, 30))
+    question = "Identify the street in this image, please."
+    prompt = encode_question(question, image, ours.model.tokenizer, ours.model.image_settings)
+    embeddings, _ = hub.get_vllm_embedding({"input_ids": prompt["input_ids"][None],
+                                            "pixel_values": [prompt["pixel_values"]],
+                                            "tgt_sizes": [prompt["tgt_sizes"]], "image_bound": [prompt["image_bound"]]})
+    theirs = hub.llm(inputs_embeds=embeddings).logits
+    unmerged = ours.model.model.llm(inputs_embeds=ours.model.prompt_embeddings(image, question)).logits
+    assert torch.allclose(theirs, unmerged, atol=1e-4)
+    questions = [question, "What colour is this image?"]
+    expected = ours.answer_image(image, questions, max_new_tokens=8)
+    assert load_hf_model(out).answer_image(image, questions, max_new_tokens=8) == expected
+    assert all(expected)

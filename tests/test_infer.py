@@ -42,19 +42,19 @@ QUESTION_TEXTS = [
 ]
 
 
-def model_options(model_root: Path) -> list[str]:
+def model_options(model_root: Path, recipe: str = RECIPE) -> list[str]:
     from mmengine.config import Config
 
     from addressvlm.runtime import model_root_options
 
-    return model_root_options(Config.fromfile(RECIPE), str(model_root))
+    return model_root_options(Config.fromfile(recipe), str(model_root))
 
 
-def write_synthetic_checkpoint(work_dir: Path, options: list[str], seed: int = 0) -> Path:
+def write_synthetic_checkpoint(work_dir: Path, options: list[str], seed: int = 0, recipe: str = RECIPE) -> Path:
     """An ``iter_3.pth`` as training saves it (the trained tensors under ``state_dict``) plus ``last_checkpoint``;
     the same file whatever ran before (LoRA starts from the global generator)."""
     torch.manual_seed(seed)
-    _, model = build_recipe_model(RECIPE, options)
+    _, model = build_recipe_model(recipe, options)
     generator = torch.Generator().manual_seed(seed)
     state = {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in model.state_dict().items()}
     work_dir.mkdir(parents=True, exist_ok=True)

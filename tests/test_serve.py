@@ -1,6 +1,6 @@
 """tools/serve.py on the tiny LLaVA-Phi3 and a small generated city: the OpenAI-compatible API (through the openai
 client and our own label backend), /v1/locate, refused requests, the page in headless Chromium, and
-tools/check_serving_engine.py against eval/infer.py's answers.
+tools/check_serving_engine.py against eval/infer.py's answers; and the same server on the tiny MiniCPM-V stand-in.
 
 One server subprocess serves every test of the module; a test that breaks it breaks the tests after it.
 """
@@ -10,7 +10,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -230,3 +232,80 @@ def test_page_in_headless_chromium(server, city):
         assert page.locator("#true-location").count() == 1
         assert page.locator("#truth").inner_text() == f"{row.street}, {row.district}"
         browser.close()
+
+
+# ------------------------------------------------------------------------------------------ MiniCPM-V
+@contextmanager
+def serving_in_thread(app):
+    """``app`` on a free port by uvicorn in a thread of this process (no second model load, no second import of
+    torch); its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_minicpmv_served_as_eval_infer_answers(city, tiny_minicpmv, tiny_minicpmv_checkpoint, tmp_path):
+    """tools/serve.py's loading of a MiniCPM-V recipe and checkpoint: greedy answers through the openai client equal
+    eval/infer.py's, /v1/locate ranks the city's names, and refusals are the LLaVA server's."""
+    from addressvlm.infer import PerQuestionModel
+    from addressvlm.records import read_questions
+    from addressvlm.serving import build_parser, create_app, served_from_args
+
+    recipe, checkpoint, options = tiny_minicpmv_checkpoint
+    args = build_parser().parse_args(["--config", recipe, "--checkpoint", str(checkpoint.parent), "--model-root",
+                                      str(tiny_minicpmv), "--city", str(city)])
+    model, served_city, allowed = served_from_args(args)
+    assert isinstance(model, PerQuestionModel)
+    rows = read_locations(city / "locations.csv")
+    questions = [q for q in read_questions(city / "vqa" / "test_questions.jsonl") if q["image"] == rows[1].image]
+    reference = tmp_path / "predictions.jsonl"
+    answer_questions(load_xtuner_model(recipe, checkpoint, options), questions, reference, city,
+                     max_new_tokens=MAX_TOKENS, progress=False)
+    expected = {qid: text for qid, (_, text) in read_predictions(reference).items()}
+    assert len(expected) == 2 and all(expected.values())
+
+    with serving_in_thread(create_app(model, served_city, MODEL_NAME, allowed)) as server:
+        client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+        for q in questions:
+            response = client.chat.completions.create(
+                model=MODEL_NAME, messages=image_message(data_url(city / q["image"]), q["question"]),
+                max_tokens=MAX_TOKENS)
+            assert response.choices[0].message.content == expected[q["question_id"]]
+            assert 0 < response.usage.completion_tokens <= MAX_TOKENS and response.usage.prompt_tokens > 0
+
+        refusals = [
+            (openai.NotFoundError, "model_not_found", dict(model="gpt-4o")),
+            (openai.BadRequestError, "invalid_image", dict(messages=image_message(
+                "data:image/png;base64," + "bm90IGFuIGltYWdl", "Which street?"))),
+            (openai.BadRequestError, "path_not_allowed", dict(messages=image_message("../" * 6 + "etc/passwd",
+                                                                                      "Which street?"))),
+            (openai.BadRequestError, "unsupported_temperature", dict(temperature=0.7)),
+            (openai.BadRequestError, "reserved_marker", dict(messages=image_message(rows[1].image,
+                                                                                     "Which </image> street?"))),
+        ]
+        for error, code, request in refusals:
+            with pytest.raises(error) as refused:
+                client.chat.completions.create(**{"model": MODEL_NAME,
+                                                  "messages": image_message(rows[1].image, "Which street?"), **request})
+            assert refused.value.body["code"] == code, refused.value.body
+
+        located = httpx.post(f"{server}/v1/locate", files={"image": ("photo.jpg", (city / rows[1].image).read_bytes())},
+                             timeout=120).json()
+        by_level = {q["level"]: expected[q["question_id"]] for q in questions}
+        assert (located["district"], located["street"]) == (by_level["district"], by_level["street"])
+        top = located["top_streets"]
+        assert len(top) == 5 and {t["name"] for t in top} <= {r.street for r in rows}
+        assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
+        assert located["true_location"]["street"] == rows[1].street
+        assert httpx.get(server).status_code == 200
