@@ -228,6 +228,19 @@ ABLATIONS = {
     "table4_D_stage2": ("stage2_pitts", {"model.init_from_work_dir": TABLE4_STAGE1["CD"],
                                          "model.stage_chain.visual_encoder_lora": "open"}),
     "table4_E_stage2": ("stage2_pitts", {"model.stage_chain.visual_encoder_lora": "frozen"}),
+    "table2_georeasoner_stage1": ("stage1_pitts", {"train_dataloader.dataset.data_path":
+                                                   "./data/pitts/georeasoner/train.json"}),
+    "table2_georeasoner_stage2": ("stage2_pitts", {"model.init_from_work_dir":
+                                                   "./work_dirs/llava_phi3_mini/table2_georeasoner_stage1"}),
+    "table2_baseline_stage2": ("stage2_pitts", {"model.init_from_work_dir": None}),
+    "table5_pitts_sf_stage1": ("stage1_pitts", {"data_root": "./data/pitts_sf/",
+                                                "train_dataloader.dataset.data_path": "./data/pitts_sf/stage1/train.json",
+                                                "train_dataloader.dataset.image_folder": "./data/pitts_sf/"}),
+    "table5_pitts_sf_stage2": ("stage2_pitts", {"data_root": "./data/pitts_sf/",
+                                                "train_dataloader.dataset.data_path": "./data/pitts_sf/vqa/train.json",
+                                                "train_dataloader.dataset.image_folder": "./data/pitts_sf/",
+                                                "model.init_from_work_dir":
+                                                    "./work_dirs/llava_phi3_mini/table5_pitts_sf_stage1"}),
 }
 
 
@@ -241,14 +254,18 @@ def flat(node, prefix: str = "") -> dict:
 
 
 def test_every_ablation_recipe_changes_only_what_its_header_says():
-    """Every recipe in recipes/ablations/ is listed above, reads its listed parent, names its Table 4 row(s) in its
+    """Every recipe in recipes/ablations/ is listed above, reads its listed parent, names its table and row(s) in its
     header, and differs from the parent in exactly the listed settings and its work_dir."""
+    import re
+
     folder = REPO / "recipes" / "ablations"
     assert {p.stem for p in folder.glob("*.py")} == set(ABLATIONS)
     for name, (parent, changes) in ABLATIONS.items():
         text = (folder / f"{name}.py").read_text()
-        rows = name.split("_")[1]
-        assert text.startswith(f"# Table 4 (paper section 4.3), row{'s' if len(rows) > 1 else ''} {rows[0]}")
+        table, rows = name.split("_")[0][len("table"):], name.split("_")[1]
+        assert re.match(rf"# Table {table} \(paper section 4\.[23]\), rows? \S", text), name
+        if table == "4":
+            assert text.startswith(f"# Table 4 (paper section 4.3), row{'s' if len(rows) > 1 else ''} {rows[0]}")
         assert f"from ..{parent} import *" in text and f"recipes/{parent}.py" in text
         child, base = flat(Config.fromfile(str(folder / f"{name}.py")).to_dict()), flat(load(parent).to_dict())
         differing = {k for k in child.keys() | base.keys() if child.get(k, "absent") != base.get(k, "absent")}
@@ -262,3 +279,10 @@ def test_table4_stage2_recipes_start_from_their_rows_stage1():
     for row, stage1 in {"A": "ablations/table4_AB_stage1", "B": "ablations/table4_AB_stage1",
                         "D": "ablations/table4_CD_stage1", "E": "stage1_pitts"}.items():
         assert load(f"ablations/table4_{row}_stage2").model.init_from_work_dir == load(stage1).work_dir
+
+
+def test_table2_and_table5_stage2_recipes_start_from_their_stage1():
+    for stage2, stage1 in {"table2_georeasoner_stage2": "table2_georeasoner_stage1",
+                           "table5_pitts_sf_stage2": "table5_pitts_sf_stage1"}.items():
+        assert load(f"ablations/{stage2}").model.init_from_work_dir == load(f"ablations/{stage1}").work_dir
+    assert load("ablations/table2_baseline_stage2").model.init_from_work_dir is None
