@@ -193,6 +193,12 @@ def _metres(d: float) -> str:
     return f"{round(d / 5) * 5:.0f} metres"
 
 
+def _place_sentence(place: tuple[str, str, float, str], rng: random.Random) -> str:
+    name, kind, d, direction = place
+    return rng.choice([f"{name} ({kind}) lies about {_metres(d)} to the {direction}.",
+                       f"Nearby to the {direction} is {name}, a {kind}, roughly {_metres(d)} away."])
+
+
 def _heading_sentence(f: Facts, rng: random.Random) -> str:
     facing = COMPASS[round(f.heading % 360 / 45) % 8]
     axis_deg = {AXES[0]: 0, AXES[1]: 45, AXES[2]: 90, AXES[3]: 135}[f.street_axis]
@@ -249,9 +255,7 @@ class AlignmentTask:
             labelled = (", both labelled on the map" if len(parts) > 1 else ", labelled on the map") if shown else ""
             out.append(f"{f.street} meets {' and '.join(parts)}{labelled}, which fits the intersection layout "
                        f"around the camera.")
-        for name, kind, d, direction in f.places[:2]:
-            out.append(rng.choice([f"{name} ({kind}) lies about {_metres(d)} to the {direction}.",
-                                   f"Nearby to the {direction} is {name}, a {kind}, roughly {_metres(d)} away."]))
+        out += [_place_sentence(place, rng) for place in f.places[:2]]
         out.append(rng.choice([
             f"The buildings and the road seen in the street view are consistent with this part of {f.district}.",
             f"Together these cues place the street view on {f.street} in {f.district}.",
@@ -289,19 +293,14 @@ class GeoReasonerTask:
         out = [rng.choice([f"The image is indeed captured in {f.district}, {f.city}.",
                            f"This street view was taken in {f.district}, within {f.city}."])]
         if f.street_axis:
-            out.append(f"The road in view runs {f.street_axis}, as the streets of this part of {f.district} do.")
-        for name, kind, d, direction in f.places[:2]:
-            out.append(rng.choice([f"{name} ({kind}) lies about {_metres(d)} to the {direction}.",
-                                   f"Nearby to the {direction} is {name}, a {kind}, roughly {_metres(d)} away."]))
+            out.append(f"The road in view runs {f.street_axis}.")
+        out += [_place_sentence(place, rng) for place in f.places[:2]]
         out.append(rng.choice([
             f"The buildings, the width of the street and the greenery are characteristic of {f.district}.",
             f"These cues are consistent with the architecture and streetscape of {f.district} within {f.city}.",
             f"Taken together, the scene fits the character of {f.district}, making it the most likely neighborhood.",
         ]))
         return " ".join(out)
-
-
-LABEL_TASKS = ("alignment", "georeasoner")
 
 
 # --------------------------------------------------------------------------------------------- backends
