@@ -3,6 +3,7 @@
 # Changes from recipes/stage1_pitts.py: the training data (data/pitts/georeasoner/train.json; images are the street
 # views, relative to the city root). The trained parts are stage 1's own, so the row differs from ours in data only.
 # Data (docs/stage1.md, "GeoReasoner's first stage"; the paper's labels come from LLaVA-v1.6-Mistral-7B):
+#   python datasets_prep/split_locations.py --locations data/pitts/locations.csv --seed 0
 #   python datasets_prep/make_reasoning_labels.py --city data/pitts --backend openai \
 #       --base-url http://localhost:8000/v1 --model llava-hf/llava-v1.6-mistral-7b-hf --concurrency 16
 #   python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa --seed 0

@@ -1,6 +1,7 @@
 # Table 2 (paper section 4.2), row GeoReasoner, stage 2: address localization tuning on the same VQA data as ours
 # (Appendix C), continuing GeoReasoner's stage 1 (table2_georeasoner_stage1.py).
 # Changes from recipes/stage2_pitts.py: starts from table2_georeasoner_stage1's work_dir.
+#   python datasets_prep/split_locations.py --locations data/pitts/locations.csv --seed 0
 #   python datasets_prep/make_reasoning_labels.py --city data/pitts --backend openai \
 #       --base-url http://localhost:8000/v1 --model llava-hf/llava-v1.6-mistral-7b-hf --concurrency 16
 #   python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa --seed 0

@@ -2,7 +2,15 @@
 # both cities' stage-1 data at once; the one model is then tested on each city.
 # Changes from recipes/stage1_pitts.py: the data root is the merged root data/pitts_sf (its pitts/ and sf/ link to
 # the two city roots; docs/data.md, "Two cities in one training set").
-# Data (each city's stage-1 steps as in recipes/stage1_pitts.py and stage1_sf.py, each city's build_vqa, then):
+# Data (docs/stage1.md, docs/data.md): each city's stage-1 and stage-2 data, then the merge:
+#   for city in pitts sf; do
+#     python datasets_prep/split_locations.py --locations data/$city/locations.csv --seed 0
+#     python datasets_prep/build_vqa.py --locations data/$city/locations.csv --out data/$city/vqa --seed 0
+#     python datasets_prep/crop_satellite.py --city data/$city && python datasets_prep/graft.py --city data/$city
+#     python datasets_prep/make_alignment_labels.py --city data/$city --backend openai \
+#         --base-url http://localhost:8000/v1 --model llava-hf/llava-v1.6-mistral-7b-hf --concurrency 16
+#     python datasets_prep/build_stage1.py --city data/$city
+#   done
 #   python datasets_prep/merge_cities.py --city pitts=data/pitts --city sf=data/sf --out data/pitts_sf
 #   NPROC_PER_NODE=8 xtuner train recipes/ablations/table5_pitts_sf_stage1.py --deepspeed deepspeed_zero2
 # Then table5_pitts_sf_stage2.py (its header has the commands).
