@@ -96,3 +96,10 @@ def test_georeasoner_recipes_train_and_chain(reasoned_city, tiny_llava, tmp_path
                          {**few_steps(root, "georeasoner/train.json"), "model.init_from_work_dir": str(stage1)})
     state = stage2.state_dict()
     assert final and all(torch.equal(state[key], value) for key, value in final.items())
+
+
+def test_baseline_row_starts_from_the_release(tiny_llava):
+    """Table 2's Baseline: stage 2 with no stage 1, so every LoRA adapter opens fresh (peft's B = 0)."""
+    state = build_model(str(ABLATIONS / "table2_baseline_stage2.py"), tiny_llava, {}).state_dict()
+    fresh = [value for key, value in state.items() if ".lora_B." in key]
+    assert fresh and all(torch.count_nonzero(value) == 0 for value in fresh)
