@@ -481,8 +481,8 @@ def merge_city_roots(cities: Sequence[tuple[str, str | Path]], out_root: str | P
     present = [path.is_file() for _, path in stage1]
     if any(present) and not all(present):
         absent = next(path for (_, path), here in zip(stage1, present) if not here)
-        raise DataError(absent, None, "stage-1 data not found, while other cities have theirs: build it "
-                                      "(docs/stage1.md) or merge without stage 1 by removing the others'")
+        raise DataError(absent, None, "stage-1 data not found, while other cities have theirs: build it first "
+                                      "(docs/stage1.md)")
     stage1_records, stage1_counts = [], {}
     if all(present):
         for name, path in stage1:
