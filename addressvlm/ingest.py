@@ -481,7 +481,7 @@ def group_locations(points: Sequence[tuple[float, float, str, str]], tolerance_m
 
 
 # ------------------------------------------------------------------------------------------- image check
-def _decode_error(path: str) -> str | None:
+def image_decode_error(path: str) -> str | None:
     """None if Pillow fully decodes the image, else the reason (``verify`` alone misses truncated pixel data)."""
     from PIL import Image
 
@@ -506,12 +506,12 @@ def find_unreadable(city_root: str | os.PathLike, images: Sequence[str], workers
     errors: list[str | None] = []
     if workers > 1:
         with terminating_on_sigterm(), Pool(workers, die_with_parent, (os.getpid(),)) as pool:
-            for err in pool.imap(_decode_error, paths, chunksize=64):
+            for err in pool.imap(image_decode_error, paths, chunksize=64):
                 errors.append(err)
                 bar.update()
     else:
         for path in paths:
-            errors.append(_decode_error(path))
+            errors.append(image_decode_error(path))
             bar.update()
     bar.close()
     return [(img, err) for img, err in zip(images, errors) if err is not None]

@@ -1,9 +1,15 @@
-"""Alignment reasons for stage 1 (paper section 3.2, "Automatic Alignment Label Generation", Fig. 3b).
+"""Reasons for the first stage, written by an LVLM (or rules) from a hint prompt that holds the true answer.
 
-For each stage-1 image an LVLM gets a *hint prompt*: the training question plus the true address (street, cross
-street when known, district, city) and the instruction to begin by stating it and then give the visual reasons that
-the street view matches the labelled map. Its answer becomes the gpt turn of a training record whose human turn is
-the same question *without* the hint. A reason that does not name the true street is rejected and counted.
+Two tasks share one labelling run (backends, resumable appending, rejection):
+- alignment (paper section 3.2, "Automatic Alignment Label Generation", Fig. 3b), AddressVLM's stage 1: for each
+  stage-1 image the hint prompt is the training question plus the true address (street, cross street when known,
+  district, city) and the instruction to begin by stating it and then give the visual reasons that the street view
+  matches the labelled map. A reason that does not name the true street is rejected and counted.
+- georeasoner (Appendix C, Fig. B1), the first stage of Table 2's GeoReasoner row: for each street view alone the
+  hint prompt names its district and city and asks for the district's architectural and streetscape cues. A reason
+  that does not name the true district is rejected and counted.
+Either way the answer becomes the gpt turn of a training record whose human turn is the same question *without* the
+hint.
 
 Backends: ``openai`` (any OpenAI-compatible server: vLLM, lmdeploy, SGLang, Ollama), ``hf`` (a local transformers
 LVLM such as llava-hf/llava-v1.6-mistral-7b-hf, which the paper used), ``rule`` (deterministic reasons from known
@@ -26,7 +32,8 @@ from shapely.ops import unary_union
 
 from addressvlm.graft import SEPARATE_SUFFIXES, VARIANTS, grafted_name, select_rows
 from addressvlm.names import mentions_name, normalize_name
-from addressvlm.records import DataError, JsonlAppender, Location, read_jsonl, read_locations, write_llava_json
+from addressvlm.records import (DataError, JsonlAppender, Location, location_lines, read_jsonl, read_locations,
+                                write_llava_json)
 from addressvlm.vqa import view_names
 
 CORNER_WORDS = {"upper_right": "upper-right", "upper_left": "upper-left", "lower_right": "lower-right",
@@ -73,6 +80,19 @@ def hint_prompt(street: str, cross_street: str, district: str, city: str, varian
             f"Begin your response by stating that it was taken {where}, then substantiate it by matching what the "
             f"street view shows (road width and direction, intersections, buildings, greenery, signs) with "
             f"{cues}the road layout and the surroundings on the map.)")
+
+
+# The first sentence of Fig. B1's prompt, as printed ("neighborhood" included): GeoReasoner's stage-1 question.
+GEOREASONER_QUESTION = ("Examine the image presented, and deduce from which neighborhood it was most likely captured, "
+                        "providing your rationale.")
+
+
+def georeasoner_hint_prompt(district: str, city: str) -> str:
+    """Fig. B1's label-generation prompt for one street view (its unclosed parenthesis closed, "that in this image"
+    read as "that appear in this image")."""
+    return (f"{GEOREASONER_QUESTION} (Hint: This image was taken in {district} within {city}. Begin your response by "
+            f"confirming its location in {district}, then substantiate your claim by analyzing the distinct "
+            f"architectural and streetscape style characteristic of {district} that appear in this image.)")
 
 
 # --------------------------------------------------------------------------------------------- facts
@@ -156,7 +176,7 @@ def gather_facts(row: Location, city: str, street_map=None, crop: dict | None = 
     return facts
 
 
-# --------------------------------------------------------------------------------------------- backends
+# --------------------------------------------------------------------------------------------- requests
 @dataclass
 class LabelRequest:
     key: str  # the street view's image path in locations.csv
@@ -169,18 +189,51 @@ class LabelBackendError(RuntimeError):
     """One request failed for good (retries exhausted); the run goes on and a rerun retries it."""
 
 
-class RuleBackend:
-    """Deterministic reasons composed from facts; phrasing varies per image (seeded by its key) but reproduces."""
+def _metres(d: float) -> str:
+    return f"{round(d / 5) * 5:.0f} metres"
 
-    name = "rule"
-    concurrency = 1
 
-    def __init__(self, variant: str = "grafted", corner: str = "upper_right", map_labels: bool = True):
-        self.variant, self.corner, self.map_labels = variant, corner, map_labels
+def _place_sentence(place: tuple[str, str, float, str], rng: random.Random) -> str:
+    name, kind, d, direction = place
+    return rng.choice([f"{name} ({kind}) lies about {_metres(d)} to the {direction}.",
+                       f"Nearby to the {direction} is {name}, a {kind}, roughly {_metres(d)} away."])
 
-    def generate(self, request: LabelRequest) -> str:
-        f = request.facts
-        rng = random.Random(int.from_bytes(hashlib.sha256(request.key.encode()).digest()[:8], "big"))
+
+def _heading_sentence(f: Facts, rng: random.Random) -> str:
+    facing = COMPASS[round(f.heading % 360 / 45) % 8]
+    axis_deg = {AXES[0]: 0, AXES[1]: 45, AXES[2]: 90, AXES[3]: 135}[f.street_axis]
+    off = abs((f.heading - axis_deg + 90) % 180 - 90)
+    if off <= 30:
+        return f"The camera faces {facing}, looking along {f.street}, so the road runs away from the viewer."
+    if off >= 60:
+        return f"The camera faces {facing}, across {f.street}, towards the buildings along one side of it."
+    return rng.choice([f"The camera faces {facing}, at an angle to {f.street}.",
+                       f"The view is towards the {facing}, diagonally across {f.street}."])
+
+
+# --------------------------------------------------------------------------------------------- tasks
+class AlignmentTask:
+    """AddressVLM's stage 1: the grafted (stitched, separate) image of each street view; the reason names its street."""
+
+    named = "street"
+
+    def __init__(self, grafted_dir, variant: str = "grafted", corner: str = "upper_right", map_labels: bool = True):
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        self.grafted_dir, self.variant, self.corner, self.map_labels = Path(grafted_dir), variant, corner, map_labels
+        self.question = training_question(variant, corner, map_labels)
+
+    def inputs(self, row: Location) -> tuple[list[Path], str | None]:
+        """The files the model sees, and why they cannot be used (None when they can)."""
+        images = stage1_images(self.grafted_dir, row.image, self.variant)
+        absent = [str(p) for p in images if not p.is_file()]
+        return images, f"stage-1 image {', '.join(absent)} not found (not grafted yet?)" if absent else None
+
+    def prompt(self, facts: Facts) -> str:
+        return hint_prompt(facts.street, facts.cross_street, facts.district, facts.city, self.variant, self.corner,
+                           self.map_labels)
+
+    def rule_reason(self, f: Facts, rng: random.Random) -> str:
         _, view = _scene(self.variant, self.corner, self.map_labels)
         view = view[0].upper() + view[1:]
         out = [f"{view} was taken {address_phrase(f.street, f.cross_street, f.district, f.city)}."]
@@ -195,16 +248,14 @@ class RuleBackend:
             else:
                 out.append(f"On {on_map}, {f.street} is the road running {f.street_axis}{where}, where the photo was taken.")
         if f.heading is not None and f.street_axis:
-            out.append(self._heading_sentence(f, rng))
+            out.append(_heading_sentence(f, rng))
         if f.crossings:
-            parts = [f"{name} about {round(d / 5) * 5:.0f} metres away" for name, d in f.crossings]
+            parts = [f"{name} about {_metres(d)} away" for name, d in f.crossings]
             shown = self.map_labels and all(f.labelled(name) for name, _ in f.crossings)
             labelled = (", both labelled on the map" if len(parts) > 1 else ", labelled on the map") if shown else ""
             out.append(f"{f.street} meets {' and '.join(parts)}{labelled}, which fits the intersection layout "
                        f"around the camera.")
-        for name, kind, d, direction in f.places[:2]:
-            out.append(rng.choice([f"{name} ({kind}) lies about {round(d / 5) * 5:.0f} metres to the {direction}.",
-                                   f"Nearby to the {direction} is {name}, a {kind}, roughly {round(d / 5) * 5:.0f} metres away."]))
+        out += [_place_sentence(place, rng) for place in f.places[:2]]
         out.append(rng.choice([
             f"The buildings and the road seen in the street view are consistent with this part of {f.district}.",
             f"Together these cues place the street view on {f.street} in {f.district}.",
@@ -212,17 +263,60 @@ class RuleBackend:
         ]))
         return " ".join(out)
 
-    @staticmethod
-    def _heading_sentence(f: Facts, rng: random.Random) -> str:
-        facing = COMPASS[round(f.heading % 360 / 45) % 8]
-        axis_deg = {AXES[0]: 0, AXES[1]: 45, AXES[2]: 90, AXES[3]: 135}[f.street_axis]
-        off = abs((f.heading - axis_deg + 90) % 180 - 90)
-        if off <= 30:
-            return f"The camera faces {facing}, looking along {f.street}, so the road runs away from the viewer."
-        if off >= 60:
-            return f"The camera faces {facing}, across {f.street}, towards the buildings along one side of it."
-        return rng.choice([f"The camera faces {facing}, at an angle to {f.street}.",
-                           f"The view is towards the {facing}, diagonally across {f.street}."])
+
+class GeoReasonerTask:
+    """Table 2's GeoReasoner row, stage 1 (paper Appendix C, Fig. B1): each street view alone; the reason confirms
+    its district and argues from the district's look. Street views are the user's files, so each one is decoded
+    before it is asked about: a missing or broken one is reported, not sent."""
+
+    named = "district"
+    variant = "georeasoner"  # what the labels were made for (build_stage1_json checks it)
+    question = GEOREASONER_QUESTION
+
+    def __init__(self, city_root):
+        self.city_root = Path(city_root)
+
+    def inputs(self, row: Location) -> tuple[list[Path], str | None]:
+        from addressvlm.ingest import image_decode_error
+
+        path = self.city_root / row.image
+        if not path.is_file():
+            return [path], f"street view {path} not found"
+        error = image_decode_error(str(path))
+        return [path], f"street view {path} does not decode ({error})" if error else None
+
+    def prompt(self, facts: Facts) -> str:
+        return georeasoner_hint_prompt(facts.district, facts.city)
+
+    def rule_reason(self, f: Facts, rng: random.Random) -> str:
+        """District-level cues only (no street name): what the paper's GeoReasoner labeller was told."""
+        out = [rng.choice([f"The image is indeed captured in {f.district}, {f.city}.",
+                           f"This street view was taken in {f.district}, within {f.city}."])]
+        if f.street_axis:
+            out.append(f"The road in view runs {f.street_axis}.")
+        out += [_place_sentence(place, rng) for place in f.places[:2]]
+        out.append(rng.choice([
+            f"The buildings, the width of the street and the greenery are characteristic of {f.district}.",
+            f"These cues are consistent with the architecture and streetscape of {f.district} within {f.city}.",
+            f"Taken together, the scene fits the character of {f.district}, making it the most likely neighborhood.",
+        ]))
+        return " ".join(out)
+
+
+# --------------------------------------------------------------------------------------------- backends
+class RuleBackend:
+    """Deterministic reasons composed from facts by the task; phrasing varies per image (seeded by its key) but
+    reproduces."""
+
+    name = "rule"
+    concurrency = 1
+
+    def __init__(self, task):
+        self.task = task
+
+    def generate(self, request: LabelRequest) -> str:
+        rng = random.Random(int.from_bytes(hashlib.sha256(request.key.encode()).digest()[:8], "big"))
+        return self.task.rule_reason(request.facts, rng)
 
 
 def data_url(path: Path) -> str:
@@ -315,11 +409,11 @@ class HFBackend:
         return self.processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-def make_backend(name: str, variant: str = "grafted", corner: str = "upper_right", map_labels: bool = True,
-                 **options):
-    """``rule`` | ``openai`` (options: model, base_url, api_key, concurrency, ...) | ``hf`` (options: model, ...)."""
+def make_backend(name: str, task, **options):
+    """``rule`` (reasons composed by ``task``) | ``openai`` (options: model, base_url, api_key, concurrency, ...) |
+    ``hf`` (options: model, ...)."""
     if name == "rule":
-        return RuleBackend(variant, corner, map_labels)
+        return RuleBackend(task)
     if name == "openai":
         return OpenAIBackend(**options)
     if name == "hf":
@@ -327,20 +421,60 @@ def make_backend(name: str, variant: str = "grafted", corner: str = "upper_right
     raise ValueError(f"unknown label backend {name!r}: rule, openai or hf")
 
 
+def add_label_arguments(parser) -> None:
+    """The options every labelling script shares: backend, its settings, street data, splits, limit."""
+    from addressvlm.graft import parse_splits
+
+    parser.add_argument("--backend", choices=("rule", "openai", "hf"), default="rule",
+                        help="rule: reasons from facts, no model (the paper rejects such templates; its labels come "
+                             "from an LVLM: openai or hf)")
+    parser.add_argument("--streets", type=Path, help="streets GeoJSON or .osm.pbf (default: the city's)")
+    parser.add_argument("--city-name", help="city name used in prompts (default: the city folder's name)")
+    parser.add_argument("--splits", default="train", type=parse_splits,
+                        help="comma-separated splits, or 'all' (default train)")
+    parser.add_argument("--limit", type=int, default=None, help="label at most this many images in this run")
+    parser.add_argument("--model", help="openai: served model name; hf: model path or hub id")
+    parser.add_argument("--base-url", help="openai: server URL, e.g. http://localhost:8000/v1")
+    parser.add_argument("--api-key", help="openai: key (default $OPENAI_API_KEY, else 'EMPTY')")
+    parser.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight (8)")
+    parser.add_argument("--max-retries", type=int, default=6, help="openai: retries on 429/5xx/timeouts (6)")
+    parser.add_argument("--backoff", type=float, default=1.0, help="openai: first retry delay in seconds (1.0)")
+    parser.add_argument("--temperature", type=float, default=0.2)
+    parser.add_argument("--max-tokens", type=int, default=400)
+    parser.add_argument("--device", help="hf: torch device (default cuda if available)")
+    parser.add_argument("--dtype", default="auto", help="hf: torch dtype name or auto")
+
+
+def backend_options(parser, args) -> dict:
+    """The chosen backend's constructor options from ``add_label_arguments``'s flags (a usage error if incomplete)."""
+    if args.backend != "rule" and not args.model:
+        parser.error(f"--backend {args.backend} needs --model")
+    if args.backend == "openai":
+        return dict(model=args.model, base_url=args.base_url, api_key=args.api_key, concurrency=args.concurrency,
+                    max_retries=args.max_retries, backoff_s=args.backoff, temperature=args.temperature,
+                    max_tokens=args.max_tokens)
+    if args.backend == "hf":
+        return dict(model=args.model, device=args.device, dtype=args.dtype, max_new_tokens=args.max_tokens,
+                    temperature=args.temperature)
+    return {}
+
+
 # --------------------------------------------------------------------------------------------- batch
 @dataclass
 class LabelReport:
     written: int = 0
     already_done: int = 0
-    rejected: int = 0  # answers that did not name the true street (logged to <labels>.rejected.jsonl)
-    missing: list[str] = field(default_factory=list)  # stage-1 images not found (not grafted yet, or failed)
+    rejected: int = 0  # answers that did not name the true street/district (logged to <labels>.rejected.jsonl)
+    missing: list[str] = field(default_factory=list)  # "<locations.csv>:<line>: why" of each input that cannot be used
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, why) requests that gave up
+    named: str = "street"  # what a reason must name
 
     def summary(self) -> str:
         lines = [f"labels: {self.written} written, {self.already_done} already done, {self.rejected} rejected "
-                 f"(true street not named), {len(self.missing)} images missing, {len(self.failed)} failed"]
-        lines += [f"  missing {m}" for m in self.missing[:20]]
-        lines += [f"  ... and {len(self.missing) - 20} more missing"] if len(self.missing) > 20 else []
+                 f"(true {self.named} not named), {len(self.missing)} images missing or unreadable, "
+                 f"{len(self.failed)} failed"]
+        lines += [f"  {m}" for m in self.missing[:20]]
+        lines += [f"  ... and {len(self.missing) - 20} more missing or unreadable"] if len(self.missing) > 20 else []
         lines += [f"  failed {img}: {why}" for img, why in self.failed]
         return "\n".join(lines)
 
@@ -352,47 +486,62 @@ def stage1_images(grafted_dir: Path, image: str, variant: str) -> list[Path]:
 
 
 def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path.resolve())
+    """``path`` relative to ``root`` as named, links not followed (an image folder linked in from another disk stays
+    under the city root); absolute when it lies outside."""
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return str(Path(path).resolve()) if relative.split(os.sep)[0] == ".." else relative
 
 
 def make_labels(city_root, grafted_dir, out_jsonl, backend="rule", *, streets=None, crops_dir=None,
                 city_name: str | None = None, variant: str = "grafted", corner: str = "upper_right",
                 map_labels: bool = True, splits: tuple[str, ...] | None = ("train",),
                 backend_options: dict | None = None, limit: int | None = None, progress: bool = True) -> LabelReport:
-    """Label every stage-1 image of the city (train split when the table has splits) into ``out_jsonl``.
+    """Alignment reasons for every stage-1 image of the city (train split when the table has splits), into
+    ``out_jsonl``; ``crops_dir`` defaults to ``<city>/stage1/crops`` (its index tells where each camera sits in its
+    map). The rest as ``label_city``."""
+    from addressvlm.geo.crop import CROPS_INDEX, read_crop_index
+
+    city_root = Path(city_root)
+    crops_dir = Path(crops_dir) if crops_dir else city_root / "stage1" / "crops"
+    crops = read_crop_index(crops_dir) if (crops_dir / CROPS_INDEX).is_file() else {}
+    return label_city(AlignmentTask(grafted_dir, variant, corner, map_labels), city_root, out_jsonl, backend,
+                      streets=streets, crops=crops, city_name=city_name, splits=splits,
+                      backend_options=backend_options, limit=limit, progress=progress)
+
+
+def label_city(task, city_root, out_jsonl, backend="rule", *, streets=None, crops: dict | None = None,
+               city_name: str | None = None, splits: tuple[str, ...] | None = ("train",),
+               backend_options: dict | None = None, limit: int | None = None, progress: bool = True) -> LabelReport:
+    """Ask ``task``'s question (``AlignmentTask``, ``GeoReasonerTask``) about every street view of the city's
+    ``splits`` (all when the table has no split column) and append the answers to ``out_jsonl``.
 
     ``backend`` is a name (``rule``, ``openai``, ``hf``; ``backend_options`` go to its constructor) or an object
     with ``generate(LabelRequest) -> str`` and ``concurrency``. Each label is appended and flushed as it arrives;
-    a rerun skips images already labelled. ``streets`` defaults to the city's streets file when there is one and
-    ``crops_dir`` to ``<city>/stage1/crops`` (its index tells where each camera sits in its map).
+    a rerun skips images already labelled. An input the task cannot use is skipped and reported with its line in
+    ``locations.csv``. ``streets`` defaults to the city's streets file when there is one; ``crops`` is the crop
+    index by location (alignment only).
     """
     from tqdm import tqdm
 
-    from addressvlm.geo.crop import CROPS_INDEX, read_crop_index
     from addressvlm.geo.streets import find_city_streets, read_street_map
 
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    city_root, grafted_dir, out_jsonl = Path(city_root), Path(grafted_dir), Path(out_jsonl)
+    city_root, out_jsonl = Path(city_root), Path(out_jsonl)
     city = city_name or city_root.resolve().name
-    rows = select_rows(read_locations(city_root / "locations.csv"), splits)
+    table = city_root / "locations.csv"
+    rows = select_rows(read_locations(table), splits)
     if streets is None:
         try:
             streets = find_city_streets(city_root)
         except DataError:
             streets = None
     street_map = read_street_map(streets) if streets else None
-    crops_dir = Path(crops_dir) if crops_dir else city_root / "stage1" / "crops"
-    crops = read_crop_index(crops_dir) if (crops_dir / CROPS_INDEX).is_file() else {}
+    crops = crops or {}
     if isinstance(backend, str):
-        backend = make_backend(backend, variant, corner, map_labels, **(backend_options or {}))
-    question = training_question(variant, corner, map_labels)
+        backend = make_backend(backend, task, **(backend_options or {}))
 
-    report = LabelReport()
+    report = LabelReport(named=task.named)
     rejected_log = out_jsonl.with_name(out_jsonl.stem + ".rejected.jsonl")
+    lines: dict[str, int] = {}
     with JsonlAppender(out_jsonl, key="image", required=LABEL_KEYS) as out, \
             JsonlAppender(rejected_log, key="image") as rejected:
         requests = []
@@ -400,30 +549,29 @@ def make_labels(city_root, grafted_dir, out_jsonl, backend="rule", *, streets=No
             if row.image in out.done:
                 report.already_done += 1
                 continue
-            images = stage1_images(grafted_dir, row.image, variant)
-            absent = [str(p) for p in images if not p.is_file()]
-            if absent:
-                report.missing.extend(absent)
+            images, problem = task.inputs(row)
+            if problem:
+                lines = lines or location_lines(table)
+                report.missing.append(f"{table}:{lines[row.image]}: {problem}")
                 continue
             facts = gather_facts(row, city, street_map, crops.get(row.location_id))
-            prompt = hint_prompt(row.street, facts.cross_street, row.district, city, variant, corner, map_labels)
-            requests.append(LabelRequest(row.image, images, prompt, facts))
+            requests.append(LabelRequest(row.image, images, task.prompt(facts), facts))
             if limit is not None and len(requests) >= limit:
                 break
 
         def record(request: LabelRequest, reason: str) -> None:
-            base = {"image": request.key, "location_id": request.facts.location_id, "variant": variant,
-                    "images": [_relative(p, city_root) for p in request.images], "question": question,
+            base = {"image": request.key, "location_id": request.facts.location_id, "variant": task.variant,
+                    "images": [_relative(p, city_root) for p in request.images], "question": task.question,
                     "hint_prompt": request.prompt, "reason": reason, "backend": backend.name,
                     "street": request.facts.street, "district": request.facts.district}
-            if mentions_name(reason, request.facts.street):
+            if mentions_name(reason, getattr(request.facts, task.named)):
                 out.write(base)
                 report.written += 1
             else:
                 rejected.write(base)
                 report.rejected += 1
 
-        bar = tqdm(total=len(requests), desc=f"alignment labels ({backend.name})", unit="label", disable=not progress)
+        bar = tqdm(total=len(requests), desc=f"{task.variant} labels ({backend.name})", unit="label", disable=not progress)
         if getattr(backend, "concurrency", 1) <= 1:
             for request in requests:
                 try:

@@ -213,6 +213,13 @@ def read_locations(path: str | os.PathLike) -> list[Location]:
     return rows
 
 
+def location_lines(path: str | os.PathLike) -> dict[str, int]:
+    """The line of each image's row in a ``locations.csv`` that ``read_locations`` accepts, for messages that point
+    the user at a row."""
+    _, raw_rows = _read_csv(Path(path), LOCATION_COLUMNS, "city table")
+    return {path_inside_root((raw["image"] or "").strip(), "image"): line for line, raw in raw_rows}
+
+
 # The views of one location are taken at one place (a panorama's crops, one capture point): rows further apart than
 # this, or naming another street or district, are two places under one id, and averaging them would be wrong.
 LOCATION_SPREAD_M = 100.0

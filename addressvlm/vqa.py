@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -396,9 +397,19 @@ def _progress(items, desc: str, enabled: bool):
 
 # ------------------------------------------------------------------------------------------- variants
 def _prefixed(record: dict, prefix: str) -> dict:
+    """The record with ``prefix`` before its image path (each of them, for a record of several images)."""
     if prefix and "image" in record:
-        record = dict(record, image=f"{prefix.rstrip('/')}/{record['image']}")
+        image = record["image"]
+        joined = [f"{prefix.rstrip('/')}/{path}" for path in (image if isinstance(image, list) else [image])]
+        record = dict(record, image=joined if isinstance(image, list) else joined[0])
     return record
+
+
+def _refuse_duplicates(what: str, records: list[dict], key: str) -> None:
+    duplicates = [k for k, n in Counter(r[key] for r in records).items() if n > 1]
+    if duplicates:
+        raise ValueError(f"{what}: {len(duplicates)} id(s) appear in two cities, e.g. {duplicates[0]!r}; "
+                         "build each city with a distinct city name")
 
 
 def merge_cities(cities: Sequence[tuple[str, str | Path]], out_dir: str | Path) -> dict:
@@ -427,16 +438,70 @@ def merge_cities(cities: Sequence[tuple[str, str | Path]], out_dir: str | Path) 
             counts[file] = len(questions)
         stats["cities"][prefix] = counts
     for name, key in (("train", "id"), ("val", "id"), ("test", "question_id"), ("val_questions", "question_id")):
-        duplicates = [k for k, n in Counter(r[key] for r in merged[name]).items() if n > 1]
-        if duplicates:
-            raise ValueError(f"{name}: {len(duplicates)} id(s) appear in two cities, e.g. {duplicates[0]!r}; "
-                             "build each city with a distinct city name")
+        _refuse_duplicates(name, merged[name], key)
     with replaced_folder(out_dir, VQA_FILES) as staging:
         write_llava_json(staging / "train.json", merged["train"])
         write_llava_json(staging / "val.json", merged["val"])
         write_questions(staging / "test_questions.jsonl", merged["test"])
         write_questions(staging / "val_questions.jsonl", merged["val_questions"])
         write_atomic(staging / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    return stats
+
+
+def merge_city_roots(cities: Sequence[tuple[str, str | Path]], out_root: str | Path,
+                     stage1_json: str = "stage1/train.json") -> dict:
+    """Table 5's training data as one more city root, ``out_root``, that recipes name like any city's.
+
+    ``cities`` is ``[(name, city_root), ...]``. ``out_root/<name>`` becomes a relative link to each city root, and
+    every image path gets its ``<name>/`` prefix, so all images resolve under ``out_root``. ``vqa/`` merges the
+    cities' VQA folders (``merge_cities``); ``stage1_json`` (a path inside each city root) merges their stage-1
+    data when every city has it (when only some do, it is an error naming the missing file). Ids must differ across
+    cities (they start with the city). A rerun with the same inputs rewrites the same bytes. Returns
+    ``merge_cities``' stats plus ``"stage1"``: records per city, or None when no city has stage-1 data.
+    """
+    out_root = Path(out_root)
+    if len(cities) < 2:
+        raise ValueError("merging needs at least two cities")
+    names = [name for name, _ in cities]
+    taken = {".", "..", "vqa", PurePosixPath(stage1_json).parts[0]}
+    for name in names:
+        if not name or "/" in name or "\\" in name or name in taken:
+            raise ValueError(f"city name {name!r} must be one folder name, none of {sorted(taken)}")
+    if len(set(names)) < len(names):
+        raise ValueError(f"city names {names} repeat one another")
+    roots = [(name, Path(root)) for name, root in cities]
+    for name, root in roots:
+        if (root / "train.json").is_file() and not (root / "vqa").is_dir():
+            raise DataError(root, None, f"is a VQA folder: give the city root ({root.parent}) for {name}")
+        if not (root / "vqa").is_dir():
+            raise DataError(root / "vqa", None, f"VQA folder of {name} not found: run build_vqa first")
+        if out_root.resolve() == root.resolve():
+            raise DataError(out_root, None, f"is the city root of {name}: merge into a folder of its own")
+    stage1 = [(name, root / stage1_json) for name, root in roots]
+    present = [path.is_file() for _, path in stage1]
+    if any(present) and not all(present):
+        absent = next(path for (_, path), here in zip(stage1, present) if not here)
+        raise DataError(absent, None, "stage-1 data not found, while other cities have theirs: build it first "
+                                      "(docs/stage1.md)")
+    stage1_records, stage1_counts = [], {}
+    if all(present):
+        for name, path in stage1:
+            records = [_prefixed(r, name) for r in read_llava_json(path)]
+            stage1_records.extend(records)
+            stage1_counts[name] = len(records)
+        _refuse_duplicates(f"stage-1 data {stage1_json}", stage1_records, "id")
+    out_root.mkdir(parents=True, exist_ok=True)
+    links = {out_root / name: os.path.relpath(root.resolve(), out_root.resolve()) for name, root in roots}
+    for link, target in links.items():
+        if (link.exists() or link.is_symlink()) and not (link.is_symlink() and os.readlink(link) == target):
+            raise DataError(link, None, f"exists and is not a link to {target}: remove it or merge elsewhere")
+    for link, target in links.items():
+        if not link.is_symlink():
+            link.symlink_to(target, target_is_directory=True)
+    stats = merge_cities([(name, root / "vqa") for name, root in roots], out_root / "vqa")
+    if stage1_records:
+        write_llava_json(out_root / stage1_json, stage1_records)
+    stats["stage1"] = stage1_counts or None
     return stats
 
 

@@ -230,6 +230,19 @@ ABLATIONS = {
     "table4_E_stage2": ("stage2_pitts", {"model.stage_chain.visual_encoder_lora": "frozen"}),
     "table4_C_stage2": ("stage2_pitts", {"model.init_from_work_dir": TABLE4_STAGE1["CD"],
                                          "model.visual_encoder_lora": None}),
+    "table2_georeasoner_stage1": ("stage1_pitts", {"train_dataloader.dataset.data_path":
+                                                   "./data/pitts/georeasoner/train.json"}),
+    "table2_georeasoner_stage2": ("stage2_pitts", {"model.init_from_work_dir":
+                                                   "./work_dirs/llava_phi3_mini/table2_georeasoner_stage1"}),
+    "table2_baseline_stage2": ("stage2_pitts", {"model.init_from_work_dir": None}),
+    "table5_pitts_sf_stage1": ("stage1_pitts", {"data_root": "./data/pitts_sf/",
+                                                "train_dataloader.dataset.data_path": "./data/pitts_sf/stage1/train.json",
+                                                "train_dataloader.dataset.image_folder": "./data/pitts_sf/"}),
+    "table5_pitts_sf_stage2": ("stage2_pitts", {"data_root": "./data/pitts_sf/",
+                                                "train_dataloader.dataset.data_path": "./data/pitts_sf/vqa/train.json",
+                                                "train_dataloader.dataset.image_folder": "./data/pitts_sf/",
+                                                "model.init_from_work_dir":
+                                                    "./work_dirs/llava_phi3_mini/table5_pitts_sf_stage1"}),
 }
 # Stage-1 data variants (Tables 1, 3, 9) and the stage 2 that continues each; stage-2 data variants (Table 6, Fig. 7).
 for variant in ("table1_stitched", "table3_noroad_d03", "table3_noroad_d05", "table9_d03", "table9_d07"):
@@ -264,6 +277,9 @@ def test_every_ablation_recipe_changes_only_what_its_header_says():
         text = (folder / f"{name}.py").read_text()
         table = name.split("_")[0]
         assert text.startswith("# Fig. 7 " if table == "fig7" else f"# Table {table[len('table'):]} "), name
+        if table == "table4":
+            rows = name.split("_")[1]
+            assert text.startswith(f"# Table 4 (paper section 4.3), row{'s' if len(rows) > 1 else ''} {rows[0]}")
         assert f"from ..{parent} import *" in text and f"recipes/{parent}.py" in text
         child, base = flat(Config.fromfile(str(folder / f"{name}.py")).to_dict()), flat(load(parent).to_dict())
         differing = {k for k in child.keys() | base.keys() if child.get(k, "absent") != base.get(k, "absent")}
@@ -277,3 +293,10 @@ def test_table4_stage2_recipes_start_from_their_rows_stage1():
     for row, stage1 in {"A": "ablations/table4_AB_stage1", "B": "ablations/table4_AB_stage1",
                         "D": "ablations/table4_CD_stage1", "E": "stage1_pitts"}.items():
         assert load(f"ablations/table4_{row}_stage2").model.init_from_work_dir == load(stage1).work_dir
+
+
+def test_table2_and_table5_stage2_recipes_start_from_their_stage1():
+    for stage2, stage1 in {"table2_georeasoner_stage2": "table2_georeasoner_stage1",
+                           "table5_pitts_sf_stage2": "table5_pitts_sf_stage1"}.items():
+        assert load(f"ablations/{stage2}").model.init_from_work_dir == load(f"ablations/{stage1}").work_dir
+    assert load("ablations/table2_baseline_stage2").model.init_from_work_dir is None
