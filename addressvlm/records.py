@@ -582,6 +582,8 @@ RETRIEVAL_QUERY_KEYS = ("query_id", "kind", "tile", "split", "image", "text", "s
 
 
 def _check_coordinates(rec: dict, path, line: int) -> None:
+    if rec["lat"] is None and rec["lon"] is None:
+        return  # a tile of a dataset without geotags (GeoText-1652): ranked, never measured in metres
     for key, bound in (("lat", 90.0), ("lon", 180.0)):
         value = rec[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not -bound <= value <= bound:
