@@ -105,6 +105,20 @@ def bench_encoder(config: str, checkpoint: str | None, root: Path, device: str |
             "tiles_per_s": round(len(tiles) / seconds, 2)}
 
 
+def machine(indexes: list[str]) -> dict:
+    """What the figures depend on: cores, the load while measuring (a shared machine), library versions."""
+    import os
+    import platform
+
+    versions = {"numpy": np.__version__}
+    if "faiss" in indexes:
+        import faiss
+
+        versions["faiss"] = faiss.__version__
+    return {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2), **versions}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiles", type=int, nargs="+", default=[10_000, 100_000], help="gallery sizes")
@@ -134,7 +148,8 @@ def main() -> None:
         except ImportError:
             indexes = ["flat"]
             print("faiss is not installed: timing the flat index only (pip install faiss-cpu)")
-    report = {"search": bench_search(args.tiles, args.dims, args.batch, args.singles, indexes, args.repeats)}
+    report = {"machine": machine(indexes),
+              "search": bench_search(args.tiles, args.dims, args.batch, args.singles, indexes, args.repeats)}
     if args.config:
         if not args.root:
             parser.error("--config needs --root (the city whose tiles are embedded)")
