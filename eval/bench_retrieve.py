@@ -53,8 +53,13 @@ def time_indexes(indexes: list[str], gallery: np.ndarray, batch: np.ndarray, sin
             built[kind].search(query[None], TOP_KEPT)
             single_ms[kind].append((time.perf_counter() - started) * 1000)
     for kind in indexes:
-        out[kind]["batch_ms_per_query"] = round(min(batch_s[kind]) * 1000 / len(batch), 4)
-        out[kind]["single_query_ms"] = round(statistics.median(single_ms[kind]), 4)
+        out[kind]["batch_ms_per_query"] = min(batch_s[kind]) * 1000 / len(batch)
+        out[kind]["single_query_ms"] = statistics.median(single_ms[kind])
+    if {"flat", "faiss"} <= set(indexes):
+        out["faiss_over_flat"] = {key: round(out["faiss"][key] / out["flat"][key], 3)
+                                  for key in ("batch_ms_per_query", "single_query_ms")}
+    for kind in indexes:
+        out[kind] = {key: round(value, 6) for key, value in out[kind].items()}
     return out
 
 
@@ -68,9 +73,6 @@ def bench_search(tiles: list[int], dims: list[int], batch: int, singles: int, in
             queries = unit_vectors(rng, batch, dim)
             row = {"tiles": n, "dim": dim, "batch": batch,
                    **time_indexes(indexes, gallery, queries, queries[:singles], repeats)}
-            if {"flat", "faiss"} <= set(indexes):
-                row["faiss_over_flat"] = {key: round(row["faiss"][key] / row["flat"][key], 3)
-                                          for key in ("batch_ms_per_query", "single_query_ms")}
             rows.append(row)
             print(format_row(row), flush=True)
             del gallery

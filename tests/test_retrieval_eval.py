@@ -97,19 +97,31 @@ def test_faiss_ranks_as_the_flat_index():
     assert truth_ranks(noisy, gallery, np.arange(40)).tolist() == [1] * 40
 
 
-def test_cli_with_precomputed_embeddings(tmp_path):
-    tiles, queries, query_vectors, gallery_vectors = constructed_case()
-    root = tmp_path / "city"
+def tile_colour(i: int) -> tuple[int, int, int]:
+    return 20 * i, 255 - 20 * i, 67 * i % 256
+
+
+def write_constructed_root(root):
+    """The constructed case as files: tile i and the street views whose truth it is painted ``tile_colour(i)``;
+    one more tile, of the train split."""
+    tiles, queries, _, _ = constructed_case()
     for rec in tiles + [q for q in queries if q["image"]]:
         (root / rec["image"]).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (16, 16), (40, 90, 160)).save(root / rec["image"])
+        Image.new("RGB", (16, 16), tile_colour(int(rec["tile"][1:]))).save(root / rec["image"])
     extra = {**tiles[0], "tile": "train_tile", "split": "train"}
     write_gallery(root / "retrieval" / "gallery.jsonl", tiles + [extra])
     write_retrieval_queries(root / "retrieval" / "queries.jsonl", queries)
+    return tiles, extra
+
+
+def test_cli_with_precomputed_embeddings(tmp_path):
+    tiles, queries, query_vectors, gallery_vectors = constructed_case()
+    root = tmp_path / "city"
+    _, extra = write_constructed_root(root)
     npz = tmp_path / "embeddings.npz"
     Embeddings([q["query_id"] for q in queries], query_vectors, [t["tile"] for t in tiles], gallery_vectors).save(npz)
     out = tmp_path / "out"
-    main(["--root", str(root), "--embeddings", str(npz), "--out", str(out), "--figure-queries", "3"])
+    main(["--root", str(root), "--embeddings", str(npz), "--out", str(out), "--figure-queries", "2"])
     records = read_retrieved(out / "retrieved.jsonl")
     assert [r["rank"] for r in records] == [case[3] for case in CASES]
     assert records[0]["image"] == "views/q0.png" and records[4]["image"] is None
@@ -138,3 +150,60 @@ def test_retrieved_file_checks(tmp_path):
         path.write_text(json.dumps(good | {"query_id": "ok"}) + "\n" + json.dumps(bad) + "\n")
         with pytest.raises(DataError, match=rf"retrieved\.jsonl:2: {message}"):
             read_retrieved(path)
+
+
+class MeanColourEncoder:
+    """The encoder interface (``addressvlm.retrieval.encoders``) at its simplest: an image is its mean colour, a
+    text the colour its last word numbers; it records each call."""
+
+    name = "mean_colour"
+
+    def __init__(self):
+        self.calls = []
+
+    def embed_images(self, paths, role, batch_size=16):
+        import torch
+
+        self.calls.append((role, len(paths)))
+        return torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32).mean(axis=(0, 1))
+                                          for p in paths]))
+
+    def embed_texts(self, texts, batch_size=16):
+        import torch
+
+        self.calls.append(("text", len(texts)))
+        return torch.tensor([tile_colour(int(t.split()[-1]) % 12) for t in texts], dtype=torch.float32)
+
+
+def test_an_encoder_embeds_the_gallery_once_and_each_query_by_its_kind(tmp_path):
+    from addressvlm.retrieval.search import evaluate_retrieval
+
+    root = tmp_path / "city"
+    write_constructed_root(root)
+    encoder = MeanColourEncoder()
+    metrics = evaluate_retrieval(root, tmp_path / "out", encoder, figure_queries=0)
+    assert encoder.calls == [("gallery", 12), ("query", 6), ("text", 3)]
+    # Street views share their tile's colour: every one retrieves it. Texts "scene 4/5/7" name tiles 4, 5, 7,
+    # whose truths are 3, 3, 5.
+    assert (metrics["model"], metrics["by_kind"]["image"]["R@1"], metrics["by_kind"]["text"]["R@1"]) == (
+        "mean_colour", 100.0, 0.0)
+    records = {r["query_id"]: r for r in read_retrieved(tmp_path / "out" / "retrieved.jsonl")}
+    assert [records[f"q{k}"]["top"][0]["tile"] for k in (4, 5, 7)] == ["t4", "t5", "t7"]
+
+
+def test_bench_times_both_indexes_in_one_run(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("faiss")
+    script = Path(__file__).resolve().parent.parent / "eval" / "bench_retrieve.py"
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(script), "--tiles", "300", "--dims", "16", "--batch", "4",
+                           "--singles", "2", "--repeats", "1", "--json", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "faiss/flat" in done.stdout
+    (row,) = json.loads(out.read_text())["search"]
+    assert (row["tiles"], row["dim"]) == (300, 16)
+    assert row["faiss_over_flat"]["batch_ms_per_query"] == pytest.approx(
+        row["faiss"]["batch_ms_per_query"] / row["flat"]["batch_ms_per_query"], rel=0.01, abs=0.002)

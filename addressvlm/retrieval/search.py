@@ -188,13 +188,14 @@ class Embeddings:
     queries: np.ndarray
     tile_ids: list[str]
     gallery: np.ndarray
+    source: str = "embeddings"  # the file they came from, for errors
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, query_ids=np.array(self.query_ids), queries=self.queries,
                  tile_ids=np.array(self.tile_ids), gallery=self.gallery)
 
-    def rows_for(self, queries: Sequence[dict], tiles: Sequence[dict], path) -> tuple[np.ndarray, np.ndarray]:
+    def rows_for(self, queries: Sequence[dict], tiles: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
         """The embeddings of ``queries`` and ``tiles``, in their order; an id without a row is an error."""
         out = []
         for ids, matrix, wanted, key in ((self.query_ids, self.queries, queries, "query_id"),
@@ -202,7 +203,7 @@ class Embeddings:
             row = {value: i for i, value in enumerate(ids)}
             absent = [item[key] for item in wanted if item[key] not in row]
             if absent:
-                raise DataError(path, None, f"no embedding for {len(absent)} {key}(s), first {absent[0]!r}")
+                raise DataError(self.source, None, f"no embedding for {len(absent)} {key}(s), first {absent[0]!r}")
             out.append(matrix[[row[item[key]] for item in wanted]])
         return out[0], out[1]
 
@@ -217,7 +218,7 @@ def load_embeddings(path: str | os.PathLike) -> Embeddings:
         if missing:
             raise DataError(path, None, f"missing array(s) {', '.join(missing)}")
         found = Embeddings([str(v) for v in data["query_ids"]], data["queries"], [str(v) for v in data["tile_ids"]],
-                           data["gallery"])
+                           data["gallery"], str(path))
     if found.queries.ndim != 2 or found.gallery.ndim != 2 or found.queries.shape[1] != found.gallery.shape[1] or \
             len(found.query_ids) != len(found.queries) or len(found.tile_ids) != len(found.gallery):
         raise DataError(path, None, f"queries {found.queries.shape} and gallery {found.gallery.shape} must be "
@@ -273,12 +274,50 @@ def build_parser():
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def evaluate_retrieval(root, out_dir, source, *, name: str | None = None, split: str | None = "test",
+                       whole_gallery: bool = False, kinds: Sequence[str] = ("image", "text"), index: str = "flat",
+                       batch_size: int = 16, figure_queries: int = 4, save_embeddings=None) -> dict:
+    """Evaluate one retriever on ``<root>/retrieval/``: ``source`` is an encoder (``load_encoder``'s) or
+    ``Embeddings``. Writes ``retrieved.jsonl``, ``metrics.json`` and ``retrieval.png`` to ``out_dir`` and returns
+    the metrics (``metrics_by_kind`` plus the model's name, the selection and the seconds spent)."""
     import json
     import time
 
     from addressvlm.records import read_gallery, read_retrieval_queries, write_atomic, write_retrieved
 
+    root, out_dir = Path(root), Path(out_dir)
+    gallery = read_gallery(root / "retrieval" / "gallery.jsonl")
+    queries_path = root / "retrieval" / "queries.jsonl"
+    tiles, chosen = select_split(gallery, read_retrieval_queries(queries_path, gallery), split, whole_gallery, kinds)
+    if not chosen or not tiles:
+        raise DataError(queries_path, None, f"no {'/'.join(kinds)} queries or tiles in split {split or 'all'!r}")
+    started = time.perf_counter()
+    if isinstance(source, Embeddings):
+        query_vectors, gallery_vectors = source.rows_for(chosen, tiles)
+    else:
+        embedded = embed_with_encoder(source, root, chosen, tiles, batch_size)
+        query_vectors, gallery_vectors = embedded.queries, embedded.gallery
+        name = name or source.name
+    embedded_at = time.perf_counter()
+    if save_embeddings:
+        Embeddings([q["query_id"] for q in chosen], query_vectors, [t["tile"] for t in tiles],
+                   gallery_vectors).save(save_embeddings)
+    records = rank_queries(query_vectors, gallery_vectors, chosen, tiles, index)
+    ranked_at = time.perf_counter()
+    write_retrieved(out_dir / "retrieved.jsonl", records)
+    metrics = {"model": name or "embeddings", "split": split or "all", "gallery": "all" if whole_gallery else "split",
+               "index": index, **metrics_by_kind(records, len(tiles)),
+               "seconds": {"embedding": round(embedded_at - started, 3), "ranking": round(ranked_at - embedded_at, 3)}}
+    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if figure_queries > 0:
+        from addressvlm.retrieval.figure import draw_retrievals
+
+        draw_retrievals(records, {q["query_id"]: q for q in chosen}, {t["tile"]: t for t in tiles}, root,
+                        out_dir / "retrieval.png", queries_shown=figure_queries)
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
@@ -286,47 +325,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--kinds must name image and/or text, not {args.kinds!r}")
     if bool(args.embeddings) == bool(args.config):
         parser.error("give either --config (with --checkpoint) or --embeddings")
-    root, out = Path(args.root), Path(args.out)
     try:
-        gallery_path = root / "retrieval" / "gallery.jsonl"
-        gallery = read_gallery(gallery_path)
-        queries_path = root / "retrieval" / "queries.jsonl"
-        queries = read_retrieval_queries(queries_path, gallery)
-        split = None if args.split == "all" else args.split
-        tiles, chosen = select_split(gallery, queries, split, args.gallery == "all", kinds)
-        if not chosen or not tiles:
-            raise DataError(queries_path, None, f"no {'/'.join(kinds)} queries or tiles in split {args.split!r}")
-        started = time.perf_counter()
         if args.embeddings:
-            embeddings = load_embeddings(args.embeddings)
-            query_vectors, gallery_vectors = embeddings.rows_for(chosen, tiles, args.embeddings)
+            source = load_embeddings(args.embeddings)
             name = args.name or Path(args.embeddings).stem
         else:
             from addressvlm.retrieval.encoders import load_encoder
 
-            encoder = load_encoder(args.config, args.checkpoint, cfg_options=args.cfg_options or None,
-                                   device=args.device)
-            embeddings = embed_with_encoder(encoder, root, chosen, tiles, args.batch_size)
-            query_vectors, gallery_vectors = embeddings.queries, embeddings.gallery
-            name = args.name or encoder.name
-        embedded = time.perf_counter()
-        if args.save_embeddings:
-            Embeddings([q["query_id"] for q in chosen], query_vectors, [t["tile"] for t in tiles],
-                       gallery_vectors).save(args.save_embeddings)
-        records = rank_queries(query_vectors, gallery_vectors, chosen, tiles, args.index)
-        ranked = time.perf_counter()
+            source = load_encoder(args.config, args.checkpoint, cfg_options=args.cfg_options or None,
+                                  device=args.device)
+            name = args.name
+        metrics = evaluate_retrieval(args.root, args.out, source, name=name,
+                                     split=None if args.split == "all" else args.split,
+                                     whole_gallery=args.gallery == "all", kinds=kinds, index=args.index,
+                                     batch_size=args.batch_size, figure_queries=args.figure_queries,
+                                     save_embeddings=args.save_embeddings)
     except (DataError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    write_retrieved(out / "retrieved.jsonl", records)
-    metrics = {"model": name, "split": args.split, "gallery": args.gallery, "index": args.index,
-               **metrics_by_kind(records, len(tiles)),
-               "seconds": {"embedding": round(embedded - started, 3), "ranking": round(ranked - embedded, 3)}}
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    if args.figure_queries > 0:
-        from addressvlm.retrieval.figure import draw_retrievals
-
-        draw_retrievals(records, {q["query_id"]: q for q in chosen}, {t["tile"]: t for t in tiles}, root,
-                        out / "retrieval.png", queries_shown=args.figure_queries)
-    print(f"{name}: R@1 {metrics['R@1']}%, R@5 {metrics['R@5']}%, R@10 {metrics['R@10']}% of {len(records)} "
-          f"queries against {len(tiles)} tiles (chance R@1 {metrics['chance_R@1']}%, binomial p "
-          f"{metrics['binomial_p_R@1']:.3g}) -> {out}")
+    print(f"{metrics['model']}: R@1 {metrics['R@1']}%, R@5 {metrics['R@5']}%, R@10 {metrics['R@10']}% of "
+          f"{metrics['queries']} queries against {metrics['gallery_size']} tiles (chance R@1 "
+          f"{metrics['chance_R@1']}%, binomial p {metrics['binomial_p_R@1']:.3g}) -> {args.out}")
