@@ -81,8 +81,8 @@ class SceneRuleBackend:
             out.append(f"Another street crosses it about {distances[0]:.0f} metres away.")
         elif distances:
             out.append(f"Two other streets cross it, about {distances[0]:.0f} and {distances[1]:.0f} metres away.")
-        else:
-            out.append("No crossing street is close by.")
+        elif f.street_axis:  # the street was found in the data, and nothing crosses it nearby
+            out.append("No other street crosses it close by.")
         for _, kind, d, direction in f.places[:2]:
             out.append(rng.choice([f"A {kind} lies about {round(d / 5) * 5:.0f} metres to the {direction}.",
                                    f"To the {direction}, roughly {round(d / 5) * 5:.0f} metres away, is a {kind}."]))
@@ -184,20 +184,18 @@ def build_city_retrieval(city_root, *, size_m: float = 200.0, pixels: int = 336,
                         "lat": crop["center_lat"], "lon": crop["center_lon"], "street": row.street,
                         "district": row.district, "split": split_of[loc]})
     tiles = {t["tile"] for t in gallery}
-    city = city_name or city_root.resolve().name
+    id_prefix = city_root.resolve().name  # the stage-2 records' ids: <city folder>/<location_id>/<view>
     views = view_names(rows)
-    queries = [{"query_id": f"{city_root.resolve().name}/{row.location_id}/{views[row.image]}", "kind": "image",
+    queries = [{"query_id": f"{id_prefix}/{row.location_id}/{views[row.image]}", "kind": "image",
                 "tile": row.location_id, "split": split_of[row.location_id], "image": row.image, "text": None,
                 "source": "street_view"} for row in rows if row.location_id in tiles]
     report.image_queries = len(queries)
     if texts:
-        scene = _scene_texts(city_root, city, rows, [first_row[t] for t in tiles if t in first_row], text_backend,
-                             backend_options, streets, limit, progress, report)
-        for loc in sorted(scene, key=list(first_row).index):
-            if loc in tiles:
-                queries.append({"query_id": f"{city_root.resolve().name}/{loc}/scene", "kind": "text", "tile": loc,
-                                "split": split_of[loc], "image": None, "text": scene[loc]["text"],
-                                "source": scene[loc]["source"]})
+        scene = _scene_texts(city_root, city_name or id_prefix, rows, [first_row[t["tile"]] for t in gallery],
+                             text_backend, backend_options, streets, limit, progress, report)
+        queries += [{"query_id": f"{id_prefix}/{t['tile']}/scene", "kind": "text", "tile": t["tile"],
+                     "split": t["split"], "image": None, "text": scene[t["tile"]]["text"],
+                     "source": scene[t["tile"]]["source"]} for t in gallery if t["tile"] in scene]
         report.text_queries = len(queries) - report.image_queries
     write_gallery(out / GALLERY_FILE, gallery)
     write_retrieval_queries(out / QUERIES_FILE, queries)
@@ -305,10 +303,8 @@ def _cvg_entries(path: Path) -> list[tuple[str, str]]:
     if isinstance(data, dict):
         entries = list(data.items())
     elif isinstance(data, list):
-        entries = []
-        for i, item in enumerate(data):
-            name = item.get("image", item.get("bev_image")) if isinstance(item, dict) else None
-            entries.append((name, item.get("caption") if isinstance(item, dict) else None))
+        entries = [(item.get("image", item.get("bev_image")), item.get("caption")) if isinstance(item, dict)
+                   else (None, None) for item in data]
     else:
         raise DataError(path, 1, "a CVG-Text annotation file holds {image name: caption} or a list of records")
     for i, (name, caption) in enumerate(entries, start=1):
