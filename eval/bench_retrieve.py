@@ -15,6 +15,7 @@ times embedding the city's gallery tiles (tiles/s).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import time
@@ -143,12 +144,8 @@ def main() -> None:
         parser.error("--singles must be at least 1 and at most --batch")
     indexes = args.index
     if indexes is None:
-        try:
-            import faiss  # noqa: F401
-
-            indexes = ["flat", "faiss"]
-        except ImportError:
-            indexes = ["flat"]
+        indexes = ["flat", "faiss"] if importlib.util.find_spec("faiss") else ["flat"]
+        if indexes == ["flat"]:
             print("faiss is not installed: timing the flat index only (pip install faiss-cpu)")
     report = {"machine": machine(indexes),
               "search": bench_search(args.tiles, args.dims, args.batch, args.singles, indexes, args.repeats)}

@@ -14,7 +14,7 @@ from PIL import Image
 from addressvlm.geo.crop import read_crop_index
 from addressvlm.labels import LabelBackendError
 from addressvlm.names import mentions_name
-from addressvlm.records import DataError, Location, read_gallery, read_retrieval_queries, write_locations
+from addressvlm.records import DataError, read_gallery, read_retrieval_queries, write_locations
 from addressvlm.retrieval.build import (
     SCENE_PROMPT,
     build_city_retrieval,
