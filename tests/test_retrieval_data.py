@@ -197,6 +197,11 @@ def test_geotext1652_layout_is_ingested(tmp_path):
                           "lat": None, "lon": None, "street": "", "district": "", "split": "test"}
     assert [(q["query_id"], q["text"]) for q in queries if q["split"] == "test"] == [
         ("test/0001/image-01.jpeg/0", "A stadium."), ("test/0001/image-01.jpeg/1", "An oval field with stands.")]
+    # Coordinates are both known or both null: a tile with one of them is a broken row.
+    half = root / "half.jsonl"
+    half.write_text(json.dumps({**gallery[0], "lon": 24.9}) + "\n")
+    with pytest.raises(DataError, match=r"half\.jsonl:1: lat None is not a number"):
+        read_gallery(half)
     (root / "train.json").write_text(json.dumps([{"image_id": "0839/x.jpeg", "image": "train/0839/x.jpeg"}]))
     with pytest.raises(DataError, match=r"train\.json: record 1 \(0839/x.jpeg\): 'caption' must be"):
         ingest_geotext1652(root)
