@@ -521,8 +521,6 @@ def label_city(task, city_root, out_jsonl, backend="rule", *, streets=None, crop
     ``locations.csv``. ``streets`` defaults to the city's streets file when there is one; ``crops`` is the crop
     index by location (alignment only).
     """
-    from tqdm import tqdm
-
     from addressvlm.geo.streets import find_city_streets, read_street_map
 
     city_root, out_jsonl = Path(city_root), Path(out_jsonl)
@@ -571,30 +569,42 @@ def label_city(task, city_root, out_jsonl, backend="rule", *, streets=None, crop
                 rejected.write(base)
                 report.rejected += 1
 
-        bar = tqdm(total=len(requests), desc=f"{task.variant} labels ({backend.name})", unit="label", disable=not progress)
-        if getattr(backend, "concurrency", 1) <= 1:
-            for request in requests:
-                try:
-                    record(request, backend.generate(request))
-                except LabelBackendError as exc:
-                    report.failed.append((request.key, str(exc)))
-                bar.update(1)
-        else:
-            pool = ThreadPoolExecutor(max_workers=backend.concurrency)
-            try:
-                futures = {pool.submit(backend.generate, r): r for r in requests}
-                for future in as_completed(futures):
-                    request = futures[future]
-                    try:
-                        record(request, future.result())
-                    except LabelBackendError as exc:
-                        report.failed.append((request.key, str(exc)))
-                    bar.update(1)
-            finally:
-                # On a fatal error or Ctrl-C: drop queued requests; what was written stays written.
-                pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+        report.failed += generate_all(backend, requests, record, f"{task.variant} labels ({backend.name})", progress)
     return report
+
+
+def generate_all(backend, requests: list[LabelRequest], record, desc: str, progress: bool = True,
+                 ) -> list[tuple[str, str]]:
+    """Ask ``backend`` for every request, ``backend.concurrency`` at a time, and hand each answer to
+    ``record(request, text)`` as it arrives (in this thread, so ``record`` may write files). Returns the
+    ``(key, why)`` of requests that failed for good; any other error stops the run, queued requests dropped."""
+    from tqdm import tqdm
+
+    failed = []
+    bar = tqdm(total=len(requests), desc=desc, unit="request", disable=not progress)
+    if getattr(backend, "concurrency", 1) <= 1:
+        for request in requests:
+            try:
+                record(request, backend.generate(request))
+            except LabelBackendError as exc:
+                failed.append((request.key, str(exc)))
+            bar.update(1)
+    else:
+        pool = ThreadPoolExecutor(max_workers=backend.concurrency)
+        try:
+            futures = {pool.submit(backend.generate, r): r for r in requests}
+            for future in as_completed(futures):
+                request = futures[future]
+                try:
+                    record(request, future.result())
+                except LabelBackendError as exc:
+                    failed.append((request.key, str(exc)))
+                bar.update(1)
+        finally:
+            # On a fatal error or Ctrl-C: drop queued requests; what was written stays written.
+            pool.shutdown(wait=True, cancel_futures=True)
+    bar.close()
+    return failed
 
 
 # --------------------------------------------------------------------------------------------- stage-1 JSON
