@@ -61,6 +61,17 @@ def tiny_minicpmv_checkpoint(tmp_path_factory, tiny_minicpmv) -> tuple[str, Path
     return recipe, checkpoint, options
 
 
+def few_steps(city: Path, data_file: str) -> dict:
+    """Overrides for a run of a few iterations on a tiny city, the later ones at lr 1e-3, so trained tensors move
+    visibly."""
+    return {"train_dataloader.dataset.data_path": str(city / data_file),
+            "train_dataloader.dataset.image_folder": str(city),
+            "train_dataloader.batch_size": 2, "train_dataloader.sampler.per_device_batch_size": 2,
+            "optim_wrapper.accumulative_counts": 1, "optim_wrapper.optimizer.lr": 1e-3, "train_cfg.max_epochs": 1,
+            "param_scheduler.0.end": 0.5, "param_scheduler.1.begin": 0.5, "param_scheduler.1.end": 1,
+            "default_hooks.checkpoint.interval": 2, "randomness.seed": 0}
+
+
 def write_colour_city(root: Path, n_images: int = 16) -> Path:
     """A city root whose stage-1 and stage-2 JSONs ask the colour of plain images: learnable in a few steps."""
     names = list(COLOURS)

@@ -14,9 +14,8 @@ from addressvlm.records import read_jsonl, read_llava_json, write_locations
 from addressvlm.runtime import train
 from addressvlm.stage_chain import find_last_checkpoint
 
-from conftest import build_model
+from conftest import build_model, few_steps
 from synthetic_city import city_rows, write_images
-from test_table4_chain import few_steps
 
 REPO = Path(__file__).resolve().parent.parent
 ABLATIONS = REPO / "recipes" / "ablations"
