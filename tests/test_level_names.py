@@ -145,3 +145,30 @@ def test_bad_level_names_fail_clearly(text, tmp_path):
     (tmp_path / "levels.json").write_text('{"district": "chome"}')
     with pytest.raises(DataError, match="levels.json"):
         read_level_names(tmp_path)
+
+
+def test_tokyo_247_route_chome_table_and_netvlad_mat_in_zone_54s(tmp_path):
+    """docs/data.md's Tokyo route: an address table with a chome column, coordinates from a tokyo247.mat laid out
+    like NetVLAD's (dbStruct, UTM zone 54S), twelve views of a place grouped into one location."""
+    import numpy as np
+    from scipy.io import savemat
+
+    from addressvlm.ingest import IngestOptions, ingest_table
+
+    places = [(f"Street {chr(65 + p % 5)}", f"Chome {p % 4 + 1}", 380000.0 + 40 * p, 3946000.0 + 25 * p)
+              for p in range(8)]
+    images = [f"03814/03814{p:04d}_{view * 30:03d}.jpg" for p in range(8) for view in range(12)]
+    cells = np.empty((len(images), 1), dtype=object)
+    cells[:, 0] = images
+    utm = np.array([[places[i // 12][2] for i in range(len(images))], [places[i // 12][3] for i in range(len(images))]])
+    savemat(tmp_path / "tokyo247.mat", {"dbStruct": {"whichSet": "test", "dbImageFns": cells, "utmDb": utm,
+                                                      "qImageFns": cells[:1], "utmQ": utm[:, :1]}})
+    table = tmp_path / "tokyo_addresses.csv"
+    table.write_text("image,street,chome\n" + "".join(f"{image},{places[i // 12][0]},{places[i // 12][1]}\n"
+                                                       for i, image in enumerate(images)))
+    rows = ingest_table(table, tmp_path / "tokyo" / "locations.csv", IngestOptions(
+        columns={"district": "chome"}, coords="pitts-mat", pitts_mat=str(tmp_path / "tokyo247.mat"),
+        utm_zone="54S", check_files=False))
+    assert len({r.location_id for r in rows}) == 8 and len(rows) == 96
+    assert all(35.6 < r.lat < 35.7 and 139.6 < r.lon < 139.7 for r in rows)  # central Tokyo
+    assert {r.district for r in rows} == {"Chome 1", "Chome 2", "Chome 3", "Chome 4"}
