@@ -63,8 +63,9 @@ def _sample(args: argparse.Namespace, city_streets: list[str]) -> list[tuple[str
     args.checkpoint, args.zero_shot = None, True
     untuned = load_model_from_args(args)
     after, before = sample_before_and_after(
-        args.images, model_sampler(tuned, folder, args.temperature, args.seed),
-        model_sampler(untuned, folder, args.temperature, args.seed), city_streets, args.out, args.samples, args.seed)
+        args.images, model_sampler(tuned, folder, args.temperature, args.seed, args.max_new_tokens),
+        model_sampler(untuned, folder, args.temperature, args.seed, args.max_new_tokens), city_streets, args.out,
+        args.samples, args.seed)
     return [(AFTER_LABEL, after), (BEFORE_LABEL, before)]
 
 
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     sampling.add_argument("--samples", type=int, default=SAMPLES_PER_IMAGE, help="answers per image (default 100)")
     sampling.add_argument("--temperature", type=float, default=SAMPLING_TEMPERATURE, help="default 0.8")
     sampling.add_argument("--seed", type=int, default=0, help="sampling and option-order seed")
+    sampling.add_argument("--max-new-tokens", type=int, default=32, help="longest answer in tokens (default 32, as "
+                                                                          "eval/infer.py)")
     sampling.add_argument("--image-folder", help="folder the images are relative to (default: the city root, the "
                                                  "folder of --locations)")
     add_model_source_arguments(parser)

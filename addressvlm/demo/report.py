@@ -188,7 +188,10 @@ def render_report(metrics: dict[str, dict], times: dict[str, float], pictures: d
             parts += [f"**{title}**", "", " ".join(f"![{title}](pictures/{f})" for f in files), ""]
     if distribution:
         parts += ["**street distribution (Fig. 5)**: 100 answers at temperature 0.8 per image; the top three "
-                  "streets in red, orange, yellow; the true location marked.", ""]
+                  "streets in red, orange, yellow; the true location marked. Before: the zero-shot model choosing "
+                  "among the tuned model's top four streets, shuffled per image, with the option letters it chose "
+                  "under its bars. After: AddressVLM's stage 2 (the paper's is the stage-1 model, docs/eval.md).",
+                  ""]
         parts += [f"![street distribution](pictures/{f})" for f in distribution] + [""]
     parts += ["## Time of each step", "", "| step | seconds |", "|---|---:|"]
     parts += [f"| {name} | {seconds:.1f} |" for name, seconds in times.items()]
