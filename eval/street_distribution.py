@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from addressvlm.geo.streets import read_street_map
-from addressvlm.infer import add_model_source_arguments
+from addressvlm.model_arguments import add_model_source_arguments
 from addressvlm.records import DataError, read_locations, write_atomic
 from addressvlm.street_distribution import (
     SAMPLES_PER_IMAGE, SAMPLING_TEMPERATURE, count_streets, draw_street_distribution, pick_test_images,
@@ -55,13 +55,16 @@ def png_name(image: str) -> str:
 
 def _sample(args: argparse.Namespace, city_streets: list[str]) -> list[tuple[str, Path]]:
     """Both models' samples for ``args.images``: the checkpoint after alignment, the recipe's release before it."""
-    from addressvlm.infer import load_model_from_args
+    from addressvlm.infer import CheckpointError, load_model_from_args
+    from addressvlm.stage_chain import StageChainError
     from addressvlm.street_distribution import model_sampler, sample_before_and_after
 
     folder = args.image_folder or Path(args.locations).resolve().parent
-    tuned = load_model_from_args(args)
-    args.checkpoint, args.zero_shot = None, True
-    untuned = load_model_from_args(args)
+    try:
+        tuned = load_model_from_args(args)
+        untuned = load_model_from_args(argparse.Namespace(**{**vars(args), "checkpoint": None, "zero_shot": True}))
+    except (CheckpointError, StageChainError) as exc:
+        raise SystemExit(f"error: {exc}") from None
     after, before = sample_before_and_after(
         args.images, model_sampler(tuned, folder, args.temperature, args.seed, args.max_new_tokens),
         model_sampler(untuned, folder, args.temperature, args.seed, args.max_new_tokens), city_streets, args.out,
