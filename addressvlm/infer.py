@@ -31,6 +31,7 @@ from addressvlm.prefix_cache import (
 )
 from addressvlm.precision import default_device_dtype, is_quantized
 from addressvlm.records import DataError, PREDICTION_KEYS, open_predictions, read_jsonl, read_questions, write_atomic
+from addressvlm.model_arguments import add_model_source_arguments  # its home is torch-free: drawing tools use it
 
 IMAGE_TOKEN = "<image>"
 
@@ -471,26 +472,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_source_arguments(parser)
     parser.add_argument("--num-chunks", type=int, default=1, help="split the questions (by image) into K shares")
     parser.add_argument("--chunk-idx", type=int, default=0, help="which share this process answers")
-
-
-def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """Which model (``load_model_from_args``) and where it runs."""
-    source = parser.add_argument_group("model: --config and --checkpoint, --config and --zero-shot, or --hf")
-    source.add_argument("--config", help="the XTuner recipe the checkpoint was trained with")
-    trained_or_not = source.add_mutually_exclusive_group()
-    trained_or_not.add_argument("--checkpoint", help="iter_N.pth, a DeepSpeed checkpoint folder, or a work_dir")
-    trained_or_not.add_argument("--zero-shot", action="store_true",
-                                help="answer with the untuned release the recipe starts from (Table 2's zero-shot "
-                                     "row), prompted as the recipe trains")
-    source.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="recipe overrides, as given to xtuner train")
-    source.add_argument("--model-root", help="local release folder (LLaVA-Phi3-mini or MiniCPM-V 2.6) replacing "
-                                             "the recipe's llava_root / model_root")
-    source.add_argument("--hf", help="a folder tools/export_hf.py wrote (LlavaForConditionalGeneration, or MiniCPM-V "
-                                     "with its LoRA merged)")
-    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                        help="default: bfloat16 (float16 without bf16) on GPU, float32 on CPU")
 
 
 def model_settings_of(args: argparse.Namespace) -> dict:

@@ -7,6 +7,7 @@ Formats (docs/design.md section 2):
 - ``predictions.jsonl``: ``{"question_id", "prediction"}``, appended and flushed per line.
 - ``ranked.jsonl``: ``{"question_id", "ranking": [{"name", "logprob"}, ...]}`` best first, appended like predictions.
 - A gazetteer CSV: extra ``street``/``district`` names (and pairs) to rank beside the city table's.
+- ``levels.json`` in a city root: what the city calls its district and street levels (Tokyo: chome, street).
 - Any other append-only JSONL (alignment labels): ``JsonlAppender`` plus ``read_jsonl``.
 - Cross-view retrieval (docs/retrieval.md): ``gallery.jsonl``, ``queries.jsonl``, ``retrieved.jsonl``.
 
@@ -431,6 +432,49 @@ class JsonlAppender:
         self.close()
 
 
+# --------------------------------------------------------------------------------------------- level names
+# The words questions and reports use for the two levels, by level key. The keys never change (they name the
+# metrics A_d, A_s and the location columns); a city whose levels are called otherwise records its words in
+# ``levels.json`` at its root, and its questions carry them as ``level_name``.
+DEFAULT_LEVEL_NAMES = {"district": "district", "street": "street"}
+LEVEL_NAMES_FILE = "levels.json"
+
+
+def _check_level_names(names: Any, path) -> dict[str, str]:
+    if not isinstance(names, dict) or sorted(names) != sorted(DEFAULT_LEVEL_NAMES) \
+            or not all(isinstance(v, str) and v.strip() for v in names.values()):
+        raise DataError(path, None, f"expected {{\"district\": WORD, \"street\": WORD}}, found {names!r}")
+    return {level: names[level] for level in DEFAULT_LEVEL_NAMES}
+
+
+def read_level_names(city_root: str | os.PathLike) -> dict[str, str]:
+    """The city's level words from ``<city_root>/levels.json``; the paper's "district" and "street" without one."""
+    path = Path(city_root) / LEVEL_NAMES_FILE
+    if not path.is_file():
+        return dict(DEFAULT_LEVEL_NAMES)
+    try:
+        names = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(path, exc.lineno, f"not JSON: {exc.msg}") from None
+    return _check_level_names(names, path)
+
+
+def write_level_names(city_root: str | os.PathLike, names: dict[str, str]) -> None:
+    path = Path(city_root) / LEVEL_NAMES_FILE
+    write_atomic(path, json.dumps(_check_level_names(names, path), indent=2, ensure_ascii=False) + "\n")
+
+
+def question_level_names(questions: Iterable[dict]) -> dict[str, str]:
+    """The level words of test questions (their ``level_name``, the level key where absent). Questions of merged
+    cities that call one level by different words give the key, with every word: "district (chome/district)"."""
+    seen: dict[str, set[str]] = {level: set() for level in DEFAULT_LEVEL_NAMES}
+    for q in questions:
+        if q["level"] in seen:
+            seen[q["level"]].add(q.get("level_name", q["level"]))
+    return {level: (words.pop() if len(words) == 1 else f"{level} ({'/'.join(sorted(words))})" if words else level)
+            for level, words in seen.items()}
+
+
 # --------------------------------------------------------------------------------------------- questions
 LEVELS = ("district", "street", "address")
 QTYPES = ("generation", "judgment", "multiple_choice")
@@ -448,6 +492,10 @@ def check_question(rec: dict, path, line: int | None) -> None:
         raise DataError(path, line, f"level {rec['level']!r} not in {LEVELS}")
     if rec["qtype"] not in QTYPES:
         raise DataError(path, line, f"qtype {rec['qtype']!r} not in {QTYPES}")
+    if "level_name" in rec and (rec["level"] == "address" or not isinstance(rec["level_name"], str)
+                                or not rec["level_name"].strip()):
+        raise DataError(path, line, f"level_name {rec['level_name']!r}: a district or street question's word for "
+                                    "its level")
     if rec["qtype"] == "multiple_choice":
         opts = rec.get("options")
         if not isinstance(opts, dict) or sorted(opts) != ["A", "B", "C", "D"]:

@@ -20,7 +20,10 @@ from functools import lru_cache
 from typing import Iterable, Mapping, NamedTuple
 
 from addressvlm.names import normalize_name
-from addressvlm.records import DataError, read_numbered_questions, read_predictions, read_ranked, write_atomic
+from addressvlm.records import (
+    DEFAULT_LEVEL_NAMES, DataError, question_level_names, read_numbered_questions, read_predictions, read_ranked,
+    write_atomic,
+)
 
 # ------------------------------------------------------------------------------------------ extraction
 def extract_generation(prediction: str) -> str:
@@ -166,8 +169,25 @@ _LEVEL_TYPES["A_s"] = _LEVEL_TYPES["A_s_G"] + _LEVEL_TYPES["A_s_J"] + _LEVEL_TYP
 _LEVEL_TYPES["A"] = _LEVEL_TYPES["A_d"] + _LEVEL_TYPES["A_s"]
 _LEVEL_TYPES["A_sd"] = [("address", qtype) for qtype in ("generation", "judgment", "multiple_choice")]
 METRICS = ("A_d_G", "A_d_J", "A_d_M", "A_d", "A_s_G", "A_s_J", "A_s_M", "A_s", "A", "A_sd")
-HEADERS = dict(zip(METRICS, ("A_d^G", "A_d^J", "A_d^M", "mean A_d", "A_s^G", "A_s^J", "A_s^M", "mean A_s",
-                             "mean A", "A_sd")))
+
+
+def metric_headers(level_names: Mapping[str, str] = DEFAULT_LEVEL_NAMES) -> dict[str, str]:
+    """Each metric's printed header. A level the city calls by its key keeps the paper's letter (A_d, A_s); one
+    called otherwise is written with its word (Tokyo's chome level: A_chome^G ... mean A_chome)."""
+    mark = {level: level[0] if word == level else word for level, word in level_names.items()}
+    d, s = mark["district"], mark["street"]
+    return dict(zip(METRICS, (f"A_{d}^G", f"A_{d}^J", f"A_{d}^M", f"mean A_{d}", f"A_{s}^G", f"A_{s}^J",
+                              f"A_{s}^M", f"mean A_{s}", "mean A", "A_sd")))
+
+
+HEADERS = metric_headers()
+
+
+def level_worded(key: str, level_names: Mapping[str, str]) -> str:
+    """A metric key that starts with a level key, printed with the city's word: ``district_top1`` ->
+    ``chome_top1``."""
+    level, sep, rest = key.partition("_")
+    return f"{level_names[level]}{sep}{rest}" if level in level_names else key
 
 
 def percent(correct: int, total: int) -> float | None:
@@ -179,10 +199,12 @@ def _accuracies(tally: Mapping[str, list[int]]) -> dict[str, dict]:
 
 
 def aggregate(scored: Iterable[ScoredQuestion]) -> dict:
-    """The ten metrics (percentages, two decimals; None where no question counts), with counts and the
-    accuracy per district (over district-level questions) and per street (over street-level questions)."""
+    """The ten metrics (percentages, two decimals; None where no question counts), with counts, the accuracy per
+    district (over district-level questions) and per street (over street-level questions), and the questions'
+    ``level_names`` (what the city calls its levels, for the reports' headers)."""
     tally: dict[tuple[str, str], list[int]] = {}
     by_place: dict[str, dict[str, list[int]]] = {"district": {}, "street": {}}
+    scored = list(scored)
     for s in scored:
         level = s.question["level"]
         counters = [tally.setdefault((level, s.question["qtype"]), [0, 0])]
@@ -201,6 +223,7 @@ def aggregate(scored: Iterable[ScoredQuestion]) -> dict:
     metrics["counts"] = counts
     metrics["per_district"] = _accuracies(by_place["district"])
     metrics["per_street"] = _accuracies(by_place["street"])
+    metrics["level_names"] = question_level_names(s.question for s in scored)
     return metrics
 
 
@@ -328,8 +351,9 @@ def write_per_sample(path: str | os.PathLike, scored: Iterable[ScoredQuestion]) 
 
 
 def format_table(metrics: Mapping) -> str:
-    """Table 2's columns as text: accuracy (%) over correct/total."""
-    cells = [(HEADERS[m], "-" if metrics[m] is None else f"{metrics[m]:.2f}",
+    """Table 2's columns as text: accuracy (%) over correct/total, headed with the metrics' ``level_names``."""
+    headers = metric_headers(metrics.get("level_names", DEFAULT_LEVEL_NAMES))
+    cells = [(headers[m], "-" if metrics[m] is None else f"{metrics[m]:.2f}",
               f"{metrics['counts'][m]['correct']}/{metrics['counts'][m]['total']}") for m in METRICS]
     widths = [max(len(c) for c in column) + 2 for column in cells]
     rows = []

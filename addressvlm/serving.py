@@ -44,14 +44,10 @@ from addressvlm.infer import PerQuestionModel, image_question_groups, sample_ans
 from addressvlm.names import normalize_name
 from addressvlm.prefix_cache import VisionChatModel, choose_greedy, generate_shared
 from addressvlm.ranking import rank_image_questions, rank_per_question
-from addressvlm.records import Location, read_locations
+from addressvlm.records import DEFAULT_LEVEL_NAMES, Location, read_level_names, read_locations
 
 DEFAULT_MAX_TOKENS = 32  # eval/infer.py's --max-new-tokens, so default answers match its predictions
 TOP_K = 5
-# The questions /v1/locate asks: the first Table B4 template of each level with the generation prompt, as the test
-# questions ask them.
-DISTRICT_QUESTION = templates.level_question("district", "generation", 0)
-STREET_QUESTION = templates.level_question("street", "generation", 0)
 
 
 class RequestError(Exception):
@@ -120,6 +116,7 @@ class ServedCity:
     locations: list[Location]
     street_map: StreetMap
     root: Path
+    level_names: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LEVEL_NAMES))
     gazetteer: Gazetteer = field(init=False)
     _by_digest: dict[str, Location] = field(init=False, repr=False)
 
@@ -135,7 +132,14 @@ class ServedCity:
     def from_root(cls, root: str | Path, streets: str | Path | None = None) -> "ServedCity":
         """``root/locations.csv`` and the city's streets (``streets.geojson`` or one ``*.osm.pbf`` in the root)."""
         root = Path(root)
-        return cls(read_locations(root / "locations.csv"), read_street_map(streets or find_city_streets(root)), root)
+        return cls(read_locations(root / "locations.csv"), read_street_map(streets or find_city_streets(root)), root,
+                   read_level_names(root))
+
+    def locate_questions(self) -> list[str]:
+        """The district and street questions /v1/locate asks: the first Table B4 template of each level with the
+        generation prompt, in the city's words for its levels, as its test questions ask them."""
+        return [templates.level_question(level, "generation", 0, word=self.level_names[level])
+                for level in ("district", "street")]
 
     def location_of(self, data: bytes) -> Location | None:
         """The table row whose image file has exactly these bytes (a photo of the city's own), else None."""
@@ -510,7 +514,7 @@ def create_app(model: VisionChatModel | PerQuestionModel, city: ServedCity, mode
         data, question = await _locate_inputs(request, allowed)
         check_reserved_markers(question or "", markers)
         image = decode_image(data)
-        questions = [DISTRICT_QUESTION, STREET_QUESTION] + ([question] if question else [])
+        questions = city.locate_questions() + ([question] if question else [])
         generated = worker.greedy(image, questions, DEFAULT_MAX_TOKENS)
         ranked = worker.rank(image, questions[:2], [city.gazetteer.districts, city.gazetteer.streets])
         answers = await asyncio.wrap_future(generated)

@@ -5,6 +5,13 @@ the city streets it names approximates its belief over the city. Fig. 5 draws th
 map. The model without stage 1 rarely names a valid street, so Appendix D.1 asks it a multiple-choice question
 over the streets the other model named instead (Fig. 4).
 
+Which two models (Appendix D.1, docs/eval.md): *after* cross-view alignment tuning is the stage-1 model (D.1
+explains feeding it street views although stage 1 trained it on grafted images, which only that model needs),
+answering free-form; *before* is the zero-shot release the recipe starts from ("the model without any downstream
+fine-tuning"), choosing among the after-model's streets. The options are shuffled (seeded per image): in rank order
+the after-model's favourite would always be option A, and an untuned model that answers "A" to everything would
+seem to know the street. The figure shows how often each letter was chosen beside the counts.
+
 The steps are apart so that any sampler can feed them: ``street_question``/``street_choice_question`` build the
 prompts, ``sample_street_answers`` drives a sampler the caller passes in and stores the answers resumably,
 ``count_streets`` counts valid streets (normalised as eval/score.py normalises), ``draw_street_distribution``
@@ -14,19 +21,22 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import string
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from addressvlm.geo.streets import StreetMap
-from addressvlm.records import DataError, JsonlAppender, read_jsonl
+from addressvlm.records import DataError, JsonlAppender, Location, read_jsonl
 from addressvlm.names import normalize_name
 from addressvlm.scoring import extract_choice, extract_generation
 from addressvlm.templates import STREET_TEMPLATES, level_question
 
 SAMPLES_PER_IMAGE = 100  # Appendix D.1
+CHOICE_OPTIONS = 4  # the before-model's options: the after-model's top streets, as many as Table B5's A-D
 SAMPLING_TEMPERATURE = 0.8  # Appendix D.1: raised from 0.1 "to encourage output variability"
 TOP_COLOURS = ("#d7191c", "#f28e1c", "#ffd92f")  # red, orange, yellow: Fig. 5's top three
 OSM_ATTRIBUTION = "Streets: \u00a9 OpenStreetMap contributors, ODbL"
@@ -46,13 +56,19 @@ def street_question(template_index: int = FREE_FORM_TEMPLATE) -> str:
     return level_question("street", "generation", template_index)
 
 
-def choice_options(streets: Iterable[str]) -> dict[str, str]:
-    """Letters A, B, ... for distinct streets (same normalised name once), in alphabetical order so that the
-    order does not hint at how often the other model named them."""
+def choice_options(streets: Iterable[str], rng: random.Random, pad_from: Sequence[str] = (),
+                   size: int = 0) -> dict[str, str]:
+    """Letters A, B, ... for distinct streets (same normalised name once) in an order shuffled by ``rng``, so that
+    the letter hints neither at how often the other model named a street nor at its name. Fewer than ``size``
+    streets are padded with others drawn from ``pad_from`` (the city's streets)."""
     by_name: dict[str, str] = {}
     for street in streets:
         by_name.setdefault(normalize_name(street), street)
+    spare = sorted({normalize_name(s): s for s in pad_from if normalize_name(s) not in by_name}.items())
+    for key, street in rng.sample(spare, min(len(spare), max(0, size - len(by_name)))):
+        by_name[key] = street
     ordered = sorted(by_name.values(), key=normalize_name)
+    rng.shuffle(ordered)
     if len(ordered) > len(string.ascii_uppercase):
         raise ValueError(f"{len(ordered)} streets: a multiple-choice question can list at most 26")
     if not ordered:
@@ -117,13 +133,17 @@ class StreetCounts:
     counts: Counter  # the city's spelling of a street -> times named
     invalid: int  # answers that named no street of the city (or no single option)
     total: int
+    positions: Counter | None = None  # multiple choice: option letter (or "none") -> times chosen
 
     def top(self, k: int = 3) -> list[tuple[str, int]]:
         """The ``k`` most named streets, ties broken by name so the figure does not depend on answer order."""
         return sorted(self.counts.items(), key=lambda item: (-item[1], normalize_name(item[0])))[:k]
 
     def as_dict(self) -> dict:
-        return {"counts": dict(self.top(len(self.counts))), "invalid": self.invalid, "total": self.total}
+        out = {"counts": dict(self.top(len(self.counts))), "invalid": self.invalid, "total": self.total}
+        if self.positions is not None:
+            out["positions"] = dict(sorted(self.positions.items()))
+        return out
 
 
 def count_streets(answers: Iterable[str], city_streets: Iterable[str],
@@ -133,11 +153,13 @@ def count_streets(answers: Iterable[str], city_streets: Iterable[str],
     replies and the chosen option's street counts."""
     city = {normalize_name(s): s for s in city_streets}
     counts: Counter = Counter()
+    positions = None if options is None else Counter({letter: 0 for letter in options})
     total = invalid = 0
     for answer in answers:
         total += 1
         if options is not None:
             letter = extract_choice(answer, options)
+            positions[letter or "none"] += 1
             key = normalize_name(options[letter]) if letter else None
         else:
             key = extract_generation(answer)
@@ -146,7 +168,54 @@ def count_streets(answers: Iterable[str], city_streets: Iterable[str],
             invalid += 1
         else:
             counts[street] += 1
-    return StreetCounts(counts, invalid, total)
+    return StreetCounts(counts, invalid, total, positions)
+
+
+# ------------------------------------------------------------------------------------------ before and after
+def image_seed(seed: int, image: str) -> int:
+    """A sampling seed per image, independent of which other images are sampled."""
+    return zlib.crc32(f"{seed}:{image}".encode())
+
+
+def model_sampler(model, image_folder: str | os.PathLike, temperature: float = SAMPLING_TEMPERATURE,
+                  seed: int = 0, max_new_tokens: int = 32) -> Sampler:
+    """A ``Sampler`` answering with a loaded model (``addressvlm.infer``), images relative to ``image_folder``."""
+    from addressvlm.infer import sample_answers
+
+    def sample(image: str, prompt: str, n: int) -> list[str]:
+        return sample_answers(model, Path(image_folder) / image, prompt, n, temperature, max_new_tokens,
+                              seed=image_seed(seed, image))
+
+    return sample
+
+
+def pick_test_images(rows: Sequence[Location], k: int) -> list[Location]:
+    """``k`` test views spread over the city table's test split (the order of the table)."""
+    test = [r for r in rows if r.split == "test"]
+    if not test:
+        raise ValueError("the city table has no test rows (pin the splits first)")
+    return test[:: max(1, len(test) // k)][:k]
+
+
+def sample_before_and_after(images: Sequence[str], after: Sampler, before: Sampler, city_streets: Sequence[str],
+                            out_dir: str | os.PathLike, n: int = SAMPLES_PER_IMAGE, seed: int = 0
+                            ) -> tuple[Path, Path]:
+    """Fig. 5's samples (Appendix D.1): ``after`` (the aligned model) answers the free-form street question ``n``
+    times per image; ``before`` (the zero-shot model) the multiple-choice question over the after-model's top
+    streets, shuffled with a seed per image (padded from ``city_streets`` to four). Writes and returns
+    ``out_dir/after_alignment.jsonl`` and ``out_dir/before_alignment.jsonl`` (resumable)."""
+    out_dir = Path(out_dir)
+    after_path, before_path = out_dir / "after_alignment.jsonl", out_dir / "before_alignment.jsonl"
+    sample_street_answers(images, after, after_path, n)
+    wanted = set(images)
+    options = {}
+    for record in read_sampled_answers(after_path):
+        if record["image"] in wanted:
+            named = [name for name, _ in count_streets(record["answers"], city_streets).top(CHOICE_OPTIONS)]
+            options[record["image"]] = choice_options(named, random.Random(f"options:{seed}:{record['image']}"),
+                                                      city_streets, CHOICE_OPTIONS)
+    sample_street_answers(images, before, before_path, n, options_by_image=options)
+    return after_path, before_path
 
 
 # ------------------------------------------------------------------------------------------ drawing
@@ -187,7 +256,10 @@ def _draw_panel(map_ax, bar_ax, street_map: StreetMap, counts: StreetCounts, tru
     bar_ax.set_yticks(rows, [name for name, _ in top], fontsize=9)
     bar_ax.set_xlim(0, max(counts.total, 1))
     bar_ax.set_ylim(-0.6, k - 0.4)
-    bar_ax.set_xlabel(f"times named in {counts.total} samples ({counts.invalid} named no city street)", fontsize=9)
+    label = f"times named in {counts.total} samples ({counts.invalid} named no city street)"
+    if counts.positions is not None:
+        label += "\noption letters chosen: " + ", ".join(f"{letter} {n}" for letter, n in counts.positions.items())
+    bar_ax.set_xlabel(label, fontsize=9)
     bar_ax.spines[["top", "right"]].set_visible(False)
     if not top:
         bar_ax.text(0.5, 0.5, "no valid street named", transform=bar_ax.transAxes, ha="center", va="center")

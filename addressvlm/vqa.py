@@ -19,8 +19,9 @@ from typing import Sequence
 from addressvlm import templates
 from addressvlm.names import normalize_name
 from addressvlm.records import (
-    DataError, Location, location_centroids, read_llava_json, read_locations, read_questions, replaced_folder, write_atomic,
-    write_llava_json, write_locations, write_questions,
+    DEFAULT_LEVEL_NAMES, DataError, Location, location_centroids, read_level_names, read_llava_json, read_locations,
+    read_questions, replaced_folder, write_atomic, write_level_names, write_llava_json, write_locations,
+    write_questions,
 )
 
 SPLITS = ("train", "val", "test")
@@ -200,36 +201,39 @@ def _options(answer: str, wrong: list[str], rng: random.Random) -> tuple[dict[st
 
 
 def level_qa(level: str, qtype: str, truth: str, wrong: list[str], rng: random.Random,
-             judgment_answer: str | None = None) -> tuple[str, str, dict | None]:
+             judgment_answer: str | None = None, word: str | None = None) -> tuple[str, str, dict | None]:
     """(question, answer, options) for one level x type question whose true answer is ``truth``; ``wrong`` are
-    the level's distractors."""
+    the level's distractors, ``word`` what the city calls the level (the same random draws whatever the word)."""
     template_index = rng.randrange(len(templates.TEMPLATES[level]))
     if qtype == "generation":
-        return templates.level_question(level, qtype, template_index), truth, None
+        return templates.level_question(level, qtype, template_index, word=word), truth, None
     if qtype == "judgment":
         answer = judgment_answer or ("Yes" if rng.random() < 0.5 else "No")
         name = truth if answer == "Yes" else rng.choice(wrong)
-        return templates.level_question(level, qtype, template_index, name=name), answer, None
+        return templates.level_question(level, qtype, template_index, name=name, word=word), answer, None
     options, letter = _options(truth, wrong, rng)
-    return templates.level_question(level, qtype, template_index, options=options), letter, options
+    return templates.level_question(level, qtype, template_index, options=options, word=word), letter, options
 
 
 def training_record(row: Location, record_id: str, rounds: int, cycle_start: int, distractors: Distractors,
-                    seed: int, turn_order: str = "shuffled") -> tuple[dict, list[tuple[str, str]]]:
+                    seed: int, turn_order: str = "shuffled", level_names: dict[str, str] = DEFAULT_LEVEL_NAMES
+                    ) -> tuple[dict, list[tuple[str, str]]]:
     """One multi-turn LLaVA record for ``row`` and the (level, qtype) of each of its turns.
 
     ``rounds`` <= 6 takes that many level x type questions from ``ROUND_CYCLE`` starting at ``cycle_start``;
     7 asks all six plus the address question. ``turn_order`` is one of ``TURN_ORDERS`` (checked by ``build_vqa``).
+    ``level_names`` are the words the questions call the levels by.
     """
     rng = random.Random(f"{seed}:{row.image}")
     wrong = {level: distractors.pick(level, row, rng) for level in templates.LEVELS}
     chosen = [ROUND_CYCLE[(cycle_start + k) % len(ROUND_CYCLE)] for k in range(min(rounds, len(ROUND_CYCLE)))]
     generation, other = [], []
     for level, qtype in chosen:
-        question, answer, _ = level_qa(level, qtype, getattr(row, level), wrong[level], rng)
+        question, answer, _ = level_qa(level, qtype, getattr(row, level), wrong[level], rng,
+                                       word=level_names[level])
         (generation if qtype == "generation" else other).append((level, qtype, question, answer))
     if rounds == MAX_ROUNDS:
-        generation.append(("address", "generation", templates.ADDRESS_QUESTION,
+        generation.append(("address", "generation", templates.address_question(level_names),
                            templates.address_answer(row.street, row.district)))
     if turn_order == "shuffled":
         turns = generation + other
@@ -257,9 +261,12 @@ def split_turns(record: dict) -> list[dict]:
     return out
 
 
-def single_turn_questions(row: Location, question_prefix: str, distractors: Distractors, seed: int) -> list[dict]:
+def single_turn_questions(row: Location, question_prefix: str, distractors: Distractors, seed: int,
+                          level_names: dict[str, str] = DEFAULT_LEVEL_NAMES) -> list[dict]:
     """The nine single-turn questions of a test or validation image: per level generation, judgment Yes, judgment No and
-    multiple choice, then the address question. The text has no "<image>" token (inference adds it)."""
+    multiple choice, then the address question. The text has no "<image>" token (inference adds it). A level the
+    city calls otherwise than its key (``level_names``) is recorded as the key with the word as ``level_name``, so
+    metric names stay and reports can say the word."""
     rng = random.Random(f"{seed}:{row.image}")
     out = []
 
@@ -268,17 +275,21 @@ def single_turn_questions(row: Location, question_prefix: str, distractors: Dist
              "question": question, "answer": answer, "street": row.street, "district": row.district}
         if options is not None:
             q["options"] = options
+        if level in level_names and level_names[level] != level:
+            q["level_name"] = level_names[level]
         out.append(q)
 
     for level in templates.LEVELS:
         wrong = distractors.pick(level, row, rng)
-        add(f"{level}_generation", level, "generation", *level_qa(level, "generation", getattr(row, level), wrong, rng))
+        word = level_names[level]
+        add(f"{level}_generation", level, "generation",
+            *level_qa(level, "generation", getattr(row, level), wrong, rng, word=word))
         for answer in ("Yes", "No"):
             add(f"{level}_judgment_{answer.lower()}", level, "judgment",
-                *level_qa(level, "judgment", getattr(row, level), wrong, rng, judgment_answer=answer))
+                *level_qa(level, "judgment", getattr(row, level), wrong, rng, judgment_answer=answer, word=word))
         add(f"{level}_multiple_choice", level, "multiple_choice",
-            *level_qa(level, "multiple_choice", getattr(row, level), wrong, rng))
-    add("address_generation", "address", "generation", templates.ADDRESS_QUESTION,
+            *level_qa(level, "multiple_choice", getattr(row, level), wrong, rng, word=word))
+    add("address_generation", "address", "generation", templates.address_question(level_names),
         templates.address_answer(row.street, row.district), None)
     return out
 
@@ -318,7 +329,8 @@ def _split_stats(rows: Sequence[Location], level_types: Counter) -> dict:
 def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, split: str = "7:2:1",
               rounds: int = MAX_ROUNDS, distractors: str = "nearest", view_fraction: float = 1.0,
               location_fraction: float = 1.0, city: str | None = None, progress: bool = False,
-              single_turn: bool = False, turn_order: str = "shuffled") -> dict:
+              single_turn: bool = False, turn_order: str = "shuffled", level_names: dict[str, str] | None = None
+              ) -> dict:
     """Write ``train.json``, ``val.json``, ``test_questions.jsonl``, ``val_questions.jsonl`` and ``stats.json`` into
     ``out_dir``: the validation locations as conversations and, for the metrics logged while training
     (``hooks.AddressMetricsHook``), as single-turn questions in the test questions' format.
@@ -329,7 +341,10 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
     only, so ablation runs are scored on the same validation and test questions. ``single_turn`` writes each round
     as a record of its own (ids ``.../<round>``), in the test questions' format: small models trained from scratch
     do not carry what they learn in later turns over to a question asked first. ``turn_order`` orders the turns of
-    a conversation (``TURN_ORDERS``). Returns the statistics.
+    a conversation (``TURN_ORDERS``). ``level_names`` are the words the questions call the district and street
+    levels by (``templates.parse_level_names``): given, they are recorded in the city root's ``levels.json`` for
+    the tools that read the city later (serving; building again); not given, that file's words, or the paper's.
+    Returns the statistics.
     """
     locations_csv, out_dir = Path(locations_csv), Path(out_dir)
     if not 1 <= rounds <= MAX_ROUNDS:
@@ -343,6 +358,8 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
             raise DataError(locations_csv, line, f"location_id {row.location_id!r} contains '/', which separates the "
                                                  "fields of question ids")
     city = city or locations_csv.resolve().parent.name
+    chosen_level_names = level_names
+    level_names = level_names or read_level_names(locations_csv.parent)
     index = Distractors(rows, distractors, locations_csv)
     views = view_names(rows)
     assignment = assign_splits(rows, seed, ratios, locations_csv)
@@ -355,13 +372,15 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
              "turn_order": turn_order,
              "distractors": distractors,
              "view_fraction": view_fraction, "location_fraction": location_fraction, "splits": {}}
+    if level_names != DEFAULT_LEVEL_NAMES:  # the paper's words add nothing, and earlier stats stay byte-identical
+        stats["level_names"] = dict(level_names)
     with replaced_folder(out_dir, VQA_FILES) as staging:
         for name in ("train", "val"):
             records, counts = [], Counter()
             for i, row in enumerate(_progress(by_split[name], f"{city} {name}", progress)):
                 try:
                     record, kinds = training_record(row, f"{city}/{row.location_id}/{views[row.image]}", rounds,
-                                                    i * rounds, index, seed, turn_order)
+                                                    i * rounds, index, seed, turn_order, level_names)
                 except ValueError as exc:
                     raise DataError(locations_csv, None, str(exc)) from None
                 records.extend(split_turns(record) if single_turn else [record])
@@ -373,7 +392,8 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
             questions[name], counts = [], Counter()
             for row in _progress(by_split[name], f"{city} {name} questions", progress):
                 try:
-                    qs = single_turn_questions(row, f"{city}/{row.location_id}/{views[row.image]}", index, seed)
+                    qs = single_turn_questions(row, f"{city}/{row.location_id}/{views[row.image]}", index, seed,
+                                               level_names)
                 except ValueError as exc:
                     raise DataError(locations_csv, None, str(exc)) from None
                 questions[name].extend(qs)
@@ -384,6 +404,8 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
         stats["splits"]["test"]["judgment_answers"] = dict(sorted(Counter(
             q["answer"] for q in questions["test"] if q["qtype"] == "judgment").items()))
         write_atomic(staging / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    if chosen_level_names is not None:
+        write_level_names(locations_csv.parent, chosen_level_names)
     return stats
 
 

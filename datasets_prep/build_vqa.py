@@ -11,12 +11,23 @@ Examples:
     # Fig. 7 density ablation: half the views of a quarter of the training locations
     python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa_v50_l25 \\
         --view-fraction 0.5 --location-fraction 0.25
+    # Tokyo (Table 8): the district level is the chome; recorded in data/tokyo/levels.json for later builds,
+    # scoring and serving
+    python datasets_prep/build_vqa.py --locations data/tokyo/locations.csv --out data/tokyo/vqa --level-names chome,street
 """
 import argparse
 import sys
 
-from addressvlm.records import DataError
+from addressvlm.records import LEVEL_NAMES_FILE, DataError
+from addressvlm.templates import parse_level_names
 from addressvlm.vqa import DISTRACTOR_MODES, MAX_ROUNDS, TURN_ORDERS, build_vqa
+
+
+def _level_names(text: str) -> dict[str, str]:
+    try:
+        return parse_level_names(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main() -> None:
@@ -41,17 +52,23 @@ def main() -> None:
                         help="shuffled (default): every question type opens some conversations, as each test "
                              "question is asked first; generation-first: names are asked before a judgment or "
                              "choice can give them away")
+    parser.add_argument("--level-names", type=_level_names, metavar="DISTRICT_WORD,STREET_WORD",
+                        help="what the questions call the district and street levels, e.g. chome,street for Tokyo; "
+                             f"recorded in the city root's {LEVEL_NAMES_FILE} (default: the words recorded there, "
+                             "else district,street)")
     args = parser.parse_args()
     try:
         stats = build_vqa(args.locations, args.out, seed=args.seed, split=args.split, rounds=args.rounds,
                           distractors=args.distractors, view_fraction=args.view_fraction,
                           location_fraction=args.location_fraction, city=args.city, progress=True,
-                          single_turn=args.single_turn, turn_order=args.turn_order)
+                          single_turn=args.single_turn, turn_order=args.turn_order, level_names=args.level_names)
     except (DataError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     for name, s in stats["splits"].items():
         print(f"{name:5s}: {s['locations']} locations, {s['images']} images, {s['questions']} questions, "
               f"{s['streets']} streets, {s['districts']} districts")
+    if "level_names" in stats:
+        print(f"levels called {stats['level_names']['district']!r} and {stats['level_names']['street']!r}")
     print(f"written to {args.out}")
 
 

@@ -14,7 +14,9 @@ import json
 import sys
 
 from addressvlm.records import DataError, write_atomic
-from addressvlm.scoring import format_table, read_ranked_names, score_files, top_k_accuracy, write_per_sample
+from addressvlm.scoring import (
+    format_table, level_worded, read_ranked_names, score_files, top_k_accuracy, write_per_sample,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(metrics))
     for key, value in extra.items():
         if not isinstance(value, dict):
-            print(f"{key}: {'-' if value is None else value}")
+            print(f"{level_worded(key, metrics['level_names'])}: {'-' if value is None else value}")
     missing = sum(s.prediction is None for s in scored)
     if missing:
         print(f"{missing} question(s) had no prediction and count as wrong (--allow-missing)")

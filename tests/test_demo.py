@@ -50,6 +50,8 @@ def test_quick_demo_writes_every_artefact(quick_demo):
             assert f"pictures/{picture.name}" in text
     distribution = json.loads((out / "pictures" / "street_distribution_0.json").read_text())
     assert distribution["after"]["total"] == DemoSettings.quick().street_samples
+    # the zero-shot model's option letters: one count per sample, the options shuffled (docs/metrics.md)
+    assert sum(distribution["before"]["positions"].values()) == DemoSettings.quick().street_samples
 
     # A rerun keeps every finished step: nothing is trained or answered again.
     stamp = (work / "stage1_stage2" / "last_checkpoint").stat().st_mtime

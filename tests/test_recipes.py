@@ -67,7 +67,7 @@ def test_reference_recipes_follow_table_a1(name):
     assert cfg.env_cfg.dist_cfg.backend == "nccl"
 
 
-@pytest.mark.parametrize("city,stage", [("sf", 1), ("sf", 2)])
+@pytest.mark.parametrize("city,stage", [("sf", 1), ("sf", 2), ("tokyo", 1), ("tokyo", 2)])
 def test_children_patch_the_built_dicts(city, stage):
     cfg = load(f"stage{stage}_{city}")
     data_file = "stage1/train.json" if stage == 1 else "vqa/train.json"

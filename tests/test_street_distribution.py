@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -74,12 +75,13 @@ def test_free_form_prompt_is_a_street_generation_question():
 
 
 def test_choice_prompt_over_any_number_of_streets():
-    options = choice_options(["Forbes Ave", "craig street", "Craig St.", "Baum Boulevard", "Penn Avenue",
-                              "Negley Avenue"])
-    assert options == {"A": "Baum Boulevard", "B": "craig street", "C": "Forbes Ave", "D": "Negley Avenue",
-                       "E": "Penn Avenue"}
+    named = ["Forbes Ave", "craig street", "Craig St.", "Baum Boulevard", "Penn Avenue", "Negley Avenue"]
+    options = choice_options(named, random.Random(3))
+    assert sorted(options.values()) == ["Baum Boulevard", "Forbes Ave", "Negley Avenue", "Penn Avenue",
+                                        "craig street"] and sorted(options) == list("ABCDE")
+    assert options == choice_options(named, random.Random(3))  # the same seed, the same order
     prompt = street_choice_question(options)
-    assert "(A) Baum Boulevard (B) craig street (C) Forbes Ave (D) Negley Avenue (E) Penn Avenue." in prompt
+    assert " ".join(f"({k}) {v}" for k, v in options.items()) + "." in prompt
     assert prompt.startswith("Which of the following street correctly represents the location shown in the image?")
     assert prompt.endswith("Please select the correct option (A/B/C/D/E).")
     assert extract_choice("(E)", options) == "E" and extract_choice("Option F", options) is None
@@ -87,9 +89,20 @@ def test_choice_prompt_over_any_number_of_streets():
 
 def test_choice_options_limits():
     with pytest.raises(ValueError, match="at most 26"):
-        choice_options([f"Street {i}" for i in range(27)])
+        choice_options([f"Street {i}" for i in range(27)], random.Random(0))
     with pytest.raises(ValueError, match="no street"):
-        choice_options([])
+        choice_options([], random.Random(0))
+
+
+def test_shuffled_options_do_not_put_the_favourite_at_a():
+    """The after-model's top street (listed first) lands on every letter over images; one named street is padded
+    with city streets to four options."""
+    letters = [next(k for k, v in choice_options(["Forbes Avenue", "Craig Street", "Penn Avenue", "Baum Boulevard"],
+                                                 random.Random(f"options:0:{i}")).items() if v == "Forbes Avenue")
+               for i in range(40)]
+    assert set(letters) == set("ABCD") and max(letters.count(x) for x in "ABCD") < 20
+    padded = choice_options(["Forbes Ave"], random.Random(1), CITY_STREETS, 4)
+    assert len(padded) == 4 and "Forbes Ave" in padded.values() and "Forbes Avenue" not in padded.values()
 
 
 # ------------------------------------------------------------------------------------------ counting
@@ -111,6 +124,9 @@ def test_count_multiple_choice_answers():
     counts = count_streets(answers, CITY_STREETS, options)
     assert counts.counts == {"Forbes Avenue": 4, "Penn Avenue": 2}
     assert counts.invalid == 4 and counts.total == 10
+    # "Mars Avenue" names no option; "D" is no option letter; "(A) or (B)" names two
+    assert counts.positions == {"A": 0, "B": 4, "C": 2, "none": 4}
+    assert sum(counts.positions.values()) == counts.total and counts.as_dict()["positions"] == counts.positions
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -192,6 +208,7 @@ def test_cli_draws_panels_and_writes_counts(tmp_path):
     assert first["panels"]["after alignment"] == {"counts": {"Forbes Avenue": 60, "Negley Avenue": 25},
                                                   "invalid": 15, "total": 100}
     assert first["panels"]["before alignment"]["counts"] == {"Negley Avenue": 70, "Forbes Avenue": 30}
+    assert first["panels"]["before alignment"]["positions"] == {"A": 30, "B": 70}
     assert list(report["images/001_0.jpg"]["panels"]) == ["after alignment"]
     two_panels = Image.open(out / "images__000_0.png").size
     one_panel = Image.open(out / "images__001_0.png").size
@@ -206,3 +223,38 @@ def test_cli_rejects_unknown_image(tmp_path):
                           "--locations", str(locations), "--out", str(tmp_path / "o"), "--answers", str(answers)],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert run.returncode != 0 and "images/999_0.jpg" in run.stderr and "a.jsonl" in run.stderr
+
+
+def test_cli_samples_both_models_and_draws(tiny_llava, tmp_path):
+    """One command: the checkpoint answers free-form, the recipe's release chooses among its top streets (options
+    shuffled, seeded per image), then the map with the option letters chosen."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_infer import RECIPE, model_options, write_synthetic_checkpoint
+
+    sys.path.insert(0, str(REPO / "eval"))
+    try:
+        import street_distribution as cli
+    finally:
+        sys.path.remove(str(REPO / "eval"))
+    streets, locations = write_city(tmp_path / "city")
+    for i, image in enumerate(("images/000_0.jpg", "images/001_0.jpg")):
+        (tmp_path / "city" / "images").mkdir(exist_ok=True)
+        Image.new("RGB", (48, 32), (60 * i, 120, 200 - 60 * i)).save(tmp_path / "city" / image)
+    checkpoint = write_synthetic_checkpoint(tmp_path / "work", model_options(tiny_llava))
+    first = tmp_path / "fig5"
+    cli.main(["--config", RECIPE, "--checkpoint", str(checkpoint), "--model-root", str(tiny_llava),
+              "--streets", str(streets), "--locations", str(locations), "--out", str(first),
+              "--images", "images/000_0.jpg", "images/001_0.jpg", "--samples", "5", "--max-new-tokens", "3",
+              "--device", "cpu"])
+    after, before = read_sampled_answers(first / "after_alignment.jsonl"), \
+        read_sampled_answers(first / "before_alignment.jsonl")
+    assert [len(r["answers"]) for r in after + before] == [5, 5, 5, 5]
+    for a, b in zip(after, before):  # the options: the after-model's top streets, padded, in the seeded order
+        named = [name for name, _ in count_streets(a["answers"], CITY_STREETS).top(4)]
+        assert b["options"] == choice_options(named, random.Random(f"options:0:{a['image']}"), CITY_STREETS, 4)
+    assert (first / "images__000_0.png").is_file() and (first / "images__001_0.png").is_file()
+    report = json.loads((first / "street_counts.json").read_text())
+    for image in report.values():
+        panel = image["panels"][cli.BEFORE_LABEL]
+        assert sum(panel["positions"].values()) == panel["total"] == 5
+        assert image["panels"][cli.AFTER_LABEL]["total"] == 5

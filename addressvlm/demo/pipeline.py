@@ -307,33 +307,36 @@ def rank_and_measure(paths: Paths, s: DemoSettings, name: str) -> dict:
 
 
 def street_distribution(paths: Paths, s: DemoSettings) -> list[Path]:
-    """Fig. 5 for a few test images: the AddressVLM model's free-form answers, the zero-shot model's choices among
-    the streets that model produced (Appendix D.1)."""
+    """Fig. 5 for a few test images (Appendix D.1, ``street_distribution.sample_before_and_after``): the zero-shot
+    model's choices among the streets the tuned model named, the options shuffled. The paper's "after" model is the
+    stage-1 model; here it is AddressVLM's stage 2, since the tiny stage-1 model answers in reasons, not names."""
     from addressvlm.geo.streets import read_street_map
-    from addressvlm.infer import sample_answers
-    from addressvlm.street_distribution import (choice_options, count_streets, draw_street_distribution,
-                                       street_choice_question, street_question)
+    from addressvlm.street_distribution import (count_streets, draw_street_distribution, model_sampler,
+                                                pick_test_images, read_sampled_answers, sample_before_and_after)
 
-    rows = [r for r in read_locations(paths.city / "locations.csv") if r.split == "test"]
-    chosen = rows[:: max(1, len(rows) // s.street_images)][: s.street_images]
+    rows = read_locations(paths.city / "locations.csv")
+    chosen = pick_test_images(rows, s.street_images)
     street_map = read_street_map(paths.city / "streets.geojson")
-    city_streets = sorted({r.street for r in read_locations(paths.city / "locations.csv")})
-    tuned, zero_shot = load_model(paths, s, "stage1_stage2"), load_model(paths, s, "zero_shot")
+    city_streets = sorted({r.street for r in rows})
+    samples = paths.out / "street_samples"
+    for stale in samples.glob("*.jsonl"):  # the models may have been retrained since
+        stale.unlink()
+    after_path, before_path = sample_before_and_after(
+        [row.image for row in chosen], model_sampler(load_model(paths, s, "stage1_stage2"), paths.city, seed=s.seed),
+        model_sampler(load_model(paths, s, "zero_shot"), paths.city, seed=s.seed), city_streets, samples,
+        s.street_samples, s.seed)
+    after = {r["image"]: count_streets(r["answers"], city_streets) for r in read_sampled_answers(after_path)}
+    before = {r["image"]: count_streets(r["answers"], city_streets, r["options"])
+              for r in read_sampled_answers(before_path)}
     pictures = []
     for i, row in enumerate(chosen):
-        image = paths.city / row.image
-        after = count_streets(sample_answers(tuned, image, street_question(), s.street_samples, 0.8, seed=i),
-                              city_streets)
-        named = [name for name, _ in after.top(4)] or city_streets[:4]
-        options = choice_options(named)
-        before = count_streets(sample_answers(zero_shot, image, street_choice_question(options), s.street_samples,
-                                              0.8, seed=i), city_streets, options=options)
         png = paths.out / "pictures" / f"street_distribution_{i}.png"
-        draw_street_distribution(street_map, [("before stage 1 + 2 (zero-shot)", before),
-                                              ("after stage 1 + 2 (AddressVLM)", after)],
+        draw_street_distribution(street_map, [("before alignment: zero-shot, options shuffled", before[row.image]),
+                                              ("after: stage 1 + 2 (AddressVLM)", after[row.image])],
                                  row.lat, row.lon, png, title=f"{row.image}: true street {row.street}")
         write_atomic(png.with_suffix(".json"), json.dumps({"image": row.image, "street": row.street,
-                                                           "before": before.as_dict(), "after": after.as_dict()},
+                                                           "before": before[row.image].as_dict(),
+                                                           "after": after[row.image].as_dict()},
                                                           indent=2, ensure_ascii=False) + "\n")
         pictures.append(png)
     return pictures

@@ -1,7 +1,8 @@
 """The demo's report.md: the Table-2-style comparison, each accuracy tested against guessing, pictures, step times."""
 from __future__ import annotations
 
-from addressvlm.scoring import HEADERS, METRICS, binomial_p_value, chance_accuracy
+from addressvlm.records import DEFAULT_LEVEL_NAMES
+from addressvlm.scoring import METRICS, binomial_p_value, chance_accuracy, metric_headers
 
 TESTED = {"A_d_J": "judgment", "A_d_M": "multiple_choice", "A_s_J": "judgment", "A_s_M": "multiple_choice"}
 LABELS = {"zero_shot": "zero-shot (no tuning)", "stage2_only": "Baseline (stage 2 only)",
@@ -12,8 +13,14 @@ def _cell(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def headers_of(metrics: dict[str, dict]) -> dict[str, str]:
+    """The metric headers in the words of the city the models were scored on (A_d, A_s for the paper's)."""
+    return metric_headers(next(iter(metrics.values()), {}).get("level_names", DEFAULT_LEVEL_NAMES))
+
+
 def comparison_table(metrics: dict[str, dict]) -> str:
-    lines = ["| model | " + " | ".join(HEADERS[m] for m in METRICS) + " |",
+    headers = headers_of(metrics)
+    lines = ["| model | " + " | ".join(headers[m] for m in METRICS) + " |",
              "|---|" + "---:|" * len(METRICS)]
     for name, m in metrics.items():
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(_cell(m[k]) for k in METRICS) + " |")
@@ -21,6 +28,7 @@ def comparison_table(metrics: dict[str, dict]) -> str:
 
 
 def significance_table(metrics: dict[str, dict], majority: dict[str, float]) -> str:
+    headers = headers_of(metrics)
     lines = ["| model | metric | correct / total | accuracy % | chance % | one-sided binomial p |",
              "|---|---|---:|---:|---:|---:|"]
     for name, m in metrics.items():
@@ -30,7 +38,7 @@ def significance_table(metrics: dict[str, dict], majority: dict[str, float]) -> 
             if not count["total"] or chance is None:
                 continue
             p = binomial_p_value(count["correct"], count["total"], chance)
-            lines.append(f"| {LABELS.get(name, name)} | {HEADERS[key]} | {count['correct']} / {count['total']} | "
+            lines.append(f"| {LABELS.get(name, name)} | {headers[key]} | {count['correct']} / {count['total']} | "
                          f"{_cell(m[key])} | {100 * chance:.0f} | {p:.2e}{' (significant)' if p < 0.01 else ''} |")
     return "\n".join(lines)
 
@@ -74,7 +82,8 @@ def stage1_effect(metrics: dict[str, dict]) -> str:
     if "stage1_stage2" not in metrics or "stage2_only" not in metrics:
         return ""
     after, before = metrics["stage1_stage2"], metrics["stage2_only"]
-    rows = [f"{HEADERS[k]} {after[k] - before[k]:+.2f}" for k in METRICS
+    headers = headers_of(metrics)
+    rows = [f"{headers[k]} {after[k] - before[k]:+.2f}" for k in METRICS
             if after[k] is not None and before[k] is not None]
     verdict = "adds" if (after["A"] or 0) > (before["A"] or 0) else "does not add"
     return ("AddressVLM minus Baseline, in points: " + ", ".join(rows) + f". Here stage 1 {verdict} to the mean "
@@ -179,7 +188,10 @@ def render_report(metrics: dict[str, dict], times: dict[str, float], pictures: d
             parts += [f"**{title}**", "", " ".join(f"![{title}](pictures/{f})" for f in files), ""]
     if distribution:
         parts += ["**street distribution (Fig. 5)**: 100 answers at temperature 0.8 per image; the top three "
-                  "streets in red, orange, yellow; the true location marked.", ""]
+                  "streets in red, orange, yellow; the true location marked. Before: the zero-shot model choosing "
+                  "among the tuned model's top four streets, shuffled per image, with the option letters it chose "
+                  "under its bars. After: AddressVLM's stage 2 (the paper's is the stage-1 model, docs/eval.md).",
+                  ""]
         parts += [f"![street distribution](pictures/{f})" for f in distribution] + [""]
     parts += ["## Time of each step", "", "| step | seconds |", "|---|---:|"]
     parts += [f"| {name} | {seconds:.1f} |" for name, seconds in times.items()]
