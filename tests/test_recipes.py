@@ -228,7 +228,17 @@ ABLATIONS = {
     "table4_D_stage2": ("stage2_pitts", {"model.init_from_work_dir": TABLE4_STAGE1["CD"],
                                          "model.stage_chain.visual_encoder_lora": "open"}),
     "table4_E_stage2": ("stage2_pitts", {"model.stage_chain.visual_encoder_lora": "frozen"}),
+    "table1_two_images_stage1": ("stage1_pitts", {
+        "train_dataloader.dataset.type": "addressvlm.dataset.CityMultiImageLLaVADataset", "train_dataloader.dataset.images_per_sample": 2,
+        "images_per_sample": 2, "train_dataloader.dataset.data_path": "./data/pitts/stage1/train_separate.json",
+        "max_length": 2048 - 2 * 576, "train_dataloader.dataset.max_length": 2048 - 2 * 576,
+        "train_dataloader.collate_fn.type": "addressvlm.dataset.multi_image_collate_fn"}),
+    "table1_two_images_stage2": ("stage2_pitts", {
+        "model.init_from_work_dir": "./work_dirs/llava_phi3_mini/table1_two_images_stage1"}),
 }
+# Each ablation recipe's first words, where not Table 4's "# Table 4 (paper section 4.3), row(s) X".
+ABLATION_HEADERS = {name: '# Table 1 (paper section 3.2), row "Two images input separately"'
+                    for name in ("table1_two_images_stage1", "table1_two_images_stage2")}
 
 
 def flat(node, prefix: str = "") -> dict:
@@ -248,7 +258,8 @@ def test_every_ablation_recipe_changes_only_what_its_header_says():
     for name, (parent, changes) in ABLATIONS.items():
         text = (folder / f"{name}.py").read_text()
         rows = name.split("_")[1]
-        assert text.startswith(f"# Table 4 (paper section 4.3), row{'s' if len(rows) > 1 else ''} {rows[0]}")
+        assert text.startswith(ABLATION_HEADERS.get(
+            name, f"# Table 4 (paper section 4.3), row{'s' if len(rows) > 1 else ''} {rows[0]}")), name
         assert f"from ..{parent} import *" in text and f"recipes/{parent}.py" in text
         child, base = flat(Config.fromfile(str(folder / f"{name}.py")).to_dict()), flat(load(parent).to_dict())
         differing = {k for k in child.keys() | base.keys() if child.get(k, "absent") != base.get(k, "absent")}
