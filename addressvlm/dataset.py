@@ -38,8 +38,12 @@ def check_llava_inputs(data_path: str, image_folder: str) -> int:
 
 class CityLLaVADataset(LLaVADataset):
     def __init__(self, image_folder, image_processor, data_path=None, **kwargs):
-        check_llava_inputs(data_path, image_folder)
+        self.check_inputs(data_path, image_folder)
         super().__init__(image_folder=image_folder, image_processor=image_processor, data_path=data_path, **kwargs)
+
+    def check_inputs(self, data_path: str, image_folder: str) -> None:
+        """Before tokenising (minutes on a real city): what a run needs from the data file and image folder."""
+        check_llava_inputs(data_path, image_folder)
 
 
 # What separates two image blocks in the token sequence: the line break after each ``<image>`` of the record.
@@ -62,17 +66,21 @@ class CityMultiImageLLaVADataset(CityLLaVADataset):
     def __init__(self, image_folder, image_processor, data_path=None, tokenizer=None, images_per_sample: int = 2,
                  max_length: int = 2048, **kwargs):
         if images_per_sample < 2:
-            raise ValueError(f"images_per_sample must be at least 2 (one image: CityLLaVADataset), got {images_per_sample}")
-        check_images_per_record(data_path, images_per_sample)
+            raise ValueError(f"images_per_sample must be at least 2 (one image per record: CityLLaVADataset), "
+                             f"got {images_per_sample}")
+        self.images_per_sample = images_per_sample
         if isinstance(tokenizer, dict):
             tokenizer = BUILDER.build(tokenizer)
         separator = tokenizer.encode(IMAGE_SEPARATOR, add_special_tokens=False)
         widened_by = (images_per_sample - 1) * (len(separator) + 1)
         super().__init__(image_folder=image_folder, image_processor=image_processor, data_path=data_path,
                          tokenizer=tokenizer, max_length=max_length - widened_by, **kwargs)
-        self.images_per_sample = images_per_sample
         self.text_data = self.text_data.map(
             lambda record: widen_image_positions(record, images_per_sample, separator, data_path))
+
+    def check_inputs(self, data_path: str, image_folder: str) -> None:
+        super().check_inputs(data_path, image_folder)
+        check_images_per_record(data_path, self.images_per_sample)
 
     def __getitem__(self, index):
         data_dict = self.text_data[index]
@@ -90,7 +98,8 @@ def check_images_per_record(data_path: str, images_per_sample: int) -> None:
         count = len(llava_images(record))
         if count != images_per_sample or not isinstance(record["image"], list):
             raise DataError(data_path, None, f"record {index} ({record['id']}): {count} image(s), the recipe's "
-                            f"dataset takes a list of {images_per_sample} per record (build_stage1.py --variant separate)")
+                            f"dataset takes a list of {images_per_sample} per record "
+                            "(build_stage1.py --variant separate)")
 
 
 def widen_image_positions(record: dict, images: int, separator: list[int], data_path: str) -> dict:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from addressvlm.dataset import check_llava_inputs, multi_image_collate_fn
 from addressvlm.geo.crop import crop_city
@@ -165,11 +166,11 @@ def test_image_lists_are_checked_against_their_tokens_and_files(tmp_path, two_im
     single = dict(record, image="a.jpg", conversations=[{"from": "human", "value": "<image>\nWhere?"},
                                                         {"from": "gpt", "value": "Here."}])
     write_llava_json(tmp_path / "one.json", [single])
-    (tmp_path / "a.jpg").write_bytes((two_images["city"] / read_llava_json(
-        two_images["city"] / "stage1" / "train_separate.json")[0]["image"][1]).read_bytes())
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.jpg")
     from xtuner.registry import BUILDER
 
-    cfg = local_recipe(STAGE1, two_images["model_root"], {"train_dataloader.dataset.data_path": str(tmp_path / "one.json"),
-                                                          "train_dataloader.dataset.image_folder": str(tmp_path)})
+    cfg = local_recipe(STAGE1, two_images["model_root"], {
+        "train_dataloader.dataset.data_path": str(tmp_path / "one.json"),
+        "train_dataloader.dataset.image_folder": str(tmp_path)})
     with pytest.raises(DataError, match=r"one.json.*x/1/0.*1 image\(s\).*list of 2"):
         BUILDER.build(cfg.train_dataloader.dataset)

@@ -5,7 +5,8 @@
 #   NPROC_PER_NODE=8 xtuner train recipes/ablations/table1_two_images_stage1.py --deepspeed deepspeed_zero2
 #   NPROC_PER_NODE=8 xtuner train recipes/ablations/table1_two_images_stage2.py --deepspeed deepspeed_zero2
 #   python eval/infer.py --config recipes/ablations/table1_two_images_stage2.py \
-#       --checkpoint work_dirs/llava_phi3_mini/table1_two_images_stage2 --questions data/pitts/vqa/test_questions.jsonl \
+#       --checkpoint work_dirs/llava_phi3_mini/table1_two_images_stage2 \
+#       --questions data/pitts/vqa/test_questions.jsonl \
 #       --out eval_results/llava_phi3_mini/table1_two_images_stage2/predictions.jsonl
 #   python eval/score.py --questions data/pitts/vqa/test_questions.jsonl \
 #       --predictions eval_results/llava_phi3_mini/table1_two_images_stage2/predictions.jsonl
