@@ -174,3 +174,14 @@ def test_image_lists_are_checked_against_their_tokens_and_files(tmp_path, two_im
         "train_dataloader.dataset.image_folder": str(tmp_path)})
     with pytest.raises(DataError, match=r"one.json.*x/1/0.*1 image\(s\).*list of 2"):
         BUILDER.build(cfg.train_dataloader.dataset)
+
+
+def test_preflight_checks_the_two_image_recipe(two_images):
+    """tools/preflight.py on the recipe: two image places per example, both images through one training step."""
+    from addressvlm.preflight import run_preflight
+
+    lines = []
+    figures = run_preflight(STAGE1, str(two_images["model_root"]), cfg_options=on_city(two_images["city"]),
+                            report=lines.append)
+    assert "2 record(s) of" in figures["sample"] and len(figures["losses"]) == 1
+    assert any(line.startswith("ok  a checkpoint saves") for line in lines)
