@@ -58,6 +58,7 @@ def two_images(tmp_path_factory, tiny_llava):
     from xtuner.registry import BUILDER
 
     return {"city": city, "model_root": tiny_llava, "cfg": cfg, "dataset": BUILDER.build(cfg.train_dataloader.dataset),
+            "model": build_model(STAGE1, tiny_llava, on_city(city)).eval(),  # untrained: the release's tensors
             "work_dir": root / "work"}
 
 
@@ -85,18 +86,18 @@ def test_the_separate_data_is_two_images_per_sample(two_images):
 def test_both_images_reach_the_llm_as_two_blocks(two_images):
     """The embedded sequence holds each sample's satellite and street-view tokens, in order, where its two image
     positions were: 2 x tokens-per-image rows, equal to the projector's output for that sample's images."""
-    model = build_model(STAGE1, two_images["model_root"], on_city(two_images["city"]))
-    dataset = two_images["dataset"]
+    model, dataset = two_images["model"], two_images["dataset"]
     batch = collate(two_images["cfg"], [dataset[0], dataset[1]])
     assert batch["pixel_values"].shape[0] == 4  # two samples x two images, in sample order
     captured = {}
-    model.projector.register_forward_hook(lambda module, args, out: captured.update(images=out.detach()))
-    model.llm.register_forward_pre_hook(
-        lambda module, args, kwargs: captured.update(embeds=kwargs["inputs_embeds"].detach(),
-                                                     mask=kwargs["attention_mask"]), with_kwargs=True)
-    model.eval()
+    hooks = [model.projector.register_forward_hook(lambda module, args, out: captured.update(images=out.detach())),
+             model.llm.register_forward_pre_hook(
+                 lambda module, args, kwargs: captured.update(embeds=kwargs["inputs_embeds"].detach(),
+                                                              mask=kwargs["attention_mask"]), with_kwargs=True)]
     with torch.no_grad():
         model(dict(batch), mode="loss")
+    for hook in hooks:
+        hook.remove()
     images, embeds = captured["images"], captured["embeds"]
     per_image = images.shape[1]
     assert per_image == (56 // 14) ** 2  # the tiny CLIP's 56 px at patch 14; 576 at the release's 336 px
@@ -113,9 +114,7 @@ def test_both_images_reach_the_llm_as_two_blocks(two_images):
 
 @pytest.mark.slow
 def test_the_loss_depends_on_each_image(two_images):
-    model = build_model(STAGE1, two_images["model_root"], on_city(two_images["city"]))
-    model.eval()
-    dataset = two_images["dataset"]
+    model, dataset = two_images["model"], two_images["dataset"]
     batch = collate(two_images["cfg"], [dataset[0]])
     other = dataset[3]["pixel_values"]
 
@@ -135,7 +134,7 @@ def test_it_trains_and_the_normal_stage2_continues_it(two_images):
     work_dir = train(STAGE1, two_images["work_dir"] / "stage1", str(two_images["model_root"]),
                      overrides={**on_city(two_images["city"]), **FEW_STEPS})
     trained = torch.load(find_last_checkpoint(work_dir), map_location="cpu", weights_only=False)["state_dict"]
-    release = build_model(STAGE1, two_images["model_root"], on_city(two_images["city"])).state_dict()
+    release = two_images["model"].state_dict()
     chained = {k: v for k, v in trained.items() if is_chained_llava_tensor(k)}
     assert any(k.startswith("projector.") for k in chained) and any(".lora_B." in k for k in chained)
     moved = [k for k, v in chained.items() if not torch.equal(v, release[k].to(v.dtype))]
