@@ -69,6 +69,8 @@ class CityMultiImageLLaVADataset(CityLLaVADataset):
             raise ValueError(f"images_per_sample must be at least 2 (one image per record: CityLLaVADataset), "
                              f"got {images_per_sample}")
         self.images_per_sample = images_per_sample
+        if tokenizer is None:
+            raise ValueError("CityMultiImageLLaVADataset tokenises its data file itself: give it the recipe's tokenizer")
         if isinstance(tokenizer, dict):
             tokenizer = BUILDER.build(tokenizer)
         separator = tokenizer.encode(IMAGE_SEPARATOR, add_special_tokens=False)
