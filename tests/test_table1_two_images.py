@@ -52,14 +52,21 @@ FEW_STEPS = {"train_dataloader.batch_size": 2, "train_dataloader.sampler.per_dev
 
 @pytest.fixture(scope="module")
 def two_images(tmp_path_factory, tiny_llava):
-    root = tmp_path_factory.mktemp("table1")
-    city = separate_city(root / "helsinki")
-    cfg = local_recipe(STAGE1, tiny_llava, on_city(city))
+    """The separate city, the recipe's dataset and untrained model, and its training run started in the background
+    (mostly process start-up) while the module's other tests use them."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from xtuner.registry import BUILDER
 
-    return {"city": city, "model_root": tiny_llava, "cfg": cfg, "dataset": BUILDER.build(cfg.train_dataloader.dataset),
-            "model": build_model(STAGE1, tiny_llava, on_city(city)).eval(),  # untrained: the release's tensors
-            "work_dir": root / "work"}
+    root = tmp_path_factory.mktemp("table1")
+    city = separate_city(root / "helsinki")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        training = pool.submit(train, STAGE1, root / "work" / "stage1", str(tiny_llava),
+                               overrides={**on_city(city), **FEW_STEPS}, threads=1)
+        cfg = local_recipe(STAGE1, tiny_llava, on_city(city))
+        yield {"city": city, "model_root": tiny_llava, "cfg": cfg, "training": training,
+               "dataset": BUILDER.build(cfg.train_dataloader.dataset),
+               "model": build_model(STAGE1, tiny_llava, on_city(city)).eval()}  # untrained: the release's tensors
 
 
 def collate(cfg, items):
@@ -131,8 +138,7 @@ def test_the_loss_depends_on_each_image(two_images):
 def test_it_trains_and_the_normal_stage2_continues_it(two_images):
     from addressvlm.model import is_chained_llava_tensor
 
-    work_dir = train(STAGE1, two_images["work_dir"] / "stage1", str(two_images["model_root"]),
-                     overrides={**on_city(two_images["city"]), **FEW_STEPS})
+    work_dir = two_images["training"].result()
     trained = torch.load(find_last_checkpoint(work_dir), map_location="cpu", weights_only=False)["state_dict"]
     release = two_images["model"].state_dict()
     chained = {k: v for k, v in trained.items() if is_chained_llava_tensor(k)}
