@@ -3,7 +3,7 @@
 ``I_s = M * I_sa + (1 - M) * I_st``: the satellite crop resized to ``size`` x ``size``, the street view scaled so its
 longer side is ``delta * size`` and pasted into a corner (the paper's upper right); M is 0 exactly on the pasted box.
 The two other inputs of Table 1 are here too: "stitched" (side by side at equal height, padded square) and
-"separate" (two images; see docs/stage1.md for what XTuner needs to train on them).
+"separate" (two images, trained by recipes/ablations/table1_two_images_stage1.py; docs/stage1.md section 5).
 
 The batch path is built for throughput: JPEG street views are decoded in draft mode straight at 1/2, 1/4 or 1/8
 scale (libjpeg's DCT scaling) instead of full size, a satellite crop shared by several views is decoded once per

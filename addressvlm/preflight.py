@@ -34,9 +34,11 @@ SAMPLE_CONVERSATION = [
 ]
 
 
-def sample_records(data_path: Path, image_folder: Path, count: int, out_dir: Path) -> tuple[Path, Path, str]:
+def sample_records(data_path: Path, image_folder: Path, count: int, out_dir: Path,
+                   images_per_sample: int = 1) -> tuple[Path, Path, str]:
     """``(json, image_folder, origin)``: the first ``count`` records of the recipe's data when it is there, else one
-    generated record with a generated street-view-sized image."""
+    generated record with a generated street-view-sized image (``images_per_sample`` times, for a dataset that takes
+    several per record)."""
     from addressvlm.records import read_llava_json, write_llava_json
 
     if data_path.is_file() and image_folder.is_dir():
@@ -49,6 +51,10 @@ def sample_records(data_path: Path, image_folder: Path, count: int, out_dir: Pat
         pixels = (torch.rand(480, 640, 3, generator=generator) * 255).to(torch.uint8).numpy()
         Image.fromarray(pixels).save(out_dir / "images" / "sample.jpg")
         records = [{"id": "preflight/0", "image": "images/sample.jpg", "conversations": SAMPLE_CONVERSATION}]
+        if images_per_sample > 1:
+            records[0].update(image=[records[0]["image"]] * images_per_sample, conversations=[
+                {"from": "human", "value": "<image>\n" * (images_per_sample - 1) + SAMPLE_CONVERSATION[0]["value"]},
+                *SAMPLE_CONVERSATION[1:]])
         origin = f"a generated record ({data_path} is not there yet)"
     sample = out_dir / "sample.json"
     write_llava_json(sample, records)
@@ -115,8 +121,9 @@ def run_preflight(recipe: str, weights: str, steps: int = 1, samples: int = 2, d
 
     with tempfile.TemporaryDirectory(prefix="preflight-") as tmp:
         dataset_cfg = cfg.train_dataloader.dataset
+        images_per_sample = dataset_cfg.get("images_per_sample", 1)  # two for Table 1's separate input
         sample, image_folder, origin = sample_records(Path(dataset_cfg.data_path), Path(dataset_cfg.image_folder),
-                                                      samples, Path(tmp))
+                                                      samples, Path(tmp), images_per_sample)
         dataset_cfg.update(data_path=str(sample), image_folder=str(image_folder))
         try:
             dataset = BUILDER.build(dataset_cfg)
@@ -133,9 +140,9 @@ def run_preflight(recipe: str, weights: str, steps: int = 1, samples: int = 2, d
             from xtuner.utils import IMAGE_TOKEN_INDEX
 
             marks = [int((torch.as_tensor(e["input_ids"]) == IMAGE_TOKEN_INDEX).sum()) for e in examples]
-            if any(count != 1 for count in marks):
-                raise PreflightError(f"examples of {origin} hold {marks} image places, not one each: the template or "
-                                     "the tokenizer splits <image>")
+            if any(count != images_per_sample for count in marks):
+                raise PreflightError(f"examples of {origin} hold {marks} image places, not {images_per_sample} each: "
+                                     "the template or the tokenizer splits <image>")
         figures.update(sample=origin, token_lengths=lengths, max_length=dataset_cfg.max_length)
         report(f"ok  dataset encodes {origin}: {lengths} tokens (max_length {dataset_cfg.max_length}), "
                f"{labelled} answer tokens labelled")

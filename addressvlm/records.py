@@ -291,6 +291,19 @@ def _check_conversation_record(rec: Any, path, index: int) -> None:
             raise DataError(path, None, f"{where} ({rec['id']}): turn {turn} should be from {expected!r} with a text value")
     if "image" in rec and "<image>" not in conv[0]["value"]:
         raise DataError(path, None, f"{where} ({rec['id']}): has an image but its first turn lacks '<image>'")
+    if isinstance(rec.get("image"), list):
+        # Several images (Table 1's "separate" input): the i-th <image> of the first turn is the i-th path.
+        images, tokens = rec["image"], conv[0]["value"].count("<image>")
+        if len(images) < 2 or not all(isinstance(i, str) for i in images) or tokens != len(images) or \
+                any("<image>" in msg["value"] for msg in conv[1:]):
+            raise DataError(path, None, f"{where} ({rec['id']}): an image list needs two or more paths and as many "
+                            f"'<image>' tokens in the first turn only; it has {len(images)} and {tokens}")
+
+
+def llava_images(rec: dict) -> list[str]:
+    """The image paths of a LLaVA record: none, one, or the list of a several-image record."""
+    image = rec.get("image")
+    return [] if image is None else image if isinstance(image, list) else [image]
 
 
 def read_llava_json(path: str | os.PathLike) -> list[dict]:

@@ -257,6 +257,14 @@ for n in (5, 1):
     ABLATIONS[f"table6_general{n}_stage2"] = ("stage2_pitts", {
         "train_dataloader.dataset.data_path": f"./data/pitts/vqa_general{n}/train.json",
         "train_dataloader.dataset.image_folder": "./data/"})
+    "table1_two_images_stage1": ("stage1_pitts", {
+        "train_dataloader.dataset.type": "addressvlm.dataset.CityMultiImageLLaVADataset", "train_dataloader.dataset.images_per_sample": 2,
+        "images_per_sample": 2, "train_dataloader.dataset.data_path": "./data/pitts/stage1/train_separate.json",
+        "max_length": 2048 - 2 * 576, "train_dataloader.dataset.max_length": 2048 - 2 * 576,
+        "train_dataloader.collate_fn.type": "addressvlm.dataset.multi_image_collate_fn"}),
+    "table1_two_images_stage2": ("stage2_pitts", {
+        "model.init_from_work_dir": "./work_dirs/llava_phi3_mini/table1_two_images_stage1"}),
+}
 
 
 def flat(node, prefix: str = "") -> dict:
