@@ -243,6 +243,13 @@ ABLATIONS = {
                                                 "train_dataloader.dataset.image_folder": "./data/pitts_sf/",
                                                 "model.init_from_work_dir":
                                                     "./work_dirs/llava_phi3_mini/table5_pitts_sf_stage1"}),
+    "table1_two_images_stage1": ("stage1_pitts", {
+        "train_dataloader.dataset.type": "addressvlm.dataset.CityMultiImageLLaVADataset", "train_dataloader.dataset.images_per_sample": 2,
+        "images_per_sample": 2, "train_dataloader.dataset.data_path": "./data/pitts/stage1/train_separate.json",
+        "max_length": 2048 - 2 * 576, "train_dataloader.dataset.max_length": 2048 - 2 * 576,
+        "train_dataloader.collate_fn.type": "addressvlm.dataset.multi_image_collate_fn"}),
+    "table1_two_images_stage2": ("stage2_pitts", {
+        "model.init_from_work_dir": "./work_dirs/llava_phi3_mini/table1_two_images_stage1"}),
 }
 # Stage-1 data variants (Tables 1, 3, 9) and the stage 2 that continues each; stage-2 data variants (Table 6, Fig. 7).
 for variant in ("table1_stitched", "table3_noroad_d03", "table3_noroad_d05", "table9_d03", "table9_d07"):
@@ -257,14 +264,6 @@ for n in (5, 1):
     ABLATIONS[f"table6_general{n}_stage2"] = ("stage2_pitts", {
         "train_dataloader.dataset.data_path": f"./data/pitts/vqa_general{n}/train.json",
         "train_dataloader.dataset.image_folder": "./data/"})
-    "table1_two_images_stage1": ("stage1_pitts", {
-        "train_dataloader.dataset.type": "addressvlm.dataset.CityMultiImageLLaVADataset", "train_dataloader.dataset.images_per_sample": 2,
-        "images_per_sample": 2, "train_dataloader.dataset.data_path": "./data/pitts/stage1/train_separate.json",
-        "max_length": 2048 - 2 * 576, "train_dataloader.dataset.max_length": 2048 - 2 * 576,
-        "train_dataloader.collate_fn.type": "addressvlm.dataset.multi_image_collate_fn"}),
-    "table1_two_images_stage2": ("stage2_pitts", {
-        "model.init_from_work_dir": "./work_dirs/llava_phi3_mini/table1_two_images_stage1"}),
-}
 
 
 def flat(node, prefix: str = "") -> dict:
