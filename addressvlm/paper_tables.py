@@ -151,6 +151,7 @@ class RecipeData:
     image_folder: str         # relative to the data root ("." for the city root)
     init_from: str | None     # the work_dir a stage 2 continues, else None
     work_dir: str
+    data_root: str            # the recipe's city root, e.g. "./data/pitts/" (Table 5's: the merged "./data/pitts_sf/")
 
 
 def recipe_data(recipe: str | Path) -> RecipeData:
@@ -164,7 +165,23 @@ def recipe_data(recipe: str | Path) -> RecipeData:
     if not dataset.data_path.startswith(root):
         raise ValueError(f"{path}: data_path {dataset.data_path!r} is not under data_root {root!r}")
     return RecipeData(path, dataset.data_path[len(root):], os.path.relpath(dataset.image_folder, root),
-                      cfg.model.get("init_from_work_dir"), cfg.work_dir)
+                      cfg.model.get("init_from_work_dir"), cfg.work_dir, root)
+
+
+MAIN_DATA_ROOT = "./data/pitts/"
+
+
+def city_roots(city: Path, merged_city: Path | None = None) -> dict[str, Path]:
+    """Where each recipe data root lives here: the main recipes' on ``city``, Table 5's merged one on
+    ``merged_city`` (``merge_cities.py``'s output)."""
+    return {MAIN_DATA_ROOT: Path(city), **({"./data/pitts_sf/": Path(merged_city)} if merged_city else {})}
+
+
+def city_of(data: RecipeData, roots: dict[str, Path]) -> Path:
+    if data.data_root not in roots:
+        raise ValueError(f"{data.recipe.name} trains on the data root {data.data_root!r} (merged cities, Table 5): give "
+                         "the merged city root (tools/paper_table.py --merged-city, built by merge_cities.py)")
+    return roots[data.data_root]
 
 
 def build_stage1_variant(city: Path, data_file: str, label_backend: str = "rule", backend_options: dict | None = None,
@@ -260,14 +277,16 @@ class DemoScale:
             print(f"tiny model -> {self.paths.models}", flush=True)
             make_model(self.paths, settings)
 
-    def train(self, recipe: str, continues: str | None, is_stage2: bool, bar_row: int) -> None:
+    def train(self, recipe: str, continues: str | None, is_stage2: bool, bar_row: int, city: Path) -> None:
         from addressvlm.demo.pipeline import train_recipe
 
         data, s = recipe_data(recipe), self.settings
-        train_recipe(self.paths, s, data.recipe, run_name(recipe), data.data_file,
+        paths = replace(self.paths, city=city)
+        paths.models = self.paths.models
+        train_recipe(paths, s, data.recipe, run_name(recipe), data.data_file,
                      s.stage2_epochs if is_stage2 else s.stage1_epochs,
                      self.paths.work / run_name(continues) if continues else None, s.threads_per_run, bar_row,
-                     image_folder=(self.paths.city / data.image_folder).resolve(), stage2=is_stage2)
+                     image_folder=(city / data.image_folder).resolve(), stage2=is_stage2)
 
     def answer(self, row: Row) -> dict:
         from addressvlm.demo.pipeline import answer_and_score
@@ -284,15 +303,15 @@ class RecipeScale:
     def __init__(self, city: Path, out: Path, work: Path, gpus: int = 8, deepspeed: str = "deepspeed_zero2"):
         self.city, self.out, self.work, self.gpus, self.deepspeed = Path(city), Path(out), Path(work), gpus, deepspeed
 
-    def train(self, recipe: str, continues: str | None, is_stage2: bool, bar_row: int) -> None:
+    def train(self, recipe: str, continues: str | None, is_stage2: bool, bar_row: int, city: Path) -> None:
         from addressvlm.runtime import train
 
         data = recipe_data(recipe)
         work_dir = self.work / run_name(recipe)
         if (work_dir / "last_checkpoint").is_file():
             return
-        overrides = {"train_dataloader.dataset.data_path": str(self.city / data.data_file),
-                     "train_dataloader.dataset.image_folder": str((self.city / data.image_folder).resolve()) + "/"}
+        overrides = {"train_dataloader.dataset.data_path": str(city / data.data_file),
+                     "train_dataloader.dataset.image_folder": str((city / data.image_folder).resolve()) + "/"}
         if is_stage2:
             overrides["model.init_from_work_dir"] = str(self.work / run_name(continues)) if continues else None
         train(str(data.recipe), work_dir, device="gpu", overrides=overrides, progress=True, name=run_name(recipe),
@@ -312,9 +331,11 @@ class RecipeScale:
 
 
 def fill_table(table: PaperTable, city: Path, out: Path, runner, rows: list[str] | None = None,
-               label_backend: str = "rule", backend_options: dict | None = None, seed: int = 0) -> Path:
+               label_backend: str = "rule", backend_options: dict | None = None, seed: int = 0,
+               merged_city: Path | None = None) -> Path:
     """Every chosen row of ``table`` on ``city`` with ``runner`` (``DemoScale`` or ``RecipeScale``): the data
-    variants, each stage 1 once, the stage-2 runs, answers and scores; writes ``out/table_<key>.md`` and ``.json``."""
+    variants, each stage 1 once, the stage-2 runs, answers and scores (every row on ``city``'s test questions);
+    writes ``out/table_<key>.md`` and ``.json``. Table 5's runs train on ``merged_city``."""
     chosen = select_rows(table, rows)
     for row in chosen:
         if row.stage2:
@@ -322,13 +343,15 @@ def fill_table(table: PaperTable, city: Path, out: Path, runner, rows: list[str]
     timings: dict[str, float] = {}
     start = time.perf_counter()
     stage1, stage2_rows = plan_runs(table, chosen)
+    roots = city_roots(city, merged_city)
     for recipe in stage1 + [row.stage2 for row in stage2_rows]:
-        ensure_data(Path(city), recipe_data(recipe), label_backend, backend_options, seed=seed)
+        data = recipe_data(recipe)
+        ensure_data(city_of(data, roots), data, label_backend, backend_options, seed=seed)
     timings["data"] = time.perf_counter() - start
 
     def timed_train(run: tuple[str, str | None, bool], bar_row: int) -> float:
         began = time.perf_counter()
-        runner.train(*run, bar_row)
+        runner.train(*run, bar_row, city_of(recipe_data(run[0]), roots))
         return time.perf_counter() - began
 
     waves = ([(recipe, None, False) for recipe in stage1], [(row.stage2, row.stage1, True) for row in stage2_rows])

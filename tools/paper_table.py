@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", required=True, choices=sorted(TABLES), help="the paper's table (or fig7)")
     parser.add_argument("--city", required=True, type=Path, help="city root with locations.csv, vqa/ and stage1/")
+    parser.add_argument("--merged-city", type=Path,
+                        help="Table 5: the merged city root merge_cities.py wrote (its runs train there; every row is "
+                             "scored on --city's test questions)")
     parser.add_argument("--rows", help="comma-separated row names (the stage-2 recipe names; zero_shot); default all")
     parser.add_argument("--out", type=Path, help="where the table and answers go (default paper_tables/<city>)")
     parser.add_argument("--work", type=Path, help="training runs (default work_dirs/paper_tables/<city>[_quick])")
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
               "LVLM (--label-backend openai)", file=sys.stderr)
     try:
         report = fill_table(TABLES[args.table], city, out, runner, args.rows.split(",") if args.rows else None,
-                            args.label_backend, options)
+                            args.label_backend, options, merged_city=args.merged_city)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
