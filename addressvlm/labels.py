@@ -369,8 +369,6 @@ def make_labels(city_root, grafted_dir, out_jsonl, backend="rule", *, streets=No
     a rerun skips images already labelled. ``streets`` defaults to the city's streets file when there is one and
     ``crops_dir`` to ``<city>/stage1/crops`` (its index tells where each camera sits in its map).
     """
-    from tqdm import tqdm
-
     from addressvlm.geo.crop import CROPS_INDEX, read_crop_index
     from addressvlm.geo.streets import find_city_streets, read_street_map
 
@@ -423,30 +421,42 @@ def make_labels(city_root, grafted_dir, out_jsonl, backend="rule", *, streets=No
                 rejected.write(base)
                 report.rejected += 1
 
-        bar = tqdm(total=len(requests), desc=f"alignment labels ({backend.name})", unit="label", disable=not progress)
-        if getattr(backend, "concurrency", 1) <= 1:
-            for request in requests:
-                try:
-                    record(request, backend.generate(request))
-                except LabelBackendError as exc:
-                    report.failed.append((request.key, str(exc)))
-                bar.update(1)
-        else:
-            pool = ThreadPoolExecutor(max_workers=backend.concurrency)
-            try:
-                futures = {pool.submit(backend.generate, r): r for r in requests}
-                for future in as_completed(futures):
-                    request = futures[future]
-                    try:
-                        record(request, future.result())
-                    except LabelBackendError as exc:
-                        report.failed.append((request.key, str(exc)))
-                    bar.update(1)
-            finally:
-                # On a fatal error or Ctrl-C: drop queued requests; what was written stays written.
-                pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+        report.failed += generate_all(backend, requests, record, f"alignment labels ({backend.name})", progress)
     return report
+
+
+def generate_all(backend, requests: list[LabelRequest], record, desc: str, progress: bool = True,
+                 ) -> list[tuple[str, str]]:
+    """Ask ``backend`` for every request, ``backend.concurrency`` at a time, and hand each answer to
+    ``record(request, text)`` as it arrives (in this thread, so ``record`` may write files). Returns the
+    ``(key, why)`` of requests that failed for good; any other error stops the run, queued requests dropped."""
+    from tqdm import tqdm
+
+    failed = []
+    bar = tqdm(total=len(requests), desc=desc, unit="request", disable=not progress)
+    if getattr(backend, "concurrency", 1) <= 1:
+        for request in requests:
+            try:
+                record(request, backend.generate(request))
+            except LabelBackendError as exc:
+                failed.append((request.key, str(exc)))
+            bar.update(1)
+    else:
+        pool = ThreadPoolExecutor(max_workers=backend.concurrency)
+        try:
+            futures = {pool.submit(backend.generate, r): r for r in requests}
+            for future in as_completed(futures):
+                request = futures[future]
+                try:
+                    record(request, future.result())
+                except LabelBackendError as exc:
+                    failed.append((request.key, str(exc)))
+                bar.update(1)
+        finally:
+            # On a fatal error or Ctrl-C: drop queued requests; what was written stays written.
+            pool.shutdown(wait=True, cancel_futures=True)
+    bar.close()
+    return failed
 
 
 # --------------------------------------------------------------------------------------------- stage-1 JSON

@@ -8,6 +8,7 @@ Formats (docs/design.md section 2):
 - ``ranked.jsonl``: ``{"question_id", "ranking": [{"name", "logprob"}, ...]}`` best first, appended like predictions.
 - A gazetteer CSV: extra ``street``/``district`` names (and pairs) to rank beside the city table's.
 - Any other append-only JSONL (alignment labels): ``JsonlAppender`` plus ``read_jsonl``.
+- Cross-view retrieval (docs/retrieval.md): ``gallery.jsonl``, ``queries.jsonl``, ``retrieved.jsonl``.
 
 Errors name the file and the line (1-based, as an editor shows it) so a user can fix the row.
 """
@@ -582,6 +583,8 @@ RETRIEVAL_QUERY_KEYS = ("query_id", "kind", "tile", "split", "image", "text", "s
 
 
 def _check_coordinates(rec: dict, path, line: int) -> None:
+    if rec["lat"] is None and rec["lon"] is None:
+        return  # a tile of a dataset without geotags (GeoText-1652): ranked, never measured in metres
     for key, bound in (("lat", 90.0), ("lon", 180.0)):
         value = rec[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not -bound <= value <= bound:
@@ -673,3 +676,46 @@ def read_retrieval_queries(path: str | os.PathLike, gallery: Iterable[dict] | No
 
 def write_retrieval_queries(path: str | os.PathLike, queries: Iterable[dict]) -> None:
     _write_checked(path, queries, "query_id", _check_retrieval_query)
+
+
+# --------------------------------------------------------------------------------------------- retrieved tiles
+# eval/retrieve.py's per-query output: the query, its true tile and that tile's rank, the best tiles (with their
+# names, so retrieved candidates need no other file) and how far the first one's centre lies from the truth.
+RETRIEVED_KEYS = ("query_id", "kind", "image", "tile", "rank", "metres", "top")
+
+
+def _check_retrieved(rec: dict, path, line: int) -> None:
+    missing = [k for k in RETRIEVED_KEYS if k not in rec]
+    if missing:
+        raise DataError(path, line, f"missing key(s) {', '.join(missing)}")
+    if rec["kind"] not in RETRIEVAL_QUERY_KINDS:
+        raise DataError(path, line, f"kind {rec['kind']!r} not in {RETRIEVAL_QUERY_KINDS}")
+    if isinstance(rec["rank"], bool) or not isinstance(rec["rank"], int) or rec["rank"] < 1:
+        raise DataError(path, line, f"rank {rec['rank']!r} is not a whole number from 1")
+    metres = rec["metres"]
+    if metres is not None and (isinstance(metres, bool) or not isinstance(metres, (int, float)) or metres < 0):
+        raise DataError(path, line, f"metres {metres!r} is neither null nor a distance")
+    top = rec["top"]
+    if not isinstance(top, list) or not top:
+        raise DataError(path, line, "'top' must be a non-empty list of {tile, score, street, district}")
+    previous = math.inf
+    for position, entry in enumerate(top, start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("tile"), str) or \
+                not all(isinstance(entry.get(k), str) for k in ("street", "district")):
+            raise DataError(path, line, f"top entry {position} needs string 'tile', 'street' and 'district'")
+        score = entry.get("score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
+            raise DataError(path, line, f"top entry {position} ({entry['tile']!r}) needs a number 'score'")
+        if score > previous:
+            raise DataError(path, line, f"top entry {position} ({entry['tile']!r}) scores higher than the one "
+                                        "before it: best first")
+        previous = score
+
+
+def read_retrieved(path: str | os.PathLike) -> list[dict]:
+    """``retrieved.jsonl``: one retrieved query per line, ``query_id`` unique, ``top`` best first."""
+    return _read_unique(path, "query_id", _check_retrieved)
+
+
+def write_retrieved(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    _write_checked(path, records, "query_id", _check_retrieved)

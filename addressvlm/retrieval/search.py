@@ -1,0 +1,332 @@
+"""Cross-view retrieval evaluation (docs/retrieval.md): rank a gallery of satellite tiles for every query.
+
+The gallery is embedded once; each query's tiles are ranked by inner product of L2-normalised embeddings (cosine
+similarity), by a plain matrix product (``flat``) or a faiss ``IndexFlatIP`` (``faiss``, when installed), both
+exact. Per query: the best ``TOP_KEPT`` tiles with scores and names, the rank of the true tile (ties broken by
+gallery order), and the metres from the first tile's centre to the true one. Metrics: R@1/5/10 and the share of
+queries whose first tile lies within 50/100/150 m of the truth (CVG-Text's localisation), in percent, with chance
+R@1 and a one-sided binomial test of R@1 against it.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from addressvlm.records import DataError
+
+RECALL_KS = (1, 5, 10)
+WITHIN_M = (50, 100, 150)
+TOP_KEPT = 10
+INDEX_KINDS = ("flat", "faiss")
+QUERY_CHUNK = 1024  # queries scored per matrix product: bounds memory at QUERY_CHUNK x gallery floats
+EARTH_RADIUS_M = 6_371_000.0
+
+
+def normalised(vectors, what: str) -> np.ndarray:
+    """Rows as float32 unit vectors (cosine similarity becomes an inner product); a zero row is an error."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or not array.shape[0]:
+        raise ValueError(f"{what} embeddings must be a non-empty [N, D] matrix, not shape {array.shape}")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise ValueError(f"{what} embeddings hold a zero or non-finite row (row {int(np.argmin(norms))})")
+    return array / norms
+
+
+# --------------------------------------------------------------------------------------------- indexes
+class FlatIndex:
+    """Exact search by matrix product, the top ``k`` picked with ``argpartition``."""
+
+    name = "flat"
+
+    def __init__(self, gallery: np.ndarray):
+        self.gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, indices)``, each ``[Q, k]``, best first."""
+        k = min(k, len(self.gallery))
+        scores_out, indices_out = [], []
+        for start in range(0, len(queries), QUERY_CHUNK):
+            scores = queries[start:start + QUERY_CHUNK] @ self.gallery.T
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+                np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            order = np.lexsort((top, -top_scores), axis=1)  # best first, ties by gallery order
+            indices_out.append(np.take_along_axis(top, order, axis=1))
+            scores_out.append(np.take_along_axis(top_scores, order, axis=1))
+        return np.concatenate(scores_out), np.concatenate(indices_out)
+
+
+class FaissIndex:
+    """Exact search by faiss's ``IndexFlatIP`` (its BLAS kernels and heap selection)."""
+
+    name = "faiss"
+
+    def __init__(self, gallery: np.ndarray):
+        try:
+            import faiss
+        except ImportError:
+            raise ValueError("--index faiss needs faiss (pip install faiss-cpu); --index flat needs nothing") from None
+        self.index = faiss.IndexFlatIP(gallery.shape[1])
+        self.index.add(np.ascontiguousarray(gallery, dtype=np.float32))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.index.ntotal))
+
+
+def make_index(gallery: np.ndarray, kind: str = "flat"):
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"index {kind!r} not in {INDEX_KINDS}")
+    return FlatIndex(gallery) if kind == "flat" else FaissIndex(gallery)
+
+
+def truth_ranks(queries: np.ndarray, gallery: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The 1-based rank of each query's true tile ``truth[i]`` among all tiles: one plus the tiles scoring higher,
+    plus those scoring the same that come earlier in the gallery (the indexes' order)."""
+    ranks = np.empty(len(queries), dtype=np.int64)
+    positions = np.arange(len(gallery))
+    for start in range(0, len(queries), QUERY_CHUNK):
+        scores = queries[start:start + QUERY_CHUNK] @ gallery.T
+        rows = np.arange(len(scores))
+        own = truth[start:start + QUERY_CHUNK]
+        true_score = scores[rows, own][:, None]
+        ahead = (scores > true_score) | ((scores == true_score) & (positions[None, :] < own[:, None]))
+        ranks[start:start + QUERY_CHUNK] = 1 + ahead.sum(axis=1)
+    return ranks
+
+
+# --------------------------------------------------------------------------------------------- ranking
+def metres_between(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance (haversine) in metres."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+def select_split(gallery: Sequence[dict], queries: Sequence[dict], split: str | None, whole_gallery: bool = False,
+                 kinds: Sequence[str] = ("image", "text")) -> tuple[list[dict], list[dict]]:
+    """The tiles and queries one evaluation ranks: the queries of ``split`` (every split: None) and ``kinds``,
+    against the tiles of that split (as CVG-Text and GeoText-1652 evaluate) or, with ``whole_gallery``, all."""
+    tiles = [t for t in gallery if whole_gallery or split is None or t["split"] == split]
+    chosen = [q for q in queries if (split is None or q["split"] == split) and q["kind"] in kinds]
+    return tiles, chosen
+
+
+def rank_queries(query_vectors: np.ndarray, gallery_vectors: np.ndarray, queries: Sequence[dict],
+                 tiles: Sequence[dict], index: str = "flat", top_k: int = TOP_KEPT) -> list[dict]:
+    """The ``retrieved.jsonl`` record of each query (``records.write_retrieved``): its ``top_k`` tiles best first,
+    the rank of its true tile, and the metres from the first tile's centre to the true tile's (null where either
+    has no coordinates)."""
+    if len(query_vectors) != len(queries) or len(gallery_vectors) != len(tiles):
+        raise ValueError(f"{len(query_vectors)} query and {len(gallery_vectors)} gallery embeddings for "
+                         f"{len(queries)} queries and {len(tiles)} tiles")
+    position = {t["tile"]: i for i, t in enumerate(tiles)}
+    missing = [q["query_id"] for q in queries if q["tile"] not in position]
+    if missing:
+        raise ValueError(f"{len(missing)} queries' true tile is not in the gallery ranked (first: {missing[0]!r})")
+    query_vectors = normalised(query_vectors, "query")
+    gallery_vectors = normalised(gallery_vectors, "gallery")
+    truth = np.array([position[q["tile"]] for q in queries], dtype=np.int64)
+    scores, indices = make_index(gallery_vectors, index).search(query_vectors, top_k)
+    ranks = truth_ranks(query_vectors, gallery_vectors, truth)
+    records = []
+    for q, rank, row_scores, row_indices in zip(queries, ranks, scores, indices):
+        first, true = tiles[int(row_indices[0])], tiles[position[q["tile"]]]
+        located = None not in (first["lat"], first["lon"], true["lat"], true["lon"])
+        metres = metres_between(first["lat"], first["lon"], true["lat"], true["lon"]) if located else None
+        records.append({
+            "query_id": q["query_id"], "kind": q["kind"], "image": q["image"], "tile": q["tile"], "rank": int(rank),
+            "metres": None if metres is None else round(metres, 2),
+            "top": [{"tile": tiles[int(i)]["tile"], "score": round(float(s), 6), "street": tiles[int(i)]["street"],
+                     "district": tiles[int(i)]["district"]} for s, i in zip(row_scores, row_indices)],
+        })
+    return records
+
+
+def retrieval_metrics(records: Sequence[dict], gallery_size: int) -> dict:
+    """R@K and within-metres shares (percent), chance R@1 and the binomial test's p-value, over ``records``."""
+    from scipy.stats import binomtest
+
+    from addressvlm.scoring import percent
+
+    n = len(records)
+    hits = sum(r["rank"] == 1 for r in records)
+    metrics: dict = {f"R@{k}": percent(sum(r["rank"] <= k for r in records), n) for k in RECALL_KS}
+    located = [r["metres"] for r in records if r["metres"] is not None]
+    for threshold in WITHIN_M:
+        metrics[f"within_{threshold}m"] = percent(sum(m <= threshold for m in located), len(located))
+    metrics.update({
+        "median_top1_metres": round(float(np.median(located)), 2) if located else None,
+        "gallery_size": gallery_size, "queries": n, "located_queries": len(located),
+        "chance_R@1": round(100.0 / gallery_size, 4) if gallery_size else None,
+        # One-sided: how likely this many first-place hits would be if each query picked a tile at random.
+        "binomial_p_R@1": float(binomtest(hits, n, 1.0 / gallery_size, alternative="greater").pvalue)
+        if n and gallery_size else None,
+    })
+    return metrics
+
+
+def metrics_by_kind(records: Sequence[dict], gallery_size: int) -> dict:
+    """Metrics of all queries, and of each query kind on its own (street views and texts are different tasks)."""
+    out = retrieval_metrics(records, gallery_size)
+    out["by_kind"] = {kind: retrieval_metrics([r for r in records if r["kind"] == kind], gallery_size)
+                      for kind in ("image", "text") if any(r["kind"] == kind for r in records)}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- embeddings
+@dataclass
+class Embeddings:
+    """Query and gallery embeddings with the ids of their rows."""
+
+    query_ids: list[str]
+    queries: np.ndarray
+    tile_ids: list[str]
+    gallery: np.ndarray
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, query_ids=np.array(self.query_ids), queries=self.queries,
+                 tile_ids=np.array(self.tile_ids), gallery=self.gallery)
+
+    def rows_for(self, queries: Sequence[dict], tiles: Sequence[dict], path) -> tuple[np.ndarray, np.ndarray]:
+        """The embeddings of ``queries`` and ``tiles``, in their order; an id without a row is an error."""
+        out = []
+        for ids, matrix, wanted, key in ((self.query_ids, self.queries, queries, "query_id"),
+                                         (self.tile_ids, self.gallery, tiles, "tile")):
+            row = {value: i for i, value in enumerate(ids)}
+            absent = [item[key] for item in wanted if item[key] not in row]
+            if absent:
+                raise DataError(path, None, f"no embedding for {len(absent)} {key}(s), first {absent[0]!r}")
+            out.append(matrix[[row[item[key]] for item in wanted]])
+        return out[0], out[1]
+
+
+def load_embeddings(path: str | os.PathLike) -> Embeddings:
+    """An ``.npz`` of ``query_ids`` [Q], ``queries`` [Q, D], ``tile_ids`` [N], ``gallery`` [N, D]."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, "embeddings file not found")
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in ("query_ids", "queries", "tile_ids", "gallery") if k not in data]
+        if missing:
+            raise DataError(path, None, f"missing array(s) {', '.join(missing)}")
+        found = Embeddings([str(v) for v in data["query_ids"]], data["queries"], [str(v) for v in data["tile_ids"]],
+                           data["gallery"])
+    if found.queries.ndim != 2 or found.gallery.ndim != 2 or found.queries.shape[1] != found.gallery.shape[1] or \
+            len(found.query_ids) != len(found.queries) or len(found.tile_ids) != len(found.gallery):
+        raise DataError(path, None, f"queries {found.queries.shape} and gallery {found.gallery.shape} must be "
+                                    "[N, D] with one id per row and the same D")
+    return found
+
+
+def embed_with_encoder(encoder, root: Path, queries: Sequence[dict], tiles: Sequence[dict],
+                       batch_size: int = 16) -> Embeddings:
+    """Embed the gallery once (role ``gallery``), the street views (role ``query``) and the texts with an
+    ``addressvlm.retrieval.encoders`` encoder; rows keep the order of ``queries`` and ``tiles``."""
+    gallery = encoder.embed_images([root / t["image"] for t in tiles], role="gallery", batch_size=batch_size)
+    images = [q for q in queries if q["kind"] == "image"]
+    texts = [q for q in queries if q["kind"] == "text"]
+    width = gallery.shape[1]
+    by_id = {}
+    if images:
+        vectors = encoder.embed_images([root / q["image"] for q in images], role="query", batch_size=batch_size)
+        by_id.update(zip((q["query_id"] for q in images), np.asarray(vectors, dtype=np.float32)))
+    if texts:
+        vectors = encoder.embed_texts([q["text"] for q in texts], batch_size=batch_size)
+        by_id.update(zip((q["query_id"] for q in texts), np.asarray(vectors, dtype=np.float32)))
+    ids = [q["query_id"] for q in queries]
+    matrix = np.stack([by_id[i] for i in ids]) if ids else np.zeros((0, width), np.float32)
+    return Embeddings(ids, matrix, [t["tile"] for t in tiles], np.asarray(gallery, dtype=np.float32))
+
+
+# --------------------------------------------------------------------------------------------- command line
+def build_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Rank the satellite tiles of <root>/retrieval/gallery.jsonl for every query of queries.jsonl "
+                    "(docs/retrieval.md); write retrieved.jsonl, metrics.json and retrieval.png to --out.")
+    parser.add_argument("--root", required=True, help="city or dataset root holding retrieval/")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--split", default="test", help="train, val, test or all (default test)")
+    parser.add_argument("--gallery", choices=("split", "all"), default="split",
+                        help="rank the tiles of the split (default, as CVG-Text and GeoText-1652 do) or all tiles")
+    parser.add_argument("--kinds", default="image,text", help="query kinds: image, text or both (default)")
+    source = parser.add_argument_group("embeddings: an encoder (--config, --checkpoint) or --embeddings")
+    source.add_argument("--config", help="a recipes/retrieval/*.py config")
+    source.add_argument("--checkpoint", help="its trained work_dir or .pth")
+    source.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
+    source.add_argument("--device", help="cuda, cpu (default: cuda when present)")
+    source.add_argument("--batch-size", type=int, default=16, help="images or texts per encoder batch (16)")
+    source.add_argument("--embeddings", help="an .npz of query_ids, queries, tile_ids, gallery (precomputed)")
+    parser.add_argument("--save-embeddings", help="write the embeddings used to this .npz")
+    parser.add_argument("--index", choices=INDEX_KINDS, default="flat",
+                        help="flat: a matrix product (default); faiss: IndexFlatIP (pip install faiss-cpu)")
+    parser.add_argument("--name", help="the model's name in metrics.json (default: the encoder's)")
+    parser.add_argument("--figure-queries", type=int, default=4, help="queries drawn in retrieval.png (0: none)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import json
+    import time
+
+    from addressvlm.records import read_gallery, read_retrieval_queries, write_atomic, write_retrieved
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if not kinds or any(k not in ("image", "text") for k in kinds):
+        parser.error(f"--kinds must name image and/or text, not {args.kinds!r}")
+    if bool(args.embeddings) == bool(args.config):
+        parser.error("give either --config (with --checkpoint) or --embeddings")
+    root, out = Path(args.root), Path(args.out)
+    try:
+        gallery_path = root / "retrieval" / "gallery.jsonl"
+        gallery = read_gallery(gallery_path)
+        queries_path = root / "retrieval" / "queries.jsonl"
+        queries = read_retrieval_queries(queries_path, gallery)
+        split = None if args.split == "all" else args.split
+        tiles, chosen = select_split(gallery, queries, split, args.gallery == "all", kinds)
+        if not chosen or not tiles:
+            raise DataError(queries_path, None, f"no {'/'.join(kinds)} queries or tiles in split {args.split!r}")
+        started = time.perf_counter()
+        if args.embeddings:
+            embeddings = load_embeddings(args.embeddings)
+            query_vectors, gallery_vectors = embeddings.rows_for(chosen, tiles, args.embeddings)
+            name = args.name or Path(args.embeddings).stem
+        else:
+            from addressvlm.retrieval.encoders import load_encoder
+
+            encoder = load_encoder(args.config, args.checkpoint, cfg_options=args.cfg_options or None,
+                                   device=args.device)
+            embeddings = embed_with_encoder(encoder, root, chosen, tiles, args.batch_size)
+            query_vectors, gallery_vectors = embeddings.queries, embeddings.gallery
+            name = args.name or encoder.name
+        embedded = time.perf_counter()
+        if args.save_embeddings:
+            Embeddings([q["query_id"] for q in chosen], query_vectors, [t["tile"] for t in tiles],
+                       gallery_vectors).save(args.save_embeddings)
+        records = rank_queries(query_vectors, gallery_vectors, chosen, tiles, args.index)
+        ranked = time.perf_counter()
+    except (DataError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    write_retrieved(out / "retrieved.jsonl", records)
+    metrics = {"model": name, "split": args.split, "gallery": args.gallery, "index": args.index,
+               **metrics_by_kind(records, len(tiles)),
+               "seconds": {"embedding": round(embedded - started, 3), "ranking": round(ranked - embedded, 3)}}
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if args.figure_queries > 0:
+        from addressvlm.retrieval.figure import draw_retrievals
+
+        draw_retrievals(records, {q["query_id"]: q for q in chosen}, {t["tile"]: t for t in tiles}, root,
+                        out / "retrieval.png", queries_shown=args.figure_queries)
+    print(f"{name}: R@1 {metrics['R@1']}%, R@5 {metrics['R@5']}%, R@10 {metrics['R@10']}% of {len(records)} "
+          f"queries against {len(tiles)} tiles (chance R@1 {metrics['chance_R@1']}%, binomial p "
+          f"{metrics['binomial_p_R@1']:.3g}) -> {out}")

@@ -1,0 +1,216 @@
+"""Cross-view retrieval data: a city's gallery and queries (tiles without names, scene texts that name no place,
+location-disjoint splits, resume), and the CVG-Text and GeoText-1652 layouts ingested from fixtures written in
+their published shape."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from addressvlm.geo.crop import read_crop_index
+from addressvlm.labels import LabelBackendError
+from addressvlm.names import mentions_name
+from addressvlm.records import DataError, Location, read_gallery, read_retrieval_queries, write_locations
+from addressvlm.retrieval.build import (
+    SCENE_PROMPT,
+    build_city_retrieval,
+    ingest_cvg_text,
+    ingest_geotext1652,
+)
+from test_labels import make_city
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL_TILES = dict(size_m=120, pixels=48, workers=1, progress=False, city_name="Helsinki")
+
+
+class ScriptedScenes:
+    """A scene-text backend as the label backends are driven: names the street for ``naming``, fails for
+    ``failing``, and records what it was asked."""
+
+    name = "scripted"
+    source = "openai:scripted"
+    concurrency = 2
+
+    def __init__(self, naming=(), failing=()):
+        self.naming, self.failing, self.asked = set(naming), set(failing), []
+
+    def generate(self, request) -> str:
+        self.asked.append((request.key, [p.name for p in request.images], request.prompt))
+        if request.key in self.failing:
+            raise LabelBackendError("server gave up")
+        if request.key in self.naming:
+            return f"A wide road, {request.facts.street}, with trees."
+        return "A wide road with trees on both sides and a square to the north."
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("retrieval") / "helsinki"
+    make_city(root, with_raster=True)
+    return root
+
+
+def test_city_gallery_and_queries(city):
+    report = build_city_retrieval(city, **SMALL_TILES)
+    gallery = read_gallery(city / "retrieval" / "gallery.jsonl")
+    queries = read_retrieval_queries(city / "retrieval" / "queries.jsonl", gallery)
+    assert (report.tiles, report.image_queries, report.text_queries) == (4, 8, 4)
+    assert report.by_split == {"train": 3, "val": 0, "test": 1}
+    # One tile per location, centred on it, split as its location; no street name drawn on it.
+    index = read_crop_index(city / "retrieval" / "tiles")
+    assert [t["tile"] for t in gallery] == ["loc0", "loc1", "loc2", "loc3"]
+    for tile in gallery:
+        crop = index[tile["tile"]]
+        assert (tile["lat"], tile["lon"]) == pytest.approx((crop["lat"], crop["lon"]), abs=1e-9)
+        assert crop["street_labels"] == [] and Image.open(city / tile["image"]).size == (48, 48)
+    assert {t["tile"]: t["split"] for t in gallery}["loc3"] == "test"
+    # Every street view retrieves its location's tile, in the same split; ids are the stage-2 ids.
+    views = [q for q in queries if q["kind"] == "image"]
+    assert {(q["image"], q["tile"], q["split"]) for q in views} == {
+        (f"views/{i}/{v}.jpg", f"loc{i}", "test" if i == 3 else "train") for i in range(4) for v in range(2)}
+    assert views[0]["query_id"] == "helsinki/loc0/0" and views[0]["source"] == "street_view"
+    # Scene texts (the rule stand-in) describe the place from the street data and name no street or place.
+    texts = {q["tile"]: q for q in queries if q["kind"] == "text"}
+    assert set(texts) == {"loc0", "loc1", "loc2", "loc3"} and texts["loc0"]["source"] == "rule"
+    assert "runs east-west" in texts["loc0"]["text"] or "running east-west" in texts["loc0"]["text"]
+    assert "crosses it about" in texts["loc0"]["text"] and "square" in texts["loc0"]["text"]
+    for q in texts.values():
+        assert not any(mentions_name(q["text"], n) for n in ("Mannerheimintie", "Yrjönkatu", "Kluuvi", "Kaivopiha"))
+    # A rerun cuts and writes nothing new and writes the same files.
+    before = [(city / "retrieval" / f).read_bytes() for f in ("gallery.jsonl", "queries.jsonl")]
+    again = build_city_retrieval(city, **SMALL_TILES)
+    assert (again.tiles_written, again.texts_written) == (0, 0)
+    assert [(city / "retrieval" / f).read_bytes() for f in ("gallery.jsonl", "queries.jsonl")] == before
+
+
+def test_lvlm_texts_naming_a_street_are_rejected_and_a_rerun_asks_only_for_the_rest(city, tmp_path):
+    import shutil
+
+    root = tmp_path / "helsinki"
+    shutil.copytree(city, root, ignore=shutil.ignore_patterns("retrieval"))
+    backend = ScriptedScenes(naming={"loc1"}, failing={"loc2"})
+    report = build_city_retrieval(root, text_backend=backend, **SMALL_TILES)
+    assert (report.texts_written, report.texts_rejected) == (2, 1)
+    assert report.failed_texts == [("loc2", "server gave up")]
+    # The backend saw every street view of a place, with the retrieval prompt.
+    assert sorted(backend.asked)[0] == ("loc0", ["0.jpg", "1.jpg"], SCENE_PROMPT)
+    queries = read_retrieval_queries(root / "retrieval" / "queries.jsonl")
+    assert {q["tile"] for q in queries if q["kind"] == "text"} == {"loc0", "loc3"}
+    assert {q["source"] for q in queries if q["kind"] == "text"} == {"openai:scripted"}
+    rejected = [json.loads(line) for line in (root / "retrieval" / "scene_texts.rejected.jsonl").open()]
+    assert rejected[0]["location_id"] == "loc1" and rejected[0]["names"] == ["Mannerheimintie"]
+    retry = ScriptedScenes()
+    build_city_retrieval(root, text_backend=retry, **SMALL_TILES)
+    assert sorted(key for key, _, _ in retry.asked) == ["loc1", "loc2"]
+    # Texts made by another backend are not mixed into the same file.
+    with pytest.raises(DataError, match="other settings"):
+        build_city_retrieval(root, text_backend="rule", **SMALL_TILES)
+
+
+def test_splits_must_be_pinned_and_location_disjoint(city, tmp_path):
+    import shutil
+
+    from addressvlm.records import read_locations
+
+    root = tmp_path / "c"
+    shutil.copytree(city, root, ignore=shutil.ignore_patterns("retrieval"))
+    rows = read_locations(root / "locations.csv")
+    write_locations(root / "locations.csv", [r.__class__(**{**r.__dict__, "split": ""}) for r in rows])
+    with pytest.raises(DataError, match="has no split"):
+        build_city_retrieval(root, **SMALL_TILES)
+    mixed = [r.__class__(**{**r.__dict__, "split": "val" if r.image == "views/0/1.jpg" else r.split})
+             for r in rows]
+    write_locations(root / "locations.csv", mixed)
+    with pytest.raises(DataError, match=r"location 'loc0' is in split 'train' \(image 'views/0/0.jpg'\) and 'val'"):
+        build_city_retrieval(root, **SMALL_TILES)
+
+
+# ------------------------------------------------------------------------------------------ public layouts
+def _image(path: Path, colour=(90, 120, 60)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), colour).save(path)
+
+
+def write_cvg_text(root: Path) -> None:
+    """CVG-Text as published: CVG-text/<version>/{train,test}.json ({image name: text}), <version>-satellite/ and
+    <version>-ground/ holding one file per name, the name starting with the place's '<lat>,<lon>'."""
+    train = {"40.7411,-73.9897_0.jpg": "A wide avenue with a glass tower.", "40.7420,-73.9880_1.jpg": "A park."}
+    test = {"40.7500,-73.9900_2.jpg": "Brick houses along a narrow one-way street."}
+    for split, entries in (("train", train), ("test", test)):
+        target = root / "CVG-text" / "NewYork" / f"{split}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(entries, indent=1))
+        for name in entries:
+            _image(root / "NewYork-satellite" / name)
+    _image(root / "NewYork-ground" / "40.7411,-73.9897_0.jpg")
+
+
+def test_cvg_text_layout_is_ingested(tmp_path):
+    root = tmp_path / "CVG-Text"
+    write_cvg_text(root)
+    report = ingest_cvg_text(root)
+    assert (report.tiles, report.text_queries, report.image_queries) == (3, 3, 1)
+    gallery = read_gallery(root / "retrieval" / "gallery.jsonl")
+    queries = read_retrieval_queries(root / "retrieval" / "queries.jsonl", gallery)
+    first = gallery[0]
+    assert first == {"tile": "NewYork/40.7411,-73.9897_0.jpg", "image": "NewYork-satellite/40.7411,-73.9897_0.jpg",
+                     "lat": 40.7411, "lon": -73.9897, "street": "", "district": "", "split": "train"}
+    assert [t["split"] for t in gallery] == ["train", "train", "test"]
+    ground = next(q for q in queries if q["kind"] == "image")
+    assert (ground["image"], ground["tile"]) == ("NewYork-ground/40.7411,-73.9897_0.jpg", first["tile"])
+    text = next(q for q in queries if q["tile"] == gallery[2]["tile"])
+    assert (text["text"], text["split"], text["source"]) == (
+        "Brick houses along a narrow one-way street.", "test", "cvg-text")
+    (root / "CVG-text" / "NewYork" / "test.json").write_text(json.dumps({"no_coordinates.jpg": "x"}))
+    with pytest.raises(DataError, match=r"test\.json: image name 'no_coordinates.jpg' does not start with"):
+        ingest_cvg_text(root, ["NewYork"])
+
+
+def write_geotext(root: Path) -> None:
+    """GeoText-1652 as published: train.json (a caption per record) and test_951_version.json (a list of captions
+    per record), records naming "<building>/<file>" and the image's path under the root."""
+    train = [{"image_id": "0839/image-43.jpeg", "image": "train/0839/image-43.jpeg", "caption": "A large office.",
+              "sentences": ["A street."], "bboxes": [[0.4, 0.6, 0.3, 0.6]]},
+             {"image_id": "0839/0839.jpg", "image": "train/0839/0839.jpg", "caption": "Roofs from above.",
+              "sentences": [], "bboxes": []}]
+    test = [{"image_id": "0001/image-01.jpeg", "image": "test/gallery_no_train(250)/0001/image-01.jpeg",
+             "caption": ["A stadium.", "An oval field with stands."], "sentences": [], "bboxes": []}]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train.json").write_text(json.dumps(train))
+    (root / "test_951_version.json").write_text(json.dumps(test))
+    for rec in train + test:
+        _image(root / rec["image"])
+
+
+def test_geotext1652_layout_is_ingested(tmp_path):
+    root = tmp_path / "GeoText1652_Dataset"
+    write_geotext(root)
+    report = ingest_geotext1652(root)
+    assert (report.tiles, report.text_queries, report.image_queries) == (3, 4, 0)
+    gallery = read_gallery(root / "retrieval" / "gallery.jsonl")
+    queries = read_retrieval_queries(root / "retrieval" / "queries.jsonl", gallery)
+    assert gallery[2] == {"tile": "test/0001/image-01.jpeg", "image": "test/gallery_no_train(250)/0001/image-01.jpeg",
+                          "lat": None, "lon": None, "street": "", "district": "", "split": "test"}
+    assert [(q["query_id"], q["text"]) for q in queries if q["split"] == "test"] == [
+        ("test/0001/image-01.jpeg/0", "A stadium."), ("test/0001/image-01.jpeg/1", "An oval field with stands.")]
+    (root / "train.json").write_text(json.dumps([{"image_id": "0839/x.jpeg", "image": "train/0839/x.jpeg"}]))
+    with pytest.raises(DataError, match=r"train\.json: record 1 \(0839/x.jpeg\): 'caption' must be"):
+        ingest_geotext1652(root)
+
+
+def test_cli_reports_and_names_bad_input(tmp_path):
+    root = tmp_path / "CVG-Text"
+    write_cvg_text(root)
+    script = [sys.executable, str(REPO / "datasets_prep" / "build_retrieval.py")]
+    done = subprocess.run(script + ["--cvg-text", str(root), "--version", "NewYork"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "CVG-Text: 3 tiles (2 train, 1 test), 1 image queries, 3 text queries" in done.stdout
+    (root / "CVG-text" / "NewYork" / "train.json").write_text("{\n  \"a.jpg\": \n")
+    bad = subprocess.run(script + ["--cvg-text", str(root)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith(
+        f"error: {root / 'CVG-text' / 'NewYork' / 'train.json'}:3: invalid JSON")
