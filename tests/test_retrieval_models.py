@@ -98,6 +98,13 @@ def test_both_retrievers_train_and_their_loss_falls(trained, name):
     assert "contrastive.logit_scale" in saved
     if name == "lvlm":
         assert any("lora_A" in k for k in saved) and not any("lora_" not in k and k.startswith("llm.") for k in saved)
+    else:  # the whole CLIP fine-tunes: both towers moved from the pretrained weights
+        from transformers import CLIPModel
+
+        pretrained = CLIPModel.from_pretrained(trained[name]["model_root"]).state_dict()
+        for tower in ("vision_model.", "text_model.encoder."):
+            assert any(not torch.equal(v, pretrained[k[len("clip."):]]) for k, v in saved.items()
+                       if k.startswith("clip." + tower)), tower
 
 
 def encoder_of(run: dict):
@@ -119,13 +126,14 @@ def test_a_trained_checkpoint_loads_as_an_encoder_of_unit_embeddings(trained, re
     for matrix, rows in ((gallery, len(tiles)), (queries, len(views)), (texts, len(COLOURS))):
         assert matrix.shape == (rows, dim) and matrix.dtype == torch.float32 and matrix.device.type == "cpu"
         assert torch.allclose(matrix.norm(dim=1), torch.ones(rows), atol=1e-5)
-    # The trained tensors were loaded: the untrained model embeds differently.
-    from addressvlm.retrieval.encoders import load_encoder
-
-    options = local_run_options(trained[name]["recipe"], str(trained[name]["model_root"]),
-                                overrides=trained[name]["overrides"])
-    untrained = load_encoder(trained[name]["recipe"], None, options, device="cpu")
-    assert not torch.allclose(untrained.embed_images(tiles, role="gallery"), gallery, atol=1e-4)
+    # Every trained tensor came from the checkpoint, and training moved them (peft starts every LoRA B at zero).
+    saved = torch.load(find_last_checkpoint(trained[name]["work_dir"]), map_location="cpu",
+                       weights_only=False)["state_dict"]
+    state = encoder.model.state_dict()
+    assert set(state) == set(saved)
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
+    if name == "lvlm":
+        assert any(torch.count_nonzero(v) for k, v in saved.items() if ".lora_B." in k)
     assert encoder.name == {"lvlm": "lvlm_last_token", "clip": "clip_dual_encoder"}[name]
 
 
@@ -173,3 +181,50 @@ def test_clip_reads_long_texts_past_77_tokens_and_keeps_its_pretrained_positions
         embedded = model.embed(collate_inputs([inputs.text(long_text), inputs.text(changed_tail)]))
     # Only the words after position 77 differ, and the embeddings do: the tail is read.
     assert not torch.allclose(embedded[0], embedded[1], atol=1e-4)
+
+
+def test_the_memory_bank_adds_earlier_pairs_as_negatives_but_never_a_pairs_own_tile():
+    from addressvlm.retrieval.models import ContrastiveHead, symmetric_info_nce
+
+    torch.manual_seed(0)
+    head = ContrastiveHead(temperature=0.1, bank_size=3, dim=4)
+    unit = lambda n: torch.nn.functional.normalize(torch.randn(n, 4), dim=1)  # noqa: E731
+    q1, p1, q2, p2 = unit(2), unit(2), unit(2), unit(2)
+    head(q1, p1, torch.tensor([0, 1]))
+    assert head.bank_tiles.tolist() == [0, 1]
+    got = head(q2, p2, torch.tensor([1, 2]))
+    # Tile 1 is in the bank from the first batch: masked for the new tile-1 pair, a negative for the tile-2 pair.
+    expected = symmetric_info_nce(q2, p2, torch.tensor(math.log(10.0)), torch.tensor([1, 2]), q1, p1,
+                                  torch.tensor([0, 1]))
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert got.item() != pytest.approx(symmetric_info_nce(q2, p2, torch.tensor(math.log(10.0)),
+                                                          torch.tensor([1, 2])).item(), rel=1e-3)
+    assert head.bank_tiles.tolist() == [1, 2, 0]  # newest first, the oldest pair dropped
+    head.eval()
+    assert head(q2, p2, torch.tensor([1, 2])).item() == pytest.approx(
+        symmetric_info_nce(q2, p2, torch.tensor(math.log(10.0)), torch.tensor([1, 2])).item(), rel=1e-6)
+
+
+def test_last_token_and_mean_pooling_read_only_real_tokens():
+    from addressvlm.retrieval.models import pool_hidden
+
+    hidden = torch.arange(2 * 3 * 2, dtype=torch.float).reshape(2, 3, 2)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])  # the second row is right-padded
+    assert pool_hidden(hidden, mask, "last").tolist() == [[4.0, 5.0], [8.0, 9.0]]
+    assert pool_hidden(hidden, mask, "mean").tolist() == [[2.0, 3.0], [7.0, 8.0]]
+
+
+@pytest.mark.parametrize("recipe,model_type,pooling,data_root", [
+    ("lvlm_pitts.py", "LVLMRetriever", "last", "./data/pitts/"),
+    ("lvlm_mean_pooling_pitts.py", "LVLMRetriever", "mean", "./data/pitts/"),
+    ("lvlm_helsinki.py", "LVLMRetriever", "last", "./data/helsinki/"),
+    ("clip_pitts.py", "CLIPDualEncoder", None, "./data/pitts/"),
+    ("clip_helsinki.py", "CLIPDualEncoder", None, "./data/helsinki/"),
+])
+def test_the_retrieval_recipes_name_their_model_city_and_work_dir(recipe, model_type, pooling, data_root):
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(RECIPES / recipe))
+    assert cfg.model.type.__name__ == model_type and cfg.model.get("pooling") == pooling
+    assert cfg.train_dataloader.dataset.data_root == data_root
+    assert cfg.work_dir == "./work_dirs/retrieval/" + recipe[:-3]
