@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import torch
 from tqdm import tqdm
 
-from addressvlm.gazetteer import Gazetteer, build_gazetteer
+from addressvlm.gazetteer import Gazetteer, build_gazetteer, restrict_gazetteer
 from addressvlm.infer import (
     CheckpointError,
     PerQuestionModel,
@@ -40,11 +40,13 @@ from addressvlm.infer import (
 from addressvlm.prefix_cache import ImageQuestions, VisionChatModel, generate_shared
 from addressvlm.records import (
     DataError,
+    GazetteerEntry,
     open_predictions,
     open_ranked,
     read_gazetteer,
     read_locations,
     read_questions,
+    read_retrieved,
 )
 
 NORMALISATIONS = ("sum", "mean")
@@ -256,6 +258,34 @@ def constrained_answers(model: VisionChatModel, image, questions: Sequence[str],
     return [trie.name_of[tuple(answer)] for trie, answer in zip(tries, ids)]
 
 
+# --------------------------------------------------------------------------------------------- retrieved candidates
+def retrieved_candidates(retrieved_path: str | os.PathLike, gazetteer: Gazetteer, k: int) -> dict[str, Gazetteer]:
+    """``image -> gazetteer`` of each street view retrieved by eval/retrieve.py: the names of the city's gazetteer
+    that its ``k`` best tiles carry (their streets, districts and street-district pairs)."""
+    if k < 1:
+        raise ValueError(f"--candidates-k must be at least 1, not {k}")
+    out: dict[str, Gazetteer] = {}
+    for record in read_retrieved(retrieved_path):
+        if record["kind"] == "image":
+            out[record["image"]] = restrict_gazetteer(
+                gazetteer, (GazetteerEntry(t["street"], t["district"]) for t in record["top"][:k]))
+    if not out:
+        raise DataError(retrieved_path, None, "holds no street-view query: retrieve with --kinds image")
+    return out
+
+
+def _candidate_names(candidates: dict[str, Gazetteer], retrieved_path, question: dict) -> tuple[str, ...]:
+    gazetteer = candidates.get(question["image"])
+    if gazetteer is None:
+        raise DataError(retrieved_path, None, f"no retrieval for image {question['image']!r} (question "
+                                              f"{question['question_id']!r}): retrieve the same split's queries")
+    names = gazetteer.names_for(question["level"])
+    if not names:
+        raise DataError(retrieved_path, None, f"the tiles retrieved for {question['image']!r} name no "
+                                              f"{question['level']} of the gazetteer")
+    return names
+
+
 # --------------------------------------------------------------------------------------------- files
 def _pending_groups(questions: Sequence[dict], done: set, image_folder: Path):
     pending = [q for q in questions if q["question_id"] not in done]
@@ -269,25 +299,33 @@ def _pending_groups(questions: Sequence[dict], done: set, image_folder: Path):
 
 def rank_questions(model: VisionChatModel, questions: Sequence[dict], gazetteer: Gazetteer,
                    out_path: str | os.PathLike, image_folder: str | os.PathLike = ".", normalisation: str = "sum",
-                   batch_size: int = 64, progress: bool = True, model_settings: dict | None = None) -> int:
+                   batch_size: int = 64, progress: bool = True, model_settings: dict | None = None,
+                   candidates: tuple[str | os.PathLike, int] | None = None) -> int:
     """Rank the gazetteer's names for each generation question not yet in ``out_path`` and append the rankings;
-    return how many questions were ranked. Settings (normalisation, the gazetteer's size, ``model_settings``) are
-    recorded beside the output; a resume with others is refused."""
+    return how many questions were ranked. ``candidates`` (a ``retrieved.jsonl`` and k) restricts each image's
+    names to those of its k best retrieved tiles. Settings (normalisation, the gazetteer's size, the candidates,
+    ``model_settings``) are recorded beside the output; a resume with others is refused."""
     rank = rank_per_question if isinstance(model, PerQuestionModel) else rank_image_questions
     image_folder = Path(image_folder)
     settings = {"normalisation": normalisation, "districts": len(gazetteer.districts),
                 "streets": len(gazetteer.streets), "addresses": len(gazetteer.addresses), **(model_settings or {})}
+    restricted = None
+    if candidates is not None:
+        retrieved_path, k = candidates
+        restricted = retrieved_candidates(retrieved_path, gazetteer, k)
+        settings["candidates"] = {"retrieved": str(retrieved_path), "k": k}
     with open_ranked(out_path, settings) as out:
         pending, groups = _pending_groups(ranked_questions(questions), out.done, image_folder)
         bar = tqdm(total=len(pending), unit="question", desc="ranking", disable=not progress, smoothing=0.1)
         names_scored, started = 0, time.perf_counter()
         for image, qs in groups.items():
-            candidates = [gazetteer.names_for(q["level"]) for q in qs]
-            rankings = rank(model, image_folder / image, [q["question"] for q in qs], candidates, normalisation,
+            names = [gazetteer.names_for(q["level"]) if restricted is None else
+                     _candidate_names(restricted, candidates[0], q) for q in qs]
+            rankings = rank(model, image_folder / image, [q["question"] for q in qs], names, normalisation,
                             batch_size)
             for q, ranking in zip(qs, rankings):
                 out.write({"question_id": q["question_id"], "ranking": ranking})
-            names_scored += sum(len(c) for c in candidates)
+            names_scored += sum(len(c) for c in names)
             bar.update(len(qs))
             bar.set_postfix_str(f"{names_scored / (time.perf_counter() - started):.0f} names/s", refresh=False)
         bar.close()
@@ -334,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="candidate names per forward pass (default 64)")
     parser.add_argument("--constrained", action="store_true",
                         help="greedy decoding restricted to the gazetteer's names (a token trie) instead of ranking")
+    parser.add_argument("--candidates", metavar="RETRIEVED_JSONL",
+                        help="eval/retrieve.py's retrieved.jsonl: rank, per image, only the streets, districts and "
+                             "addresses of its best retrieved satellite tiles (docs/retrieval.md)")
+    parser.add_argument("--candidates-k", type=int, default=5, help="tiles whose names are candidates (5)")
     return parser
 
 
@@ -346,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--chunk-idx {args.chunk_idx} is not in 0..{args.num_chunks - 1}")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.candidates and args.constrained:
+        parser.error("--candidates restricts ranking; --constrained decoding does not take it")
+    if args.candidates_k < 1:
+        parser.error("--candidates-k must be at least 1")
     image_folder = image_folder_of(args)
     try:
         questions = ranked_questions(read_questions(args.questions))
@@ -360,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                       model_settings=model_settings_of(args))
         else:
             done = rank_questions(model, questions, gazetteer, args.out, image_folder, args.normalisation,
-                                  args.batch_size, model_settings=model_settings_of(args))
+                                  args.batch_size, model_settings=model_settings_of(args),
+                                  candidates=(args.candidates, args.candidates_k) if args.candidates else None)
     except (DataError, FileNotFoundError, CheckpointError, StageChainError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"{'answered' if args.constrained else 'ranked'} {done} of {len(questions)} generation question(s) of "

@@ -4,8 +4,10 @@
         --questions data/pitts/vqa/test_questions.jsonl \
         --out eval_results/llava_phi3_mini/stage2_pitts/ranked.jsonl
     python eval/rank.py ... --constrained --out .../predictions_constrained.jsonl   # greedy within the names
+    python eval/rank.py ... --candidates eval_results/retrieval/<model>/retrieved.jsonl --candidates-k 5
 Names: the districts, streets and (street, district) pairs of locations.csv, plus --gazetteer FILE. One process per
-GPU: --num-chunks K --chunk-idx I, a distinct --out each. A rerun skips the questions already ranked.
+GPU: --num-chunks K --chunk-idx I, a distinct --out each. A rerun skips the questions already ranked. --candidates:
+each image's names restricted to those of its K best retrieved satellite tiles (docs/retrieval.md).
 """
 from __future__ import annotations
 

@@ -185,6 +185,64 @@ def test_cli_ranks_a_chunk_like_the_api(checkpoint, tiny_llava, city, reference,
         assert [r["name"] for r in ranking] == [r["name"] for r in expected[qid][1]]
 
 
+# ------------------------------------------------------------------------------------------ retrieved candidates
+def write_retrieved_for(root: Path, path: Path) -> None:
+    """A retrieved.jsonl (eval/retrieve.py's) for the city's images: image i's best tiles are places i, i+1, i+2."""
+    from addressvlm.records import read_locations, write_retrieved
+
+    rows = read_locations(root / "locations.csv")
+    write_retrieved(path, [{
+        "query_id": f"c/{i}", "kind": "image", "image": row.image, "tile": row.location_id, "rank": 1, "metres": 0.0,
+        "top": [{"tile": other.location_id, "score": 1.0 - 0.1 * j, "street": other.street,
+                 "district": other.district} for j, other in enumerate(rows[i:] + rows[:i])]}
+        for i, row in enumerate(rows)])
+
+
+def test_retrieved_candidates_restrict_the_ranking(model, city, gazetteer, reference, tmp_path):
+    from addressvlm.ranking import main
+
+    root, questions_path = city
+    retrieved = tmp_path / "retrieved.jsonl"
+    write_retrieved_for(root, retrieved)
+    out = tmp_path / "ranked.jsonl"
+    questions = {q["question_id"]: q for q in read_questions(questions_path)}
+    assert rank_questions(model, list(questions.values()), gazetteer, out, root, batch_size=8, progress=False,
+                          candidates=(retrieved, 2)) == 12
+    expected = {  # image i: the names of places i and i+1 (PLACES), spelt as the gazetteer spells them
+        "images/0.png": {"street": {"Forbes Avenue", "Craig Street"}, "district": {"Oakland"},
+                         "address": {"Forbes Avenue, Oakland", "Craig Street, Oakland"}},
+        "images/2.png": {"street": {"Fifth Avenue", "Penn Avenue"}, "district": {"Shadyside", "Bloomfield"},
+                         "address": {"Fifth Avenue, Shadyside", "Penn Avenue, Bloomfield"}},
+        "images/3.png": {"street": {"Penn Avenue", "Forbes Avenue"}, "district": {"Bloomfield", "Oakland"},
+                         "address": {"Penn Avenue, Bloomfield", "Forbes Avenue, Oakland"}},
+    }
+    full = read_ranked(reference)
+    ranked = read_ranked(out)
+    assert sorted(ranked) == sorted(full)
+    for qid, (_, ranking) in ranked.items():
+        q = questions[qid]
+        names = {r["name"] for r in ranking}
+        if q["image"] in expected:
+            assert names == expected[q["image"]][q["level"]]
+        assert names < set(gazetteer.names_for(q["level"]))  # a name outside the candidates is never ranked
+        # Restricting changes which names compete, not their scores.
+        scores = {r["name"]: r["logprob"] for r in full[qid][1]}
+        assert {r["name"]: r["logprob"] for r in ranking} == pytest.approx({n: scores[n] for n in names}, abs=1e-4)
+    # An image the retrieval did not cover is named, not ranked against every name.
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("".join(retrieved.read_text().splitlines(keepends=True)[1:]))
+    with pytest.raises(DataError, match=r"partial\.jsonl: no retrieval for image 'images/0.png'"):
+        rank_questions(model, list(questions.values()), gazetteer, tmp_path / "other.jsonl", root,
+                       progress=False, candidates=(partial, 2))
+    # A resume with other candidates is refused; the command line takes --candidates for ranking only.
+    with pytest.raises(DataError, match="candidates"):
+        rank_questions(model, list(questions.values()), gazetteer, out, root, progress=False,
+                       candidates=(retrieved, 3))
+    with pytest.raises(SystemExit):
+        main(["--questions", str(questions_path), "--out", str(out), "--hf", "x", "--constrained",
+              "--candidates", str(retrieved)])
+
+
 # ------------------------------------------------------------------------------------------ constrained
 def test_constrained_answers_are_gazetteer_names(model, city, gazetteer, tmp_path):
     root, questions_path = city
