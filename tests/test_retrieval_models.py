@@ -228,3 +228,18 @@ def test_the_retrieval_recipes_name_their_model_city_and_work_dir(recipe, model_
     assert cfg.model.type.__name__ == model_type and cfg.model.get("pooling") == pooling
     assert cfg.train_dataloader.dataset.data_root == data_root
     assert cfg.work_dir == "./work_dirs/retrieval/" + recipe[:-3]
+
+
+def test_the_pair_dataset_refuses_missing_files_unknown_kinds_and_an_empty_split(tmp_path, retrieval_city):
+    from addressvlm.inputs import MissingInputError
+    from addressvlm.records import DataError
+    from addressvlm.retrieval.dataset import RetrievalPairDataset
+
+    with pytest.raises(MissingInputError, match=r"gallery.jsonl not found.*build_retrieval.py"):
+        RetrievalPairDataset(str(tmp_path), inputs=None)
+    with pytest.raises(ValueError, match="query_kinds"):
+        RetrievalPairDataset(str(retrieval_city), inputs=None, query_kinds=["audio"])
+    with pytest.raises(DataError, match="no image/text queries in split 'val'"):
+        RetrievalPairDataset(str(retrieval_city), inputs=None, split="val")
+    pairs = RetrievalPairDataset(str(retrieval_city), inputs=None, query_kinds=["text"])
+    assert len(pairs) == len(COLOURS) and all(q["kind"] == "text" for q in pairs.queries)

@@ -1,5 +1,5 @@
 # The CLIP dual encoder on helsinki: recipes/retrieval/clip_pitts.py with the city root ./data/helsinki/.
-# Commands: those of recipes/retrieval/clip_pitts.py with this file and --city data/helsinki.
+# Commands: those of recipes/retrieval/clip_pitts.py with this file and --root data/helsinki.
 from mmengine.config import read_base
 
 with read_base():

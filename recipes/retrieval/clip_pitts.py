@@ -11,8 +11,8 @@
 # Train on 4 GPUs (CrossText2Loc's setting):
 #   NPROC_PER_NODE=4 xtuner train recipes/retrieval/clip_pitts.py
 # Evaluate:
-#   python eval/retrieve.py --config recipes/retrieval/clip_pitts.py \
-#       --checkpoint work_dirs/retrieval/clip_pitts --city data/pitts --split test
+#   python eval/retrieve.py --root data/pitts --split test --config recipes/retrieval/clip_pitts.py \
+#       --checkpoint work_dirs/retrieval/clip_pitts --out eval_results/retrieval/clip_pitts
 # Note: `xtuner train` exits 0 even when training fails; scripts should call `python -m xtuner.tools.train`.
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import (

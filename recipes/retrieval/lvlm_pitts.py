@@ -9,8 +9,8 @@
 # Train on 8 GPUs:
 #   NPROC_PER_NODE=8 xtuner train recipes/retrieval/lvlm_pitts.py --deepspeed deepspeed_zero2
 # Evaluate (R@1/5/10 and the share of queries within 50/100/150 m, per query kind):
-#   python eval/retrieve.py --config recipes/retrieval/lvlm_pitts.py \
-#       --checkpoint work_dirs/retrieval/lvlm_pitts --city data/pitts --split test
+#   python eval/retrieve.py --root data/pitts --split test --config recipes/retrieval/lvlm_pitts.py \
+#       --checkpoint work_dirs/retrieval/lvlm_pitts --out eval_results/retrieval/lvlm_pitts
 # The pooling ablation is recipes/retrieval/lvlm_mean_pooling_pitts.py; anything else from the command line, e.g.
 # `--cfg-options model.bank_size=256 train_dataloader.dataset.query_kinds="['text']"`.
 # Note: `xtuner train` exits 0 even when training fails; scripts should call `python -m xtuner.tools.train`.
