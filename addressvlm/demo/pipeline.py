@@ -13,13 +13,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from addressvlm.demo.retrieval import RetrievalSettings
 from addressvlm.records import read_locations, read_questions, write_atomic
 
 ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
 MODELS = ("zero_shot", "stage2_only", "stage1_stage2")
 TUNED = MODELS[1:]
-RUN_NAMES = {"stage1_helsinki": "stage 1", "stage1_stage2": "stage 2 after stage 1 (AddressVLM)",
-             "stage2_only": "stage 2 only (Baseline)"}
+RUN_NAMES = {"stage1_helsinki": "stage 1", "retrieval": "retrieval data and both retrievers (beside stage 1)",
+             "stage1_stage2": "stage 2 after stage 1 (AddressVLM)", "stage2_only": "stage 2 only (Baseline)"}
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,15 @@ class DemoSettings:
     # by side (train_side_by_side). Fixed counts keep the figures independent of the machine's core count.
     threads: int = 2
     threads_per_run: int = 1
+    # The two cross-view retrievers (addressvlm/demo/retrieval.py), trained beside stage 1.
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
 
     @classmethod
     def quick(cls) -> "DemoSettings":
         """A few steps of everything: for the test that checks every artefact."""
         return cls(locations=24, views=2, image_size=56, hidden=64, layers=2, batch_size=8, reading_steps=20,
-                   stage1_epochs=1, stage2_epochs=1, warmup_iters=2, street_samples=6, street_images=1)
+                   stage1_epochs=1, stage2_epochs=1, warmup_iters=2, street_samples=6, street_images=1,
+                   retrieval=RetrievalSettings.quick())
 
 
 @dataclass
@@ -208,22 +212,32 @@ def train_stage(paths: Paths, s: DemoSettings, stage: int, name: str, init_from:
 
 
 def train_side_by_side(paths: Paths, s: DemoSettings) -> dict[str, float]:
-    """Stage 1 alone on ``threads``, then AddressVLM's stage 2 (from stage 1) and the Baseline's (stage 2 alone)
-    side by side, each on ``threads_per_run``: a model this small keeps one core busier than it keeps two, so the two
-    runs together finish sooner than one after the other. Returns each run's seconds."""
+    """Stage 1 beside the retrieval lane (its data and both retrievers), then AddressVLM's stage 2 (from stage 1)
+    beside the Baseline's (stage 2 alone), each run on ``threads_per_run``: a model this small keeps one core busier
+    than it keeps two, so two runs together finish sooner than one after the other. Returns each lane's seconds."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from addressvlm.demo import retrieval
 
     def timed(fn, *args, **kwargs):
         start = time.perf_counter()
         result = fn(*args, **kwargs)
         return result, time.perf_counter() - start
 
-    stage1, stage1_seconds = timed(train_stage, paths, s, 1, "stage1_helsinki", None, s.threads)
+    def retrieval_lane():
+        retrieval.build_data(paths, ATTRIBUTION)
+        return retrieval.train(paths, s.retrieval, s.seed, bar_row=1)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        retrievers = pool.submit(timed, retrieval_lane)
+        stage1, stage1_seconds = timed(train_stage, paths, s, 1, "stage1_helsinki", None, s.threads_per_run)
+        retrieval_seconds = retrievers.result()[1]
     with ThreadPoolExecutor(max_workers=1) as pool:
         baseline = pool.submit(timed, train_stage, paths, s, 2, "stage2_only", None, s.threads_per_run, bar_row=1)
         _, stage2_seconds = timed(train_stage, paths, s, 2, "stage1_stage2", stage1, s.threads_per_run)
         baseline_seconds = baseline.result()[1]
-    return {"stage1_helsinki": stage1_seconds, "stage1_stage2": stage2_seconds, "stage2_only": baseline_seconds}
+    return {"stage1_helsinki": stage1_seconds, "retrieval": retrieval_seconds, "stage1_stage2": stage2_seconds,
+            "stage2_only": baseline_seconds}
 
 
 # --------------------------------------------------------------------------------------------- answers and scores
@@ -306,6 +320,29 @@ def rank_and_measure(paths: Paths, s: DemoSettings, name: str) -> dict:
     return metrics
 
 
+def retrieve_and_restrict(paths: Paths, s: DemoSettings) -> dict:
+    """Both retrievers' R@K on the test split, and AddressVLM's closed-set ranking restricted to the names of the
+    LVLM retriever's top tiles per street view, beside its ranking over every name of the city."""
+    from addressvlm.demo import retrieval
+    from addressvlm.gazetteer import build_gazetteer
+    from addressvlm.ranking import rank_questions
+    from addressvlm.scoring import read_ranked_names, top_k_accuracy
+
+    results = retrieval.evaluate(paths, s.retrieval, s.seed)
+    questions_path = paths.city / "vqa" / "test_questions.jsonl"
+    ranked_path = paths.out / "predictions" / "stage1_stage2.ranked_retrieved.jsonl"
+    drop_stale(ranked_path, paths, "stage1_stage2")
+    k = s.retrieval.candidates_k
+    rank_questions(load_model(paths, s, "stage1_stage2"), read_questions(questions_path),
+                   build_gazetteer(read_locations(paths.city / "locations.csv")), ranked_path,
+                   image_folder=paths.city,
+                   candidates=(paths.out / "retrieval" / "lvlm_last_token" / "retrieved.jsonl", k))
+    restricted = top_k_accuracy(*read_ranked_names(questions_path, ranked_path))
+    write_atomic(paths.out / "metrics" / "stage1_stage2.closed_set_retrieved.json",
+                 json.dumps(restricted, indent=2) + "\n")
+    return {"retrievers": results, "restricted": restricted, "candidates_k": k}
+
+
 def street_distribution(paths: Paths, s: DemoSettings) -> list[Path]:
     """Fig. 5 for a few test images (Appendix D.1, ``street_distribution.sample_before_and_after``): the zero-shot
     model's choices among the streets the tuned model named, the options shuffled. The paper's "after" model is the
@@ -380,14 +417,16 @@ def majority_shares(questions: list[dict]) -> dict[str, float]:
 
 
 def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spreads: dict[str, dict], steps: Steps,
-                 pictures: dict, distribution: list[Path], district_method: str, closed_set: dict[str, dict]) -> Path:
+                 pictures: dict, distribution: list[Path], district_method: str, closed_set: dict[str, dict],
+                 retrieved: dict | None = None) -> Path:
     from addressvlm.demo.report import render_report
     from addressvlm.standins.reading_warmup import read_warmup_result
 
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
     reading = read_warmup_result(paths.models)
     text = render_report(metrics, steps.times, pictures, [p.name for p in distribution], asdict(s),
-                         district_method, ATTRIBUTION, majority_shares(questions), spreads, reading, closed_set)
+                         district_method, ATTRIBUTION, majority_shares(questions), spreads, reading, closed_set,
+                         retrieved)
     report = paths.out / "report.md"
     write_atomic(report, text)
     return report
@@ -399,7 +438,7 @@ def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki"
 
     paths = Paths(Path(out), Path(city), Path(work))
     torch.set_num_threads(settings.threads)  # the warm-up and the answers; training runs set their own
-    steps = Steps(11 + len(TUNED))
+    steps = Steps(12 + len(TUNED))
     s = settings
     summary = steps.run("build the Helsinki demo city", build_city, paths, s)
     steps.run("pin location-disjoint splits (7:2:1)", pin_splits, paths, s)
@@ -414,11 +453,13 @@ def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki"
     spreads = {name: result[1] for name, result in scored.items()}
     closed_set = {name: steps.run(f"rank the city's names, metre errors: {name}", rank_and_measure, paths, s, name)
                   for name in TUNED}
+    retrieved = steps.run("retrieval: R@K of both retrievers; AddressVLM ranking among retrieved names",
+                          retrieve_and_restrict, paths, s)
     distribution = steps.run("street distribution (Fig. 5)", street_distribution, paths, s)
     pictures = copy_pictures(paths)
     method = json.loads((paths.city / "city.json").read_text()).get("district_method", "") \
         if (paths.city / "city.json").is_file() else getattr(summary, "district_method", "")
     report = steps.run("report", write_report, paths, s, metrics, spreads, steps, pictures, distribution, method,
-                       closed_set)
+                       closed_set, retrieved)
     print(f"report: {report}")
     return report

@@ -113,10 +113,47 @@ def closed_set_table(closed_set: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def retrieval_section(retrieved: dict, closed_set: dict[str, dict]) -> list[str]:
+    """Both retrievers' R@K (each kind of query against the test split's tiles, with the binomial test of R@1
+    against chance), and AddressVLM's ranking among the retrieved tiles' names beside its ranking over the city."""
+    from addressvlm.demo.retrieval import LABELS as RETRIEVER_LABELS
+
+    lines = ["## Cross-view retrieval: which satellite tile is this?", "",
+             "Two retrievers trained here on the training locations (docs/retrieval.md): the tiny LLaVA-Phi3-mini "
+             "turned retriever (the hidden state of a summarising prompt's last token, LoRA, InfoNCE) and a tiny "
+             "random CLIP dual encoder. Each query is a test street view, or a scene text written by the rule "
+             "backend from OpenStreetMap facts (a stand-in for an LVLM's description, naming no street); the gallery "
+             "is the test split's label-free tiles. Percent; p: one-sided binomial test of R@1 against picking a "
+             "tile at random.", "",
+             "| retriever | queries | n | gallery | R@1 | R@5 | R@10 | chance R@1 | p (R@1) | top-1 within 100 m |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, metrics in retrieved["retrievers"].items():
+        for kind, m in metrics["by_kind"].items():
+            p = m["binomial_p_R@1"]
+            lines.append(f"| {RETRIEVER_LABELS.get(name, name)} | {'street view' if kind == 'image' else 'scene text'} "
+                         f"| {m['queries']} | {m['gallery_size']} | {_cell(m['R@1'])} | {_cell(m['R@5'])} | "
+                         f"{_cell(m['R@10'])} | {m['chance_R@1']:.1f} | {p:.1e}{' (significant)' if p < 0.01 else ''}"
+                         f" | {_cell(m['within_100m'])} |")
+    k, restricted, full = retrieved["candidates_k"], retrieved["restricted"], closed_set.get("stage1_stage2", {})
+    lines += ["", f"Retrieved candidates for AddressVLM: its closed-set ranking of each test street view restricted "
+              f"to the streets and districts of the LVLM retriever's top {k} tiles (eval/rank.py --candidates), "
+              "against its ranking over every name of the city. A restriction can only help where the retriever "
+              "keeps the truth among its candidates.", "",
+              "| AddressVLM ranking among | district top-1 | street top-1 | address top-1 |", "|---|---:|---:|---:|"]
+    for label, m in ((f"the names of {k} retrieved tiles", restricted), ("every name of the city", full)):
+        if m:
+            lines.append(f"| {label} | {_cell(m.get('district_top1'))} | {_cell(m.get('street_top1'))} | "
+                         f"{_cell(m.get('address_top1'))} |")
+    lines += ["", " ".join(f"![retrieval {name}](retrieval/{name}/retrieval.png)" for name in retrieved["retrievers"]),
+              ""]
+    return lines
+
+
 def render_report(metrics: dict[str, dict], times: dict[str, float], pictures: dict[str, list[str]],
                   distribution: list[str], settings: dict, district_method: str, attribution: str,
                   majority: dict[str, float], spreads: dict[str, dict[str, dict[str, int]]],
-                  reading: dict | None = None, closed_set: dict[str, dict] | None = None) -> str:
+                  reading: dict | None = None, closed_set: dict[str, dict] | None = None,
+                  retrieved: dict | None = None) -> str:
     parts = [
         "# AddressVLM demo: central Helsinki, on CPU",
         "",
@@ -179,6 +216,8 @@ def render_report(metrics: dict[str, dict], times: dict[str, float], pictures: d
                      f"![street errors](pictures/street_errors_{name}.png)" for name in closed_set),
             "",
         ]
+    if retrieved:
+        parts += retrieval_section(retrieved, closed_set or {})
     parts += [
         "## Pictures",
         "",
