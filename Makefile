@@ -24,11 +24,9 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 install: $(STAMP)
 
-# pytest exits 5 when it collects no test; make treats that as a failure, as it should. Two workers (the CI
-# machine's two cores): many tests wait on a one-thread training subprocess, so two at a time finish sooner; the
-# tests of one xdist_group (those sharing the quick demo) run on one worker.
+# pytest exits 5 when it collects no test; make treats that as a failure, as it should.
 test: install
-	$(PY) -m pytest tests -n 2 --dist loadgroup
+	$(PY) -m pytest tests
 
 demo: install
 	$(PY) tools/run_demo.py --out demo_output

@@ -10,9 +10,6 @@ from addressvlm.standins.reading_warmup import read_warmup_result
 from addressvlm.records import read_locations, read_predictions, read_questions
 from addressvlm.scoring import METRICS
 
-# Built once per session on one worker: the quick demo (tests/conftest.py quick_demo).
-pytestmark = pytest.mark.xdist_group("quick_demo")
-
 
 @pytest.mark.slow
 def test_quick_demo_writes_every_artefact(quick_demo):

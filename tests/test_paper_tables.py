@@ -14,9 +14,6 @@ from addressvlm.records import DataError, read_llava_json
 
 from conftest import local_recipe
 
-# Built once per session on one worker: the quick demo (tests/conftest.py quick_demo).
-pytestmark = pytest.mark.xdist_group("quick_demo")
-
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -14,9 +14,6 @@ from addressvlm.stage_chain import StageChainError, find_last_checkpoint
 
 from conftest import build_model, local_recipe
 
-# Built once per session on one worker: the quick demo (tests/conftest.py quick_demo).
-pytestmark = pytest.mark.xdist_group("quick_demo")
-
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 ABLATIONS = RECIPES / "ablations"
 # Each row's stage 1 (its run's name): A and B share one (neither VE nor LLM), C and D one (LLM only), E the paper's.
