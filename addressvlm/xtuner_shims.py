@@ -1,12 +1,30 @@
-"""Shims XTuner 0.2.0 needs to run on a CPU-only machine, applied on import.
+"""Shims XTuner 0.2.0 needs to run on a CPU-only machine, and one for small datasets, applied on import.
 
 Lazy (pure-Python) mmengine configs ignore ``custom_imports``, so this module is imported by the classes the
 recipes name (``addressvlm.model``, ``addressvlm.dataset``); every shim is a no-op where the real feature exists.
 """
+import functools
 import os
 import sys
 
 import torch
+
+# XTuner tokenizes a LLaVA JSON with 32 map processes whatever its size; starting them costs seconds, far more than
+# tokenizing a small file. One process per this many records (at most XTuner's 32): the same for a real city.
+RECORDS_PER_MAP_PROCESS = 1000
+
+
+def map_processes_for_size(process_hf_dataset):
+    @functools.wraps(process_hf_dataset)
+    def sized(*args, **kwargs):
+        dataset = kwargs["dataset"] if "dataset" in kwargs else args[0]
+        records = sum(len(split) for split in dataset.values()) if hasattr(dataset, "values") else len(dataset)
+        wanted = kwargs.get("map_num_proc", 32)
+        kwargs["map_num_proc"] = max(1, min(wanted, -(-records // RECORDS_PER_MAP_PROCESS)))
+        return process_hf_dataset(*args, **kwargs)
+
+    sized.sized_for_records = True
+    return sized
 
 
 def apply() -> None:
@@ -19,6 +37,10 @@ def apply() -> None:
     # loaded (and sets it itself for a config-level resume); no other process is touched.
     if any(arg == "--resume" or arg.startswith("--resume=") for arg in sys.argv):
         os.environ.setdefault(RESUME_VARIABLE, "1")
+    import xtuner.dataset.llava as llava
+
+    if not getattr(llava.process_hf_dataset, "sized_for_records", False):
+        llava.process_hf_dataset = map_processes_for_size(llava.process_hf_dataset)
 
 
 RESUME_VARIABLE = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"

@@ -34,6 +34,10 @@ def build(recipe: str, options: list[str]):
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
 def test_every_recipe_states_the_dtype_it_loads_and_computes_in(path):
     cfg = Config.fromfile(str(path))
+    if path.stem.startswith("clip_"):
+        # The CLIP dual encoder fine-tunes every weight: fp32 weights, bf16 AMP compute, nothing frozen to halve.
+        assert "torch_dtype" not in cfg.model and cfg.optim_wrapper.dtype == "bfloat16"
+        return
     assert cfg.model.torch_dtype == "bfloat16"
     assert cfg.optim_wrapper.dtype == cfg.model.torch_dtype  # AMP computes in the frozen weights' dtype
     assert "model.torch_dtype=float32" in local_run_options(str(path))  # the one CPU switch
@@ -141,3 +145,18 @@ def test_training_without_data_stops_with_one_line(tiny_llava, tmp_path):
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training data file ./data/pitts/stage1/train.json not found")
+
+
+def test_xtuner_maps_a_small_file_in_one_process_and_a_city_in_32():
+    """XTuner's LLaVA dataset tokenizes with 32 processes whatever the file's size; the shim sizes the pool."""
+    import xtuner.dataset.llava as llava
+    from datasets import Dataset, DatasetDict
+
+    from addressvlm.xtuner_shims import map_processes_for_size
+
+    assert getattr(llava.process_hf_dataset, "sized_for_records", False)  # applied on import of the package
+    asked = []
+    sized = map_processes_for_size(lambda dataset, map_num_proc=32, **kwargs: asked.append(map_num_proc))
+    for records, processes in ((34, 1), (1000, 1), (1001, 2), (100_000, 32)):
+        sized(dataset=DatasetDict({"train": Dataset.from_dict({"id": list(range(records))})}))
+        assert asked.pop() == processes, records
