@@ -64,16 +64,18 @@ def main() -> None:
                         help="eval/retrieve.py retrieved.jsonl files covering every train, val and test street view: "
                              "the street and district names of each image's --hint-k best tiles follow each of its "
                              "questions (training hints thinned to the validation images' candidate recall)")
-    parser.add_argument("--hint-k", type=int, default=5, help="retrieved tiles whose names are the hint (5)")
+    parser.add_argument("--hint-k", type=int, help="retrieved tiles whose names are the hint (5)")
     args = parser.parse_args()
-    if args.hint_k < 1:
+    if args.hint_k is not None and not args.hints:
+        parser.error("--hint-k needs --hints")
+    if args.hint_k is not None and args.hint_k < 1:
         parser.error("--hint-k must be at least 1")
     try:
         stats = build_vqa(args.locations, args.out, seed=args.seed, split=args.split, rounds=args.rounds,
                           distractors=args.distractors, view_fraction=args.view_fraction,
                           location_fraction=args.location_fraction, city=args.city, progress=True,
                           single_turn=args.single_turn, turn_order=args.turn_order, level_names=args.level_names,
-                          hints=args.hints, hint_k=args.hint_k)
+                          hints=args.hints, hint_k=args.hint_k or 5)
     except (DataError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     for name, s in stats["splits"].items():
