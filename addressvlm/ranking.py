@@ -46,8 +46,8 @@ from addressvlm.records import (
     read_gazetteer,
     read_locations,
     read_questions,
-    read_retrieved,
 )
+from addressvlm.retrieval.hints import read_street_view_retrievals
 
 NORMALISATIONS = ("sum", "mean")
 RANKED_LEVELS = ("district", "street", "address")
@@ -264,14 +264,8 @@ def retrieved_candidates(retrieved_path: str | os.PathLike, gazetteer: Gazetteer
     that its ``k`` best tiles carry (their streets, districts and street-district pairs)."""
     if k < 1:
         raise ValueError(f"--candidates-k must be at least 1, not {k}")
-    out: dict[str, Gazetteer] = {}
-    for record in read_retrieved(retrieved_path):
-        if record["kind"] == "image":
-            out[record["image"]] = restrict_gazetteer(
-                gazetteer, (GazetteerEntry(t["street"], t["district"]) for t in record["top"][:k]))
-    if not out:
-        raise DataError(retrieved_path, None, "holds no street-view query: retrieve with --kinds image")
-    return out
+    return {image: restrict_gazetteer(gazetteer, (GazetteerEntry(t["street"], t["district"]) for t in top[:k]))
+            for image, (top, _) in read_street_view_retrievals([retrieved_path]).items()}
 
 
 def _candidate_names(candidates: dict[str, Gazetteer], retrieved_path, question: dict) -> tuple[str, ...]:

@@ -329,8 +329,8 @@ def _split_stats(rows: Sequence[Location], level_types: Counter) -> dict:
 def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, split: str = "7:2:1",
               rounds: int = MAX_ROUNDS, distractors: str = "nearest", view_fraction: float = 1.0,
               location_fraction: float = 1.0, city: str | None = None, progress: bool = False,
-              single_turn: bool = False, turn_order: str = "shuffled", level_names: dict[str, str] | None = None
-              ) -> dict:
+              single_turn: bool = False, turn_order: str = "shuffled", level_names: dict[str, str] | None = None,
+              hints: Sequence[str | Path] | None = None, hint_k: int = 5) -> dict:
     """Write ``train.json``, ``val.json``, ``test_questions.jsonl``, ``val_questions.jsonl`` and ``stats.json`` into
     ``out_dir``: the validation locations as conversations and, for the metrics logged while training
     (``hooks.AddressMetricsHook``), as single-turn questions in the test questions' format.
@@ -344,7 +344,10 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
     a conversation (``TURN_ORDERS``). ``level_names`` are the words the questions call the district and street
     levels by (``templates.parse_level_names``): given, they are recorded in the city root's ``levels.json`` for
     the tools that read the city later (serving; building again); not given, that file's words, or the paper's.
-    Returns the statistics.
+    ``hints`` (eval/retrieve.py ``retrieved.jsonl`` files covering every train, val and test image) append the
+    street and district names of each image's ``hint_k`` best retrieved tiles to each of its questions
+    (``addressvlm.retrieval.hints``: the training hints thinned to the validation images' candidate recall);
+    stats.json records the files, k and that recall. Returns the statistics.
     """
     locations_csv, out_dir = Path(locations_csv), Path(out_dir)
     if not 1 <= rounds <= MAX_ROUNDS:
@@ -374,6 +377,14 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
              "view_fraction": view_fraction, "location_fraction": location_fraction, "splits": {}}
     if level_names != DEFAULT_LEVEL_NAMES:  # the paper's words add nothing, and earlier stats stay byte-identical
         stats["level_names"] = dict(level_names)
+    hinter = None
+    if hints:
+        from addressvlm.retrieval.hints import RetrievedHints
+
+        lines = {row.image: line for line, row in enumerate(rows, start=2)}
+        hinter = RetrievedHints(hints, hint_k, by_split, seed, locations_csv, lines, level_names)
+        stats["hints"] = {"retrieved": [str(path) for path in hints], "k": hint_k,
+                          "candidate_recall": hinter.stats}
     with replaced_folder(out_dir, VQA_FILES) as staging:
         for name in ("train", "val"):
             records, counts = [], Counter()
@@ -383,6 +394,8 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
                                                     i * rounds, index, seed, turn_order, level_names)
                 except ValueError as exc:
                     raise DataError(locations_csv, None, str(exc)) from None
+                if hinter:
+                    record = hinter.record(record)
                 records.extend(split_turns(record) if single_turn else [record])
                 counts.update(kinds)
             write_llava_json(staging / f"{name}.json", records)
@@ -396,6 +409,8 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
                                                level_names)
                 except ValueError as exc:
                     raise DataError(locations_csv, None, str(exc)) from None
+                if hinter:
+                    qs = [dict(q, question=hinter.question(q["image"], q["question"])) for q in qs]
                 questions[name].extend(qs)
                 counts.update((q["level"], q["qtype"]) for q in qs)
             write_questions(staging / f"{name}_questions.jsonl", questions[name])

@@ -14,6 +14,10 @@ Examples:
     # Tokyo (Table 8): the district level is the chome; recorded in data/tokyo/levels.json for later builds,
     # scoring and serving
     python datasets_prep/build_vqa.py --locations data/tokyo/locations.csv --out data/tokyo/vqa --level-names chome,street
+    # Retrieved names as a hint after every question (docs/retrieval.md, section 6): eval/retrieve.py's
+    # retrieved.jsonl of the train, val and test street views
+    python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa_hint5 \
+        --hints eval_results/retrieval/lvlm_pitts/{train,val,test}/retrieved.jsonl --hint-k 5
 """
 import argparse
 import sys
@@ -56,17 +60,30 @@ def main() -> None:
                         help="what the questions call the district and street levels, e.g. chome,street for Tokyo; "
                              f"recorded in the city root's {LEVEL_NAMES_FILE} (default: the words recorded there, "
                              "else district,street)")
+    parser.add_argument("--hints", nargs="+", metavar="RETRIEVED_JSONL",
+                        help="eval/retrieve.py retrieved.jsonl files covering every train, val and test street view: "
+                             "the street and district names of each image's --hint-k best tiles follow each of its "
+                             "questions (training hints thinned to the validation images' candidate recall)")
+    parser.add_argument("--hint-k", type=int, help="retrieved tiles whose names are the hint (5)")
     args = parser.parse_args()
+    if args.hint_k is not None and not args.hints:
+        parser.error("--hint-k needs --hints")
+    if args.hint_k is not None and args.hint_k < 1:
+        parser.error("--hint-k must be at least 1")
     try:
         stats = build_vqa(args.locations, args.out, seed=args.seed, split=args.split, rounds=args.rounds,
                           distractors=args.distractors, view_fraction=args.view_fraction,
                           location_fraction=args.location_fraction, city=args.city, progress=True,
-                          single_turn=args.single_turn, turn_order=args.turn_order, level_names=args.level_names)
+                          single_turn=args.single_turn, turn_order=args.turn_order, level_names=args.level_names,
+                          hints=args.hints, hint_k=args.hint_k or 5)
     except (DataError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     for name, s in stats["splits"].items():
         print(f"{name:5s}: {s['locations']} locations, {s['images']} images, {s['questions']} questions, "
               f"{s['streets']} streets, {s['districts']} districts")
+    for name, levels in stats.get("hints", {}).get("candidate_recall", {}).items():
+        print(f"{name:5s} hints: " + ", ".join(f"true {level} among the candidates {r['hinted']}% (retrieved "
+                                              f"{r['retrieved']}%)" for level, r in levels.items()))
     if "level_names" in stats:
         print(f"levels called {stats['level_names']['district']!r} and {stats['level_names']['street']!r}")
     print(f"written to {args.out}")
