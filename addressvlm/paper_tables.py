@@ -261,16 +261,25 @@ def select_rows(table: PaperTable, names: list[str] | None) -> list[Row]:
     return [known[n] for n in names]
 
 
+# The demo's own runs of the paper's recipes (`make demo` trains them under these names): a table on the demo city
+# links them instead of training them again. Same recipes, data, settings and seed, so the same models (Table 4's
+# Ours row trained under its recipe's name equalled the demo's AddressVLM: docs/experiments.md).
+DEMO_RUNS = {"stage1_pitts": "stage1_helsinki", "stage2_pitts": "stage1_stage2", run_name(BASELINE): "stage2_only"}
+
+
 class DemoScale:
     """Runs at the demo's scale on a CPU: the tiny model, ``settings`` (``DemoSettings``) for epochs and batch, two
-    runs side by side on one thread each; runs under ``work/<recipe name>``."""
+    runs side by side on one thread each; runs under ``work/<recipe name>``. ``demo_work``: the work folder of a
+    `make demo` with the same model and settings, whose runs of the paper's own recipes are linked, not retrained."""
 
     parallel = 2
 
-    def __init__(self, city: Path, out: Path, work: Path, settings, model_root: Path | None = None):
+    def __init__(self, city: Path, out: Path, work: Path, settings, model_root: Path | None = None,
+                 demo_work: Path | None = None):
         from addressvlm.demo.pipeline import Paths, make_model
 
         self.paths, self.settings = Paths(Path(out), Path(city), Path(work)), settings
+        self.demo_work = Path(demo_work) if demo_work else None
         if model_root is not None:
             self.paths.models = Path(model_root)
         if not (self.paths.models / "projector" / "config.json").is_file():
@@ -281,12 +290,21 @@ class DemoScale:
         from addressvlm.demo.pipeline import train_recipe
 
         data, s = recipe_data(recipe), self.settings
+        self.link_demo_run(run_name(recipe))
         paths = replace(self.paths, city=city)
         paths.models = self.paths.models
         train_recipe(paths, s, data.recipe, run_name(recipe), data.data_file,
                      s.stage2_epochs if is_stage2 else s.stage1_epochs,
                      self.paths.work / run_name(continues) if continues else None, s.threads_per_run, bar_row,
                      image_folder=(city / data.image_folder).resolve(), stage2=is_stage2)
+
+    def link_demo_run(self, name: str) -> None:
+        demo_run = self.demo_work / DEMO_RUNS[name] if self.demo_work and name in DEMO_RUNS else None
+        target = self.paths.work / name
+        if demo_run and (demo_run / "last_checkpoint").is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(demo_run.resolve(), target_is_directory=True)
+            print(f"{name}: the demo's run {demo_run}", flush=True)
 
     def answer(self, row: Row) -> dict:
         from addressvlm.demo.pipeline import answer_and_score

@@ -48,13 +48,14 @@ def part(state: dict, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def table4(tmp_path_factory, quick_demo):
-    """Table 4 filled once for the module, as `tools/paper_table.py --table 4 --quick` fills it: three stage-1
-    runs, six stage-2 runs two side by side on one thread each, answers and scores."""
+    """Table 4 filled once for the module, as `tools/paper_table.py --table 4` fills it on the demo city: the
+    quick demo's runs of the paper's own recipes linked, two more stage-1 runs and five stage-2 runs two side by
+    side on one thread each, answers and scores."""
     from addressvlm.paper_tables import TABLES, DemoScale, fill_table
 
     root = tmp_path_factory.mktemp("table4")
     work = root / "work"
-    runner = DemoScale(quick_demo.city, root, work, quick_demo.settings, quick_demo.model)
+    runner = DemoScale(quick_demo.city, root, work, quick_demo.settings, quick_demo.model, demo_work=quick_demo.work)
     report = fill_table(TABLES["4"], quick_demo.city, root, runner)
     return {"city": quick_demo.city, "root": root, "work": work, "model_root": quick_demo.model,
             "settings": quick_demo.settings, "report": report,
@@ -77,6 +78,9 @@ def test_the_table_has_all_six_rows_with_their_scores_and_the_papers(table4):
         assert f"`{'ablations/' if name != 'stage2_pitts' else ''}{name}.py` | {mean:.2f} | {sd:.2f} |" in text
     assert "| Ours: stage 1 VE + LLM, stage 2 VE + LLM | paper | 90.02 | 69.60 |" in text
     assert all(f"train {name}" in filled["seconds"] for name in [*STAGE1_RUNS.values(), *rows])
+    # The paper's own recipes were the quick demo's runs, linked rather than trained again.
+    assert (table4["work"] / "stage1_pitts").resolve() == (table4["city"].parent / "work" / "stage1_helsinki").resolve()
+    assert (table4["work"] / "stage2_pitts").is_symlink()
 
 
 @pytest.mark.slow

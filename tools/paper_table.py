@@ -68,12 +68,14 @@ def main(argv=None) -> int:
         from addressvlm.demo.pipeline import DemoSettings
 
         demo_model = REPO / "demo_output" / "models" / "llava-phi-3-mini-xtuner"
-        model_root = args.model_root
+        model_root, demo_work = args.model_root, None
         if model_root is None and not args.quick and city.resolve() == (REPO / "data" / "helsinki").resolve() \
                 and demo_model.is_dir():
-            model_root = demo_model
+            # The demo's model, and its runs of the paper's own recipes (the same settings: not trained again).
+            model_root, demo_work = demo_model, REPO / "work_dirs" / "demo_helsinki"
         settings = DemoSettings.quick() if args.quick else DemoSettings()
-        runner = DemoScale(city, out, work, settings, model_root or work / "models" / "llava-phi-3-mini-xtuner")
+        runner = DemoScale(city, out, work, settings, model_root or work / "models" / "llava-phi-3-mini-xtuner",
+                           demo_work)
     options = {k: v for k, v in (("base_url", args.base_url), ("model", args.model)) if v}
     if args.label_backend == "rule":
         print("note: stage-1 variants get rule-backend reasons, the demo's stand-in; the paper writes them with an "
