@@ -232,11 +232,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     options = []
     if args.model_root:
-        from mmengine.config import Config
+        from addressvlm.runtime import load_recipe, model_root_options
 
-        from addressvlm.runtime import model_root_options
-
-        options += model_root_options(Config.fromfile(args.config), args.model_root)
+        options += model_root_options(load_recipe(args.config), args.model_root)
     try:
         out = export_hf(args.config, args.checkpoint, args.out, options + list(args.cfg_options), args.dtype)
     except (FileNotFoundError, CheckpointError, StageChainError, ValueError) as exc:

@@ -124,12 +124,12 @@ def build_recipe_model(config: str | os.PathLike, cfg_options: Sequence[str] | d
     ``runtime.model_root_options``), without a previous stage (a checkpoint will replace every trained tensor); frozen
     weights load in ``dtype`` (default: the dtype answering uses on this machine,
     ``precision.default_device_dtype``)."""
-    from mmengine.config import Config
+    from addressvlm.runtime import load_recipe
 
     from addressvlm import xtuner_shims  # noqa: F401
     from xtuner.registry import BUILDER
 
-    cfg = Config.fromfile(str(config))
+    cfg = load_recipe(str(config))
     cfg.merge_from_dict(parse_cfg_options(cfg_options))
     if "torch_dtype" in cfg.model:
         cfg.model.torch_dtype = str(dtype or default_device_dtype()[1]).removeprefix("torch.")
@@ -512,11 +512,9 @@ def load_model_from_args(args: argparse.Namespace) -> VisionChatModel:
                          "or --hf DIR")
     options: list[str] = []
     if args.model_root:
-        from mmengine.config import Config
+        from addressvlm.runtime import load_recipe, model_root_options
 
-        from addressvlm.runtime import model_root_options
-
-        options += model_root_options(Config.fromfile(args.config), args.model_root)
+        options += model_root_options(load_recipe(args.config), args.model_root)
     options += list(args.cfg_options)
     if args.zero_shot:
         return load_release_model(args.config, options, args.device, args.dtype)

@@ -199,9 +199,9 @@ README_END = "<!-- end of memory table -->"
 
 def readme_block(repo: Path) -> str:
     """The README's generated memory section: one table per backbone's stage-1 recipe."""
-    from mmengine.config import Config
+    from addressvlm.runtime import load_recipe
 
-    tables = [markdown_table(recipe, estimate(Config.fromfile(str(repo / recipe)))) for recipe in README_RECIPES]
+    tables = [markdown_table(recipe, estimate(load_recipe(str(repo / recipe)))) for recipe in README_RECIPES]
     return "\n\n".join([README_START, *tables, README_END])
 
 
@@ -233,11 +233,11 @@ def main(argv=None) -> None:
         if not args.readme:
             parser.error("give a recipe, or --readme")
         return
-    from mmengine.config import Config
+    from addressvlm.runtime import load_recipe
 
     if not Path(args.recipe).is_file():
         raise SystemExit(f"error: recipe {args.recipe} not found")
-    result = estimate(Config.fromfile(args.recipe), args.gpus)
+    result = estimate(load_recipe(args.recipe), args.gpus)
     print(markdown_table(args.recipe, result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -156,10 +156,10 @@ class RecipeData:
 
 def recipe_data(recipe: str | Path) -> RecipeData:
     """What a recipe trains on, relative to its data root, and which run it continues."""
-    from mmengine.config import Config
+    from addressvlm.runtime import load_recipe
 
     path = RECIPES / recipe
-    cfg = Config.fromfile(str(path))
+    cfg = load_recipe(str(path))
     root = cfg.data_root
     dataset = cfg.train_dataloader.dataset
     if not dataset.data_path.startswith(root):

@@ -83,17 +83,15 @@ def run_preflight(recipe: str, weights: str, steps: int = 1, samples: int = 2, d
                   cfg_options: list[str] | dict | None = None, report: Callable[[str], None] = print) -> dict:
     """Run every check; return the figures (parameter counts, token lengths, losses). ``cfg_options`` apply after
     the relocation to ``weights`` and the CPU switch. Raises ``PreflightError``."""
-    from mmengine.config import Config
-
     from addressvlm.infer import parse_cfg_options
     from addressvlm.precision import count_parameters, dtype_census
-    from addressvlm.runtime import local_run_options
+    from addressvlm.runtime import load_recipe, local_run_options
     from xtuner.registry import BUILDER
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not Path(weights).is_dir():
         raise PreflightError(f"weights folder {weights} not found")
-    cfg = Config.fromfile(recipe)
+    cfg = load_recipe(recipe)
     options = local_run_options(recipe, weights, "cpu" if device == "cpu" else "gpu")
     cfg.merge_from_dict(parse_cfg_options(options))
     cfg.merge_from_dict(parse_cfg_options(cfg_options))

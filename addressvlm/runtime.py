@@ -13,15 +13,45 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 from mmengine.config import Config
+from mmengine.config.lazy import LazyAttr, LazyObject
 
 MODEL_ROOT_VARIABLE = "llava_root"
 # Recipe variables that name a model folder every model path lies under, in the order they are looked for:
 # the LLaVA recipes' `llava_root`, the MiniCPM-V recipes' `model_root`.
 MODEL_ROOT_VARIABLES = (MODEL_ROOT_VARIABLE, "model_root")
+
+
+# mmengine parses a recipe that uses `read_base()` with a class-wide switch (``ConfigDict.lazy``) on: while it is on,
+# every config read in the process, in any thread, returns unbuilt LazyObjects (an optimizer type read as the name
+# "__name__"). The demo and paper_table parse recipes in threads side by side, so all parsing takes this lock.
+_PARSING = threading.Lock()
+
+
+def load_recipe(path: str | Path) -> Config:
+    """``Config.fromfile(path)`` with every imported name built (classes and functions, not LazyObjects), parsed
+    under the process-wide lock: safe to call and to read from several threads at once."""
+    with _PARSING:
+        cfg = Config.fromfile(str(path))
+        _build_lazy(cfg._cfg_dict)
+    return cfg
+
+
+def _build_lazy(node: Any) -> Any:
+    if isinstance(node, (LazyObject, LazyAttr)):
+        return node.build()
+    if isinstance(node, dict):
+        for key in list(dict.keys(node)):
+            dict.__setitem__(node, key, _build_lazy(dict.__getitem__(node, key)))
+    elif isinstance(node, list):
+        node[:] = [_build_lazy(item) for item in node]
+    elif isinstance(node, tuple):
+        return type(node)(_build_lazy(item) for item in node)
+    return node
 
 
 def format_option(key: str, value: Any) -> str:
@@ -82,7 +112,7 @@ def local_run_options(config: str, model_root: str | None = None, device: str = 
                       overrides: dict[str, Any] | None = None) -> list[str]:
     """All `--cfg-options` to run ``config`` here: model relocation, CPU switches, then caller overrides
     (later options win, so ``overrides`` may replace e.g. ``optim_wrapper.optimizer.lr``)."""
-    cfg = Config.fromfile(config)
+    cfg = load_recipe(config)
     options = model_root_options(cfg, model_root) if model_root else []
     if device == "cpu":
         options += cpu_options(cfg)

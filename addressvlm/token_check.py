@@ -101,7 +101,7 @@ def check_records(records: list[dict], tokenizer, template, max_length: int, ima
 def main(argv=None) -> None:
     import argparse
 
-    from mmengine.config import Config
+    from addressvlm.runtime import load_recipe
 
     from addressvlm.records import DataError, read_llava_json
 
@@ -118,7 +118,7 @@ def main(argv=None) -> None:
     missing = [p for p in (args.recipe, *args.data) if not Path(p).is_file()]
     if missing:
         raise SystemExit(f"error: {missing[0]} not found")
-    cfg = Config.fromfile(args.recipe)
+    cfg = load_recipe(args.recipe)
     dataset = cfg.train_dataloader.dataset
     template = dataset.template_map_fn.template
     tokenizer = load_tokenizer(args.tokenizer)

@@ -41,16 +41,14 @@ QUESTIONS = {"district": f"Tell me the district where this image was captured. {
 
 
 def build_model(folder: Path, args, names: dict[str, list[str]]):
-    from mmengine.config import Config
-
     from addressvlm.infer import build_recipe_model, wrap_xtuner_model
-    from addressvlm.runtime import model_root_options
+    from addressvlm.runtime import load_recipe, model_root_options
     from addressvlm.standins.tiny import TinySize, make_tiny_llava
 
     size = TinySize(hidden=args.hidden, layers=args.layers, intermediate=2 * args.hidden, heads=args.hidden // 16,
                     image_size=336, patch_size=14, vision_hidden=args.hidden, vision_layers=args.layers)
     make_tiny_llava(folder, size, corpus=[*QUESTIONS.values(), *names["address"], *names["district"]])
-    cfg, model = build_recipe_model(RECIPE, model_root_options(Config.fromfile(str(RECIPE)), str(folder)))
+    cfg, model = build_recipe_model(RECIPE, model_root_options(load_recipe(str(RECIPE)), str(folder)))
     return wrap_xtuner_model(cfg, model, args.device, args.dtype)
 
 

@@ -108,11 +108,11 @@ def local_recipe(recipe: str, model_root: Path, overrides: dict):
     """The recipe's config as a CPU run here reads it: model paths moved to ``model_root``, then ``overrides``."""
     import argparse
 
-    from mmengine.config import Config, DictAction
+    from mmengine.config import DictAction
 
-    from addressvlm.runtime import local_run_options
+    from addressvlm.runtime import load_recipe, local_run_options
 
-    cfg = Config.fromfile(recipe)
+    cfg = load_recipe(recipe)
     parser = argparse.ArgumentParser()
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
     options = local_run_options(recipe, str(model_root), overrides=overrides)

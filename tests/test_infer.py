@@ -43,11 +43,9 @@ QUESTION_TEXTS = [
 
 
 def model_options(model_root: Path, recipe: str = RECIPE) -> list[str]:
-    from mmengine.config import Config
+    from addressvlm.runtime import load_recipe, model_root_options
 
-    from addressvlm.runtime import model_root_options
-
-    return model_root_options(Config.fromfile(recipe), str(model_root))
+    return model_root_options(load_recipe(recipe), str(model_root))
 
 
 def write_synthetic_checkpoint(work_dir: Path, options: list[str], seed: int = 0, recipe: str = RECIPE) -> Path:

@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from mmengine.config import Config
+from addressvlm.runtime import load_recipe
 
 from addressvlm.memory import estimate, readme_block
 from conftest import REPO
@@ -13,7 +13,7 @@ PHI3_LORA_PER_LAYER = 128 * ((3072 + 9216) + (3072 + 3072) + (3072 + 16384) + (8
 
 
 def test_llava_phi3_mini_counts_at_real_size():
-    result = estimate(Config.fromfile(str(REPO / "recipes" / "stage1_pitts.py")))
+    result = estimate(load_recipe(str(REPO / "recipes" / "stage1_pitts.py")))
     parts = result["parts"]
     assert parts["llm_lora"] == 32 * PHI3_LORA_PER_LAYER
     assert parts["vision_lora"] == 23 * CLIP_LORA_PER_LAYER  # not CLIP's 24th layer: the LLM reads hidden_states[-2]

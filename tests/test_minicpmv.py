@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from mmengine.config import Config
+from addressvlm.runtime import load_recipe
 from PIL import Image
 
 from addressvlm.records import read_predictions, write_questions
@@ -31,7 +31,7 @@ def build_wrapper(model_path, rank=4, **kwargs):
 
 @pytest.mark.parametrize("name", ["stage1_pitts", "stage2_pitts", "stage1_sf", "stage2_sf"])
 def test_recipe_parses_with_table_a1_values(name):
-    cfg = Config.fromfile(RECIPES / f"{name}.py")
+    cfg = load_recipe(RECIPES / f"{name}.py")
     stage, city = name.split("_")
     assert cfg.work_dir == f"./work_dirs/minicpmv26/{name}"
     assert cfg.model.type.__name__ == "AddressMiniCPMV"
@@ -202,7 +202,7 @@ def test_two_stages_train_then_answer(tiny_minicpmv, tmp_path):
     losses2 = read_losses(stage2)
     assert losses2[1] < 0.5 * losses1[1]  # started from stage 1, not from the release
 
-    cfg = Config.fromfile(RECIPES / "stage2_pitts.py")
+    cfg = load_recipe(RECIPES / "stage2_pitts.py")
     cfg.model.update(model_path=str(tiny_minicpmv), torch_dtype="float32", init_from_work_dir=str(stage2))
     model = BUILDER.build(cfg.model)
     for index, colour in [(0, "red"), (1, "green")]:

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.config import Config
 
 from addressvlm.infer import parse_cfg_options
 from addressvlm.preflight import PreflightError, run_preflight
 from addressvlm.precision import dtype_census
-from addressvlm.runtime import local_run_options, model_root_options
+from addressvlm.runtime import load_recipe, local_run_options, model_root_options
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").rglob("*.py"))
@@ -26,14 +25,14 @@ def quiet(_line: str) -> None:
 def build(recipe: str, options: list[str]):
     from xtuner.registry import BUILDER
 
-    cfg = Config.fromfile(recipe)
+    cfg = load_recipe(recipe)
     cfg.merge_from_dict(parse_cfg_options(options))
     return BUILDER.build(cfg.model)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
 def test_every_recipe_states_the_dtype_it_loads_and_computes_in(path):
-    cfg = Config.fromfile(str(path))
+    cfg = load_recipe(str(path))
     if path.stem.startswith("clip_"):
         # The CLIP dual encoder fine-tunes every weight: fp32 weights, bf16 AMP compute, nothing frozen to halve.
         assert "torch_dtype" not in cfg.model and cfg.optim_wrapper.dtype == "bfloat16"
@@ -44,7 +43,7 @@ def test_every_recipe_states_the_dtype_it_loads_and_computes_in(path):
 
 
 def test_llava_frozen_weights_half_trained_tensors_fp32(tiny_llava):
-    on_gpu = build(LLAVA, model_root_options(Config.fromfile(LLAVA), str(tiny_llava)))
+    on_gpu = build(LLAVA, model_root_options(load_recipe(LLAVA), str(tiny_llava)))
     census = dtype_census(on_gpu)
     # No fp32 frozen weight (peft's k-bit preparation used to upcast every one), and no half trained tensor.
     assert set(census["frozen"]) == {"bfloat16"}
@@ -55,7 +54,7 @@ def test_llava_frozen_weights_half_trained_tensors_fp32(tiny_llava):
 
 
 def test_minicpmv_frozen_weights_half_trained_tensors_fp32(tiny_minicpmv):
-    census = dtype_census(build(MINICPMV, model_root_options(Config.fromfile(MINICPMV), str(tiny_minicpmv))))
+    census = dtype_census(build(MINICPMV, model_root_options(load_recipe(MINICPMV), str(tiny_minicpmv))))
     assert set(census["frozen"]) == {"bfloat16"} and set(census["trainable"]) == {"float32"}
 
 

@@ -320,3 +320,37 @@ def test_table2_and_table5_stage2_recipes_start_from_their_stage1():
                            "table5_pitts_sf_stage2": "table5_pitts_sf_stage1"}.items():
         assert load(f"ablations/{stage2}").model.init_from_work_dir == load(f"ablations/{stage1}").work_dir
     assert load("ablations/table2_baseline_stage2").model.init_from_work_dir is None
+
+
+TWO_IMAGES = str(REPO / "recipes" / "ablations" / "table1_two_images_stage1.py")  # a read_base child recipe
+
+
+def test_a_recipe_read_while_another_thread_parses_holds_built_objects():
+    """mmengine turns ``ConfigDict.lazy`` on for the whole process while any thread parses a read_base recipe; a
+    config from load_recipe then still reads as classes and functions, not LazyObjects (a CI run once trained with
+    the optimizer type "__name__")."""
+    import torch
+    from mmengine.config import ConfigDict
+
+    from addressvlm.dataset import multi_image_collate_fn
+    from addressvlm.runtime import load_recipe
+
+    cfg = load_recipe(TWO_IMAGES)
+    ConfigDict.lazy = True
+    try:
+        optimizer, collate = cfg.optim_wrapper.optimizer.type, cfg.train_dataloader.collate_fn.type
+    finally:
+        ConfigDict.lazy = False
+    assert optimizer is torch.optim.AdamW and collate is multi_image_collate_fn
+
+
+def test_recipes_parsed_in_threads_side_by_side_give_the_serial_options():
+    """The demo and paper_table train (and so parse recipes) in threads side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    recipes = [TWO_IMAGES, str(REPO / "recipes" / "stage1_pitts.py")] * 8
+    serial = {recipe: local_run_options(recipe, "/models/tiny") for recipe in set(recipes)}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        threaded = list(pool.map(lambda recipe: local_run_options(recipe, "/models/tiny"), recipes))
+    assert all(options == serial[recipe] for recipe, options in zip(recipes, threaded))
+    assert "optim_wrapper.optimizer.type=AdamW" in serial[TWO_IMAGES]

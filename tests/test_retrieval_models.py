@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from addressvlm.records import write_gallery, write_retrieval_queries
-from addressvlm.runtime import local_run_options, read_losses, train
+from addressvlm.runtime import load_recipe, local_run_options, read_losses, train
 from addressvlm.stage_chain import find_last_checkpoint
 
 from conftest import COLOURS
@@ -222,9 +222,8 @@ def test_last_token_and_mean_pooling_read_only_real_tokens():
     ("clip_helsinki.py", "CLIPDualEncoder", None, "./data/helsinki/"),
 ])
 def test_the_retrieval_recipes_name_their_model_city_and_work_dir(recipe, model_type, pooling, data_root):
-    from mmengine.config import Config
 
-    cfg = Config.fromfile(str(RECIPES / recipe))
+    cfg = load_recipe(str(RECIPES / recipe))
     assert cfg.model.type.__name__ == model_type and cfg.model.get("pooling") == pooling
     assert cfg.train_dataloader.dataset.data_root == data_root
     assert cfg.work_dir == "./work_dirs/retrieval/" + recipe[:-3]

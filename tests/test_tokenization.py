@@ -1,11 +1,11 @@
 """Training and answering tokenize alike with the real Phi-3 tokenizer (SentencePiece), not only the test one."""
 import pytest
-from mmengine.config import Config
+from addressvlm.runtime import load_recipe
 
 from addressvlm.token_check import SHIPPED_PHI3_TOKENIZER, check_records, load_tokenizer
 from conftest import REPO
 
-TEMPLATE = Config.fromfile(str(REPO / "recipes" / "stage1_pitts.py")).train_dataloader.dataset.template_map_fn.template
+TEMPLATE = load_recipe(str(REPO / "recipes" / "stage1_pitts.py")).train_dataloader.dataset.template_map_fn.template
 RECORDS = [
     {"id": "stage1/0", "image": "x.jpg", "conversations": [
         {"from": "human", "value": "<image>\nThe street view in the upper-right corner was taken in this satellite "

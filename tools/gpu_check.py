@@ -65,12 +65,10 @@ def sample_data(city: Path, records: int, out: Path) -> Path:
 
 def train(recipe: Path, release: Path, data: Path, city: Path, steps: int, batch: int, work_dir: Path,
           deepspeed: bool = True) -> dict:
-    from mmengine.config import Config
-
-    from addressvlm.runtime import format_option, model_root_options
+    from addressvlm.runtime import format_option, load_recipe, model_root_options
 
     work_dir.mkdir(parents=True)
-    options = model_root_options(Config.fromfile(str(recipe)), str(release)) + [
+    options = model_root_options(load_recipe(str(recipe)), str(release)) + [
         format_option(k, v) for k, v in {
             "train_dataloader.dataset.data_path": str(data), "train_dataloader.dataset.image_folder": str(city),
             "train_dataloader.batch_size": batch, "train_dataloader.sampler.per_device_batch_size": batch,
@@ -126,7 +124,7 @@ def main() -> None:
 
     from addressvlm.memory import estimate
     from addressvlm.preflight import run_preflight
-    from mmengine.config import Config
+    from addressvlm.runtime import load_recipe
 
     figures = run_preflight(str(RECIPE), str(release), steps=2, device="cuda")
     result["preflight"] = {k: figures[k] for k in ("trainable_params", "frozen_params", "dtypes", "losses",
@@ -135,7 +133,7 @@ def main() -> None:
     data = sample_data(Path(args.city), args.steps * args.batch, out / "sample.json")
     result["train"] = train(RECIPE, release, data, Path(args.city).resolve(), args.steps, args.batch,
                             out / "work" / "zero2")
-    cfg = Config.fromfile(str(RECIPE))
+    cfg = load_recipe(str(RECIPE))
     cfg.train_dataloader.batch_size = args.batch
     result["estimate_zero2_1gpu_gb"] = estimate(cfg, gpus=1)["memory"]["zero2"]
     (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")

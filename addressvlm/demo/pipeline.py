@@ -151,9 +151,9 @@ def make_model(paths: Paths, s: DemoSettings):
 def lora_overrides(s: DemoSettings, recipe: str | Path) -> dict:
     """The demo's LoRA size for each adapter ``recipe`` declares, for training and for loading what was trained
     (lora_alpha = 2 x rank, as the recipes)."""
-    from mmengine.config import Config
+    from addressvlm.runtime import load_recipe
 
-    model = Config.fromfile(str(recipe)).model
+    model = load_recipe(str(recipe)).model
     return {f"model.{adapter}.{key}": value for adapter in ("llm_lora", "visual_encoder_lora") if model.get(adapter)
             for key, value in (("r", s.lora_rank), ("lora_alpha", 2 * s.lora_rank))}
 
@@ -245,11 +245,10 @@ def load_model(paths: Paths, s: DemoSettings, name: str, recipe: Path | None = N
     """The model trained into ``paths.work / name`` (``zero_shot``: the untuned release), built by ``recipe``
     (default: the demo's stage-2 recipe)."""
     from addressvlm.infer import load_release_model, load_xtuner_model
-    from addressvlm.runtime import format_option, model_root_options
-    from mmengine.config import Config
+    from addressvlm.runtime import format_option, load_recipe, model_root_options
 
     recipe = str(recipe or paths.recipes / "stage2_helsinki.py")
-    options = model_root_options(Config.fromfile(recipe), str(paths.models)) + [
+    options = model_root_options(load_recipe(recipe), str(paths.models)) + [
         format_option(key, value) for key, value in lora_overrides(s, recipe).items()]
     if name == "zero_shot":
         return load_release_model(recipe, options)
