@@ -34,7 +34,8 @@ _PARSING = threading.Lock()
 
 def load_recipe(path: str | Path) -> Config:
     """``Config.fromfile(path)`` with every imported name built (classes and functions, not LazyObjects), parsed
-    under the process-wide lock: safe to call and to read from several threads at once."""
+    under the process-wide lock: safe to call and to read from several threads at once. For reading and building;
+    mmengine cannot print or dump it (``pretty_text`` needs the unbuilt names: use ``Config.fromfile`` for that)."""
     with _PARSING:
         cfg = Config.fromfile(str(path))
         _build_lazy(cfg._cfg_dict)

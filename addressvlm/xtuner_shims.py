@@ -1,4 +1,4 @@
-"""Shims XTuner 0.2.0 needs to run on a CPU-only machine, and one for small datasets, applied on import.
+"""Shims XTuner 0.2.0 needs to run on a CPU-only machine, and two for short runs, applied on import.
 
 Lazy (pure-Python) mmengine configs ignore ``custom_imports``, so this module is imported by the classes the
 recipes name (``addressvlm.model``, ``addressvlm.dataset``); every shim is a no-op where the real feature exists.
@@ -20,11 +20,32 @@ def map_processes_for_size(process_hf_dataset):
         dataset = kwargs["dataset"] if "dataset" in kwargs else args[0]
         records = sum(len(split) for split in dataset.values()) if hasattr(dataset, "values") else len(dataset)
         wanted = kwargs.get("map_num_proc", 32)
-        kwargs["map_num_proc"] = max(1, min(wanted, -(-records // RECORDS_PER_MAP_PROCESS)))
+        processes = max(1, min(wanted, -(-records // RECORDS_PER_MAP_PROCESS)))
+        # datasets >= 3 forks a pool for num_proc=1 too; None maps in this process.
+        kwargs["map_num_proc"] = processes if processes > 1 else None
         return process_hf_dataset(*args, **kwargs)
 
     sized.sized_for_records = True
     return sized
+
+
+def formatted_once(format_code):
+    """mmengine formats a run's config with yapf six times (the log, the dump, the visualizer), the same text each
+    time: over a second and a half of every short run. The same text and style give the same result."""
+    done: dict[tuple[str, str], tuple[str, bool]] = {}
+
+    @functools.wraps(format_code)
+    def format_known(text, style_config=None, **kwargs):
+        key = (text, repr(sorted(style_config.items())) if isinstance(style_config, dict) else repr(style_config))
+        if kwargs or key not in done:
+            result = format_code(text, style_config=style_config, **kwargs)
+            if kwargs:
+                return result
+            done[key] = result
+        return done[key]
+
+    format_known.formats_once = True
+    return format_known
 
 
 def apply() -> None:
@@ -41,6 +62,10 @@ def apply() -> None:
 
     if not getattr(llava.process_hf_dataset, "sized_for_records", False):
         llava.process_hf_dataset = map_processes_for_size(llava.process_hf_dataset)
+    import mmengine.config.config as mmengine_config
+
+    if not getattr(mmengine_config.FormatCode, "formats_once", False):
+        mmengine_config.FormatCode = formatted_once(mmengine_config.FormatCode)
 
 
 RESUME_VARIABLE = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"

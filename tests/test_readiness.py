@@ -146,8 +146,9 @@ def test_training_without_data_stops_with_one_line(tiny_llava, tmp_path):
     assert last.startswith("error: training data file ./data/pitts/stage1/train.json not found")
 
 
-def test_xtuner_maps_a_small_file_in_one_process_and_a_city_in_32():
-    """XTuner's LLaVA dataset tokenizes with 32 processes whatever the file's size; the shim sizes the pool."""
+def test_xtuner_maps_a_small_file_in_this_process_and_a_city_in_32():
+    """XTuner's LLaVA dataset tokenizes with 32 processes whatever the file's size; the shim sizes the pool, and
+    maps a file of up to 1000 records without one (None: datasets forks a pool for num_proc=1)."""
     import xtuner.dataset.llava as llava
     from datasets import Dataset, DatasetDict
 
@@ -156,6 +157,21 @@ def test_xtuner_maps_a_small_file_in_one_process_and_a_city_in_32():
     assert getattr(llava.process_hf_dataset, "sized_for_records", False)  # applied on import of the package
     asked = []
     sized = map_processes_for_size(lambda dataset, map_num_proc=32, **kwargs: asked.append(map_num_proc))
-    for records, processes in ((34, 1), (1000, 1), (1001, 2), (100_000, 32)):
+    for records, processes in ((34, None), (1000, None), (1001, 2), (100_000, 32)):
         sized(dataset=DatasetDict({"train": Dataset.from_dict({"id": list(range(records))})}))
         assert asked.pop() == processes, records
+
+
+def test_a_config_is_formatted_once_per_text():
+    """mmengine's pretty_text runs yapf on each call; the shim keeps the result of a text it has formatted."""
+    import mmengine.config.config as mmengine_config
+    from mmengine.config import Config
+
+    import addressvlm.xtuner_shims  # noqa: F401  (what the recipes' classes import)
+
+    assert getattr(mmengine_config.FormatCode, "formats_once", False)
+    cfg = Config.fromfile(LLAVA)
+    first = cfg.pretty_text
+    cfg.merge_from_dict({"optim_wrapper.optimizer.lr": 1e-3})
+    changed = cfg.pretty_text
+    assert first != changed and "lr=0.001" in changed and cfg.pretty_text == changed
