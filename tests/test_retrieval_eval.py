@@ -2,6 +2,7 @@
 shares, chance and binomial p; flat and faiss indexes agree; the per-query file and its checks."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -70,6 +71,14 @@ def test_exact_ranks_recalls_and_metres():
     p = 1 / 12  # P(at least 2 first-place hits of 9) under random picks
     assert metrics["binomial_p_R@1"] == pytest.approx(1 - (1 - p) ** 9 - 9 * p * (1 - p) ** 8, rel=1e-9)
     assert metrics["median_top1_metres"] == 100
+    # Per true tile: t0 and t3 have two queries each (one of them ranks it first), t1, t2, t4, t5, t11 one each
+    # (none first): 2 of 7 tiles found; by chance each is found with 1 - (11/12)^m, m its queries.
+    chances = [1 - (11 / 12) ** 2] * 2 + [1 / 12] * 5
+    by_subset = [np.prod([c if i in found else 1 - c for i, c in enumerate(chances)])
+                 for size in range(2, 8) for found in itertools.combinations(range(7), size)]
+    assert (metrics["tiles"], metrics["tiles_found_R@1"]) == (7, 28.57)
+    assert metrics["chance_tiles_found_R@1"] == pytest.approx(100 * sum(chances) / 7, abs=0.01)
+    assert metrics["p_tiles_found_R@1"] == pytest.approx(sum(by_subset), rel=1e-9)
     text = metrics["by_kind"]["text"]
     assert (text["R@1"], text["R@5"], text["R@10"], text["queries"]) == (33.33, 66.67, 100.0, 3)
     assert metrics["by_kind"]["image"]["queries"] == 6

@@ -168,7 +168,31 @@ def retrieval_metrics(records: Sequence[dict], gallery_size: int) -> dict:
         "binomial_p_R@1": float(binomtest(hits, n, 1.0 / gallery_size, alternative="greater").pvalue)
         if n and gallery_size else None,
     })
+    metrics.update(tiles_found_first(records, gallery_size))
     return metrics
+
+
+def tiles_found_first(records: Sequence[dict], gallery_size: int) -> dict:
+    """The binomial test above counts every query, but the street views of one place share its tile and its look,
+    so their hits are not independent. Per place instead: the share of true tiles that at least one of their queries
+    ranks first, and the chance of at least that many if every query picked a tile at random (a tile with m queries
+    is found with probability 1 - (1 - 1/G)^m; the count of found tiles is Poisson-binomial)."""
+    queries_of: dict[str, list[int]] = {}
+    for r in records:
+        queries_of.setdefault(r["tile"], []).append(r["rank"])
+    if not queries_of or not gallery_size:
+        return {"tiles": len(queries_of), "tiles_found_R@1": None, "chance_tiles_found_R@1": None,
+                "p_tiles_found_R@1": None}
+    chances = [1.0 - (1.0 - 1.0 / gallery_size) ** len(ranks) for ranks in queries_of.values()]
+    found = sum(min(ranks) == 1 for ranks in queries_of.values())
+    count = np.zeros(len(chances) + 1)   # count[k]: probability that k tiles are found by chance
+    count[0] = 1.0
+    for chance in chances:
+        count[1:] = count[1:] * (1 - chance) + count[:-1] * chance
+        count[0] *= 1 - chance
+    return {"tiles": len(chances), "tiles_found_R@1": round(100.0 * found / len(chances), 2),
+            "chance_tiles_found_R@1": round(100.0 * sum(chances) / len(chances), 2),
+            "p_tiles_found_R@1": float(min(1.0, count[found:].sum()))}
 
 
 def metrics_by_kind(records: Sequence[dict], gallery_size: int) -> dict:
@@ -344,4 +368,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"error: {exc}") from None
     print(f"{metrics['model']}: R@1 {metrics['R@1']}%, R@5 {metrics['R@5']}%, R@10 {metrics['R@10']}% of "
           f"{metrics['queries']} queries against {metrics['gallery_size']} tiles (chance R@1 "
-          f"{metrics['chance_R@1']}%, binomial p {metrics['binomial_p_R@1']:.3g}) -> {args.out}")
+          f"{metrics['chance_R@1']}%, binomial p {metrics['binomial_p_R@1']:.3g}); {metrics['tiles_found_R@1']}% of "
+          f"{metrics['tiles']} places found first by one of their queries (chance {metrics['chance_tiles_found_R@1']}%, "
+          f"p {metrics['p_tiles_found_R@1']:.3g}) -> {args.out}")
