@@ -60,7 +60,8 @@ def build_release_model(cfg, device: torch.device, dtype: torch.dtype) -> nn.Mod
 
     model_cfg = cfg.model.copy()
     model_type = _type_name(model_cfg.pop("type"))
-    model_cfg["init_from_work_dir"] = None
+    if model_type != "CLIPDualEncoder":
+        model_cfg["init_from_work_dir"] = None  # no previous stage: counts and timing need none
     loras = {k: BUILDER.build(v) for k, v in model_cfg.items() if k.endswith("_lora") and isinstance(v, dict)}
     with torch.device(device), tempfile.TemporaryDirectory() as folder:
         if model_type in ("AddressLLaVAModel", "LVLMRetriever"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -143,8 +144,6 @@ def cpu_model() -> str:
 
 def machine(indexes: list[str], encoder: bool) -> dict:
     """What the figures depend on: cores, the load while measuring (a shared machine), library versions, the GPU."""
-    import os
-
     versions = {"numpy": np.__version__}
     if "faiss" in indexes:
         import faiss
@@ -205,6 +204,7 @@ def main() -> None:
         except (FileNotFoundError, TypeError, ValueError, DataError) as exc:
             raise SystemExit(f"error: {exc}") from None
         print(format_embedding(report["encoder"]))
+    report["machine"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     if args.json:
         write_atomic(args.json, json.dumps(report, indent=2) + "\n")
 
