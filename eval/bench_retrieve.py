@@ -104,12 +104,17 @@ def format_row(row: dict) -> str:
 
 
 def bench_encoder(config: str, checkpoint: str | None, root: Path, device: str | None, batch_size: int, limit: int,
-                  rounds: int = 2, random_release: bool = False, cfg_options=None) -> dict:
+                  rounds: int = 2, random_release: bool = False, cfg_options=(), model_root: str | None = None
+                  ) -> dict:
     """Gallery tiles embedded per second, batched and one at a time (``encoders.time_gallery_embedding``), by the
-    recipe's retriever: trained (``checkpoint``), untrained, or the published architectures at random weights."""
+    recipe's retriever: trained (``checkpoint``), untrained, or the published architectures at random weights.
+    ``model_root`` moves the recipe's model paths there (before ``cfg_options``)."""
     from addressvlm.records import read_gallery
     from addressvlm.retrieval.encoders import load_encoder, random_release_encoder, time_gallery_embedding
+    from addressvlm.runtime import load_recipe, model_root_options
 
+    if model_root:
+        cfg_options = model_root_options(load_recipe(config), model_root) + list(cfg_options)
     tiles = read_gallery(root / "retrieval" / "gallery.jsonl")[:limit]
     if random_release:
         encoder, weights = random_release_encoder(config, cfg_options, device=device), "random release"
@@ -175,8 +180,9 @@ def main() -> None:
     encoder.add_argument("--checkpoint", help="its trained work_dir, iter_N.pth or DeepSpeed folder (none: untrained)")
     encoder.add_argument("--random-release", action="store_true",
                          help="the published architectures at random weights instead of a download or checkpoint")
+    encoder.add_argument("--model-root", help="the folder holding the recipe's models (as training's --model-root)")
     encoder.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                         help="recipe overrides, as training took them")
+                         help="recipe overrides, as training took them (e.g. the model settings a run trained with)")
     encoder.add_argument("--root", type=Path, help="city root with retrieval/gallery.jsonl")
     encoder.add_argument("--device", help="cuda, cpu (default: cuda when there is one)")
     encoder.add_argument("--batch-size", type=int, default=16, help="tiles embedded together (16)")
@@ -200,9 +206,11 @@ def main() -> None:
     if args.config:
         try:
             report["encoder"] = bench_encoder(args.config, args.checkpoint, args.root, args.device, args.batch_size,
-                                              args.encode_limit, args.rounds, args.random_release, args.cfg_options)
-        except (FileNotFoundError, TypeError, ValueError, DataError) as exc:
-            raise SystemExit(f"error: {exc}") from None
+                                              args.encode_limit, args.rounds, args.random_release, args.cfg_options,
+                                              args.model_root)
+        except (OSError, TypeError, ValueError, DataError, RuntimeError) as exc:
+            # Missing model folders (OSError from transformers, StageChainError), checkpoints that do not fit.
+            raise SystemExit(f"error: {' '.join(str(exc).split())}") from None
         print(format_embedding(report["encoder"]))
     report["machine"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     if args.json:
@@ -212,8 +220,10 @@ def main() -> None:
 def check_encoder_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not Path(args.config).is_file():
         parser.error(f"recipe {args.config} not found")
-    if args.random_release and args.checkpoint:
-        parser.error("--random-release times the architectures at random weights: give it or --checkpoint, not both")
+    if args.model_root and not Path(args.model_root).is_dir():
+        parser.error(f"--model-root {args.model_root} is not a folder")
+    if args.random_release and (args.checkpoint or args.model_root):
+        parser.error("--random-release times the architectures at random weights: give it or --checkpoint / --model-root, not both")
     if args.checkpoint and not Path(args.checkpoint).exists():
         parser.error(f"checkpoint {args.checkpoint} not found (a work_dir, an iter_N.pth or a DeepSpeed folder)")
     if not args.root:

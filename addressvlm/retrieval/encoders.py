@@ -79,6 +79,8 @@ def random_release_encoder(config: str, cfg_options=None, device: str | None = N
     device, dtype = default_device_dtype(device)
     cfg = load_recipe(config)
     cfg.merge_from_dict(parse_cfg_options(cfg_options))
+    if isinstance(cfg.model.type, type):  # refused before gigabytes of random weights are built
+        _require_retriever(config, cfg.model.type)
     model = build_release_model(cfg, device, dtype)
     _require_retriever(config, model)
     size = release_config("clip_vit_large_patch14_336")["image_size"]
@@ -90,9 +92,10 @@ def random_release_encoder(config: str, cfg_options=None, device: str | None = N
     return _ready(model, inputs, device, dtype)
 
 
-def _require_retriever(config: str, model: torch.nn.Module) -> None:
-    if not hasattr(model, "embed"):
-        raise TypeError(f"{config} builds {type(model).__name__}, not a retriever (recipes/retrieval/)")
+def _require_retriever(config: str, model: torch.nn.Module | type) -> None:
+    model_class = model if isinstance(model, type) else type(model)
+    if not hasattr(model_class, "embed"):
+        raise TypeError(f"{config} builds {model_class.__name__}, not a retriever (recipes/retrieval/)")
 
 
 def _ready(model: torch.nn.Module, inputs, device: torch.device, dtype: torch.dtype) -> Encoder:
