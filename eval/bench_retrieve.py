@@ -129,7 +129,8 @@ def format_embedding(result: dict) -> str:
     batched, single = result["batched"], result["one_at_a_time"]
     return (f"gallery embedding, {result['encoder']} ({result['weights']}, {result['device']} {result['dtype']}, "
             f"{result['tiles']} tiles): {batched['tiles_per_s']:.2f} tiles/s in batches of {result['batch_size']}, "
-            f"{single['tiles_per_s']:.2f} one at a time, batched/one-at-a-time {result['batched_over_one_at_a_time']:.2f}; "
+            f"{single['tiles_per_s']:.2f} one at a time, batched/one-at-a-time "
+            f"{result['batched_over_one_at_a_time']:.2f}; "
             f"projected for 10K / 100K tiles: {batched['projected_seconds']['10000']:.0f} s / "
             f"{batched['projected_seconds']['100000']:.0f} s batched; largest batched vs one-at-a-time difference "
             f"{result['max_abs_difference']:.1e}")
@@ -223,7 +224,8 @@ def check_encoder_arguments(parser: argparse.ArgumentParser, args: argparse.Name
     if args.model_root and not Path(args.model_root).is_dir():
         parser.error(f"--model-root {args.model_root} is not a folder")
     if args.random_release and (args.checkpoint or args.model_root):
-        parser.error("--random-release times the architectures at random weights: give it or --checkpoint / --model-root, not both")
+        parser.error("--random-release times the architectures at random weights: give it or --checkpoint / "
+                     "--model-root, not both")
     if args.checkpoint and not Path(args.checkpoint).exists():
         parser.error(f"checkpoint {args.checkpoint} not found (a work_dir, an iter_N.pth or a DeepSpeed folder)")
     if not args.root:
