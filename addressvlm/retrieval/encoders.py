@@ -130,7 +130,7 @@ def time_gallery_embedding(encoder: Encoder, paths: Sequence[str | os.PathLike],
            "embedding_dim": embeddings["batched"].shape[1]}
     for way in ways:
         best = min(seconds[way])
-        out[way] = {"seconds": round(best, 6), "tiles_per_s": round(len(paths) / best, 3),
+        out[way] = {"seconds": round(best, 6), "tiles_per_s": float(f"{len(paths) / best:.4g}"),
                     "projected_seconds": {str(n): round(n * best / len(paths), 1) for n in PROJECTED_TILES}}
     out["batched_over_one_at_a_time"] = round(out["batched"]["tiles_per_s"] / out["one_at_a_time"]["tiles_per_s"], 3)
     out["max_abs_difference"] = float((embeddings["batched"] - embeddings["one_at_a_time"]).abs().max())
