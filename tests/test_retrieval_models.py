@@ -242,3 +242,27 @@ def test_the_pair_dataset_refuses_missing_files_unknown_kinds_and_an_empty_split
         RetrievalPairDataset(str(retrieval_city), inputs=None, split="val")
     pairs = RetrievalPairDataset(str(retrieval_city), inputs=None, query_kinds=["text"])
     assert len(pairs) == len(COLOURS) and all(q["kind"] == "text" for q in pairs.queries)
+
+
+@pytest.mark.parametrize("name,recipe,dim", [("lvlm", "lvlm_pitts.py", 64), ("clip", "clip_pitts.py", 32)])
+def test_gallery_embedding_timed_batched_and_one_at_a_time_gives_the_same_embeddings(
+        retrieval_city, tiny_llava, tiny_clip, name, recipe, dim):
+    from addressvlm.retrieval.encoders import load_encoder, time_gallery_embedding
+
+    recipe = str(RECIPES / recipe)
+    options = local_run_options(recipe, str(tiny_llava if name == "lvlm" else tiny_clip),
+                                overrides=CLIP_RUN if name == "clip" else {})
+    encoder = load_encoder(recipe, None, options, device="cpu")
+    # Eight tiles of distinct colours in batches of 3 (a short last batch): a batch that mixed up its rows' images
+    # or attention would embed a tile unlike the same tile alone.
+    tiles = sorted((retrieval_city / "retrieval" / "tiles").glob("*.png"))
+    result = time_gallery_embedding(encoder, tiles, batch_size=3, rounds=1)
+    assert (result["tiles"], result["batch_size"], result["embedding_dim"], result["dtype"]) == (8, 3, dim, "float32")
+    assert result["max_abs_difference"] < 1e-5
+    for way in ("batched", "one_at_a_time"):
+        figures = result[way]
+        assert figures["tiles_per_s"] == pytest.approx(8 / figures["seconds"], rel=0.01)
+        assert figures["projected_seconds"]["100000"] == pytest.approx(100_000 / figures["tiles_per_s"], rel=0.01)
+    assert result["batched_over_one_at_a_time"] == pytest.approx(
+        result["batched"]["tiles_per_s"] / result["one_at_a_time"]["tiles_per_s"], rel=0.01)
+    assert encoder.embed_images(tiles[:2], role="gallery").std(dim=0).max() > 1e-3  # the tiles do differ

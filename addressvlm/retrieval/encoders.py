@@ -2,11 +2,14 @@
 
 ``load_encoder`` builds the recipe's model exactly as training built it (``addressvlm.infer.build_recipe_model``),
 loads the checkpoint with every tensor checked, and prepares inputs with the recipe's own ``inputs`` (the same prompts
-and preprocessing as training, ``addressvlm.retrieval.dataset``).
+and preprocessing as training, ``addressvlm.retrieval.dataset``). ``random_release_encoder`` builds the same retriever
+around the published architectures at random weights: what a tile costs to embed, without a download.
+``time_gallery_embedding`` measures that cost, batched against one tile at a time.
 """
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -49,14 +52,86 @@ def load_encoder(config: str, checkpoint: str | None = None, cfg_options=None,
     """The retriever of recipe ``config`` with ``checkpoint`` (an ``iter_N.pth``, a DeepSpeed folder or a work_dir,
     as ``eval/infer.py`` resolves them) loaded, or untrained (the released weights, fresh LoRA) when it is None.
     ``cfg_options``: ``key=value`` strings or a dict, as training took them (e.g. ``runtime.model_root_options``)."""
-    from xtuner.registry import BUILDER
-
     device, dtype = default_device_dtype(device)
     cfg, model = build_recipe_model(config, cfg_options, dtype)
-    if not hasattr(model, "embed"):
-        raise TypeError(f"{config} builds {type(model).__name__}, not a retriever (recipes/retrieval/)")
+    _require_retriever(config, model)
     if checkpoint is not None:
         load_checked_state(model, resolve_checkpoint(checkpoint))
+    from xtuner.registry import BUILDER
+
+    return _ready(model, BUILDER.build(cfg.train_dataloader.dataset.inputs), device, dtype)
+
+
+def random_release_encoder(config: str, cfg_options=None, device: str | None = None) -> Encoder:
+    """The retriever of recipe ``config`` around the published architectures (``addressvlm/release_configs/``: CLIP
+    ViT-L/14-336, and Phi-3-mini for the LVLM retriever) at random weights, for timing: its embeddings mean nothing.
+    Images are prepared as the release prepares them (336 px); the tokenizer is a small local one in the release's
+    chat format, so a tile's prompt (a few dozen tokens beside the LVLM's 576 image tokens) is close to, not exactly,
+    the release's length, and texts are not tokenised as the release would."""
+    from transformers import CLIPImageProcessor
+
+    from addressvlm.infer import parse_cfg_options
+    from addressvlm.memory import build_release_model, release_config
+    from addressvlm.retrieval.dataset import DEFAULT_PROMPTS
+    from addressvlm.runtime import load_recipe
+    from addressvlm.standins.tiny import train_tokenizer
+
+    device, dtype = default_device_dtype(device)
+    cfg = load_recipe(config)
+    cfg.merge_from_dict(parse_cfg_options(cfg_options))
+    if isinstance(cfg.model.type, type):  # refused before gigabytes of random weights are built
+        _require_retriever(config, cfg.model.type)
+    model = build_release_model(cfg, device, dtype)
+    _require_retriever(config, model)
+    size = release_config("clip_vit_large_patch14_336")["image_size"]
+    spec = dict(cfg.train_dataloader.dataset.inputs)
+    make_inputs = spec.pop("type")
+    inputs = make_inputs(**{**spec, "tokenizer": train_tokenizer(DEFAULT_PROMPTS.values(), 512),
+                            "image_processor": CLIPImageProcessor(size={"shortest_edge": size},
+                                                                  crop_size={"height": size, "width": size})})
+    return _ready(model, inputs, device, dtype)
+
+
+def _require_retriever(config: str, model: torch.nn.Module | type) -> None:
+    model_class = model if isinstance(model, type) else type(model)
+    if not hasattr(model_class, "embed"):
+        raise TypeError(f"{config} builds {model_class.__name__}, not a retriever (recipes/retrieval/)")
+
+
+def _ready(model: torch.nn.Module, inputs, device: torch.device, dtype: torch.dtype) -> Encoder:
     model.to(device=device, dtype=dtype).eval()  # one dtype: frozen and trained tensors meet in every layer
-    inputs = BUILDER.build(cfg.train_dataloader.dataset.inputs)
     return Encoder(model.retriever_name, model, inputs, device)
+
+
+PROJECTED_TILES = (10_000, 100_000)
+
+
+def time_gallery_embedding(encoder: Encoder, paths: Sequence[str | os.PathLike], batch_size: int,
+                           rounds: int = 2) -> dict:
+    """Gallery tiles embedded per second in batches of ``batch_size`` (``embed_images``' batched path) and one tile
+    at a time (the naive loop), image loading and preprocessing included. The two take turns, each going first in
+    alternate rounds, so a load that comes and goes falls on both; the best round of each is kept. Also the largest
+    difference between the two ways' embeddings (padding or masking that leaks across a batch shows here), and the
+    wall time projected from the throughput for 10K and 100K tiles."""
+    if rounds < 1 or not paths:
+        raise ValueError(f"need at least one round and one tile, got {rounds} round(s) and {len(paths)} tile(s)")
+    encoder.embed_images(paths[:1], role="gallery", batch_size=1)  # first-call set-up is not the steady cost
+    ways = {"batched": batch_size, "one_at_a_time": 1}
+    seconds = {way: [] for way in ways}
+    embeddings = {}
+    for round_index in range(rounds):
+        for way in (list(ways) if round_index % 2 == 0 else list(ways)[::-1]):
+            started = time.perf_counter()
+            embeddings[way] = encoder.embed_images(paths, role="gallery", batch_size=ways[way])
+            seconds[way].append(time.perf_counter() - started)
+    out = {"encoder": encoder.name, "device": str(encoder.device),
+           "dtype": str(next(encoder.model.parameters()).dtype).removeprefix("torch."),
+           "threads": torch.get_num_threads(), "tiles": len(paths), "batch_size": batch_size, "rounds": rounds,
+           "embedding_dim": embeddings["batched"].shape[1]}
+    for way in ways:
+        best = min(seconds[way])
+        out[way] = {"seconds": round(best, 6), "tiles_per_s": float(f"{len(paths) / best:.4g}"),
+                    "projected_seconds": {str(n): round(n * best / len(paths), 1) for n in PROJECTED_TILES}}
+    out["batched_over_one_at_a_time"] = round(out["batched"]["tiles_per_s"] / out["one_at_a_time"]["tiles_per_s"], 3)
+    out["max_abs_difference"] = float((embeddings["batched"] - embeddings["one_at_a_time"]).abs().max())
+    return out
