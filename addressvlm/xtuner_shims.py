@@ -36,12 +36,11 @@ def formatted_once(format_code):
 
     @functools.wraps(format_code)
     def format_known(text, style_config=None, **kwargs):
+        if kwargs:  # an older yapf's verify=True: not the call to remember
+            return format_code(text, style_config=style_config, **kwargs)
         key = (text, repr(sorted(style_config.items())) if isinstance(style_config, dict) else repr(style_config))
-        if kwargs or key not in done:
-            result = format_code(text, style_config=style_config, **kwargs)
-            if kwargs:
-                return result
-            done[key] = result
+        if key not in done:
+            done[key] = format_code(text, style_config=style_config)
         return done[key]
 
     format_known.formats_once = True

@@ -19,6 +19,8 @@ from addressvlm.paper_tables import (DEMO_RUNS, MAIN_STAGE1, STAGE1_VARIANTS, TA
 from addressvlm.records import read_llava_json, write_llava_json
 from addressvlm.runtime import local_run_options, read_losses
 
+from conftest import few_steps
+
 TRAINED_ELSEWHERE = {"ablations/table1_two_images_stage1.py", "ablations/table1_two_images_stage2.py",
                      "ablations/table2_georeasoner_stage1.py", "ablations/table2_georeasoner_stage2.py"}
 # Each row once (Table 3 shares Table 9's delta-0.3 row); the Baseline trains in the demo.
@@ -108,14 +110,10 @@ def check_variant(city: Path, data_file: str) -> None:
 
 def one_iteration(quick_demo, recipe: str, data_city: Path, continues: Path | None, is_stage2: bool) -> dict:
     data = recipe_data(recipe)
-    overrides = {**lora_overrides(quick_demo.settings, data.recipe),
-                 "train_dataloader.dataset.data_path": str(data_city / data.data_file),
+    overrides = {**few_steps(data_city, data.data_file), **lora_overrides(quick_demo.settings, data.recipe),
                  "train_dataloader.dataset.image_folder": str((data_city / data.image_folder).resolve()) + "/",
-                 "train_dataloader.batch_size": 2, "train_dataloader.sampler.per_device_batch_size": 2,
-                 "optim_wrapper.accumulative_counts": 1, "train_cfg.max_epochs": None, "train_cfg.max_iters": 1,
-                 "param_scheduler.0.end": 0.5, "param_scheduler.1.begin": 0.5, "param_scheduler.1.end": 1,
-                 "default_hooks.checkpoint.interval": 1, "default_hooks.logger.interval": 1, "model.use_activation_checkpointing": False,
-                 "randomness.seed": 0}
+                 "train_cfg.max_epochs": None, "train_cfg.max_iters": 1, "default_hooks.checkpoint.interval": 1,
+                 "default_hooks.logger.interval": 1, "model.use_activation_checkpointing": False}
     if is_stage2:
         overrides["model.init_from_work_dir"] = str(continues) if continues else None
     return overrides

@@ -371,24 +371,30 @@ def render_satellite(city, metres_per_pixel: float, seed: int, extent=None,
     road_widths = {"primary": 16, "secondary": 14, "tertiary": 12, "residential": 9, "unclassified": 9,
                    "living_street": 7, "pedestrian": 8, "service": 5}
     streets = sorted(city.streets, key=lambda s: road_widths.get(s.highway, 3))
-    paths = [s for s in streets if road_widths.get(s.highway, 3) <= 3 or s.highway == "pedestrian"]
-    roads = [s for s in streets if not (road_widths.get(s.highway, 3) <= 3 or s.highway == "pedestrian")]
+    def metres(street) -> int:
+        return road_widths.get(street.highway, 3)
+
+    def is_path(street) -> bool:
+        return metres(street) <= 3 or street.highway == "pedestrian"
+
+    paths = [s for s in streets if is_path(s)]
+    roads = [s for s in streets if not is_path(s)]
     # Grey kerbs and pavements, the footways (often mapped along the kerb), then the coded streets' pavements over
     # both, and the carriageways last.
     for street in roads:
-        metres = road_widths.get(street.highway, 3)
-        if metres >= 9 and street.name not in street_index:
-            draw.line(px(street.line.coords), fill=(146, 143, 136), width=int((metres + 6) * scale), joint="curve")
+        if metres(street) >= 9 and street.name not in street_index:
+            draw.line(px(street.line.coords), fill=(146, 143, 136), width=int((metres(street) + 6) * scale),
+                      joint="curve")
     for street in paths:
-        draw.line(px(street.line.coords), fill=(150, 146, 138),
-                  width=max(1, int(road_widths.get(street.highway, 3) * scale)), joint="curve")
+        draw.line(px(street.line.coords), fill=(150, 146, 138), width=max(1, int(metres(street) * scale)),
+                  joint="curve")
     for street in roads:
         if street.name in street_index:
             draw.line(px(street.line.coords), fill=street_paving(street_index[street.name]),
-                      width=int((max(road_widths.get(street.highway, 3), 7) + 6) * scale), joint="curve")
+                      width=int((max(metres(street), 7) + 6) * scale), joint="curve")
     for street in roads:
-        draw.line(px(street.line.coords), fill=(70, 70, 72),
-                  width=max(1, int(road_widths.get(street.highway, 3) * scale)), joint="curve")
+        draw.line(px(street.line.coords), fill=(70, 70, 72), width=max(1, int(metres(street) * scale)),
+                  joint="curve")
     for line in city.rail:
         draw.line(px(line.coords), fill=(112, 98, 86), width=max(1, int(6 * scale)))
     for line in city.tram:
