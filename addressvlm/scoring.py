@@ -380,3 +380,32 @@ def binomial_p_value(correct: int, total: int, chance: float) -> float:
     from scipy.stats import binomtest  # scipy takes a while to import; only the demo report needs it
 
     return float(binomtest(correct, total, chance, alternative="greater").pvalue)
+
+
+def mcnemar_exact_p(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value for two models answering the same questions: ``only_first`` questions the
+    first got right and the second wrong, ``only_second`` the reverse (questions both or neither got right carry no
+    information about which is better). 1.0 when they never disagree."""
+    from scipy.stats import binomtest
+
+    discordant = only_first + only_second
+    return 1.0 if discordant == 0 else float(binomtest(only_first, discordant, 0.5).pvalue)
+
+
+# Metrics that are each one pool of questions (A_d, A_s and A average accuracies of pools of different sizes).
+PAIRED_METRICS = ("A_d_G", "A_d_J", "A_d_M", "A_s_G", "A_s_J", "A_s_M", "A_sd")
+
+
+def paired_comparison(questions: list[dict], first: Mapping[str, str], second: Mapping[str, str]) -> dict:
+    """Two models' predictions for the same ``questions``, paired by question per metric: how many only the first
+    got right, how many only the second, and the exact McNemar p-value of that split."""
+    right = [{s.question["question_id"]: s.correct for s in score_each(questions, predictions)}
+             for predictions in (first, second)]
+    compared = {}
+    for name in PAIRED_METRICS:
+        ids = [q["question_id"] for q in questions if (q["level"], q["qtype"]) in _LEVEL_TYPES[name]]
+        only_first = sum(right[0][i] and not right[1][i] for i in ids)
+        only_second = sum(right[1][i] and not right[0][i] for i in ids)
+        compared[name] = {"questions": len(ids), "only_first": only_first, "only_second": only_second,
+                          "mcnemar_p": mcnemar_exact_p(only_first, only_second)}
+    return compared

@@ -5,7 +5,7 @@ import re
 import pytest
 from PIL import Image
 
-from addressvlm.demo.pipeline import MODELS, DemoSettings, run_demo
+from addressvlm.demo.pipeline import MODELS, DemoSettings, read_targets, run_demo
 from addressvlm.standins.reading_warmup import read_warmup_result
 from addressvlm.records import read_locations, read_predictions, read_questions
 from addressvlm.scoring import METRICS
@@ -21,7 +21,10 @@ def test_quick_demo_writes_every_artefact(quick_demo):
     stage1 = json.loads((city / "stage1" / "train.json").read_text())
     assert stage1 and all(rec["id"].split("/")[1] not in test_locations for rec in stage1)  # no test leak
 
-    questions = read_questions(city / "vqa" / "test_questions.jsonl")
+    # The demo answers the test and the validation split's questions (held out alike: nothing is chosen on val).
+    questions = read_questions(city / "held_out_questions.jsonl")
+    assert {q["question_id"] for q in questions} == {q["question_id"] for split in ("test", "val")
+                                                     for q in read_questions(city / "vqa" / f"{split}_questions.jsonl")}
     for name in MODELS:
         predictions = read_predictions(out / "predictions" / f"{name}.jsonl")
         assert set(predictions) == {q["question_id"] for q in questions}
@@ -41,7 +44,8 @@ def test_quick_demo_writes_every_artefact(quick_demo):
     assert "(c) OpenStreetMap contributors, ODbL" in text
     # the LLM was warmed up on reading before any recipe ran, and the report shows how well it reads
     reading = read_warmup_result(out / "models" / "llava-phi-3-mini-xtuner")
-    assert reading["settings"]["steps"] == DemoSettings.quick().reading_steps
+    assert reading["settings"]["max_steps"] == DemoSettings.quick().reading_max_steps
+    assert reading["steps"] <= reading["settings"]["max_steps"]
     assert "## The tiny LLM's reading warm-up" in text and "| district/multiple choice |" in text
     assert " | ".join(f"{v:.1f}" for v in reading["accuracy"].values()) in text
     for picture in (out / "pictures").glob("*"):
@@ -64,7 +68,60 @@ def test_quick_demo_writes_every_artefact(quick_demo):
     assert "## Cross-view retrieval" in text and "| LVLM retriever (LLaVA-Phi3-mini, last token) | street view |" in text
     assert (work / "retrieval" / "clip_dual_encoder" / "last_checkpoint").is_file()
 
+    # AddressVLM and the Baseline paired by question: the counts add up to what each model got right.
+    paired = json.loads((out / "metrics" / "paired.json").read_text())
+    first, second = (json.loads((out / "metrics" / f"{name}.json").read_text()) for name in ("stage1_stage2",
+                                                                                             "stage2_only"))
+    for key, c in paired.items():
+        assert first["counts"][key]["total"] == c["questions"]
+        assert first["counts"][key]["correct"] - second["counts"][key]["correct"] == c["only_first"] - c["only_second"]
+    assert "exact McNemar p" in text
+    # The learning targets were checked, printed in the report, and the quick run's misses named there.
+    targets = read_targets(out)
+    assert len(targets) == 1 + 2 * 6 and "## Learning targets" in text
+    assert all(t["target"] in text for t in targets)
+
     # A rerun keeps every finished step: nothing is trained or answered again.
     stamp = (work / "stage1_stage2" / "last_checkpoint").stat().st_mtime
     run_demo(out, city, work, DemoSettings.quick())
     assert (work / "stage1_stage2" / "last_checkpoint").stat().st_mtime == stamp
+
+
+def test_a_demo_with_other_settings_is_refused_in_the_first_ones_folders(quick_demo):
+    from dataclasses import replace
+
+    stamp = (quick_demo.work / "stage1_stage2" / "last_checkpoint").stat().st_mtime
+    with pytest.raises(SystemExit, match=r"city.json: the city was built with \{'seed': 0.*seed 1"):
+        run_demo(quick_demo.out, quick_demo.city, quick_demo.work, replace(DemoSettings.quick(), seed=1))
+    with pytest.raises(SystemExit, match="demo_settings.json: made by a demo with other settings \\(stage2_epochs"):
+        run_demo(quick_demo.out, quick_demo.city, quick_demo.work, replace(DemoSettings.quick(), stage2_epochs=3))
+    assert (quick_demo.work / "stage1_stage2" / "last_checkpoint").stat().st_mtime == stamp
+
+
+def test_a_second_demo_into_the_same_folders_is_refused_while_the_first_runs(tmp_path):
+    from addressvlm.demo.pipeline import held_alone
+
+    with held_alone([tmp_path / "out", tmp_path / "city"]):
+        with pytest.raises(SystemExit, match=f"{tmp_path / 'city'}: another demo is running"):
+            with held_alone([tmp_path / "city"]):
+                pass
+    with held_alone([tmp_path / "city"]):  # free again once the first is done
+        pass
+
+
+def test_missed_learning_targets_end_the_demo_loudly():
+    from addressvlm.demo.report import learning_targets, targets_summary
+
+    counts = {"A_d_G": (90, 96), "A_d_J": (150, 192), "A_d_M": (28, 96), "A_s_G": (70, 96), "A_s_J": (130, 192),
+              "A_s_M": (50, 96)}
+    model = {"counts": {k: {"correct": c, "total": n} for k, (c, n) in counts.items()},
+             **{k: 100 * c / n for k, (c, n) in counts.items()}}
+    reading = {"settings": {"target": 90.0, "max_steps": 3000}, "steps": 1200, "reached_target": True}
+    targets = learning_targets({"zero_shot": model, "stage1_stage2": model}, {"A_d_G": 0.3, "A_s_G": 0.1}, reading)
+    assert len(targets) == 7  # the warm-up, and the tuned model's six accuracies (the zero-shot model is not held to any)
+    missed = [t["target"] for t in targets if not t["met"]]
+    assert missed == ["AddressVLM (stage 1 + stage 2): A_d^M above chance (p < 0.001)"]  # 28/96 against 1/4: p 0.3
+    summary = targets_summary(targets)
+    assert "[MISSED] AddressVLM (stage 1 + stage 2): A_d^M" in summary
+    assert summary.splitlines()[-1].startswith("!!! 1 of 7 LEARNING TARGETS MISSED")
+    assert targets_summary([t for t in targets if t["met"]]).splitlines()[-1] == "all 6 learning targets met"

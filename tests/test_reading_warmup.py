@@ -7,9 +7,11 @@ import shutil
 
 import pytest
 
-from addressvlm.standins.reading_warmup import (RESULT_FILE, CityNames, ReadingExamples, ReadingWarmup,
-                                       length_grouped_batches, read_warmup_result, reading_accuracy, reading_record,
-                                       warm_up_reading)
+import torch
+
+from addressvlm.standins.reading_warmup import (KINDS, RESULT_FILE, CityNames, ReadingExamples, ReadingWarmup,
+                                                held_out, length_grouped_batches, read_warmup_result,
+                                                reading_accuracy, reading_record, warm_up_reading)
 from synthetic_city import DISTRICT_NAMES, street_names
 
 NAMES = CityNames(tuple(street_names(5)), tuple(DISTRICT_NAMES[:4]))
@@ -82,21 +84,55 @@ def test_a_city_with_too_few_names_is_refused(tokenizer):
         ReadingExamples(tokenizer, CityNames(("A street", "B street"), DISTRICT_NAMES[:4]), 4)
 
 
-def test_warm_up_teaches_a_random_llm_to_read_the_names(tiny_llava, tokenizer, tmp_path):
+def test_batched_accuracy_is_one_example_at_a_time(tiny_llava, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llava)
+    examples = ReadingExamples(tokenizer, NAMES, passage_tokens=6)
+    held = held_out(examples, per_kind=5, salt="test")
+    assert sorted({kind for _, _, kind in held}) == sorted(KINDS) and len(held) == 5 * len(KINDS)
+    assert len({len(prefix) for prefix, _, _ in held}) > 1  # the batches are padded
+    one_by_one = {}
+    for prefix, answer, kind in held:
+        top = model(input_ids=torch.tensor([prefix])).logits[0, -1].argmax().item()
+        one_by_one.setdefault(kind, []).append(top == answer)
+    expected = {kind: round(100.0 * sum(h) / len(h), 1) for kind, h in sorted(one_by_one.items())}
+    assert reading_accuracy(model, held, tokenizer.pad_token_id, batch_size=8) == expected
+
+
+def test_warm_up_trains_until_every_kind_reads_and_then_stops(tiny_llava, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
     llm_dir = tmp_path / "llm"
     shutil.copytree(tiny_llava, llm_dir)
     examples = ReadingExamples(tokenizer, NAMES, passage_tokens=6)
-    before = reading_accuracy(AutoModelForCausalLM.from_pretrained(llm_dir), examples, 600, seed=0)
-    result = warm_up_reading(llm_dir, NAMES, ReadingWarmup(steps=500, batch_size=32, lr=3e-3, passage_tokens=6),
-                             eval_examples=600, progress=False)
-    after = reading_accuracy(AutoModelForCausalLM.from_pretrained(llm_dir), examples, 600, seed=0)
-    assert read_warmup_result(llm_dir)["accuracy"] == result["accuracy"]
-    # Naming is what a few hundred steps teach; the random model names nothing (4 districts: guessing is 25 %).
-    assert before["district/generation"] <= 25.0
-    assert after["district/generation"] >= 80.0 and after["street/generation"] >= 60.0  # 5 streets: 20 %
-    assert after == result["accuracy"]
+    before = reading_accuracy(AutoModelForCausalLM.from_pretrained(llm_dir), held_out(examples, 50, "eval"),
+                              tokenizer.pad_token_id)
+    settings = ReadingWarmup(max_steps=1500, target=80.0, check_every=50, probe_per_kind=30, batch_size=32,
+                             lr=3e-3, passage_tokens=6)
+    result = warm_up_reading(llm_dir, NAMES, settings, eval_per_kind=50, progress=False)
+    # The random model reads nothing (4 districts: guessing is 25 %); the warm-up stopped at the first check where
+    # every kind, choices included, read at the target, and says so.
+    assert before["district/generation"] <= 40.0
+    assert result["reached_target"] and result["steps"] < settings.max_steps
+    assert result["steps"] == result["curve"][-1]["step"] and result["steps"] % settings.check_every == 0
+    assert min(result["curve"][-1]["accuracy"].values()) >= 80.0
+    assert all(min(check["accuracy"].values()) < 80.0 for check in result["curve"][:-1])
+    # The accuracy it reports is on a second held-out set, and is the saved model's.
+    after = reading_accuracy(AutoModelForCausalLM.from_pretrained(llm_dir), held_out(examples, 50, "eval"),
+                             tokenizer.pad_token_id)
+    assert read_warmup_result(llm_dir)["accuracy"] == result["accuracy"] == after
+    assert min(after.values()) >= 60.0
+
+
+def test_a_warm_up_that_cannot_reach_its_target_stops_at_the_cap_and_says_so(tiny_llava, tmp_path):
+    llm_dir = tmp_path / "llm"
+    shutil.copytree(tiny_llava, llm_dir)
+    result = warm_up_reading(llm_dir, NAMES, ReadingWarmup(max_steps=7, target=100.1, check_every=5,
+                                                           probe_per_kind=2, batch_size=4, passage_tokens=6),
+                             eval_per_kind=2, progress=False)
+    assert (result["steps"], result["reached_target"]) == (7, False)
+    assert [check["step"] for check in result["curve"]] == [5, 7]
 
 
 def test_a_warm_up_result_without_accuracy_is_refused_with_its_path(tmp_path):

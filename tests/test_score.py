@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -356,3 +357,25 @@ def test_gold_answers_score_100_even_with_separators_in_names():
     accuracies = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     assert accuracies and all(v == 100 for v in accuracies.values()), accuracies
     assert metrics["A_sd"] == 100
+
+
+def test_mcnemar_exact_p_is_the_two_sided_binomial_of_the_discordant_questions():
+    from addressvlm.scoring import mcnemar_exact_p
+
+    assert mcnemar_exact_p(10, 0) == pytest.approx(2 * 0.5 ** 10)
+    assert mcnemar_exact_p(0, 10) == mcnemar_exact_p(10, 0)
+    assert mcnemar_exact_p(3, 3) == 1.0 and mcnemar_exact_p(0, 0) == 1.0
+    # 15 against 5: P(X <= 5) for X ~ Bin(20, 1/2), doubled
+    assert mcnemar_exact_p(15, 5) == pytest.approx(2 * sum(math.comb(20, k) for k in range(6)) / 2 ** 20)
+
+
+def test_paired_comparison_counts_the_questions_only_one_model_got_right():
+    from addressvlm.scoring import paired_comparison
+
+    questions = [{"question_id": f"q{i}", "level": "district", "qtype": "judgment", "answer": "Yes",
+                  "question": "Is this image taken in Kamppi, Yes or No?", "image": f"{i}.jpg"} for i in range(6)]
+    first = {"q0": "Yes", "q1": "Yes", "q2": "Yes", "q3": "No", "q4": "No", "q5": "Yes"}
+    second = {"q0": "Yes", "q1": "No", "q2": "No", "q3": "Yes", "q4": "No", "q5": "Yes"}
+    compared = paired_comparison(questions, first, second)
+    assert compared["A_d_J"] == {"questions": 6, "only_first": 2, "only_second": 1, "mcnemar_p": 1.0}
+    assert compared["A_s_J"]["questions"] == 0

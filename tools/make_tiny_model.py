@@ -37,7 +37,7 @@ def main() -> None:
     corpus = [line for path in args.corpus for line in Path(path).read_text(encoding="utf-8").splitlines()]
     names = names_from_locations(args.names) if args.names else None
     out = make_tiny_llava(args.out, size, corpus, seed=args.seed, names=names,
-                          warmup=warmup if names and warmup.steps > 0 else None)
+                          warmup=warmup if names and warmup.max_steps > 0 else None)
     print(f"tiny LLaVA-Phi3-mini written to {out}")
 
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from addressvlm.demo.report import targets_summary
 from addressvlm.demo.retrieval import RetrievalSettings
 from addressvlm.records import read_locations, read_questions, write_atomic
 
 ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
 MODELS = ("zero_shot", "stage2_only", "stage1_stage2")
 TUNED = MODELS[1:]
+TARGETS_FILE = "targets.json"
 RUN_NAMES = {"stage1_helsinki": "stage 1", "retrieval": "retrieval data and both retrievers (beside stage 1)",
              "stage1_stage2": "stage 2 after stage 1 (AddressVLM)", "stage2_only": "stage 2 only (Baseline)"}
 
@@ -38,8 +41,9 @@ class DemoSettings:
     # Table A1's rank 128 is wider than this model and costs as much as the frozen layers it adapts; rank 32 trained
     # a stage-2 epoch of the 128-wide model in about three quarters of the time.
     lora_rank: int = 32
-    # Steps of the tiny LLM's reading warm-up, its stand-in for language pre-training (addressvlm/standins/reading_warmup.py).
-    reading_steps: int = 1000
+    # The cap on the tiny LLM's reading warm-up, its stand-in for language pre-training: it stops as soon as every
+    # question kind reaches its target (addressvlm/standins/reading_warmup.py).
+    reading_max_steps: int = 3000
     stage1_epochs: int = 2
     stage2_epochs: int = 8
     # The paper's multi-turn conversations, in shuffled turn order. Single-turn records match the test format but,
@@ -59,7 +63,7 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> "DemoSettings":
         """A few steps of everything: for the test that checks every artefact."""
-        return cls(locations=24, views=2, image_size=56, hidden=64, layers=2, batch_size=8, reading_steps=20,
+        return cls(locations=24, views=2, image_size=56, hidden=64, layers=2, batch_size=8, reading_max_steps=20,
                    stage1_epochs=1, stage2_epochs=1, warmup_iters=2, street_samples=6, street_images=1,
                    retrieval=RetrievalSettings.quick())
 
@@ -92,6 +96,48 @@ class Steps:
         return result
 
 
+SETTINGS_FILE = "demo_settings.json"
+
+
+@contextmanager
+def held_alone(folders: list[Path]):
+    """An exclusive lock on each folder for the demo's whole run: a second demo into the same city, runs or output
+    would train and write over the first one's files."""
+    import fcntl
+
+    with ExitStack() as stack:
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = stack.enter_context(open(folder / ".demo.lock", "w"))
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SystemExit(f"{folder}: another demo is running with this folder; wait for it to finish or "
+                                 "give other folders") from None
+        yield
+
+
+def claim_folders(paths: Paths, s: DemoSettings) -> None:
+    """Refuse to resume into folders that a demo with other settings (another --seed, or a version of the demo
+    whose defaults changed) filled: its city, models and runs would be kept and reported as this run's."""
+    wanted = json.loads(json.dumps(asdict(s)))
+    city_json = paths.city / "city.json"
+    if city_json.is_file():
+        city = json.loads(city_json.read_text(encoding="utf-8"))
+        made = {key: city.get(key) for key in ("seed", "locations", "views")}
+        if made != {key: wanted[key] for key in made}:
+            raise SystemExit(f"{city_json}: the city was built with {made}, this demo asks for seed {s.seed}, "
+                             f"{s.locations} locations, {s.views} views: give another --city or remove it")
+    for folder in (paths.out, paths.work):
+        recorded = folder / SETTINGS_FILE
+        if recorded.is_file() and json.loads(recorded.read_text(encoding="utf-8")) != wanted:
+            differing = sorted(k for k, v in json.loads(recorded.read_text(encoding="utf-8")).items()
+                               if wanted.get(k) != v)
+            raise SystemExit(f"{recorded}: made by a demo with other settings ({', '.join(differing)} differ): give "
+                             f"another folder, or `make clean-demo` to start afresh")
+        write_atomic(recorded, json.dumps(wanted, indent=2) + "\n")
+
+
 # --------------------------------------------------------------------------------------------- data
 def build_city(paths: Paths, s: DemoSettings):
     from addressvlm.demo.city import build_demo_city
@@ -112,6 +158,20 @@ def build_stage2_data(paths: Paths, s: DemoSettings):
 
     return build_vqa(paths.city / "locations.csv", paths.city / "vqa", seed=s.seed,
                      single_turn=s.single_turn)["splits"]["train"]
+
+
+def held_out_questions(paths: Paths) -> Path:
+    """The questions the demo answers and scores: the test split's and the validation split's together. Nothing in
+    the demo is chosen on the validation split, so both are held out, and three times the test split's questions
+    let differences of a few points be told from noise (docs/experiments.md, "Evidence that holds")."""
+    from addressvlm.records import write_questions
+
+    vqa = paths.city / "vqa"
+    sources = [vqa / "test_questions.jsonl", vqa / "val_questions.jsonl"]
+    held_out = paths.city / "held_out_questions.jsonl"  # beside vqa/, which build_vqa owns whole
+    if not held_out.is_file() or any(src.stat().st_mtime > held_out.stat().st_mtime for src in sources):
+        write_questions(held_out, [q for src in sources for q in read_questions(src)])
+    return held_out
 
 
 def build_stage1_data(paths: Paths, s: DemoSettings):
@@ -142,7 +202,7 @@ def make_model(paths: Paths, s: DemoSettings):
               for record in read_llava_json(paths.city / name) for turn in record["conversations"]]
     size = TinySize(hidden=s.hidden, layers=s.layers, heads=4, intermediate=2 * s.hidden, vocab=2048,
                     image_size=s.image_size, vision_hidden=s.hidden, vision_layers=2)
-    warmup = ReadingWarmup(steps=s.reading_steps, passage_tokens=(s.image_size // size.patch_size) ** 2, seed=s.seed)
+    warmup = ReadingWarmup(max_steps=s.reading_max_steps, passage_tokens=(s.image_size // size.patch_size) ** 2, seed=s.seed)
     return make_tiny_llava(paths.models, size, corpus, seed=s.seed,
                            names=names_from_locations([paths.city / "locations.csv"]), warmup=warmup)
 
@@ -273,7 +333,7 @@ def answer_and_score(paths: Paths, s: DemoSettings, name: str, recipe: Path | No
     from addressvlm.scoring import score, score_each
     from addressvlm.records import read_predictions
 
-    questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
+    questions = read_questions(held_out_questions(paths))
     predictions_path = paths.out / "predictions" / f"{name}.jsonl"
     drop_stale(predictions_path, paths, name)
     answer_questions(load_model(paths, s, name, recipe), questions, predictions_path, image_folder=paths.city)
@@ -296,7 +356,7 @@ def rank_and_measure(paths: Paths, s: DemoSettings, name: str) -> dict:
     from addressvlm.records import read_predictions
     from addressvlm.scoring import read_ranked_names, top_k_accuracy
 
-    questions_path = paths.city / "vqa" / "test_questions.jsonl"
+    questions_path = held_out_questions(paths)
     ranked_path = paths.out / "predictions" / f"{name}.ranked.jsonl"
     drop_stale(ranked_path, paths, name)
     gazetteer = build_gazetteer(read_locations(paths.city / "locations.csv"))
@@ -336,10 +396,15 @@ def retrieve_and_restrict(paths: Paths, s: DemoSettings) -> dict:
                    build_gazetteer(read_locations(paths.city / "locations.csv")), ranked_path,
                    image_folder=paths.city,
                    candidates=(paths.out / "retrieval" / "lvlm_last_token" / "retrieved.jsonl", k))
-    restricted = top_k_accuracy(*read_ranked_names(questions_path, ranked_path))
+    questions, restricted_names = read_ranked_names(questions_path, ranked_path)
+    restricted = top_k_accuracy(questions, restricted_names)
+    # The same questions ranked over every name of the city (rank_and_measure ranked all held-out questions).
+    _, every_name = read_ranked_names(held_out_questions(paths), paths.out / "predictions" / "stage1_stage2.ranked.jsonl")
+    unrestricted = top_k_accuracy(questions, {q["question_id"]: every_name[q["question_id"]] for q in questions
+                                              if q["question_id"] in every_name})
     write_atomic(paths.out / "metrics" / "stage1_stage2.closed_set_retrieved.json",
-                 json.dumps(restricted, indent=2) + "\n")
-    return {"retrievers": results, "restricted": restricted, "candidates_k": k}
+                 json.dumps({"restricted": restricted, "unrestricted": unrestricted}, indent=2) + "\n")
+    return {"retrievers": results, "restricted": restricted, "unrestricted": unrestricted, "candidates_k": k}
 
 
 def street_distribution(paths: Paths, s: DemoSettings) -> list[Path]:
@@ -417,18 +482,39 @@ def majority_shares(questions: list[dict]) -> dict[str, float]:
 
 def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spreads: dict[str, dict], steps: Steps,
                  pictures: dict, distribution: list[Path], district_method: str, closed_set: dict[str, dict],
-                 retrieved: dict | None = None) -> Path:
-    from addressvlm.demo.report import render_report
+                 retrieved: dict | None = None) -> tuple[Path, list[dict]]:
+    """report.md, with AddressVLM and the Baseline paired by question (metrics/paired.json) and the learning
+    targets checked (metrics/targets.json). Returns the report and the targets."""
+    from addressvlm.demo.report import learning_targets, render_report
+    from addressvlm.records import read_predictions
+    from addressvlm.scoring import paired_comparison
     from addressvlm.standins.reading_warmup import read_warmup_result
 
-    questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
+    questions = read_questions(held_out_questions(paths))
     reading = read_warmup_result(paths.models)
+    majority = majority_shares(questions)
+    first, second = ({qid: text for qid, (_, text) in read_predictions(paths.out / "predictions" / f"{name}.jsonl")
+                      .items()} for name in ("stage1_stage2", "stage2_only"))
+    compared = paired_comparison(questions, first, second)
+    targets = learning_targets(metrics, majority, reading)
+    write_atomic(paths.out / "metrics" / "paired.json", json.dumps(compared, indent=2) + "\n")
+    write_atomic(paths.out / "metrics" / TARGETS_FILE, json.dumps(targets, indent=2, ensure_ascii=False) + "\n")
     text = render_report(metrics, steps.times, pictures, [p.name for p in distribution], asdict(s),
-                         district_method, ATTRIBUTION, majority_shares(questions), spreads, reading, closed_set,
-                         retrieved)
+                         district_method, ATTRIBUTION, majority, spreads, reading, closed_set, retrieved, compared,
+                         targets)
     report = paths.out / "report.md"
     write_atomic(report, text)
-    return report
+    return report, targets
+
+
+def read_targets(out: str | Path) -> list[dict]:
+    """The learning targets a demo run into ``out`` checked (``write_report``)."""
+    path = Path(out) / "metrics" / TARGETS_FILE
+    targets = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(targets, list) or any(not isinstance(t, dict) or {"target", "figure", "met"} - set(t)
+                                            for t in targets):
+        raise ValueError(f"{path}: not a list of learning targets (each with target, figure, met)")
+    return targets
 
 
 def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki",
@@ -437,8 +523,14 @@ def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki"
 
     paths = Paths(Path(out), Path(city), Path(work))
     torch.set_num_threads(settings.threads)  # the warm-up and the answers; training runs set their own
+    with held_alone([paths.out, paths.city, paths.work]):
+        return _run_steps(paths, settings)
+
+
+def _run_steps(paths: Paths, settings: DemoSettings) -> Path:
     steps = Steps(12 + len(TUNED))
     s = settings
+    claim_folders(paths, s)
     summary = steps.run("build the Helsinki demo city", build_city, paths, s)
     steps.run("pin location-disjoint splits (7:2:1)", pin_splits, paths, s)
     steps.run("stage-2 VQA (templates of Tables B4/B5)", build_stage2_data, paths, s)
@@ -458,7 +550,8 @@ def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki"
     pictures = copy_pictures(paths)
     method = json.loads((paths.city / "city.json").read_text()).get("district_method", "") \
         if (paths.city / "city.json").is_file() else getattr(summary, "district_method", "")
-    report = steps.run("report", write_report, paths, s, metrics, spreads, steps, pictures, distribution, method,
-                       closed_set, retrieved)
+    report, targets = steps.run("report", write_report, paths, s, metrics, spreads, steps, pictures, distribution,
+                                method, closed_set, retrieved)
     print(f"report: {report}")
+    print(targets_summary(targets), flush=True)
     return report
