@@ -81,8 +81,9 @@ def writable_output(path: str | os.PathLike, what: str, *, folder: bool = False)
 def refuse_output_over_inputs(output: str | os.PathLike,
                               inputs: Iterable[tuple[str, str | os.PathLike | None]], what: str) -> None:
     """Stop a tool that would write over what it reads: an output that is one of the ``inputs`` (``(option, path)``
-    pairs; a ``None`` path skipped), holds one (a folder whose replacement deletes it) or lies inside one (a folder input the
-    output would change). Paths are compared resolved, symbolic links followed. Raises ``DataError`` naming both."""
+    pairs; a ``None`` path skipped), holds one (a folder whose replacement deletes it) or lies inside one (a folder
+    input the output would change). Paths are compared resolved, symbolic links followed. Raises ``DataError``
+    naming both."""
     out = Path(output).resolve()
     for option, given in inputs:
         if given is None:
