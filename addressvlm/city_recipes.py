@@ -8,10 +8,17 @@ so the child patches those dicts (the dataset, and stage 2's ``init_from_work_di
 """
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
-_TEMPLATE = '''# AddressVLM stage {stage} on {city}: recipes/stage{stage}_{base}.py with the city root {data_root}.
+from addressvlm.records import write_atomic
+
+# The first line of every recipe this tool writes: --overwrite replaces a file only when it carries it.
+WRITTEN_MARK = "# Written by tools/new_city.py; its --overwrite may replace this file (delete this line to keep edits)."
+
+_TEMPLATE = WRITTEN_MARK + '''
+# AddressVLM stage {stage} on {city}: recipes/stage{stage}_{base}.py with the city root {data_root}.
 # Commands: those of recipes/stage{stage}_{base}.py with this file; {chain}
 from mmengine.config import read_base
 
@@ -42,17 +49,51 @@ def city_recipe_text(city: str, stage: int, data_root: str, work_root: str = "./
                             init=init, chain=chain, work_root=work_root)
 
 
+def recipes_inheriting(recipe: Path, recipes_dir: str | Path) -> list[Path]:
+    """The recipes under ``recipes_dir`` whose ``read_base()`` imports ``recipe`` (relative imports, the only kind
+    recipes use for a base): replacing ``recipe`` would change, or break, every one of them."""
+    target = recipe.resolve()
+    children = []
+    for path in sorted(Path(recipes_dir).rglob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue  # not a recipe mmengine could load either; it inherits from nothing
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level and node.module:
+                base = path.parent.joinpath(*[".."] * (node.level - 1), *node.module.split("."))
+                if base.with_suffix(".py").resolve() == target and path.resolve() != target:
+                    children.append(path)
+                    break
+    return children
+
+
+def _check_replaceable(path: Path, recipes_dir: str | Path) -> None:
+    """``--overwrite`` replaces a recipe this tool wrote, which no other recipe inherits from; anything else stays."""
+    children = recipes_inheriting(path, recipes_dir)
+    if children:
+        more = f" and {len(children) - 1} more" if len(children) > 1 else ""
+        raise FileExistsError(f"{path} is the base of {children[0]}{more}: --overwrite never replaces a recipe "
+                              "other recipes inherit from; choose another city name")
+    if path.read_text(encoding="utf-8").partition("\n")[0] != WRITTEN_MARK:
+        raise FileExistsError(f"{path} was not written by tools/new_city.py (its first line is not the tool's mark): "
+                              "--overwrite replaces only recipes the tool wrote; move it away or choose another name")
+
+
 def write_city_recipes(city: str, data_root: str, recipes_dir: str | Path,
                        work_root: str = "./work_dirs/llava_phi3_mini", overwrite: bool = False) -> list[Path]:
     """Write ``stage1_<city>.py`` and ``stage2_<city>.py`` into ``recipes_dir``, beside the reference recipes (their
-    ``read_base`` imports are relative)."""
+    ``read_base`` imports are relative). ``overwrite`` replaces earlier ones this tool wrote (``WRITTEN_MARK``), never
+    a recipe it did not write nor one another recipe inherits from; both are checked before either is written."""
     if not (Path(recipes_dir) / "stage1_pitts.py").is_file():
         raise FileNotFoundError(f"{recipes_dir} has no stage1_pitts.py: give the recipes/ folder of your checkout")
-    written = []
-    for stage in (1, 2):
-        path = Path(recipes_dir) / f"stage{stage}_{city}.py"
+    texts = {Path(recipes_dir) / f"stage{stage}_{city}.py": city_recipe_text(city, stage, data_root, work_root)
+             for stage in (1, 2)}
+    for path in texts:
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists (use --overwrite to replace it)")
-        path.write_text(city_recipe_text(city, stage, data_root, work_root))
-        written.append(path)
-    return written
+        if path.exists():
+            _check_replaceable(path, recipes_dir)
+    for path, text in texts.items():
+        write_atomic(path, text)
+    return list(texts)

@@ -24,8 +24,11 @@ from typing import Sequence
 
 import torch
 
-from addressvlm.infer import IMAGE_TOKEN, build_recipe_model, load_checked_state, prompts_itself, resolve_checkpoint
+from addressvlm.infer import (
+    IMAGE_TOKEN, build_recipe_model, load_checked_state, parse_cfg_options, prompts_itself, resolve_checkpoint,
+)
 from addressvlm.precision import is_quantized
+from addressvlm.records import refuse_output_over_inputs, replaced_folder, writable_output
 
 # The dtype of each release's weights: an export's default.
 RELEASE_DTYPES = {"llava": "float16", "minicpmv": "bfloat16"}
@@ -91,27 +94,60 @@ def _add_image_token(tokenizer, llm) -> int:
 
 
 def export_hf(config: str | os.PathLike, checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
-              cfg_options: Sequence[str] | dict | None = None, dtype: str | None = None) -> Path:
+              cfg_options: Sequence[str] | dict | None = None, dtype: str | None = None, *,
+              model_root: str | os.PathLike | None = None, replace: bool = False) -> Path:
     """Write the recipe's trained model, LoRA merged, as a Hugging Face folder in ``out_dir`` (a
     ``LlavaForConditionalGeneration`` for a LLaVA recipe, the release's layout for MiniCPM-V), weights in ``dtype``
-    (default: the release's), plus the recipe as ``xtuner_config.py``; return ``out_dir``."""
+    (default: the release's), plus the recipe as ``xtuner_config.py``; return ``out_dir``. ``model_root``: a local
+    release folder in place of the recipe's (``runtime.model_root_options``).
+
+    The folder is written whole or not at all: into a staging folder beside it that then takes its place, so a run
+    killed mid-way leaves no folder of empty or half-written files. An ``out_dir`` that is not empty is refused
+    unless ``replace``; one that is, holds or lies inside an input (the recipe, the checkpoint, the release) always.
+    """
+    from addressvlm.runtime import load_recipe, model_root_options, model_root_variable
+
     checkpoint = resolve_checkpoint(checkpoint)
+    recipe = load_recipe(config)
+    options = parse_cfg_options(cfg_options)
+    if model_root:
+        options = {**parse_cfg_options(model_root_options(recipe, str(model_root))), **options}
+    variable = model_root_variable(recipe)
+    release = ("--model-root", model_root) if model_root else \
+        (f"release ({variable})", recipe.get(variable) if variable else None)
+    out_dir = Path(out_dir)
+    refuse_output_over_inputs(out_dir, [("--config", config), ("--checkpoint", checkpoint), release], "--out")
+    writable_output(out_dir, "--out", folder=True)
+    present = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if present and not replace:
+        raise ValueError(f"--out {out_dir} is not empty ({', '.join(present[:5])}{', ...' if len(present) > 5 else ''})"
+                         ": give a new or empty folder, or --replace to replace it whole")
     # Frozen weights in float32 (the recipes' torch_dtype), so the merge does not round through bf16 first.
-    cfg, model = build_recipe_model(config, cfg_options, torch.float32)
+    cfg, model = build_recipe_model(config, options, torch.float32)
     load_checked_state(model, checkpoint)
     model.eval()
     if not prompts_itself(model) and is_quantized(model.llm):
         raise ValueError(f"{config} loads the LLM in 4/8 bits: merging LoRA into it would export rounded weights. "
                          "Export with the full-precision recipe of the same LoRA settings (for "
                          "stage2_pitts_qlora.py: --config recipes/stage2_pitts.py) and this checkpoint")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if prompts_itself(model):
-        _write_minicpmv(model, out_dir, dtype or RELEASE_DTYPES["minicpmv"])
-    else:
-        _write_llava(cfg, model, out_dir, dtype or RELEASE_DTYPES["llava"])
-    shutil.copyfile(config, out_dir / "xtuner_config.py")
+    with replaced_folder(out_dir, present) as staging:
+        if prompts_itself(model):
+            _write_minicpmv(model, staging, dtype or RELEASE_DTYPES["minicpmv"])
+        else:
+            _write_llava(cfg, model, staging, dtype or RELEASE_DTYPES["llava"])
+        shutil.copyfile(config, staging / "xtuner_config.py")
+        _permissions_as_umask_gives(staging)
     return out_dir
+
+
+def _permissions_as_umask_gives(folder: Path) -> None:
+    """Every file of ``folder`` readable as any other new file is (safetensors writes its files 0600, so an export
+    served by another user than the one who made it could not read its weights)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def merge_injected_lora(module: torch.nn.Module) -> int:
@@ -215,7 +251,11 @@ def build_parser():
                     "recipe; for transformers, vLLM, lmdeploy, or eval/infer.py --hf.")
     parser.add_argument("--config", required=True, help="the XTuner recipe the checkpoint was trained with")
     parser.add_argument("--checkpoint", required=True, help="iter_N.pth, a DeepSpeed checkpoint folder, or a work_dir")
-    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--out", required=True,
+                        help="folder to write: new or empty, written whole (never half) through a staging folder "
+                             "beside it; never one of the inputs")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace a non-empty --out (an earlier export) whole, once the new one is written")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="recipe overrides, as given to xtuner train")
     parser.add_argument("--model-root", help="local release folder replacing the recipe's llava_root / model_root")
@@ -230,13 +270,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from addressvlm.stage_chain import StageChainError
 
     args = build_parser().parse_args(argv)
-    options = []
-    if args.model_root:
-        from addressvlm.runtime import load_recipe, model_root_options
-
-        options += model_root_options(load_recipe(args.config), args.model_root)
     try:
-        out = export_hf(args.config, args.checkpoint, args.out, options + list(args.cfg_options), args.dtype)
+        out = export_hf(args.config, args.checkpoint, args.out, args.cfg_options, args.dtype,
+                        model_root=args.model_root, replace=args.replace)
     except (FileNotFoundError, CheckpointError, StageChainError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"exported {args.checkpoint} -> {out}")

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, ImageOps
 
 from addressvlm.processes import default_workers, worker_pool
-from addressvlm.records import DataError, path_inside_root, read_jsonl, read_locations
+from addressvlm.records import DataError, path_inside_root, read_jsonl, read_locations, refuse_output_over_inputs
 
 CORNERS = ("upper_right", "upper_left", "lower_right", "lower_left")
 VARIANTS = ("grafted", "stitched", "separate")
@@ -153,12 +153,16 @@ class GraftPair:
     out: str  # relative to the output folder
 
 
+def output_stem(out: str) -> str:
+    """A pair's output name without its suffix, which every variant replaces by its own (``x.png`` is written as
+    ``x.jpg``, or ``x.satellite.jpg`` and ``x.street.jpg``): two outputs with one stem would be one file."""
+    return str(PurePosixPath(out).with_suffix(""))
+
+
 def output_files(out_dir: Path, out: str, variant: str) -> list[Path]:
     """The file(s) a pair produces: one image, or two for the "separate" variant."""
-    target = out_dir / out
-    if variant == "separate":
-        return [target.with_suffix(s) for s in SEPARATE_SUFFIXES]
-    return [target.with_suffix(".jpg")]
+    stem = out_dir / output_stem(out)
+    return [stem.with_name(stem.name + s) for s in (SEPARATE_SUFFIXES if variant == "separate" else (".jpg",))]
 
 
 def _complete_jpeg(path: Path) -> bool:
@@ -245,6 +249,8 @@ def graft_file(satellite, street_view, out, delta: float = 0.5, size: int = 336,
         raise ValueError(f"--out {out}: grafts are written as JPEG; give a .jpg name")
     if out.parent.exists() and not out.parent.is_dir():
         raise ValueError(f"--out {out}: {out.parent} is a file, not a folder")
+    for target in output_files(out.parent, out.name, variant):
+        refuse_output_over_inputs(target, [("--satellite", satellite), ("--street-view", street_view)], "--out")
     pair = GraftPair(Path(satellite), Path(street_view), out.name)
     _graft_one(pair, out.parent, variant, delta, size, corner, quality, _SatelliteCache())
     return output_files(out.parent, out.name, variant)
@@ -274,9 +280,12 @@ def read_graft_manifest(path) -> list[GraftPair]:
             rec["out"] = path_inside_root(rec["out"], "out")
         except ValueError as exc:
             raise DataError(path, line, f"{exc} (outputs go inside --out-dir)") from None
-        if rec["out"] in seen:
-            raise DataError(path, line, f"output {rec['out']!r} already on line {seen[rec['out']]}")
-        seen[rec["out"]] = line
+        stem = output_stem(rec["out"])
+        if stem in seen:
+            first_line, first = seen[stem]
+            also = "" if first == rec["out"] else f" (as {first!r}: outputs are JPEGs, written as {stem}.jpg)"
+            raise DataError(path, line, f"output {rec['out']!r} already on line {first_line}{also}")
+        seen[stem] = (line, rec["out"])
         pairs.append(GraftPair(base / rec["satellite"], base / rec["street_view"], rec["out"]))
     return pairs
 
@@ -327,6 +336,21 @@ def select_rows(rows, splits: tuple[str, ...] | None):
     return [r for r in rows if r.split in splits]
 
 
+def _refuse_links_out_of(out_dir: Path, pairs: list[GraftPair], variant: str) -> None:
+    """Outputs are confined to ``out_dir`` by their names (``records.path_inside_root``) and, here, by where their
+    folders are once symbolic links are followed: ``lnk/x.jpg`` with ``lnk -> /elsewhere`` would write elsewhere."""
+    root = out_dir.resolve()
+    checked: set[Path] = set()
+    for pair in pairs:
+        for target in output_files(out_dir, pair.out, variant):
+            if target.parent in checked:
+                continue
+            checked.add(target.parent)
+            if not target.parent.resolve().is_relative_to(root):
+                raise ValueError(f"output {pair.out!r} would be written to {target.parent.resolve()}, outside the "
+                                 f"output folder {out_dir}: {target.parent} goes there through a symbolic link")
+
+
 def graft_batch(manifest_or_pairs, out_dir, delta: float = 0.5, size: int = 336, workers: int | None = None, *,
                 variant: str = "grafted", corner: str = "upper_right", quality: int = JPEG_QUALITY,
                 progress: bool = True) -> GraftReport:
@@ -349,6 +373,7 @@ def graft_batch(manifest_or_pairs, out_dir, delta: float = 0.5, size: int = 336,
     from addressvlm.geo.crop import check_run_params
 
     check_run_params(out_dir, {"variant": variant, "delta": delta, "size": size, "corner": corner, "quality": quality})
+    _refuse_links_out_of(out_dir, pairs, variant)
     for stale in out_dir.rglob(".*.tmp"):  # half-written by a run that was killed (see _save_atomic)
         stale.unlink()
     report = GraftReport()

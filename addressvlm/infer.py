@@ -30,7 +30,9 @@ from addressvlm.prefix_cache import (
     sampler,
 )
 from addressvlm.precision import default_device_dtype, is_quantized
-from addressvlm.records import DataError, PREDICTION_KEYS, open_predictions, read_jsonl, read_questions, write_atomic
+from addressvlm.records import (
+    DataError, PREDICTION_KEYS, open_predictions, read_jsonl, read_questions, refuse_output_over_inputs, write_atomic,
+)
 from addressvlm.model_arguments import add_model_source_arguments  # its home is torch-free: drawing tools use it
 
 IMAGE_TOKEN = "<image>"
@@ -438,6 +440,8 @@ def merge_predictions(questions_path: str | os.PathLike, chunk_paths: Sequence[s
                       out_path: str | os.PathLike, allow_missing: bool = False) -> int:
     """Join per-chunk predictions into one file in question order; an id answered twice, an id not among the
     questions, or (unless ``allow_missing``) an unanswered question is an error. Return the lines written."""
+    refuse_output_over_inputs(out_path, [("--questions", questions_path), *(("chunk", path) for path in chunk_paths)],
+                              "--out")
     questions = read_questions(questions_path)
     known = {q["question_id"] for q in questions}
     found: dict[str, dict] = {}

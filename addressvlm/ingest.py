@@ -24,7 +24,9 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from addressvlm.records import DataError, Location, path_inside_root, read_jsonl, write_locations
+from addressvlm.records import (
+    DataError, Location, path_inside_root, read_jsonl, refuse_output_over_inputs, write_locations,
+)
 
 # Canonical fields a column map may name. The first six plus heading/cross_street/split are locations.csv columns;
 # the others are inputs ingest converts.
@@ -388,6 +390,7 @@ class _RowReader:
 def ingest_table(table: str | os.PathLike, out_csv: str | os.PathLike, options: IngestOptions) -> list[Location]:
     """Convert a source table into ``out_csv`` (the city root is its folder); returns the rows written."""
     table, out_csv = Path(table), Path(out_csv)
+    refuse_output_over_inputs(out_csv, [("--table", table), ("--pitts-mat", options.pitts_mat)], "--out")
     header, rows = read_table(table)
     reader = _RowReader(table, header, options, out_csv.resolve().parent)
     parsed: list[_ParsedRow] = []

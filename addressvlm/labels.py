@@ -33,7 +33,7 @@ from shapely.ops import unary_union
 from addressvlm.graft import SEPARATE_SUFFIXES, VARIANTS, grafted_name, select_rows
 from addressvlm.names import mentions_name, normalize_name
 from addressvlm.records import (DataError, JsonlAppender, Location, location_lines, read_jsonl, read_locations,
-                                write_llava_json)
+                                refuse_output_over_inputs, write_llava_json)
 from addressvlm.vqa import view_names
 
 CORNER_WORDS = {"upper_right": "upper-right", "upper_left": "upper-left", "lower_right": "lower-right",
@@ -503,6 +503,8 @@ def make_labels(city_root, grafted_dir, out_jsonl, backend="rule", *, streets=No
 
     city_root = Path(city_root)
     crops_dir = Path(crops_dir) if crops_dir else city_root / "stage1" / "crops"
+    refuse_output_over_inputs(out_jsonl, [("city table", city_root / "locations.csv"), ("--grafted", grafted_dir),
+                                          ("--crops", crops_dir), ("--streets", streets)], "--out")
     crops = read_crop_index(crops_dir) if (crops_dir / CROPS_INDEX).is_file() else {}
     return label_city(AlignmentTask(grafted_dir, variant, corner, map_labels), city_root, out_jsonl, backend,
                       streets=streets, crops=crops, city_name=city_name, splits=splits,
@@ -629,6 +631,8 @@ def build_stage1_json(city_root, labels_jsonl=None, out_json=None, *, variant: s
     city_root = Path(city_root)
     labels_jsonl = Path(labels_jsonl) if labels_jsonl else city_root / "stage1" / "labels.jsonl"
     out_json = Path(out_json) if out_json else city_root / "stage1" / "train.json"
+    refuse_output_over_inputs(out_json, [("--labels", labels_jsonl), ("city table", city_root / "locations.csv")],
+                              "--out")
     image_root = Path(image_root) if image_root else city_root
     rows = select_rows(read_locations(city_root / "locations.csv"), splits)
     labels: dict[str, dict] = {}

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from addressvlm.precision import count_parameters
+from addressvlm.records import DataError, read_text, refuse_output_over_inputs, writable_output, write_atomic
 
 RELEASE_CONFIGS = Path(__file__).resolve().parent / "release_configs"
 GB = 1e9
@@ -245,6 +246,24 @@ def replace_readme_block(text: str, block: str) -> str:
     return text[:start] + block + text[end + len(README_END):]
 
 
+def checked_readme(path: str | Path) -> str:
+    """The text of the README ``--readme`` names, checked before any estimate: a file with the generated section,
+    in a checkout (the tables are made from the recipes beside it), that can be rewritten."""
+    readme = Path(path)
+    if not readme.is_file():
+        raise DataError(readme, None, "--readme not found: give the checkout's README.md")
+    missing = [recipe for recipe in README_RECIPES if not (readme.resolve().parent / recipe).is_file()]
+    if missing:
+        raise DataError(readme, None, f"--readme is not a checkout's README: no {missing[0]} beside it")
+    text = read_text(readme)
+    try:
+        replace_readme_block(text, "")
+    except ValueError as exc:
+        raise DataError(readme, None, str(exc)) from None
+    writable_output(readme, "--readme")
+    return text
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -258,9 +277,16 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.gpus < 1:
         parser.error("--gpus must be at least 1")
+    try:  # the outputs first: a bad path must not cost the estimate
+        readme_text = checked_readme(args.readme) if args.readme else None
+        if args.json:
+            writable_output(args.json, "--json")
+            refuse_output_over_inputs(args.json, [("recipe", args.recipe)], "--json")
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if args.readme:
         readme = Path(args.readme)
-        readme.write_text(replace_readme_block(readme.read_text(), readme_block(readme.resolve().parent)))
+        write_atomic(readme, replace_readme_block(readme_text, readme_block(readme.resolve().parent)))
         print(f"rewrote the memory section of {readme}")
     if not args.recipe:
         if not args.readme:
@@ -273,5 +299,5 @@ def main(argv=None) -> None:
     result = estimate(load_recipe(args.recipe), args.gpus)
     print(markdown_table(args.recipe, result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_atomic(args.json, json.dumps(result, indent=2) + "\n")
         print(f"figures written to {args.json}")

@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from addressvlm.records import DataError, refuse_output_over_inputs, writable_output, write_atomic
+
 
 class PreflightError(RuntimeError):
     """The first problem preflight met; the message says what and where."""
@@ -213,10 +215,16 @@ def main(argv=None) -> None:
         parser.error("--steps and --samples must be at least 1")
     if not Path(args.recipe).is_file():
         raise SystemExit(f"error: recipe {args.recipe} not found")
+    if args.json:  # checked now: a bad path must not cost the whole check
+        try:
+            writable_output(args.json, "--json")
+            refuse_output_over_inputs(args.json, [("recipe", args.recipe), ("--weights", args.weights)], "--json")
+        except DataError as exc:
+            raise SystemExit(f"error: {exc}") from None
     try:
         figures = run_preflight(args.recipe, args.weights, args.steps, args.samples, args.device, args.cfg_options)
     except PreflightError as error:
         raise SystemExit(f"preflight FAILED: {error}")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        write_atomic(args.json, json.dumps(figures, indent=2) + "\n")
     print(f"preflight passed: {args.recipe} with {args.weights}")

@@ -55,6 +55,51 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def writable_output(path: str | os.PathLike, what: str, *, folder: bool = False) -> Path:
+    """``path`` checked as an output before any work, so a long run never ends in a traceback at its last write:
+    not a folder where a file goes (nor a file where a folder goes), under a folder that exists or can be made, one
+    this process may write in. Raises ``DataError`` naming the path and ``what`` (the option, e.g. ``--json``)."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise DataError(path, None, f"{what} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise DataError(path, None, f"{what} is a folder: give a file name")
+    nearest = path if folder else path.parent
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise DataError(path, None, f"{what} cannot be made: {nearest} is a file, not a folder")
+    try:  # the one sure test (permissions, read-only mounts, root): create a file there
+        with tempfile.TemporaryFile(dir=nearest):
+            pass
+    except OSError as exc:
+        raise DataError(path, None, f"{what} cannot be written: {nearest} refuses new files ({exc.strerror})") \
+            from None
+    return path
+
+
+def refuse_output_over_inputs(output: str | os.PathLike,
+                              inputs: Iterable[tuple[str, str | os.PathLike | None]], what: str) -> None:
+    """Stop a tool that would write over what it reads: an output that is one of the ``inputs`` (``(option, path)``
+    pairs; a ``None`` path skipped), holds one (a folder whose replacement deletes it) or lies inside one (a folder
+    input the output would change). Paths are compared resolved, symbolic links followed. Raises ``DataError``
+    naming both."""
+    out = Path(output).resolve()
+    for option, given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if out == source:
+            relation = f"is the {option} input itself"
+        elif out in source.parents:
+            relation = f"holds the {option} input {given}"
+        elif source in out.parents:
+            relation = f"lies inside the {option} input {given}"
+        else:
+            continue
+        raise DataError(output, None, f"{what} {relation}: choose an output apart from the inputs")
+
+
 def read_text(path: str | os.PathLike) -> str:
     """A data file's text: UTF-8, a byte-order mark (Excel's "CSV UTF-8") accepted; anything else is a
     ``DataError`` naming the line of the first byte that is not UTF-8."""

@@ -76,11 +76,16 @@ def _strings(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
         yield prefix[:-1], node
 
 
+def model_root_variable(cfg: Config) -> str | None:
+    """The recipe variable naming the folder its model paths lie under (one of ``MODEL_ROOT_VARIABLES``), if any."""
+    return next((name for name in MODEL_ROOT_VARIABLES if cfg.get(name)), None)
+
+
 def model_root_options(cfg: Config, model_root: str) -> list[str]:
     """Point every path under the recipe's model root variable (``llava_root``: LLM, tokenizer, CLIP, processor,
     projector; ``model_root``: the MiniCPM-V folder) at ``model_root``; the built dicts hold copies of those strings,
     so each is patched where it sits."""
-    variable = next((name for name in MODEL_ROOT_VARIABLES if cfg.get(name)), None)
+    variable = model_root_variable(cfg)
     if variable is None:
         raise KeyError(f"recipe has none of the variables {MODEL_ROOT_VARIABLES} to relocate")
     old_root = cfg.get(variable)

@@ -20,8 +20,8 @@ from addressvlm import templates
 from addressvlm.names import normalize_name
 from addressvlm.records import (
     DEFAULT_LEVEL_NAMES, DataError, Location, location_centroids, read_level_names, read_llava_json, read_locations,
-    read_questions, replaced_folder, write_atomic, write_level_names, write_llava_json, write_locations,
-    write_questions,
+    read_questions, refuse_output_over_inputs, replaced_folder, write_atomic, write_level_names, write_llava_json,
+    write_locations, write_questions,
 )
 
 SPLITS = ("train", "val", "test")
@@ -350,6 +350,8 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
     stats.json records the files, k and that recall. Returns the statistics.
     """
     locations_csv, out_dir = Path(locations_csv), Path(out_dir)
+    refuse_output_over_inputs(out_dir, [("--locations", locations_csv), *(("--hints", path) for path in hints or ())],
+                              "--out")
     if not 1 <= rounds <= MAX_ROUNDS:
         raise ValueError(f"rounds must be 1-{MAX_ROUNDS}, not {rounds}")
     if turn_order not in TURN_ORDERS:
@@ -460,6 +462,7 @@ def merge_cities(cities: Sequence[tuple[str, str | Path]], out_dir: str | Path) 
     if len(cities) < 2:
         raise ValueError("merging needs at least two cities")
     out_dir = Path(out_dir)
+    refuse_output_over_inputs(out_dir, [(f"VQA folder of {prefix}", vqa_dir) for prefix, vqa_dir in cities], "--out")
     stats: dict = {"cities": {}}
     merged: dict[str, list[dict]] = {"train": [], "val": [], "test": [], "val_questions": []}
     for prefix, vqa_dir in cities:
@@ -512,8 +515,7 @@ def merge_city_roots(cities: Sequence[tuple[str, str | Path]], out_root: str | P
             raise DataError(root, None, f"is a VQA folder: give the city root ({root.parent}) for {name}")
         if not (root / "vqa").is_dir():
             raise DataError(root / "vqa", None, f"VQA folder of {name} not found: run build_vqa first")
-        if out_root.resolve() == root.resolve():
-            raise DataError(out_root, None, f"is the city root of {name}: merge into a folder of its own")
+    refuse_output_over_inputs(out_root, [(f"--city {name}", root) for name, root in roots], "--out")
     stage1 = [(name, root / stage1_json) for name, root in roots]
     present = [path.is_file() for _, path in stage1]
     if any(present) and not all(present):
@@ -557,6 +559,7 @@ def mix_general(address_json: str | Path, general_json: str | Path, out_json: st
     """
     if not 0 <= general_per_address < float("inf"):
         raise ValueError(f"general records per address record must be a number >= 0, not {general_per_address}")
+    refuse_output_over_inputs(out_json, [("--address", address_json), ("--general", general_json)], "--out")
     address = [_prefixed(r, address_prefix) for r in read_llava_json(address_json)]
     general = read_llava_json(general_json)
     wanted = round(len(address) * general_per_address)

@@ -19,7 +19,7 @@ from addressvlm.geo.crop import crop_city, render_crop
 from addressvlm.geo.raster import RasterError, open_raster
 from addressvlm.geo.streets import read_street_map
 from addressvlm.graft import CORNERS, reserved_fraction
-from addressvlm.records import DataError
+from addressvlm.records import DataError, refuse_output_over_inputs, writable_output
 
 
 def main() -> None:
@@ -60,6 +60,8 @@ def main() -> None:
             return
         if args.lon is None or not args.out or not args.raster or (labels and not args.streets):
             parser.error("a single crop needs --lat, --lon, --raster, --out and --streets (or --no-labels)")
+        writable_output(args.out, "--out")
+        refuse_output_over_inputs(args.out, [("--raster", args.raster), ("--streets", args.streets)], "--out")
         raster = open_raster(args.raster)
         try:
             image, drawn = render_crop(raster, read_street_map(args.streets) if labels else None, args.lat, args.lon,

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from addressvlm.records import DataError, write_atomic
+from addressvlm.records import DataError, refuse_output_over_inputs, writable_output, write_atomic
 from addressvlm.scoring import (
     format_table, level_worded, read_ranked_names, score_files, top_k_accuracy, write_per_sample,
 )
@@ -37,7 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     if bool(args.locations) != bool(args.streets):
         parser.error("--locations and --streets go together (true locations and the streets to measure to)")
 
+    inputs = [("--questions", args.questions), ("--predictions", args.predictions), ("--ranked", args.ranked),
+              ("--locations", args.locations), ("--streets", args.streets)]
     try:
+        for option, path in (("--json", args.json), ("--per-sample", args.per_sample)):
+            if path:  # checked now, not after the scoring: a bad path must not cost the table
+                writable_output(path, option)
+                refuse_output_over_inputs(path, inputs, option)
         metrics, scored = score_files(args.questions, args.predictions, allow_missing=args.allow_missing)
         extra: dict = {}
         rankings = None

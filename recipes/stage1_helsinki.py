@@ -1,3 +1,4 @@
+# Written by tools/new_city.py; its --overwrite may replace this file (delete this line to keep edits).
 # AddressVLM stage 1 on helsinki: recipes/stage1_pitts.py with the city root ./data/helsinki/.
 # Commands: those of recipes/stage1_pitts.py with this file; then recipes/stage2_helsinki.py.
 from mmengine.config import read_base

@@ -1,3 +1,4 @@
+# Written by tools/new_city.py; its --overwrite may replace this file (delete this line to keep edits).
 # AddressVLM stage 2 on sf: recipes/stage2_pitts.py with the city root ./data/sf/.
 # Commands: those of recipes/stage2_pitts.py with this file; after recipes/stage1_sf.py.
 from mmengine.config import read_base

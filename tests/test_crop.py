@@ -14,7 +14,7 @@ from addressvlm.geo.crop import (crop_city, crop_file_name, draw_street_labels, 
                                  read_crop_index, render_crop, streets_in_pixels)
 from addressvlm.geo.raster import RasterError, open_raster
 from addressvlm.geo.streets import read_street_map
-from addressvlm.records import Location, write_locations
+from addressvlm.records import DataError, Location, write_locations
 
 LAT, LON = 60.1699, 24.9384  # central Helsinki, UTM zone 35N
 GREY = (100, 110, 120)
@@ -182,6 +182,8 @@ def test_crop_city_batch_resumes_and_reports_uncovered_locations(tmp_path):
     with pytest.raises(ValueError, match="made with"):
         crop_city(city, out, size_m=120, pixels=200, jitter_m=20, seed=3, progress=False)
     assert crop_file_name("loc/a") != crop_file_name("loc_a")
+    with pytest.raises(DataError, match="--out-dir holds the --raster input"):
+        crop_city(city, city, size_m=100, pixels=200, progress=False)
 
 
 def test_single_crop_cli(tmp_path):
@@ -202,6 +204,12 @@ def test_single_crop_cli(tmp_path):
     far = subprocess.run([sys.executable, str(script), "--raster", str(tif), "--no-labels", "--lat", "0",
                           "--lon", "0", "--out", str(tmp_path / "two.png")], capture_output=True, text=True)
     assert far.returncode != 0 and "sat.tif: point lat=0.0, lon=0.0 lies outside the raster" in far.stderr
+    raster = tif.read_bytes()
+    over = subprocess.run([sys.executable, str(script), "--raster", str(tif), "--no-labels", "--lat", str(LAT),
+                           "--lon", str(LON), "--out", str(tif)], capture_output=True, text=True)
+    assert over.returncode == 1 and over.stderr == f"error: {tif}: --out is the --raster input itself: choose an " \
+                                                   "output apart from the inputs\n"
+    assert tif.read_bytes() == raster
 
 
 def test_crop_city_with_workers_writes_what_one_process_writes(tmp_path):

@@ -1,8 +1,12 @@
 """tools/export_hf.py on the tiny LLaVA-Phi3: the folder loads in transformers, answers as the XTuner path does, and
 its processor works as saved."""
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +46,72 @@ def test_folder_is_a_llava_hf_layout(exported):
     by_name = {t["content"]: t["id"] for t in tokens}
     assert config["image_token_index"] == by_name["<image>"]
     assert set(generation["eos_token_id"]) == {by_name["<|end|>"], by_name["<|endoftext|>"]}
+    # Weights readable like every other file (safetensors wrote them 0600: unreadable to a server run as another user).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == \
+        {p.name: 0o666 & ~umask for p in out.iterdir()}
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_never_writes_over_its_inputs(exported, tiny_llava, tmp_path):
+    """`--model-root X --out X` replaced the release's config, weights and tokenizer; an output inside the release,
+    or holding the checkpoint, is refused too, and a non-empty folder without --replace: one line, nothing written."""
+    from addressvlm.export import main as export
+
+    checkpoint = exported[0]
+    release = tmp_path / "release"
+    shutil.copytree(tiny_llava, release)
+    before = snapshot(release)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    for out, message in ((release, f"{release}: --out is the --model-root input itself"),
+                         (release / "hf", f"{release / 'hf'}: --out lies inside the --model-root input {release}"),
+                         (checkpoint.parent, f"{checkpoint.parent}: --out holds the --checkpoint input"),
+                         (tmp_path / "notes", "is not empty (mine.txt): give a new or empty folder, or --replace")):
+        with pytest.raises(SystemExit) as refused:
+            export(["--config", RECIPE, "--checkpoint", str(checkpoint.parent), "--model-root", str(release),
+                    "--out", str(out), "--dtype", "float32"])
+        assert str(refused.value).startswith("error: ") and message in str(refused.value)
+        assert "\n" not in str(refused.value)
+    assert snapshot(release) == before and (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+    with pytest.raises(SystemExit, match="is the --model-root input itself"):  # --replace never reaches an input
+        export(["--config", RECIPE, "--checkpoint", str(checkpoint.parent), "--model-root", str(release),
+                "--out", str(release), "--replace"])
+    assert snapshot(release) == before
+
+
+def test_a_killed_export_leaves_no_half_folder(exported, tiny_llava, tmp_path):
+    """A kill mid-export left config.json or tokenizer.json at 0 bytes in --out. Now the export is written beside it
+    and swapped in whole: killed, --out is as it was (absent, or the earlier export); --replace swaps it."""
+    checkpoint, _, done = exported
+    killed_at_the_last_file = (
+        "import os, shutil, sys\n"
+        "from addressvlm.export import main\n"
+        "shutil.copyfile = lambda *args, **kwargs: os.kill(os.getpid(), 9)\n"
+        "main(sys.argv[1:])\n")
+    earlier = tmp_path / "earlier"
+    shutil.copytree(done, earlier)
+    (earlier / "stale.bin").write_bytes(b"from an older export")
+    before = snapshot(earlier)
+    for out in (tmp_path / "fresh", earlier):
+        run = subprocess.run([sys.executable, "-c", killed_at_the_last_file, "--config", RECIPE,
+                              "--checkpoint", str(checkpoint.parent), "--model-root", str(tiny_llava),
+                              "--out", str(out), "--dtype", "float16", "--replace"],
+                             capture_output=True, text=True, cwd=REPO)
+        assert run.returncode == -9, run.stderr[-2000:]
+    assert not (tmp_path / "fresh").exists() and snapshot(earlier) == before
+    again = subprocess.run([sys.executable, str(REPO / "tools" / "export_hf.py"), "--config", RECIPE,
+                            "--checkpoint", str(checkpoint.parent), "--model-root", str(tiny_llava),
+                            "--out", str(earlier), "--dtype", "float32", "--replace"],
+                           capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert snapshot(earlier) == snapshot(done)  # the stale file gone with the rest of the old export
+    # The killed run's staging folder is cleared by the next export to that folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".fresh.staging", "earlier"]
 
 
 def test_hf_answers_equal_the_xtuner_path(exported, tmp_path):

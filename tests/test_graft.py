@@ -132,6 +132,14 @@ def test_single_pair_errors_name_the_file(tmp_path):
         graft_file(tmp_path / "nowhere.png", pairs[0].street_view, tmp_path / "o.jpg")
 
 
+def test_single_pair_never_writes_over_its_inputs(tmp_path):
+    pair = make_pairs(tmp_path, 1, 1)[0]
+    before = pair.street_view.read_bytes()
+    with pytest.raises(DataError, match="--out is the --street-view input itself"):
+        graft_file(pair.satellite, pair.street_view, pair.street_view)
+    assert pair.street_view.read_bytes() == before
+
+
 def test_manifest_and_cli(tmp_path):
     pairs = make_pairs(tmp_path, 2, 1)
     manifest = tmp_path / "manifest.jsonl"
@@ -173,6 +181,43 @@ def test_manifest_outputs_stay_inside_the_out_dir(tmp_path, out):
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match=r"manifest\.jsonl:2: "):
         read_graft_manifest(manifest)
+
+
+@pytest.mark.parametrize("first, second", [("x.png", "x.jpg"), ("a/x", "a/x.jpeg"), ("x.tar.gz", "x.tar.png")])
+def test_manifest_outputs_that_become_one_file_are_refused(tmp_path, first, second):
+    """`x.png` and `x.jpg` both become `x.jpg` (outputs are JPEGs): "2 written" while one file existed."""
+    pairs = make_pairs(tmp_path, 1, 2)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"satellite": str(p.satellite), "street_view": str(p.street_view),
+                                            "out": out}) + "\n" for p, out in zip(pairs, (first, second))))
+    run = subprocess.run([sys.executable, str(ROOT / "datasets_prep" / "graft.py"), "--manifest", str(manifest),
+                          "--out-dir", str(tmp_path / "g"), "--workers", "1"], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith(f"error: {manifest}:2: output {second!r} already on line 1")
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_link_inside_the_out_dir_does_not_lead_outside(tmp_path):
+    """`out: lnk/file.jpg` with `lnk -> /elsewhere` wrote outside --out-dir: refused before any image is written."""
+    pairs = make_pairs(tmp_path, 1, 2)
+    elsewhere, out_dir = tmp_path / "elsewhere", tmp_path / "g"
+    elsewhere.mkdir()
+    out_dir.mkdir()
+    (out_dir / "lnk").symlink_to(elsewhere, target_is_directory=True)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"satellite": str(p.satellite), "street_view": str(p.street_view),
+                                            "out": out}) + "\n" for p, out in zip(pairs, ("ok.jpg", "lnk/file.jpg"))))
+    with pytest.raises(ValueError, match=f"output 'lnk/file.jpg' would be written to {elsewhere}, outside the output "
+                                         f"folder {out_dir}"):
+        graft_batch(manifest, out_dir, workers=1, progress=False)
+    assert not list(elsewhere.iterdir()) and not (out_dir / "ok.jpg").exists()
+    # A link that stays inside, and an output folder that is itself a link, are fine.
+    (out_dir / "sub").mkdir()
+    (out_dir / "lnk").unlink()
+    (out_dir / "lnk").symlink_to(out_dir / "sub", target_is_directory=True)
+    (tmp_path / "via").symlink_to(out_dir, target_is_directory=True)
+    assert graft_batch(manifest, tmp_path / "via", workers=1, progress=False).written == 2
+    assert (out_dir / "sub" / "file.jpg").is_file()
 
 
 @pytest.mark.parametrize("image", ["../victim/x.jpg", "/abs/x.jpg", "images/../../x.jpg"])

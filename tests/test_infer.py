@@ -23,7 +23,7 @@ from addressvlm.infer import (
     sample_answers,
 )
 from addressvlm.prefix_cache import ImageQuestions, generate_plain, generate_shared
-from addressvlm.records import DataError, read_predictions, write_questions
+from addressvlm.records import DataError, read_predictions, read_questions, write_questions
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = str(REPO / "recipes" / "stage2_pitts.py")
@@ -211,6 +211,19 @@ def test_chunks_are_disjoint_whole_images_and_merge_complete(model, city, tmp_pa
     assert failed.returncode != 0 and "have no prediction" in failed.stderr
     assert merge_predictions(questions_path, [paths[0]], tmp_path / "part.jsonl", allow_missing=True) == \
         len(chunks[0])
+
+
+def test_merging_never_writes_over_a_chunk(tmp_path):
+    questions_path = write_city_questions(tmp_path / "city", images=1)
+    chunk = tmp_path / "chunk0.jsonl"
+    chunk.write_text("".join(json.dumps({"question_id": q["question_id"], "prediction": "Forbes Avenue"}) + "\n"
+                             for q in read_questions(questions_path)))
+    before = chunk.read_bytes()
+    done = subprocess.run([sys.executable, str(REPO / "eval" / "merge_predictions.py"), "--questions",
+                           str(questions_path), "--out", str(chunk), str(chunk)], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr == f"error: {chunk}: --out is the chunk input itself: choose an " \
+                                                   "output apart from the inputs\n"
+    assert chunk.read_bytes() == before
 
 
 def test_checkpoint_as_file_or_work_dir_and_missing_tensor(model, checkpoint, options, city, tmp_path):

@@ -149,6 +149,18 @@ def test_column_map_and_addresses_with_grouping(tmp_path):
     assert read_locations(city / "locations.csv") == rows
 
 
+def test_ingest_never_writes_over_its_source_table(tmp_path):
+    city = tmp_path / "city"
+    _image(city, "img/0.jpg")
+    table = _csv(city / "locations.csv", ["file", "latitude", "longitude", "addr"],
+                 [["img/0.jpg", 40.4442, -79.9531, "Forbes Ave, Oakland"]])
+    before = table.read_bytes()
+    options = IngestOptions(columns=parse_column_map("image=file,lat=latitude,lon=longitude,address=addr"))
+    with pytest.raises(DataError, match="--out is the --table input itself"):
+        ingest_table(table, table, options)
+    assert table.read_bytes() == before
+
+
 def test_grouping_is_transitive_within_tolerance_and_separates_beyond():
     metre = 1 / 111_320.0
     ids = group_locations([(0.0, 0.0, "A", "D"), (0.8 * metre, 0.0, "A", "D"), (1.6 * metre, 0.0, "A", "D"),

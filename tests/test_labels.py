@@ -20,7 +20,7 @@ from addressvlm.graft import city_pairs, graft_batch
 from addressvlm.names import mentions_name
 from addressvlm.labels import (OpenAIBackend, build_stage1_json, hint_prompt, make_labels,
                                training_question)
-from addressvlm.records import Location, read_jsonl, read_llava_json, write_locations
+from addressvlm.records import DataError, Location, read_jsonl, read_llava_json, write_locations
 from test_crop import LAT, LON, write_geotiff, write_streets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +94,12 @@ def test_rule_backend_end_to_end(tmp_path):
 
     stage1 = build_stage1_json(city)
     assert stage1.records == 6 and stage1.unlabelled == []
+    table = (city / "locations.csv").read_bytes()
+    with pytest.raises(DataError, match="--out is the --labels input itself"):
+        build_stage1_json(city, out_json=labels)
+    with pytest.raises(DataError, match="--out is the city table input itself"):
+        make_labels(city, city / "stage1" / "grafted", city / "locations.csv", "rule", progress=False)
+    assert (city / "locations.csv").read_bytes() == table
     records = read_llava_json(city / "stage1" / "train.json")
     rec = next(r for r in records if r["id"] == "helsinki/loc0/0")
     assert rec["image"] == "stage1/grafted/views/0/0.jpg" and (city / rec["image"]).is_file()

@@ -35,3 +35,28 @@ def test_cli_json_and_the_readme_table_agree(tmp_path):
     assert figures["parts"]["llm_lora"] == 28 * 128 * (2 * (3584 + 3584) + 2 * (3584 + 512))  # q, o; k, v (GQA)
     assert readme_block(REPO) in (REPO / "README.md").read_text(), \
         "README memory table is stale: python tools/estimate_memory.py --readme README.md"
+
+
+def test_outputs_are_checked_before_the_estimate(tmp_path, capsys):
+    """`--json` naming a folder or an unwritable place failed only after the estimate, and `--readme` naming a file
+    outside a checkout was a traceback: each is now one line, before any table."""
+    import pytest
+
+    from addressvlm.memory import README_END, README_START, main
+
+    (tmp_path / "x.md").write_text(f"# Elsewhere\n{README_START}\n{README_END}\n")
+    (tmp_path / "afile").write_text("")
+    recipe = str(REPO / "recipes" / "stage1_pitts.py")
+    for args, message in (
+            ([recipe, "--json", str(tmp_path)], f"{tmp_path}: --json is a folder: give a file name"),
+            ([recipe, "--json", str(tmp_path / "afile" / "m.json")], "--json cannot be made: "),
+            ([recipe, "--json", "/sys/m.json"], "/sys/m.json: --json cannot be written: /sys refuses new files"),
+            ([recipe, "--json", recipe], "--json is the recipe input itself"),
+            (["--readme", str(tmp_path / "elsewhere" / "x.md")], "--readme not found: give the checkout's README.md"),
+            (["--readme", str(tmp_path / "x.md")], "--readme is not a checkout's README: no recipes/stage1_pitts.py "
+                                                   "beside it")):
+        with pytest.raises(SystemExit) as refused:
+            main(args)
+        assert str(refused.value).startswith("error: ") and message in str(refused.value)
+        assert "\n" not in str(refused.value)
+        assert capsys.readouterr().out == ""

@@ -96,3 +96,10 @@ def test_merging_refuses_what_it_cannot_merge_cleanly(cities, tmp_path):
     with pytest.raises(DataError, match="is not a link to"):
         merge_city_roots([("pitts", pitts), ("sf", sf)], tmp_path / "e")
     assert [p.name for p in (tmp_path / "e").iterdir()] == ["sf"]
+    # An output that is, holds or lies inside a city it reads: refused before anything is written.
+    before = snapshot(pitts)
+    for out, relation in ((pitts, "is the --city pitts input itself"), (cities["data"], "holds the --city pitts"),
+                          (pitts / "merged", "lies inside the --city pitts")):
+        with pytest.raises(DataError, match=relation):
+            merge_city_roots([("pitts", pitts), ("sf", sf)], out)
+    assert snapshot(pitts) == before and not (pitts / "merged").exists()

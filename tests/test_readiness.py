@@ -77,6 +77,22 @@ def test_preflight_passes_in_mixed_precision_on_both_backbones(tiny_llava, tiny_
         assert figures["trainable_params"] > 0 and figures["frozen_params"] > 0
 
 
+def test_preflight_json_is_checked_before_the_check(tiny_llava, tmp_path, capsys):
+    """`--json` naming a folder or an unwritable place failed only after the whole preflight had run; naming the
+    recipe would have overwritten it. One line now, before any work."""
+    from addressvlm.preflight import main
+
+    recipe = shutil.copy(LLAVA, tmp_path / "stage1_pitts.py")
+    for out, message in ((tmp_path, f"{tmp_path}: --json is a folder: give a file name"),
+                         ("/sys/preflight.json", "/sys/preflight.json: --json cannot be written: /sys refuses new"),
+                         (recipe, f"{recipe}: --json is the recipe input itself")):
+        with pytest.raises(SystemExit) as refused:
+            main([str(recipe), "--weights", str(tiny_llava), "--json", str(out)])
+        assert str(refused.value).startswith("error: ") and message in str(refused.value)
+        assert "\n" not in str(refused.value) and capsys.readouterr().out == ""
+    assert Path(recipe).read_bytes() == Path(LLAVA).read_bytes()
+
+
 def test_preflight_names_dead_adapters(tiny_llava):
     every_layer = ["model.visual_encoder_lora.target_modules=[q_proj,k_proj,v_proj,out_proj,fc1,fc2]"]
     with pytest.raises(PreflightError, match="get no gradient.*layers\\.1\\."):

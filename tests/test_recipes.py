@@ -165,6 +165,39 @@ def test_new_city_writes_into_the_checkout_it_is_run_from(tmp_path):
     assert again.returncode != 0 and again.stderr.strip().startswith("error: ") and "--overwrite" in again.stderr
 
 
+def test_new_city_overwrite_replaces_only_its_own_recipes_that_nothing_inherits(tmp_path):
+    """`new_city.py pitts --overwrite` replaced the 252-line stage1_pitts.py, the base of every recipe, with a child
+    importing itself. --overwrite now replaces a recipe only when the tool wrote it and no recipe inherits from it."""
+    import shutil
+    import subprocess
+    import sys
+
+    from addressvlm.city_recipes import write_city_recipes
+
+    recipes = tmp_path / "recipes"
+    shutil.copytree(REPO / "recipes", recipes)
+    before = {p: p.read_bytes() for p in recipes.rglob("*.py")}
+    refused = subprocess.run([sys.executable, str(REPO / "tools" / "new_city.py"), "pitts", "--data-root",
+                              "./data/pitts", "--recipes-dir", str(recipes), "--overwrite"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith(f"error: {recipes / 'stage1_pitts.py'} is the base of ")
+    assert "--overwrite never replaces a recipe other recipes inherit from" in refused.stderr
+    with pytest.raises(FileExistsError, match="stage1_tokyo.py was not written by tools/new_city.py"):
+        write_city_recipes("tokyo", "./data/tokyo", recipes, overwrite=True)  # edited by hand: no mark
+    write_city_recipes("oslo", "./data/oslo", recipes)
+    (recipes / "ablations" / "oslo_longer.py").write_text(
+        "from mmengine.config import read_base\n\nwith read_base():\n    from ..stage2_oslo import *  # noqa\n")
+    oslo = {p: p.read_bytes() for p in recipes.glob("stage?_oslo.py")}
+    with pytest.raises(FileExistsError, match=r"stage2_oslo.py is the base of .*ablations/oslo_longer.py"):
+        write_city_recipes("oslo", "./data/elsewhere", recipes, overwrite=True)
+    assert {p: p.read_bytes() for p in recipes.glob("stage?_oslo.py")} == oslo  # stage 1 checked first, not written
+    assert all(p.read_bytes() == text for p, text in before.items())
+    # What the tool wrote and nothing inherits is replaced, as before.
+    write_city_recipes("sf", "./data/sf2", recipes, overwrite=True)
+    assert (recipes / "stage1_sf.py").read_text() == city_recipe_text("sf", 1, "./data/sf2")
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
 def test_every_recipe_resumes_exactly_and_safely(path):
     hooks = {type_name(h.type) for h in Config.fromfile(str(path)).custom_hooks}

@@ -66,3 +66,31 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         write_atomic(tmp_path / "stats.json", "{}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_reached_through_a_link_is_still_the_input(tmp_path):
+    """Outputs and inputs are compared as resolved paths: a link, `..` or a relative spelling is no way around."""
+    from addressvlm.records import refuse_output_over_inputs
+
+    data = tmp_path / "data"
+    (data / "city").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(data, target_is_directory=True)
+    for output, relation in ((tmp_path / "link" / "city", "is the --city input itself"),
+                             (tmp_path / "link" / ".." / "data", "holds the --city input"),
+                             (tmp_path / "link" / "city" / "out", "lies inside the --city input")):
+        with pytest.raises(DataError, match=relation):
+            refuse_output_over_inputs(output, [("--city", data / "city"), ("--other", None)], "--out")
+    refuse_output_over_inputs(tmp_path / "link" / "town", [("--city", data / "city")], "--out")  # a sibling: fine
+
+
+def test_an_output_folder_must_be_a_folder_it_can_make(tmp_path):
+    from addressvlm.records import writable_output
+
+    (tmp_path / "afile").write_text("")
+    assert writable_output(tmp_path / "new" / "deeper", "--out", folder=True) == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # checked, not made
+    with pytest.raises(DataError, match="afile: --out is a file, not a folder"):
+        writable_output(tmp_path / "afile", "--out", folder=True)
+    with pytest.raises(DataError, match=f"--out cannot be made: {tmp_path / 'afile'} is a file, not a folder"):
+        writable_output(tmp_path / "afile" / "sub", "--out", folder=True)
+    assert list(tmp_path.iterdir()) == [tmp_path / "afile"]  # the probe file leaves nothing behind

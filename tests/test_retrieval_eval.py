@@ -147,6 +147,27 @@ def test_cli_with_precomputed_embeddings(tmp_path):
         "train_tile"
 
 
+def test_outputs_are_checked_before_embedding(tmp_path):
+    """`--out` naming an existing file (and `--save-embeddings` naming the embeddings read) is one line, before
+    anything is embedded or written."""
+    tiles, queries, query_vectors, gallery_vectors = constructed_case()
+    root = tmp_path / "city"
+    write_constructed_root(root)
+    npz = tmp_path / "embeddings.npz"
+    Embeddings([q["query_id"] for q in queries], query_vectors, [t["tile"] for t in tiles], gallery_vectors).save(npz)
+    before = npz.read_bytes()
+    (tmp_path / "taken").write_text("mine")
+    for extra, message in ((["--out", str(tmp_path / "taken")], f"error: {tmp_path / 'taken'}: --out is a file, not a "
+                                                                 "folder"),
+                           (["--out", str(tmp_path / "out"), "--save-embeddings", str(npz)],
+                            f"error: {npz}: --save-embeddings is the --embeddings input itself")):
+        with pytest.raises(SystemExit) as refused:
+            main(["--root", str(root), "--embeddings", str(npz), *extra])
+        assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+    assert (tmp_path / "taken").read_text() == "mine" and npz.read_bytes() == before
+    assert not (tmp_path / "out").exists()
+
+
 def test_retrieved_file_checks(tmp_path):
     good = {"query_id": "q", "kind": "image", "image": "a.jpg", "tile": "t1", "rank": 1, "metres": 0.0,
             "top": [{"tile": "t1", "score": 0.9, "street": "A", "district": "B"},

@@ -327,6 +327,24 @@ def test_missing_prediction_names_question_line(tmp_path):
     assert metrics["counts"]["A_s_G"] == {"correct": 1, "total": 2}
 
 
+def test_unwritable_outputs_are_refused_before_scoring(tmp_path):
+    """`--json` naming a folder or an unwritable place ended in a traceback after the table; `--per-sample` naming
+    the predictions would overwrite them. Each is one line, before anything is printed or written."""
+    questions, predictions = _small_test_set()
+    qpath, ppath = _write(tmp_path, questions, _lines(predictions))
+    before = ppath.read_bytes()
+    (tmp_path / "afile").write_text("")
+    for option, path, message in (
+            ("--json", tmp_path, f"{tmp_path}: --json is a folder: give a file name"),
+            ("--json", tmp_path / "afile" / "m.json", f"--json cannot be made: {tmp_path / 'afile'} is a file"),
+            ("--json", "/sys/m.json", "/sys/m.json: --json cannot be written: /sys refuses new files"),
+            ("--per-sample", ppath, f"{ppath}: --per-sample is the --predictions input itself")):
+        out = _run_cli("--questions", qpath, "--predictions", ppath, option, path)
+        assert out.returncode == 1 and out.stdout == "", out.stdout
+        assert out.stderr.startswith("error: ") and message in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert ppath.read_bytes() == before
+
+
 def test_cli_help():
     out = _run_cli("--help")
     assert out.returncode == 0 and "--allow-missing" in out.stdout and "--per-sample" in out.stdout

@@ -321,6 +321,31 @@ def test_mix_general_per_address_record(built, tmp_path):
         mix_general(out / "train.json", tmp_path / "general.json", tmp_path / "mix4.json", general_per_address=5)
 
 
+def test_mix_general_refuses_to_write_over_an_input(built, tmp_path):
+    """`--out` naming `--address` (or `--general`) used to overwrite it without a word."""
+    out, _ = built
+    inputs = {flag: tmp_path / f"{flag[2:]}.json" for flag in ("--address", "--general")}
+    for path in inputs.values():
+        path.write_bytes((out / "train.json").read_bytes())
+    for flag, path in inputs.items():
+        run = subprocess.run([sys.executable, str(REPO / "datasets_prep/mix_general.py"),
+                              *(a for pair in inputs.items() for a in map(str, pair)), "--out", str(path),
+                              "--general-per-address", "0.5"], capture_output=True, text=True)
+        assert run.returncode == 1
+        assert run.stderr == f"error: {path}: --out is the {flag} input itself: choose an output apart from the " \
+                             "inputs\n"
+    assert all(path.read_bytes() == (out / "train.json").read_bytes() for path in inputs.values())
+
+
+def test_build_vqa_refuses_an_output_over_its_table(tmp_path):
+    table = make_city(tmp_path / "city", **CITY_KW)
+    hints = tmp_path / "retrieved.jsonl"
+    with pytest.raises(DataError, match="--out holds the --locations input"):
+        build_vqa(table, table.parent)
+    with pytest.raises(DataError, match="--out is the --hints input itself"):
+        build_vqa(table, hints, hints=[hints])
+
+
 def test_cli_build_and_bench(city, tmp_path):
     run = subprocess.run([sys.executable, str(REPO / "datasets_prep/build_vqa.py"), "--locations", str(city),
                           "--out", str(tmp_path / "vqa"), "--seed", "3"], capture_output=True, text=True)

@@ -21,7 +21,9 @@ def main() -> None:
     parser.add_argument("--work-root", default="./work_dirs/llava_phi3_mini", help="parent of the stages' work dirs")
     parser.add_argument("--recipes-dir", default=str(CHECKOUT_RECIPES),
                         help=f"where the reference recipes are and the new ones go (default: {CHECKOUT_RECIPES})")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace recipes this tool wrote earlier (never one it did not write, nor one that "
+                             "other recipes inherit from)")
     args = parser.parse_args()
     try:
         written = write_city_recipes(args.city, args.data_root, args.recipes_dir, args.work_root, args.overwrite)

@@ -24,7 +24,9 @@ from shapely.ops import linemerge
 
 from addressvlm.geo.raster import GeoTiffRaster, RasterError, TileFolderRaster, find_city_raster, open_raster
 from addressvlm.geo.streets import StreetMap, find_city_streets, read_street_map
-from addressvlm.records import DataError, JsonlAppender, location_centroids, read_locations
+from addressvlm.records import (
+    DataError, JsonlAppender, location_centroids, read_locations, refuse_output_over_inputs,
+)
 
 HALO_FILL = (20, 20, 20)
 TEXT_FILL = (255, 255, 255)
@@ -270,6 +272,7 @@ def crop_city(city_root, out_dir, size_m: float, pixels: int, jitter_m: float = 
     locations = location_centroids(read_locations(city_root / "locations.csv"))
     raster_path = Path(raster) if raster else find_city_raster(city_root)
     street_path = (Path(streets) if streets else find_city_streets(city_root)) if labels else None
+    refuse_output_over_inputs(out_dir, [("--raster", raster_path), ("--streets", street_path)], "--out-dir")
     check_run_params(out_dir, {"size_m": size_m, "pixels": pixels, "jitter_m": jitter_m, "labels": labels,
                             "seed": seed, "raster": str(raster_path), "streets": str(street_path or ""),
                             "font_px": font_px, "reserved_box": list(reserved_box) if reserved_box else None,

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from addressvlm.records import DataError
+from addressvlm.records import DataError, refuse_output_over_inputs, writable_output
 
 RECALL_KS = (1, 5, 10)
 WITHIN_M = (50, 100, 150)
@@ -350,6 +350,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if bool(args.embeddings) == bool(args.config):
         parser.error("give either --config (with --checkpoint) or --embeddings")
     try:
+        writable_output(args.out, "--out", folder=True)  # before the encoder loads and embeds, not after
+        if args.save_embeddings:
+            writable_output(args.save_embeddings, "--save-embeddings")
+            refuse_output_over_inputs(args.save_embeddings, [("--embeddings", args.embeddings)], "--save-embeddings")
         if args.embeddings:
             source = load_embeddings(args.embeddings)
             name = args.name or Path(args.embeddings).stem
