@@ -406,9 +406,10 @@ def chromium_executable() -> str | None:
 
 
 @pytest.mark.slow
-def test_page_in_headless_chromium(server, city):
+def test_page_in_headless_chromium(server, city, tmp_path):
     """Upload a city photo on the page: the answers, the top-5 chart and the map with the top streets and the true
-    location appear."""
+    location appear. Then a file that is no image: its error shows and nothing of the photo before stays; then a
+    plain-text 500 (as a proxy in front of the server sends): its error shows, not 'locating...' for ever."""
     from playwright.sync_api import Error as PlaywrightError, sync_playwright
 
     with sync_playwright() as playwright:
@@ -428,6 +429,29 @@ def test_page_in_headless_chromium(server, city):
         assert page.locator("#city-map path.top").count() >= 1
         assert page.locator("#true-location").count() == 1
         assert page.locator("#truth").inner_text() == f"{row.street}, {row.district}"
+
+        def assert_results_cleared():
+            assert page.locator("#answers").is_hidden()
+            assert page.locator("#district").inner_text() == page.locator("#truth").inner_text() == ""
+            assert page.locator("#street-chart rect").count() == page.locator("#top-districts li").count() == 0
+            assert page.locator("#city-map path.top").count() == page.locator("#true-location").count() == 0
+            assert page.locator("#city-map path").count() == 6
+
+        (tmp_path / "notes.txt").write_text("not a photo")
+        page.set_input_files("#photo", str(tmp_path / "notes.txt"))
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('error')")
+        assert_results_cleared()
+        status = page.locator("#status").inner_text()
+        assert status.startswith("error: HTTP 400: ") and "not an image" in status
+
+        page.set_input_files("#photo", str(city / row.image))
+        page.wait_for_selector("#answers:not([hidden])", timeout=120_000)
+        page.route("**/v1/locate", lambda route: route.fulfill(status=500, content_type="text/plain",
+                                                               body="Internal Server Error"))
+        page.set_input_files("#photo", str(city / read_locations(city / "locations.csv")[3].image))
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('error')")
+        assert page.locator("#status").inner_text() == "error: HTTP 500: Internal Server Error"
+        assert_results_cleared()
         browser.close()
 
 
