@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 import uuid
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,6 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
+from starlette.exceptions import HTTPException
 
 from addressvlm import templates
 from addressvlm.gazetteer import Gazetteer, build_gazetteer
@@ -48,6 +50,17 @@ from addressvlm.records import DEFAULT_LEVEL_NAMES, Location, read_level_names, 
 
 DEFAULT_MAX_TOKENS = 32  # eval/infer.py's --max-new-tokens, so default answers match its predictions
 TOP_K = 5
+# A 6000x4000 camera photo: the model sees it scaled to 336x336 (LLaVA) or to at most 9 slices (MiniCPM-V), while
+# decoding costs 3 bytes a pixel before padding and resizing copy it.
+DEFAULT_MAX_IMAGE_MEGAPIXELS = 25.0
+# The image processors take a side of 1 or 3 pixels for the colour channels (a 1x1 image fails in CLIP's
+# normalisation), so smaller images are refused as unreadable.
+MIN_IMAGE_SIDE = 4
+# Photos' formats (Pillow reads a phone's MPO as JPEG); none that runs an outside program (EPS) or renders (WMF).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF")
+
+
+ERROR_TYPES = {403: "permission_error", 404: "not_found_error"}  # OpenAI's types; other 4xx are invalid requests
 
 
 class RequestError(Exception):
@@ -58,29 +71,45 @@ class RequestError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def body(self) -> dict:
-        kind = "not_found_error" if self.status == 404 else "invalid_request_error"
+        kind = "server_error" if self.status >= 500 else ERROR_TYPES.get(self.status, "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 # --------------------------------------------------------------------------------------------- images
-def decode_image(data: bytes, what: str = "image") -> Image.Image:
-    """The RGB picture in ``data``; a ``RequestError`` (400) for anything Pillow cannot decode."""
+def decode_image(data: bytes, what: str = "image",
+                 max_pixels: int = int(DEFAULT_MAX_IMAGE_MEGAPIXELS * 1e6)) -> Image.Image:
+    """The RGB picture in ``data``; a ``RequestError``: 413 for more than ``max_pixels`` (read from the header,
+    before anything is decoded), 400 for anything Pillow cannot decode or smaller than ``MIN_IMAGE_SIDE``."""
     if not data:
         raise RequestError(400, f"{what} is empty", "image", "invalid_image")
+    too_large = f"over the server's limit of {max_pixels / 1e6:g} megapixels (--max-image-megapixels)"
     try:
-        picture = Image.open(io.BytesIO(data))
+        picture = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as exc:  # over Pillow's own bound (tools/serve.py sets it to the limit)
+        raise RequestError(413, f"{what} is {too_large}: {exc}", "image", "image_too_large") from None
+    except UnidentifiedImageError:
+        raise RequestError(400, f"{what} is not an image Pillow can read (none of {', '.join(IMAGE_FORMATS)})",
+                           "image", "invalid_image") from None
+    except (OSError, ValueError) as exc:
+        raise RequestError(400, f"{what} is not an image Pillow can read ({exc})", "image", "invalid_image") from None
+    width, height = picture.size
+    if width * height > max_pixels:
+        raise RequestError(413, f"{what} is {width}x{height}, {width * height / 1e6:.1f} megapixels: {too_large}",
+                           "image", "image_too_large")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise RequestError(400, f"{what} is {width}x{height}: images need at least {MIN_IMAGE_SIDE} pixels a side",
+                           "image", "invalid_image")
+    try:
         picture.load()
         return picture.convert("RGB")
-    except UnidentifiedImageError:
-        raise RequestError(400, f"{what} is not an image Pillow can read (no image format recognised)", "image",
-                           "invalid_image") from None
-    except (OSError, Image.DecompressionBombError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise RequestError(400, f"{what} is not an image Pillow can read ({exc})", "image", "invalid_image") from None
 
 
-def image_bytes_from_url(url: str, allowed_folder: Path | None) -> bytes:
+def image_bytes_from_url(url: str, allowed_folder: Path | None, max_bytes: int) -> bytes:
     """The bytes an ``image_url`` names: a base64 ``data:`` URL, or a path (``file://`` or plain; relative paths
-    are taken inside ``allowed_folder``) that resolves inside ``allowed_folder``. Nothing is fetched from the web."""
+    are taken inside ``allowed_folder``) that resolves inside ``allowed_folder`` to a file of at most ``max_bytes``
+    (the upload limit). Nothing is fetched from the web."""
     if url.startswith("data:"):
         header, comma, payload = url.partition(",")
         if not comma or not header.endswith(";base64"):
@@ -98,14 +127,24 @@ def image_bytes_from_url(url: str, allowed_folder: Path | None) -> bytes:
     if allowed_folder is None:
         raise RequestError(400, "image paths are refused (the server has no --allowed-folder): send a data URL",
                            "image_url", "invalid_image")
-    path = Path(unquote(parsed.path) if parsed.scheme == "file" else url)
-    resolved = (allowed_folder / path).resolve()
-    if not resolved.is_relative_to(allowed_folder.resolve()):
-        raise RequestError(400, f"image path {url!r} is outside the allowed folder", "image_url", "path_not_allowed")
-    if not resolved.is_file():
-        raise RequestError(400, f"image path {url!r} is not a file under the allowed folder", "image_url",
-                           "invalid_image")
-    return resolved.read_bytes()
+    path = unquote(parsed.path) if parsed.scheme == "file" else url
+    if "\0" in path:
+        raise RequestError(400, f"image path {url!r} holds a NUL byte", "image_url", "invalid_image")
+    try:
+        resolved = (allowed_folder / path).resolve()
+        if not resolved.is_relative_to(allowed_folder.resolve()):
+            raise RequestError(400, f"image path {url!r} is outside the allowed folder", "image_url",
+                               "path_not_allowed")
+        if not resolved.is_file():
+            raise RequestError(400, f"image path {url!r} is not a file under the allowed folder", "image_url",
+                               "invalid_image")
+        if resolved.stat().st_size > max_bytes:
+            raise RequestError(413, f"image file {url!r} is larger than the server's limit of "
+                               f"{max_bytes / 2 ** 20:g} MB (--max-upload-mb)", "image_url", "image_too_large")
+        return resolved.read_bytes()
+    except OSError as exc:  # a name too long, a file it may not read
+        raise RequestError(400, f"image path {url!r} cannot be read ({exc.strerror})", "image_url",
+                           "invalid_image") from None
 
 
 # --------------------------------------------------------------------------------------------- the city
@@ -179,17 +218,25 @@ class _Job:
     temperature: float = 0.0
     seed: int | None = None
     future: Future = field(default_factory=Future)
+    prompt_tokens: list[int] = field(default_factory=list)  # each question's, counted by the worker
 
 
 class ModelWorker:
     """The one thread that runs the model (and its tokenizer); ``submit`` queues a job and returns a future of its
-    result."""
+    result. A question whose prompt and answer do not fit the model's context fails with 400 before any model work."""
 
     def __init__(self, model: VisionChatModel | PerQuestionModel, max_batch_rows: int = 32):
         self.model, self.max_batch_rows = model, max_batch_rows
         self.per_question = isinstance(model, PerQuestionModel)
         self.jobs: queue.Queue[_Job] = queue.Queue()
         self._held: _Job | None = None
+        language_model = model.model.model if self.per_question else model.language_model
+        self.context_tokens = language_model.config.max_position_embeddings
+        tokenizer = model.model.tokenizer if self.per_question else model.tokenizer
+        # No token spells more characters than the longest in the vocabulary, so a question with more characters
+        # than this cannot fit the context: refused without tokenizing (megabytes of text take the tokenizer
+        # seconds).
+        self.most_question_characters = self.context_tokens * max(map(len, tokenizer.get_vocab()))
         if not self.per_question:
             blank = model.preprocess_image(Image.new("RGB", (32, 32)))[None].to(model.device, model.dtype)
             with torch.inference_mode():
@@ -238,22 +285,45 @@ class ModelWorker:
 
     def _run(self) -> None:
         while True:
-            batch = self._take_batch()
+            taken = self._take_batch()
             try:
-                if batch[0].kind == "greedy":
-                    results = self._greedy(batch)
-                elif batch[0].kind == "sample":
-                    results = [self._sample(batch[0])]
-                else:
-                    job = batch[0]
-                    rank = rank_per_question if self.per_question else rank_image_questions
-                    results = [rank(self.model, job.image, job.questions, job.candidates)]
+                batch = [job for job in taken if self._fits_context(job)]
+                results = self._answer(batch) if batch else []
             except Exception as exc:  # noqa: BLE001 - the request fails, the server goes on
-                for job in batch:
-                    job.future.set_exception(exc)
+                for job in taken:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
                 continue
             for job, result in zip(batch, results):
                 job.future.set_result(result)
+
+    def _fits_context(self, job: _Job) -> bool:
+        """Whether each of the job's prompts, with ``max_new_tokens`` after it, fits the model's context (counting
+        its prompt tokens into ``job.prompt_tokens``); if not, its future fails with 400 ``context_length_exceeded``.
+        Rankings ask /v1/locate's own questions of the city's names: they always fit."""
+        if job.kind == "rank":
+            return True
+        too_long = next((q for q in job.questions if len(q) > self.most_question_characters), None)
+        if too_long is None:
+            job.prompt_tokens = [self._prompt_tokens(job.image, q) for q in job.questions]
+            if max(job.prompt_tokens) + job.max_new_tokens <= self.context_tokens:
+                return True
+            length = f"{max(job.prompt_tokens)} tokens of prompt (the image's included)"
+        else:
+            length = f"a question of {len(too_long)} characters"
+        job.future.set_exception(RequestError(
+            400, f"this model's context is {self.context_tokens} tokens; {length} and {job.max_new_tokens} of "
+            "answer (max_tokens) do not fit: shorten the question", None, "context_length_exceeded"))
+        return False
+
+    def _answer(self, batch: Sequence[_Job]) -> list:
+        if batch[0].kind == "greedy":
+            return self._greedy(batch)
+        if batch[0].kind == "sample":
+            return [self._sample(batch[0])]
+        job = batch[0]
+        rank = rank_per_question if self.per_question else rank_image_questions
+        return [rank(self.model, job.image, job.questions, job.candidates)]
 
     @torch.inference_mode()
     def _greedy(self, jobs: Sequence[_Job]) -> list[list[Generated]]:
@@ -261,33 +331,33 @@ class ModelWorker:
         cut at its own (greedy rows do not influence each other, so the cut equals a run to that length). A model
         that prompts itself answers the questions one after another."""
         if self.per_question:
-            return [[self._answer_alone(job.image, question, job.max_new_tokens) for question in job.questions]
-                    for job in jobs]
+            return [[self._answer_alone(job.image, question, job.max_new_tokens, tokens)
+                     for question, tokens in zip(job.questions, job.prompt_tokens)] for job in jobs]
         prefix, groups = image_question_groups(self.model, [(job.image, job.questions) for job in jobs])
         ids = generate_shared(self.model, prefix, groups, max(job.max_new_tokens for job in jobs), choose_greedy)
         results = []
         for job, answers in zip(jobs, ids):
-            results.append([Generated(self.model.decode(a[:job.max_new_tokens]), self._prompt_tokens(job.image, q),
+            results.append([Generated(self.model.decode(a[:job.max_new_tokens]), tokens,
                                       min(len(a), job.max_new_tokens),
                                       "stop" if len(a) < job.max_new_tokens else "length")
-                            for q, a in zip(job.questions, answers)])
+                            for tokens, a in zip(job.prompt_tokens, answers)])
         return results
 
-    def _answer_alone(self, image: Image.Image, question: str, max_new_tokens: int) -> Generated:
+    def _answer_alone(self, image: Image.Image, question: str, max_new_tokens: int, prompt_tokens: int
+                      ) -> Generated:
         """``eval/infer.py``'s answer of a model that prompts itself. Its hub code returns text, so the tokens are
         counted by encoding the answer as training labelled it (with its end of turn): a longer count than
         ``max_new_tokens`` means generation stopped there."""
         text = self.model.answer_image(image, [question], max_new_tokens)[0]
         spoken = len(self.model.model.answer_ids(text))
-        return Generated(text, self._prompt_tokens(image, question), min(spoken, max_new_tokens),
+        return Generated(text, prompt_tokens, min(spoken, max_new_tokens),
                          "stop" if spoken <= max_new_tokens else "length")
 
     def _sample(self, job: _Job) -> list[Generated]:
         texts = sample_answers(self.model, job.image, job.questions[0], job.samples, job.temperature,
                                job.max_new_tokens, job.seed)
-        prompt_tokens = self._prompt_tokens(job.image, job.questions[0])
-        return [Generated(text, prompt_tokens, len(self.model.tokenizer.encode(text, add_special_tokens=False)),
-                          "stop") for text in texts]
+        return [Generated(text, job.prompt_tokens[0],
+                          len(self.model.tokenizer.encode(text, add_special_tokens=False)), "stop") for text in texts]
 
 
 # --------------------------------------------------------------------------------------------- requests
@@ -329,8 +399,8 @@ def _number(body: dict, key: str, default, kind, low, high):
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
-            or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
+            or (kind is int and value != int(value)):
         raise RequestError(400, f"{key} must be {kind.__name__} in [{low}, {high}], not {value!r}", key)
     return kind(value)
 
@@ -394,17 +464,65 @@ def location_record(row: Location | None) -> dict | None:
     return {"image": row.image, "lat": row.lat, "lon": row.lon, "street": row.street, "district": row.district}
 
 
-# --------------------------------------------------------------------------------------------- upload limit
-class UploadLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets 413 before the app sees it; the body is read in
-    the server's chunks and dropped once over the limit, so a huge upload never sits in memory whole."""
+# --------------------------------------------------------------------------------------------- bodies
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON; ``RequestError`` (400) for anything else: a syntax error, NaN or Infinity, a number
+    of more digits than Python converts, nesting deeper than Python's recursion limit."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # ValueError holds JSONDecodeError and UnicodeDecodeError
+        raise RequestError(400, f"the request body is not JSON this server reads: {exc}") from None
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def unsupported_media_type(request: Request, wanted: str) -> RequestError:
+    """415 for a body this route does not read (a browser's cross-site text/plain or form post among them)."""
+    return RequestError(415, f"send {wanted}, not {media_type(request) or 'a body without Content-Type'}", None,
+                        "unsupported_media_type")
+
+
+# --------------------------------------------------------------------------------------------- the guard
+def allowed_hosts(host: str, port: int) -> frozenset[str] | None:
+    """The Host headers that name a server bound to ``host``:``port``: localhost, the loopback addresses and
+    ``host``, each with the port (what a browser sends, so a page of another site that rebinds its name to this
+    address is refused). None (any) for a server bound to every interface (0.0.0.0, ::), whose names it cannot
+    know."""
+    if host in ("0.0.0.0", "::"):
+        return None
+    names = {"localhost", "127.0.0.1", "[::1]", f"[{host}]" if ":" in host else host}
+    return frozenset(f"{name}:{port}".lower() for name in names)
+
+
+class RequestGuard:
+    """ASGI middleware refusing, before the app sees them: a Host header that does not name this server (403
+    ``host_not_allowed``, against DNS rebinding), an Origin other than the server's own (403 ``origin_not_allowed``:
+    a page of another site posting a form), and a body over ``limit`` bytes (413 ``request_too_large``: read in the
+    server's chunks and dropped once over the limit, so a huge upload never sits in memory whole)."""
+
+    def __init__(self, app, limit: int, hosts: frozenset[str] | None):
+        self.app, self.limit, self.hosts = app, limit, hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        host = headers.get("host", "")
+        if self.hosts is not None and host.lower() not in self.hosts:
+            return await self._refuse(send, RequestError(
+                403, f"the Host header {host!r} does not name this server (one of {', '.join(sorted(self.hosts))})",
+                None, "host_not_allowed"))
+        origin = headers.get("origin")
+        if origin is not None and urlparse(origin).netloc.lower() != host.lower():
+            return await self._refuse(send, RequestError(
+                403, f"a page of {origin!r} may not call this server (it answers its own page and clients that send "
+                     "no Origin)", None, "origin_not_allowed"))
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -417,7 +535,9 @@ class UploadLimit:
             else:
                 chunks = []  # the rest is read and dropped, so the client gets to read the 413 it is sent
         if size > self.limit:
-            return await self._too_large(send)
+            return await self._refuse(send, RequestError(
+                413, f"the request is larger than the server's limit of {self.limit / 2 ** 20:g} MB", None,
+                "request_too_large"))
         body = b"".join(chunks)
         delivered = False
 
@@ -430,11 +550,10 @@ class UploadLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _too_large(self, send):
-        error = RequestError(413, f"the request is larger than the server's limit of {self.limit / 2 ** 20:g} MB",
-                             None, "request_too_large")
+    @staticmethod
+    async def _refuse(send, error: RequestError):
         payload = json.dumps(error.body()).encode()
-        await send({"type": "http.response.start", "status": 413,
+        await send({"type": "http.response.start", "status": error.status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": payload})
@@ -443,10 +562,12 @@ class UploadLimit:
 # --------------------------------------------------------------------------------------------- the app
 def create_app(model: VisionChatModel | PerQuestionModel, city: ServedCity, model_name: str = "addressvlm",
                allowed_folder: str | Path | None = None, max_upload_mb: float = 20.0, max_tokens_limit: int = 512,
-               max_batch_rows: int = 32):
-    """The FastAPI app (wrapped in the upload limit) serving ``model`` and ``city``."""
+               max_batch_rows: int = 32, max_image_megapixels: float = DEFAULT_MAX_IMAGE_MEGAPIXELS,
+               host: str = "127.0.0.1", port: int = 8000):
+    """The FastAPI app (behind ``RequestGuard``) serving ``model`` and ``city`` as bound to ``host``:``port``."""
     worker = ModelWorker(model, max_batch_rows)
     allowed = Path(allowed_folder).resolve() if allowed_folder else None
+    max_bytes, max_pixels = int(max_upload_mb * 2 ** 20), int(max_image_megapixels * 1e6)
     static = resources.files("addressvlm") / "static"
     map_data = city.map_data()
     markers = model.model.image_settings.marker_tokens() if worker.per_question else []
@@ -459,6 +580,16 @@ def create_app(model: VisionChatModel | PerQuestionModel, city: ServedCity, mode
     @app.exception_handler(RequestValidationError)
     async def malformed(_request, exc):
         return JSONResponse(RequestError(400, f"malformed request: {exc.errors()[:1]}").body(), status_code=400)
+
+    @app.exception_handler(HTTPException)  # Starlette's own: no such route or method, a multipart body it cannot parse
+    async def http_error(_request, exc: HTTPException):
+        return JSONResponse(RequestError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(Exception)  # a fault of the server's: still OpenAI's shape (the traceback goes to its log)
+    async def failed(_request, exc: Exception):
+        return JSONResponse(RequestError(500, f"the server failed on this request ({type(exc).__name__}: {exc})", None,
+                                         "server_error").body(), status_code=500)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -479,21 +610,17 @@ def create_app(model: VisionChatModel | PerQuestionModel, city: ServedCity, mode
     async def city_map():
         return map_data
 
-    async def json_body(request: Request) -> Any:
-        try:
-            return json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestError(400, f"the request body is not JSON: {exc}") from None
-
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        parsed = parse_chat_request(await json_body(request), model_name, max_tokens_limit)
+        if media_type(request) != "application/json":
+            raise unsupported_media_type(request, "JSON (Content-Type: application/json)")
+        parsed = parse_chat_request(parse_json(await request.body()), model_name, max_tokens_limit)
         if parsed.temperature > 0 and worker.per_question:
             raise RequestError(400, f"{model_name} answers greedily only (MiniCPM-V is answered through its own code, "
                                "as eval/infer.py answers with it): leave temperature at 0", "temperature",
                                "unsupported_temperature")
         check_reserved_markers(parsed.question, markers)
-        image = decode_image(image_bytes_from_url(parsed.image_url, allowed), "the image_url")
+        image = decode_image(image_bytes_from_url(parsed.image_url, allowed, max_bytes), "the image_url", max_pixels)
         if parsed.temperature == 0:
             answers = (await asyncio.wrap_future(worker.greedy(image, [parsed.question], parsed.max_tokens)))
             answers = answers * parsed.n
@@ -511,9 +638,9 @@ def create_app(model: VisionChatModel | PerQuestionModel, city: ServedCity, mode
 
     @app.post("/v1/locate")
     async def locate(request: Request):
-        data, question = await _locate_inputs(request, allowed)
+        data, question = await _locate_inputs(request, allowed, max_bytes)
         check_reserved_markers(question or "", markers)
-        image = decode_image(data)
+        image = decode_image(data, max_pixels=max_pixels)
         questions = city.locate_questions() + ([question] if question else [])
         generated = worker.greedy(image, questions, DEFAULT_MAX_TOKENS)
         ranked = worker.rank(image, questions[:2], [city.gazetteer.districts, city.gazetteer.streets])
@@ -524,29 +651,28 @@ def create_app(model: VisionChatModel | PerQuestionModel, city: ServedCity, mode
                 "question": question, "answer": answers[2].text if question else None,
                 "true_location": location_record(city.location_of(data))}
 
-    return UploadLimit(app, int(max_upload_mb * 2 ** 20))
+    return RequestGuard(app, max_bytes, allowed_hosts(host, port))
 
 
-async def _locate_inputs(request, allowed: Path | None) -> tuple[bytes, str | None]:
+async def _locate_inputs(request, allowed: Path | None, max_bytes: int) -> tuple[bytes, str | None]:
     """The image bytes and the optional free question of a /v1/locate request: multipart (fields ``image``,
     ``question``) or JSON ``{"image": "<data URL or allowed path>", "question": ...}``."""
-    kind = request.headers.get("content-type", "")
-    if kind.startswith("multipart/form-data"):
-        form = await request.form()
-        upload, question = form.get("image"), form.get("question")
-        if upload is None or isinstance(upload, str):
-            raise RequestError(400, "no file in the multipart field 'image'", "image", "missing_image")
-        data = await upload.read()
-    else:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError(400, "send multipart/form-data with an 'image' file, or JSON {\"image\": "
-                               "\"data:image/jpeg;base64,...\"}", "image", "missing_image") from None
+    kind = media_type(request)
+    if kind == "multipart/form-data":
+        async with request.form() as form:
+            upload, question = form.get("image"), form.get("question")
+            if upload is None or isinstance(upload, str):
+                raise RequestError(400, "no file in the multipart field 'image'", "image", "missing_image")
+            data = await upload.read()
+    elif kind == "application/json":
+        body = parse_json(await request.body())
         if not isinstance(body, dict) or not isinstance(body.get("image"), str):
             raise RequestError(400, "the JSON body needs \"image\": a data URL or a path under the allowed folder",
                                "image", "missing_image")
-        data, question = image_bytes_from_url(body["image"], allowed), body.get("question")
+        data, question = image_bytes_from_url(body["image"], allowed, max_bytes), body.get("question")
+    else:
+        raise unsupported_media_type(request, "multipart/form-data with an 'image' file, or application/json "
+                                     "{\"image\": \"data:image/jpeg;base64,...\"}")
     if question is not None and not isinstance(question, str):
         raise RequestError(400, "question must be text", "question")
     return data, (question or "").strip() or None
@@ -584,13 +710,22 @@ def build_parser():
     add_model_source_arguments(parser)
     parser.add_argument("--city", help="the city root the model was trained on (locations.csv, streets.geojson, images)")
     parser.add_argument("--streets", help="the city's streets, when not streets.geojson or one *.osm.pbf in --city")
-    parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only); 0.0.0.0 for all")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="default 127.0.0.1 (this machine only); 0.0.0.0 for all. Requests must name it (or "
+                             "localhost) with the port in their Host header (against DNS rebinding); 0.0.0.0 or :: "
+                             "takes any Host")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", default="addressvlm", help="the model name clients give (default addressvlm)")
     parser.add_argument("--allowed-folder",
                         help="image paths in requests must lie inside it (default: the city root); 'none' refuses paths")
-    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MB)")
-    parser.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0,
+                        help="largest request body, and image file named by path (default 20 MB)")
+    parser.add_argument("--max-image-megapixels", type=float, default=DEFAULT_MAX_IMAGE_MEGAPIXELS,
+                        help=f"larger images are refused (413) from their header, before decoding (default "
+                             f"{DEFAULT_MAX_IMAGE_MEGAPIXELS:g}: a 6000x4000 photo)")
+    parser.add_argument("--max-tokens-limit", type=int, default=512,
+                        help="largest max_tokens a request may ask (default 512; the prompt and max_tokens must "
+                             "also fit the model's context)")
     parser.add_argument("--max-batch-rows", type=int, default=32,
                         help="greedy questions of concurrent requests decoded together (default 32; a MiniCPM-V "
                              "model answers one question at a time)")
@@ -604,6 +739,7 @@ def served_from_args(args) -> tuple[VisionChatModel | PerQuestionModel, ServedCi
     from addressvlm.records import DataError
     from addressvlm.stage_chain import StageChainError
 
+    check_server_options(args)
     try:
         if args.demo:
             if args.config or args.checkpoint or args.hf:
@@ -624,11 +760,28 @@ def served_from_args(args) -> tuple[VisionChatModel | PerQuestionModel, ServedCi
     return model, city, allowed
 
 
+def check_server_options(args) -> None:
+    """``SystemExit`` with one line for a limit that is not a positive number, a port out of range, or an
+    --allowed-folder that is not a folder; checked before the model loads."""
+    for flag in ("--max-upload-mb", "--max-image-megapixels", "--max-tokens-limit", "--max-batch-rows"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if not 0 < value < math.inf:
+            raise SystemExit(f"error: {flag} must be a positive number, not {value:g}")
+    if not 0 < args.port < 2 ** 16:
+        raise SystemExit(f"error: --port must be in 1..65535, not {args.port}")
+    if args.allowed_folder not in (None, "none") and not Path(args.allowed_folder).is_dir():
+        raise SystemExit(f"error: --allowed-folder {args.allowed_folder} is not a folder (give one, or 'none')")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     model, city, allowed = served_from_args(args)
     app = create_app(model, city, args.served_model_name, allowed, args.max_upload_mb, args.max_tokens_limit,
-                     args.max_batch_rows)
+                     args.max_batch_rows, args.max_image_megapixels, args.host, args.port)
+    # Pillow's own bound (it raises at twice this) backs up decode_image's, which refuses from the header first
+    # and so makes Pillow's warning below the bound noise.
+    Image.MAX_IMAGE_PIXELS = int(args.max_image_megapixels * 1e6)
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     import uvicorn
 
     print(f"serving {args.served_model_name} on http://{args.host}:{args.port}/ ({len(city.gazetteer.streets)} "

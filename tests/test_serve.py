@@ -1,9 +1,12 @@
 """tools/serve.py on the tiny LLaVA-Phi3 and a small generated city: the OpenAI-compatible API (through the openai
-client and our own label backend), /v1/locate, refused requests, the page in headless Chromium, and
-tools/check_serving_engine.py against eval/infer.py's answers; and the same server on the tiny MiniCPM-V stand-in.
+client and our own label backend), /v1/locate, refused requests (each followed by a good request answered in its
+usual time), the page in headless Chromium, and tools/check_serving_engine.py against eval/infer.py's answers; and the
+same server on the tiny MiniCPM-V stand-in.
 
 One server subprocess serves every test of the module; a test that breaks it breaks the tests after it.
 """
+import base64
+import io
 import json
 import os
 import shutil
@@ -18,6 +21,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from PIL import Image
 
 from addressvlm import templates
 from addressvlm.endpoint_check import main as check_endpoint
@@ -69,8 +73,8 @@ def checkpoint(tmp_path_factory, tiny_llava) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(city, checkpoint, tiny_llava, tmp_path_factory):
-    """``tools/serve.py`` on the tiny model and the city, as a user starts it; its base URL."""
+def served(city, checkpoint, tiny_llava, tmp_path_factory):
+    """``tools/serve.py`` on the tiny model and the city, as a user starts it: ``(base URL, its process)``."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
     with open(log, "w") as out:
@@ -93,10 +97,15 @@ def server(city, checkpoint, tiny_llava, tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"the server did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(served) -> str:
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +211,194 @@ def test_locate(server, city, reference):
     assert uploaded["answer"] is None
 
 
+# ------------------------------------------------------------------------------------------ hostile requests
+def good_request(server: str, city: Path) -> float:
+    """Seconds a greedy question about a city photo takes, asserting it is answered."""
+    row = read_locations(city / "locations.csv")[0]
+    start = time.monotonic()
+    response = httpx.post(f"{server}/v1/chat/completions", timeout=120, json={
+        "model": MODEL_NAME, "messages": image_message(row.image, "Which street?"), "max_tokens": 8})
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] is not None
+    return time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def usual_seconds(server, city) -> float:
+    return max(good_request(server, city) for _ in range(3))
+
+
+def assert_serves_as_usual(server: str, city: Path, usual_seconds: float) -> None:
+    """The server answers the next good request, in about its usual time (generous: the machine is shared)."""
+    assert good_request(server, city) < 5 * usual_seconds + 5
+
+
+def error_of(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    """The OpenAI-shaped error of a refused request, after checking its status, shape and code."""
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    assert response.headers["content-type"] == "application/json", response.text[:300]
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert body["error"]["type"] == {403: "permission_error", 404: "not_found_error"}.get(
+        status, "server_error" if status >= 500 else "invalid_request_error")
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+def png(width: int, height: int) -> bytes:
+    """A one-bit PNG: a few kilobytes, whatever its pixel count."""
+    out = io.BytesIO()
+    Image.new("1", (width, height)).save(out, "PNG")
+    return out.getvalue()
+
+
+def png_url(width: int, height: int) -> str:
+    return "data:image/png;base64," + base64.b64encode(png(width, height)).decode()
+
+
+def chat(server: str, messages: list[dict], **fields) -> httpx.Response:
+    return httpx.post(f"{server}/v1/chat/completions", timeout=120,
+                      json={"model": MODEL_NAME, "messages": messages, **fields})
+
+
+def peak_memory_mb(process: subprocess.Popen) -> float:
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def test_oversized_images_refused_before_decoding(served, city, usual_seconds):
+    """A 12000x12000 PNG of a few kilobytes (144 megapixels: 432 MB decoded) and a 6000x5000 one (30 megapixels,
+    over the default limit of 25, under Pillow's bound of twice it) get 413 ``image_too_large`` without being
+    decoded (the server's peak memory does not move), by data URL and upload alike; an image file named by path
+    larger than the upload limit too."""
+    server, process = served
+    peak = peak_memory_mb(process)
+    for width, height in ((12000, 12000), (6000, 5000)):
+        message = error_of(chat(server, image_message(png_url(width, height), "Which street?")), 413,
+                           "image_too_large")["message"]
+        assert "25 megapixels" in message and "--max-image-megapixels" in message
+        error_of(httpx.post(f"{server}/v1/locate", files={"image": ("big.png", png(width, height))}, timeout=120),
+                 413, "image_too_large")
+    assert peak_memory_mb(process) - peak < 50
+    big_file = city / "big.png"  # over the 2 MB upload limit the server runs with
+    big_file.write_bytes(png(64, 64) + b"\0" * (3 * 2 ** 20))
+    try:
+        assert "--max-upload-mb" in error_of(chat(server, image_message("big.png", "Which street?")), 413,
+                                             "image_too_large")["message"]
+    finally:
+        big_file.unlink()
+    assert_serves_as_usual(server, city, usual_seconds)
+
+
+def test_prompts_over_the_context_refused(server, city, usual_seconds):
+    """The tiny model's context is 4096 tokens: a question of 5,000 words, one of 1.5 million characters (refused
+    without tokenizing it) and a prompt that fits only with fewer max_tokens get 400 ``context_length_exceeded``, on
+    /v1/locate too; max_tokens over --max-tokens-limit 400 too."""
+    row = read_locations(city / "locations.csv")[0]
+    message = error_of(chat(server, image_message(row.image, "street " * 5000)), 400,
+                       "context_length_exceeded")["message"]
+    assert "4096 tokens" in message and "tokens of prompt" in message
+    start = time.monotonic()
+    message = error_of(chat(server, image_message(row.image, "s" * 1_500_000)), 400,
+                       "context_length_exceeded")["message"]
+    assert "1500000 characters" in message and time.monotonic() - start < usual_seconds + 5
+    long_question = image_message(row.image, "street " * 3800)
+    fits = chat(server, long_question, max_tokens=1)
+    assert fits.status_code == 200, fits.text
+    prompt_tokens = fits.json()["usage"]["prompt_tokens"]
+    assert 4096 - 512 < prompt_tokens < 4096
+    error_of(chat(server, long_question, max_tokens=4097 - prompt_tokens), 400, "context_length_exceeded")
+    assert error_of(chat(server, image_message(row.image, "Which street?"), max_tokens=513), 400)["param"] == \
+        "max_tokens"
+    photo = {"image": ("photo.jpg", (city / row.image).read_bytes())}
+    error_of(httpx.post(f"{server}/v1/locate", timeout=120, data={"question": "street " * 5000}, files=photo), 400,
+             "context_length_exceeded")
+    assert_serves_as_usual(server, city, usual_seconds)
+
+
+def raw_chat_body(max_tokens: str, image: str) -> bytes:
+    """A chat request as JSON text, with ``max_tokens`` written as given (JSON that json.dumps would not write)."""
+    messages = json.dumps(image_message(image, "Which street?"))
+    return f'{{"model": "{MODEL_NAME}", "messages": {messages}, "max_tokens": {max_tokens}}}'.encode()
+
+
+def test_malformed_requests_get_openai_errors(server, city, usual_seconds):
+    """Requests that failed with a plain-text 500, or a {"detail": ...} body, get OpenAI's error shape."""
+    image = read_locations(city / "locations.csv")[0].image
+    as_json = {"content-type": "application/json"}
+    chat_url, locate_url = f"{server}/v1/chat/completions", f"{server}/v1/locate"
+    refusals = [
+        (httpx.post(chat_url, content=raw_chat_body("Infinity", image), headers=as_json), 400, None),
+        (httpx.post(chat_url, content=raw_chat_body("NaN", image), headers=as_json), 400, None),
+        (httpx.post(chat_url, content=raw_chat_body("1e400", image), headers=as_json), 400, None),
+        (httpx.post(chat_url, content=raw_chat_body("9" * 5001, image), headers=as_json), 400, None),
+        (httpx.post(chat_url, content=b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", headers=as_json),
+         400, None),
+        (chat(server, image_message(png_url(1, 1), "Which street?")), 400, "invalid_image"),
+        (chat(server, image_message(png_url(300, 3), "Which street?")), 400, "invalid_image"),
+        (chat(server, image_message("images/\0.jpg", "Which street?")), 400, "invalid_image"),
+        (chat(server, image_message("file:///%00/etc/passwd", "Which street?")), 400, "invalid_image"),
+        (chat(server, image_message("x" * 5000, "Which street?")), 400, "invalid_image"),
+        (httpx.post(locate_url, files={"image": ("dot.png", png(1, 1))}), 400, "invalid_image"),
+        (httpx.post(locate_url, content=b"--x\r\nnot a part", headers={"content-type": "multipart/form-data"}),
+         400, None),
+        (httpx.post(locate_url, files={"picture": ("photo.jpg", b"abc")}), 400, "missing_image"),
+        (httpx.get(f"{server}/nowhere"), 404, None),
+        (httpx.post(f"{server}/v1/models"), 405, None),
+    ]
+    for response, status, code in refusals:
+        error_of(response, status, code)
+    assert error_of(refusals[2][0], 400)["param"] == "max_tokens"  # 1e400 parses, as inf, and is out of range
+    assert_serves_as_usual(server, city, usual_seconds)
+
+
+def test_other_sites_and_content_types_refused(server, city, usual_seconds):
+    """Only JSON (or multipart on /v1/locate) is read: a browser's cross-site text/plain or form post gets 415; a Host
+    other than the server's (a rebound DNS name) or a page of another origin gets 403."""
+    port = server.rsplit(":", 1)[1]
+    row = read_locations(city / "locations.csv")[0]
+    body = json.dumps({"model": MODEL_NAME, "messages": image_message(row.image, "Which street?")})
+    photo = {"image": ("photo.jpg", (city / row.image).read_bytes())}
+    chat_url, locate_url = f"{server}/v1/chat/completions", f"{server}/v1/locate"
+    error_of(httpx.post(chat_url, content=body, headers={"content-type": "text/plain"}), 415, "unsupported_media_type")
+    error_of(httpx.post(chat_url, content=body), 415, "unsupported_media_type")
+    error_of(httpx.post(locate_url, content=json.dumps({"image": row.image}), headers={"content-type": "text/plain"}),
+             415, "unsupported_media_type")
+    error_of(httpx.post(locate_url, data={"image": row.image}), 415, "unsupported_media_type")
+    for rebound in (f"attacker.example:{port}", "127.0.0.1", f"127.0.0.1:{int(port) + 1}"):
+        error_of(httpx.post(chat_url, content=body, headers={"content-type": "application/json", "host": rebound}),
+                 403, "host_not_allowed")
+        error_of(httpx.get(f"{server}/", headers={"host": rebound}), 403, "host_not_allowed")
+    error_of(httpx.post(locate_url, files=photo, headers={"origin": "http://attacker.example"}), 403,
+             "origin_not_allowed")
+    assert httpx.get(f"{server}/v1/models", headers={"host": f"localhost:{port}"}).status_code == 200
+    same_origin = httpx.post(locate_url, files=photo, headers={"origin": server}, timeout=120)
+    assert same_origin.status_code == 200 and same_origin.json()["street"] is not None
+    assert_serves_as_usual(server, city, usual_seconds)
+
+    from addressvlm.serving import allowed_hosts
+
+    assert allowed_hosts("::1", 8000) == {"localhost:8000", "127.0.0.1:8000", "[::1]:8000"}
+    assert allowed_hosts("0.0.0.0", 8000) is None  # every interface: names the server cannot know
+
+
+@pytest.mark.parametrize("option", [["--max-upload-mb", "-1"], ["--max-upload-mb", "nan"],
+                                    ["--max-image-megapixels", "0"], ["--max-tokens-limit", "0"],
+                                    ["--max-batch-rows", "-3"], ["--port", "0"], ["--allowed-folder", "MISSING"]],
+                         ids=lambda option: option[0][2:] + option[1])
+def test_bad_server_options_refused_at_start(city, checkpoint, tmp_path, capsys, option):
+    """A limit that is not a positive number, or an --allowed-folder that does not exist, stops the server with one
+    line naming the option, before the model loads."""
+    from addressvlm.serving import main
+
+    option = [value.replace("MISSING", str(tmp_path / "missing")) for value in option]
+    with pytest.raises(SystemExit) as stopped:
+        main(["--config", RECIPE, "--checkpoint", str(checkpoint), "--city", str(city), *option])
+    message = str(stopped.value.code)
+    assert message.startswith(f"error: {option[0]} ") and "\n" not in message and option[1] in message
+
+
 def chromium_executable() -> str | None:
     """The Chromium Playwright drives: $ADDRESSVLM_CHROMIUM, else the Debian/Ubuntu package's binary on PATH; None
     leaves it to Playwright's own download (``playwright install chromium``)."""
@@ -209,9 +406,10 @@ def chromium_executable() -> str | None:
 
 
 @pytest.mark.slow
-def test_page_in_headless_chromium(server, city):
+def test_page_in_headless_chromium(server, city, tmp_path):
     """Upload a city photo on the page: the answers, the top-5 chart and the map with the top streets and the true
-    location appear."""
+    location appear. Then a file that is no image: its error shows and nothing of the photo before stays; then a
+    plain-text 500 (as a proxy in front of the server sends): its error shows, not 'locating...' for ever."""
     from playwright.sync_api import Error as PlaywrightError, sync_playwright
 
     with sync_playwright() as playwright:
@@ -231,17 +429,40 @@ def test_page_in_headless_chromium(server, city):
         assert page.locator("#city-map path.top").count() >= 1
         assert page.locator("#true-location").count() == 1
         assert page.locator("#truth").inner_text() == f"{row.street}, {row.district}"
+
+        def assert_results_cleared():
+            assert page.locator("#answers").is_hidden()
+            assert page.locator("#district").inner_text() == page.locator("#truth").inner_text() == ""
+            assert page.locator("#street-chart rect").count() == page.locator("#top-districts li").count() == 0
+            assert page.locator("#city-map path.top").count() == page.locator("#true-location").count() == 0
+            assert page.locator("#city-map path").count() == 6
+
+        (tmp_path / "notes.txt").write_text("not a photo")
+        page.set_input_files("#photo", str(tmp_path / "notes.txt"))
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('error')")
+        assert_results_cleared()
+        status = page.locator("#status").inner_text()
+        assert status.startswith("error: HTTP 400: ") and "not an image" in status
+
+        page.set_input_files("#photo", str(city / row.image))
+        page.wait_for_selector("#answers:not([hidden])", timeout=120_000)
+        page.route("**/v1/locate", lambda route: route.fulfill(status=500, content_type="text/plain",
+                                                               body="Internal Server Error"))
+        page.set_input_files("#photo", str(city / read_locations(city / "locations.csv")[3].image))
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('error')")
+        assert page.locator("#status").inner_text() == "error: HTTP 500: Internal Server Error"
+        assert_results_cleared()
         browser.close()
 
 
 # ------------------------------------------------------------------------------------------ MiniCPM-V
 @contextmanager
-def serving_in_thread(app):
-    """``app`` on a free port by uvicorn in a thread of this process (no second model load, no second import of
+def serving_in_thread(app, port: int):
+    """``app`` (made for ``port``) by uvicorn in a thread of this process (no second model load, no second import of
     torch); its base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, port=free_port(), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -275,7 +496,8 @@ def test_minicpmv_served_as_eval_infer_answers(city, tiny_minicpmv, tiny_minicpm
     expected = {qid: text for qid, (_, text) in read_predictions(reference).items()}
     assert len(expected) == 2 and all(expected.values())
 
-    with serving_in_thread(create_app(model, served_city, MODEL_NAME, allowed)) as server:
+    port = free_port()
+    with serving_in_thread(create_app(model, served_city, MODEL_NAME, allowed, port=port), port) as server:
         client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
         for q in questions:
             response = client.chat.completions.create(
@@ -293,6 +515,9 @@ def test_minicpmv_served_as_eval_infer_answers(city, tiny_minicpmv, tiny_minicpm
             (openai.BadRequestError, "unsupported_temperature", dict(temperature=0.7)),
             (openai.BadRequestError, "reserved_marker", dict(messages=image_message(rows[1].image,
                                                                                      "Which </image> street?"))),
+            (openai.BadRequestError, "invalid_image", dict(messages=image_message(png_url(1, 1), "Which street?"))),
+            (openai.BadRequestError, "context_length_exceeded", dict(messages=image_message(  # its context: 8192
+                rows[1].image, "street " * 9000))),
         ]
         for error, code, request in refusals:
             with pytest.raises(error) as refused:

@@ -81,7 +81,30 @@ function show(result) {
   $("answers").hidden = false;
 }
 
+// Empties the answers, the chart and the map's highlights: nothing of an earlier photo stays beside a new one.
+function clearResults() {
+  $("answers").hidden = true;
+  for (const id of ["district", "street", "answer", "truth"]) $(id).textContent = "";
+  $("top-districts").replaceChildren();
+  $("street-chart").replaceChildren();
+  drawMap([], null);
+}
+
+// A response's JSON, or null for anything else (a proxy's or a failing server's text page).
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+let latestUpload = 0;  // an answer to an earlier upload that comes after a later one's is dropped
+
 async function locate(file) {
+  const upload = ++latestUpload;
+  clearResults();
+  URL.revokeObjectURL($("preview").src);
   $("preview").src = URL.createObjectURL(file);
   $("preview").hidden = false;
   $("drop-hint").hidden = true;
@@ -89,14 +112,24 @@ async function locate(file) {
   const form = new FormData();
   form.append("image", file);
   if ($("question").value.trim()) form.append("question", $("question").value.trim());
-  const response = await fetch("/v1/locate", {method: "POST", body: form});
-  const result = await response.json();
-  if (!response.ok) {
-    $("status").textContent = `error: ${result.error.message}`;
-    return;
+  try {
+    const response = await fetch("/v1/locate", {method: "POST", body: form});
+    const text = await response.text();
+    if (upload !== latestUpload) return;
+    const result = parseJson(text);
+    if (response.ok && result) {
+      $("status").textContent = "";
+      show(result);
+      return;
+    }
+    const message = result?.error?.message || text.trim().split("\n")[0] || response.statusText;
+    $("status").textContent = `error: HTTP ${response.status}: ${message}`;
+  } catch (error) {  // no answer (the server stopped) or one the page cannot show
+    if (upload === latestUpload) {
+      clearResults();
+      $("status").textContent = `error: ${error.message}`;
+    }
   }
-  $("status").textContent = "";
-  show(result);
 }
 
 async function start() {
