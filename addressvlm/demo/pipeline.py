@@ -255,14 +255,24 @@ def load_model(paths: Paths, s: DemoSettings, name: str, recipe: Path | None = N
     return load_xtuner_model(recipe, paths.work / name, options)
 
 
-def drop_stale(output: Path, paths: Paths, name: str) -> None:
-    """Remove ``output`` when an earlier model or run wrote it (no settings beside it, or the model's checkpoint is
-    newer), so that only what this model started is resumed."""
-    checkpoint = paths.work / name / "last_checkpoint"
-    settings = output.with_name(output.name + ".settings.json")
-    if output.exists() and (not settings.exists() or checkpoint.exists()
-                            and checkpoint.stat().st_mtime > output.stat().st_mtime):
+def weights_settings(paths: Paths, name: str) -> dict:
+    """Which weights answer as ``name``, as recorded beside its answers: the identity of its run's checkpoint
+    (``infer.weights_identity``, as eval/infer.py records it); nothing for the untuned release."""
+    from addressvlm.infer import weights_identity
+
+    return {} if name == "zero_shot" else {"weights": weights_identity(paths.work / name)}
+
+
+def drop_stale(output: Path, paths: Paths, name: str) -> dict:
+    """Remove ``output`` unless the present weights of ``name`` wrote it (no settings beside it, or other weights
+    recorded there), so that only what this model started is resumed; return the settings to record."""
+    from addressvlm.records import read_settings
+
+    model = weights_settings(paths, name)
+    recorded = read_settings(output) if output.exists() else None
+    if output.exists() and (recorded is None or recorded.get("weights") != model.get("weights")):
         output.unlink()
+    return model
 
 
 def answer_and_score(paths: Paths, s: DemoSettings, name: str, recipe: Path | None = None) -> tuple[dict, dict]:
@@ -275,8 +285,9 @@ def answer_and_score(paths: Paths, s: DemoSettings, name: str, recipe: Path | No
 
     questions = read_questions(paths.city / "vqa" / "test_questions.jsonl")
     predictions_path = paths.out / "predictions" / f"{name}.jsonl"
-    drop_stale(predictions_path, paths, name)
-    answer_questions(load_model(paths, s, name, recipe), questions, predictions_path, image_folder=paths.city)
+    model_settings = drop_stale(predictions_path, paths, name)
+    answer_questions(load_model(paths, s, name, recipe), questions, predictions_path, image_folder=paths.city,
+                     model_settings=model_settings)
     predictions = {qid: text for qid, (_, text) in read_predictions(predictions_path).items()}
     metrics = score(questions, predictions)
     write_atomic(paths.out / "metrics" / f"{name}.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
@@ -298,10 +309,10 @@ def rank_and_measure(paths: Paths, s: DemoSettings, name: str) -> dict:
 
     questions_path = paths.city / "vqa" / "test_questions.jsonl"
     ranked_path = paths.out / "predictions" / f"{name}.ranked.jsonl"
-    drop_stale(ranked_path, paths, name)
+    model_settings = drop_stale(ranked_path, paths, name)
     gazetteer = build_gazetteer(read_locations(paths.city / "locations.csv"))
     rank_questions(load_model(paths, s, name), read_questions(questions_path), gazetteer, ranked_path,
-                   image_folder=paths.city)
+                   image_folder=paths.city, model_settings=model_settings)
     questions, rankings = read_ranked_names(questions_path, ranked_path)
     metrics = top_k_accuracy(questions, rankings)
     generated = {qid: text for qid, (_, text) in read_predictions(paths.out / "predictions" / f"{name}.jsonl").items()}
@@ -330,11 +341,11 @@ def retrieve_and_restrict(paths: Paths, s: DemoSettings) -> dict:
     results = retrieval.evaluate(paths, s.retrieval, s.seed)
     questions_path = paths.city / "vqa" / "test_questions.jsonl"
     ranked_path = paths.out / "predictions" / "stage1_stage2.ranked_retrieved.jsonl"
-    drop_stale(ranked_path, paths, "stage1_stage2")
+    model_settings = drop_stale(ranked_path, paths, "stage1_stage2")
     k = s.retrieval.candidates_k
     rank_questions(load_model(paths, s, "stage1_stage2"), read_questions(questions_path),
                    build_gazetteer(read_locations(paths.city / "locations.csv")), ranked_path,
-                   image_folder=paths.city,
+                   image_folder=paths.city, model_settings=model_settings,
                    candidates=(paths.out / "retrieval" / "lvlm_last_token" / "retrieved.jsonl", k))
     restricted = top_k_accuracy(*read_ranked_names(questions_path, ranked_path))
     write_atomic(paths.out / "metrics" / "stage1_stage2.closed_set_retrieved.json",
