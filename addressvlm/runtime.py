@@ -171,6 +171,43 @@ def train(config: str, work_dir: str, model_root: str | None = None, device: str
     return Path(work_dir)
 
 
+def has_finished(work_dir: str | Path) -> bool:
+    """A run that saved its final checkpoint (mmengine's ``last_checkpoint`` pointer)."""
+    return (Path(work_dir) / "last_checkpoint").is_file()
+
+
+def run_inputs(city: str | Path, data_file: str, image_folder: str | Path, continues: str | Path | None) -> dict:
+    """What a run trains on, by identity rather than by name, for its record: the city's resolved path, the content
+    digest of its data file (data tools rewrite it byte-identical), the resolved image folder, and the weights of
+    the run it continues (None: from the release, or a run not finished yet)."""
+    from addressvlm.infer import weights_identity
+    from addressvlm.records import file_digest
+
+    data = Path(city) / data_file
+    return {"city": str(Path(city).resolve()), "data": file_digest(data) if data.is_file() else None,
+            "images": str(Path(image_folder).resolve()),
+            "continues": weights_identity(continues) if continues and has_finished(continues) else None}
+
+
+def finished_run(work_dir: str | Path, settings: dict) -> float | None:
+    """The training seconds of the finished run in ``work_dir`` when its record beside it holds ``settings``; None
+    when no run finished there; a ``DataError`` naming what changed when it was trained otherwise (reusing it would
+    score another model under this one's name)."""
+    from addressvlm.records import DataError, as_recorded, read_run_record, settings_changes, settings_path
+
+    if not has_finished(work_dir):
+        return None
+    record = read_run_record(work_dir)
+    if record is None:
+        raise DataError(work_dir, None, f"a finished run without {settings_path(work_dir).name} saying how it was "
+                                        "trained: give another --work, or delete it to train it again")
+    if record["settings"] != as_recorded(settings):
+        raise DataError(work_dir, None, "a finished run trained with other settings ("
+                        + settings_changes(record["settings"], as_recorded(settings))
+                        + "): give another --work, or delete it to train it again")
+    return float(record["seconds"])
+
+
 def read_losses(work_dir: str | Path) -> dict[int, float]:
     """``iteration -> loss`` from mmengine's scalar logs of every run in ``work_dir``."""
     losses = {}

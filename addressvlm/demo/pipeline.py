@@ -183,24 +183,50 @@ def run_overrides(paths: Paths, s: DemoSettings, recipe: str | Path, data_file: 
     }
 
 
-def train_recipe(paths: Paths, s: DemoSettings, recipe: Path, name: str, data_file: str, epochs: int,
-                 init_from: Path | None, threads: int, bar_row: int = 0, image_folder: Path | None = None,
-                 stage2: bool = True) -> Path:
-    """Train ``recipe`` at the demo's scale on ``paths.city``'s ``data_file`` into ``paths.work / name``; a run that
-    finished before is kept. A stage 2 starts from ``init_from`` (None: from the release, as the Baseline)."""
-    from addressvlm.records import read_llava_json
-    from addressvlm.runtime import train
+# The overrides that name files: a run's record holds what they name by identity instead (runtime.run_inputs).
+PATH_OVERRIDES = ("train_dataloader.dataset.data_path", "train_dataloader.dataset.image_folder",
+                  "model.init_from_work_dir")
 
-    work_dir = paths.work / name
-    if (work_dir / "last_checkpoint").is_file():
-        return work_dir
+
+def planned_run(paths: Paths, s: DemoSettings, recipe: Path, data_file: str, epochs: int, init_from: Path | None,
+                image_folder: Path | None = None, stage2: bool = True) -> tuple[dict, dict]:
+    """``(overrides, settings)`` of a run of ``recipe`` at the demo's scale on ``paths.city``'s ``data_file``: what
+    training gets, and what is recorded beside the run (the recipe, its overrides but paths, the model folder's
+    identity, and what it trains on: ``runtime.run_inputs``). A stage 2 starts from ``init_from`` (None: from the
+    release, as the Baseline)."""
+    from addressvlm.records import file_identity, read_llava_json
+    from addressvlm.runtime import run_inputs
+
     overrides = run_overrides(paths, s, recipe, data_file, epochs, len(read_llava_json(paths.city / data_file)))
     if image_folder is not None:
         overrides["train_dataloader.dataset.image_folder"] = str(image_folder) + "/"
     if stage2:
         overrides["model.init_from_work_dir"] = str(init_from) if init_from else None
-    return train(str(recipe), work_dir, str(paths.models), overrides=overrides, progress=True, name=name,
-                 threads=threads, bar_row=bar_row)
+    settings = {"recipe": str(recipe), "overrides": {k: v for k, v in overrides.items() if k not in PATH_OVERRIDES},
+                "model": file_identity(paths.models),
+                **run_inputs(paths.city, data_file, overrides["train_dataloader.dataset.image_folder"],
+                             init_from if stage2 else None)}
+    return overrides, settings
+
+
+def train_recipe(paths: Paths, s: DemoSettings, recipe: Path, name: str, data_file: str, epochs: int,
+                 init_from: Path | None, threads: int, bar_row: int = 0, image_folder: Path | None = None,
+                 stage2: bool = True) -> Path:
+    """Train ``recipe`` as ``planned_run`` plans it into ``paths.work / name`` and record its settings and time
+    beside it; a run that finished before with the same settings is kept, one trained otherwise is refused
+    (``runtime.finished_run``)."""
+    from addressvlm.records import write_run_record
+    from addressvlm.runtime import finished_run, train
+
+    work_dir = paths.work / name
+    overrides, settings = planned_run(paths, s, recipe, data_file, epochs, init_from, image_folder, stage2)
+    if finished_run(work_dir, settings) is not None:
+        return work_dir
+    started = time.perf_counter()
+    train(str(recipe), work_dir, str(paths.models), overrides=overrides, progress=True, name=name, threads=threads,
+          bar_row=bar_row)
+    write_run_record(work_dir, settings, time.perf_counter() - started)
+    return work_dir
 
 
 def train_stage(paths: Paths, s: DemoSettings, stage: int, name: str, init_from: Path | None, threads: int,
