@@ -42,6 +42,39 @@ def load_recipe(path: str | Path) -> Config:
     return cfg
 
 
+class RecipeError(ValueError):
+    """A file a tool cannot use as its recipe; the message names the file and what to do."""
+
+
+def read_recipe(path: str | Path, retrieval: bool = False) -> Config:
+    """``load_recipe`` for a tool that takes one kind of recipe: the stage-1/stage-2 LVLM recipes, or with
+    ``retrieval`` the retrievers of ``recipes/retrieval/`` (a model with ``embed``). Anything else (a missing file,
+    a ``.json``, a Python file that is no recipe or does not load, the other kind) is a ``RecipeError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} not found")
+    if path.suffix != ".py":
+        raise RecipeError(f"{path} is not an XTuner recipe (a .py config, e.g. recipes/stage1_pitts.py)")
+    try:
+        cfg = load_recipe(path)
+    except Exception as error:  # noqa: BLE001  (a syntax error, an import that fails: all mean "not loadable")
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise RecipeError(f"{path} does not load as a recipe: {type(error).__name__}: {first_line}") from None
+    model = cfg.get("model")
+    model_type = model.get("type") if isinstance(model, dict) else None
+    if model_type is None:
+        raise RecipeError(f"{path} is not an XTuner recipe: it defines no model = dict(type=...)")
+    name = model_type if isinstance(model_type, str) else model_type.__name__
+    is_retriever = hasattr(model_type, "embed")
+    if is_retriever and not retrieval:
+        raise RecipeError(f"{path} is a retrieval recipe ({name}): this tool takes the stage-1/stage-2 recipes "
+                          "(recipes/, recipes/minicpmv26/, recipes/ablations/); retrievers train with xtuner train "
+                          "and are scored by eval/retrieve.py (docs/retrieval.md)")
+    if retrieval and not is_retriever:
+        raise RecipeError(f"{path} builds {name}, not a retriever: eval/retrieve.py takes recipes/retrieval/*.py")
+    return cfg
+
+
 def _build_lazy(node: Any) -> Any:
     if isinstance(node, (LazyObject, LazyAttr)):
         return node.build()
