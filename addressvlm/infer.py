@@ -120,7 +120,7 @@ def load_checked_state(model: torch.nn.Module, checkpoint: Path) -> int:
     problems = fit_problems(torch.nn.Module.state_dict(model), set(model.state_dict()), state)
     if problems:
         raise CheckpointError(f"{checkpoint} does not fit the model its recipe builds (same recipe and --cfg-options "
-                              "as training?):\n" + "\n".join(problems))
+                              "as training?): " + "; ".join(problem.strip() for problem in problems))
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise CheckpointError(f"{checkpoint}: tensors did not load: {sorted(result.unexpected_keys)[:20]}")
