@@ -32,10 +32,25 @@ train_dataloader.dataset.update(data_path=data_root + "{data_file}", image_folde
 '''
 
 
+# Long enough for any city's name; short enough that stage1_<city>.py and the work dirs named after it stay far below
+# the file systems' 255-byte limit.
+MAX_CITY_NAME = 64
+
+
+def check_city_name(city: str) -> str:
+    """``city`` if it can name recipe files, modules and work dirs: ASCII lower case, digits, underscores, starting
+    with a letter, at most ``MAX_CITY_NAME`` characters; else a ``ValueError`` saying so."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", city):
+        raise ValueError(f"city name {city!r} must be a valid module name: ASCII lower case letters, digits and "
+                         "underscores, starting with a letter (e.g. tokyo, new_york)")
+    if len(city) > MAX_CITY_NAME:
+        raise ValueError(f"city name of {len(city)} characters: at most {MAX_CITY_NAME}")
+    return city
+
+
 def city_recipe_text(city: str, stage: int, data_root: str, work_root: str = "./work_dirs/llava_phi3_mini",
                      base: str = "pitts") -> str:
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", city):
-        raise ValueError(f"city name {city!r} must be a valid module name: lower case, digits, underscores")
+    check_city_name(city)
     data_root = data_root.rstrip("/") + "/"
     if stage == 1:
         data_file, init, chain = "stage1/train.json", "", f"then recipes/stage2_{city}.py."

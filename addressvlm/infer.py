@@ -31,7 +31,8 @@ from addressvlm.prefix_cache import (
 )
 from addressvlm.precision import default_device_dtype, is_quantized
 from addressvlm.records import (
-    DataError, PREDICTION_KEYS, open_predictions, read_jsonl, read_questions, refuse_output_over_inputs, write_atomic,
+    DataError, PREDICTION_KEYS, file_identity, open_predictions, read_jsonl, read_questions, refuse_output_over_inputs,
+    write_atomic,
 )
 from addressvlm.model_arguments import add_model_source_arguments  # its home is torch-free: drawing tools use it
 
@@ -102,6 +103,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"checkpoint {path} not found (an iter_N.pth file, a DeepSpeed folder or a work_dir)")
 
 
+def weights_identity(path: str | os.PathLike) -> str:
+    """What identifies the weights of a checkpoint (file, DeepSpeed folder, or a work_dir's last checkpoint), as
+    recorded beside answers: its files' names, sizes and modification times (``records.file_identity``). Hashing
+    the content would cost a minute per start on a multi-GB checkpoint; a retrain rewrites the file, which changes
+    its time."""
+    return file_identity(resolve_checkpoint(path))
+
+
 def load_checked_state(model: torch.nn.Module, checkpoint: Path) -> int:
     """Load a training checkpoint with ``strict=False`` (it holds only the trained tensors) and fail, naming keys,
     unless it holds exactly what this model trains and every tensor fits; return the tensor count."""
@@ -113,7 +122,7 @@ def load_checked_state(model: torch.nn.Module, checkpoint: Path) -> int:
     problems = fit_problems(torch.nn.Module.state_dict(model), set(model.state_dict()), state)
     if problems:
         raise CheckpointError(f"{checkpoint} does not fit the model its recipe builds (same recipe and --cfg-options "
-                              "as training?):\n" + "\n".join(problems))
+                              "as training?): " + "; ".join(problem.strip() for problem in problems))
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise CheckpointError(f"{checkpoint}: tensors did not load: {sorted(result.unexpected_keys)[:20]}")
@@ -479,10 +488,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_settings_of(args: argparse.Namespace) -> dict:
-    """Which model answered, as recorded beside an output (a resume with another is refused). A recipe without a
-    checkpoint is the zero-shot model: no key of its own, so outputs recorded before ``--zero-shot`` still resume."""
-    return {"config": args.config, "checkpoint": args.checkpoint, "hf": args.hf, "model_root": args.model_root,
-            "cfg_options": list(args.cfg_options), "dtype": args.dtype}
+    """Which model answered, as recorded beside an output (a resume with another is refused): the options and, for
+    a checkpoint or an exported folder, its weights' identity (``records.file_identity``), so that a retrain into the
+    same path is not resumed as the same model. A recipe without a checkpoint is the zero-shot model: no key of its
+    own, so outputs recorded before ``--zero-shot`` still resume."""
+    settings = {"config": args.config, "checkpoint": args.checkpoint, "hf": args.hf, "model_root": args.model_root,
+                "cfg_options": list(args.cfg_options), "dtype": args.dtype}
+    if args.checkpoint or args.hf:
+        settings["weights"] = file_identity(args.hf) if args.hf else weights_identity(args.checkpoint)
+    return settings
 
 
 def image_folder_of(args: argparse.Namespace) -> Path:
@@ -539,12 +553,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not every_question:
             raise DataError(args.questions, None, "no questions to answer")
         questions = chunk_questions(every_question, args.num_chunks, args.chunk_idx)
+        model_settings = model_settings_of(args)  # the weights' identity before they are read
         model = load_model_from_args(args)
         answered = answer_questions(
             model, questions, args.out, image_folder=image_folder_of(args),
             batch_size=args.batch_size, share_prefix=not args.no_share_prefix, max_new_tokens=args.max_new_tokens,
             temperature=args.temperature, num_samples=args.num_samples, seed=args.seed,
-            model_settings=model_settings_of(args))
+            model_settings=model_settings)
     except (DataError, FileNotFoundError, CheckpointError, StageChainError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"answered {answered} of {len(questions)} question(s) of chunk {args.chunk_idx + 1}/{args.num_chunks} "

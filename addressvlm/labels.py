@@ -189,6 +189,11 @@ class LabelBackendError(RuntimeError):
     """One request failed for good (retries exhausted); the run goes on and a rerun retries it."""
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend cannot answer any request (no server at the address, a key it refuses, no model named): the run
+    stops before, or at, its first request rather than retrying every image."""
+
+
 def _metres(d: float) -> str:
     return f"{round(d / 5) * 5:.0f} metres"
 
@@ -329,7 +334,8 @@ class OpenAIBackend:
     """Any OpenAI-compatible chat server with vision (vLLM, lmdeploy, SGLang, Ollama, OpenAI).
 
     Retries 408/409/429/5xx, timeouts and dropped connections with exponential backoff (honouring Retry-After);
-    any other error (401, 404 model not found, 400 bad request) stops the run, since it would fail every request.
+    any other error (401, 404 model not found, 400 bad request) stops the run, since it would fail every request,
+    and so does a refused connection (no server listening at ``base_url``): ``BackendUnavailable``.
     """
 
     name = "openai"
@@ -345,6 +351,21 @@ class OpenAIBackend:
         self.model, self.concurrency, self.max_retries = model, max(1, concurrency), max_retries
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.temperature, self.max_tokens = temperature, max_tokens
+
+    def reach(self, timeout_s: float = 10.0) -> None:
+        """Ask the server once for its models, before any work: ``BackendUnavailable`` when no server answers at
+        ``base_url`` or it refuses the key."""
+        oa = self._openai
+        try:
+            self.client.with_options(timeout=timeout_s).models.list()
+        except oa.APIConnectionError as exc:
+            raise BackendUnavailable(f"no OpenAI-compatible server answers at {self.client.base_url} "
+                                     f"({_connection_failure(exc)}): start it, or give the right --base-url") from None
+        except oa.APIStatusError as exc:
+            if exc.status_code in (401, 403):
+                raise BackendUnavailable(f"the server at {self.client.base_url} refuses the API key (HTTP "
+                                         f"{exc.status_code}): check it (--api-key, else $OPENAI_API_KEY)") from None
+            # Any other answer (a server without /models) still shows that one is listening.
 
     def _retry_after(self, exc) -> float | None:
         response = getattr(exc, "response", None)
@@ -366,6 +387,9 @@ class OpenAIBackend:
                     temperature=self.temperature, max_tokens=self.max_tokens)
                 return (response.choices[0].message.content or "").strip()
             except (oa.APIConnectionError, oa.APITimeoutError) as exc:  # APITimeoutError is a connection error too
+                if _refused(exc):
+                    raise BackendUnavailable(f"{self.client.base_url}: connection refused (no server listening "
+                                             "there); labels written so far are kept, a rerun goes on") from None
                 last, wait = exc, None
             except oa.APIStatusError as exc:
                 if exc.status_code not in (408, 409, 429) and exc.status_code < 500:
@@ -375,6 +399,22 @@ class OpenAIBackend:
                 backoff = min(self.max_backoff_s, self.backoff_s * 2 ** attempt) * random.uniform(1.0, 1.25)
                 time.sleep(min(self.max_backoff_s, wait) if wait is not None else backoff)
         raise LabelBackendError(f"{request.images[0]}: no answer after {self.max_retries + 1} attempts ({last})")
+
+
+def _causes(exc: BaseException):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _refused(exc: BaseException) -> bool:
+    """A connection the server's host refused: nothing listens there, so waiting and retrying cannot help."""
+    return any(isinstance(cause, ConnectionRefusedError) for cause in _causes(exc))
+
+
+def _connection_failure(exc: BaseException) -> str:
+    """The innermost reason a connection failed ("[Errno 111] Connection refused"), for a one-line message."""
+    return str(list(_causes(exc))[-1]) or type(exc).__name__
 
 
 class HFBackend:
@@ -419,6 +459,15 @@ def make_backend(name: str, task, **options):
     if name == "hf":
         return HFBackend(**options)
     raise ValueError(f"unknown label backend {name!r}: rule, openai or hf")
+
+
+def check_backend(name: str, options: dict) -> None:
+    """Before any work: the backend's options are complete (``ValueError``), and an openai backend's server answers
+    once (``BackendUnavailable``)."""
+    if name != "rule" and not options.get("model"):
+        raise ValueError(f"the {name} label backend needs a model (--model)")
+    if name == "openai":
+        OpenAIBackend(**options).reach()
 
 
 def add_label_arguments(parser) -> None:
@@ -583,29 +632,29 @@ def generate_all(backend, requests: list[LabelRequest], record, desc: str, progr
     from tqdm import tqdm
 
     failed = []
-    bar = tqdm(total=len(requests), desc=desc, unit="request", disable=not progress)
-    if getattr(backend, "concurrency", 1) <= 1:
-        for request in requests:
-            try:
-                record(request, backend.generate(request))
-            except LabelBackendError as exc:
-                failed.append((request.key, str(exc)))
-            bar.update(1)
-    else:
-        pool = ThreadPoolExecutor(max_workers=backend.concurrency)
-        try:
-            futures = {pool.submit(backend.generate, r): r for r in requests}
-            for future in as_completed(futures):
-                request = futures[future]
+    # Closed on a fatal error too, so that the error is the last line the user sees.
+    with tqdm(total=len(requests), desc=desc, unit="request", disable=not progress) as bar:
+        if getattr(backend, "concurrency", 1) <= 1:
+            for request in requests:
                 try:
-                    record(request, future.result())
+                    record(request, backend.generate(request))
                 except LabelBackendError as exc:
                     failed.append((request.key, str(exc)))
                 bar.update(1)
-        finally:
-            # On a fatal error or Ctrl-C: drop queued requests; what was written stays written.
-            pool.shutdown(wait=True, cancel_futures=True)
-    bar.close()
+        else:
+            pool = ThreadPoolExecutor(max_workers=backend.concurrency)
+            try:
+                futures = {pool.submit(backend.generate, r): r for r in requests}
+                for future in as_completed(futures):
+                    request = futures[future]
+                    try:
+                        record(request, future.result())
+                    except LabelBackendError as exc:
+                        failed.append((request.key, str(exc)))
+                    bar.update(1)
+            finally:
+                # On a fatal error or Ctrl-C: drop queued requests; what was written stays written.
+                pool.shutdown(wait=True, cancel_futures=True)
     return failed
 
 

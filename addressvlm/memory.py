@@ -292,11 +292,13 @@ def main(argv=None) -> None:
         if not args.readme:
             parser.error("give a recipe, or --readme")
         return
-    from addressvlm.runtime import load_recipe
+    from addressvlm.runtime import RecipeError, read_recipe
 
-    if not Path(args.recipe).is_file():
-        raise SystemExit(f"error: recipe {args.recipe} not found")
-    result = estimate(load_recipe(args.recipe), args.gpus)
+    try:
+        cfg = read_recipe(args.recipe)
+    except RecipeError as error:
+        raise SystemExit(f"error: {error}") from None
+    result = estimate(cfg, args.gpus)
     print(markdown_table(args.recipe, result))
     if args.json:
         write_atomic(args.json, json.dumps(result, indent=2) + "\n")

@@ -5,7 +5,10 @@ A row is a stage-2 recipe (what is scored) and the stage-1 recipe it continues, 
 a recipe trains on is read from the recipe itself (its ``data_path`` under its ``data_root``), so a table needs no
 second list of files. On a CPU every run is the demo's scale (``addressvlm.demo.pipeline``: the tiny model, its
 epochs and batch), two runs side by side on one thread each; with ``device="gpu"`` the recipes run as written,
-through ``xtuner train`` on the given GPUs. Runs and answers that exist are reused.
+through ``xtuner train`` on the given GPUs. A finished run is reused only when the record beside it
+(``<run>.settings.json``) holds the settings it would be trained with now (the recipe, its overrides, the model, the
+city's resolved path, its data's digest, the run it continues); one trained otherwise is refused, before any work,
+naming what changed. Answers are kept while the weights that gave them are unchanged.
 """
 from __future__ import annotations
 
@@ -269,8 +272,9 @@ DEMO_RUNS = {"stage1_pitts": "stage1_helsinki", "stage2_pitts": "stage1_stage2",
 
 class DemoScale:
     """Runs at the demo's scale on a CPU: the tiny model, ``settings`` (``DemoSettings``) for epochs and batch, two
-    runs side by side on one thread each; runs under ``work/<recipe name>``. ``demo_work``: the work folder of a
-    `make demo` with the same model and settings, whose runs of the paper's own recipes are linked, not retrained."""
+    runs side by side on one thread each; runs under ``work/<recipe name>``, each recorded beside it
+    (``pipeline.train_recipe``). ``demo_work``: the work folder of a `make demo`, whose runs of the paper's own
+    recipes are linked rather than trained again when their records show the same training."""
 
     parallel = 2
 
@@ -286,25 +290,59 @@ class DemoScale:
             print(f"tiny model -> {self.paths.models}", flush=True)
             make_model(self.paths, settings)
 
-    def train(self, recipe: str, continues: str | None, is_stage2: bool, bar_row: int, city: Path) -> None:
-        from addressvlm.demo.pipeline import train_recipe
-
+    def _arguments(self, recipe: str, continues: str | None, is_stage2: bool, city: Path):
+        """``pipeline.train_recipe``'s paths and arguments for one run on ``city``."""
         data, s = recipe_data(recipe), self.settings
-        self.link_demo_run(run_name(recipe))
         paths = replace(self.paths, city=city)
         paths.models = self.paths.models
-        train_recipe(paths, s, data.recipe, run_name(recipe), data.data_file,
-                     s.stage2_epochs if is_stage2 else s.stage1_epochs,
-                     self.paths.work / run_name(continues) if continues else None, s.threads_per_run, bar_row,
-                     image_folder=(city / data.image_folder).resolve(), stage2=is_stage2)
+        return paths, dict(recipe=data.recipe, data_file=data.data_file,
+                           epochs=s.stage2_epochs if is_stage2 else s.stage1_epochs,
+                           init_from=self.paths.work / run_name(continues) if continues else None,
+                           image_folder=(city / data.image_folder).resolve(), stage2=is_stage2)
 
-    def link_demo_run(self, name: str) -> None:
+    def plan(self, recipe: str, continues: str | None, is_stage2: bool, city: Path) -> tuple[Path, dict]:
+        """The run's work_dir and the settings recorded beside it (``pipeline.planned_run``)."""
+        from addressvlm.demo.pipeline import planned_run
+
+        paths, arguments = self._arguments(recipe, continues, is_stage2, city)
+        return self.paths.work / run_name(recipe), planned_run(paths, self.settings, **arguments)[1]
+
+    def train(self, recipe: str, continues: str | None, is_stage2: bool, bar_row: int, city: Path) -> float | None:
+        """Train one run, or reuse the finished one with the same settings (returning the seconds it took then)."""
+        from addressvlm.demo.pipeline import train_recipe
+        from addressvlm.runtime import finished_run
+
+        work_dir, settings = self.plan(recipe, continues, is_stage2, city)
+        earlier = finished_run(work_dir, settings)
+        if earlier is None:
+            earlier = self.link_demo_run(run_name(recipe), settings)
+        if earlier is not None:
+            return earlier
+        paths, arguments = self._arguments(recipe, continues, is_stage2, city)
+        train_recipe(paths, self.settings, name=run_name(recipe), threads=self.settings.threads_per_run,
+                     bar_row=bar_row, **arguments)
+        return None
+
+    def link_demo_run(self, name: str, settings: dict) -> float | None:
+        """Link the demo's run of this recipe when its record shows the same training (everything but the recipe's
+        file, which for the demo is the city's child of the same recipe); return the seconds it took."""
+        from addressvlm.records import as_recorded, read_run_record, write_run_record
+        from addressvlm.runtime import has_finished
+
         demo_run = self.demo_work / DEMO_RUNS[name] if self.demo_work and name in DEMO_RUNS else None
         target = self.paths.work / name
-        if demo_run and (demo_run / "last_checkpoint").is_file() and not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(demo_run.resolve(), target_is_directory=True)
-            print(f"{name}: the demo's run {demo_run}", flush=True)
+        if demo_run is None or target.exists() or not has_finished(demo_run):
+            return None
+        record, wanted = read_run_record(demo_run), as_recorded(settings)
+        if record is None or {k: v for k, v in record["settings"].items() if k != "recipe"} != \
+                {k: v for k, v in wanted.items() if k != "recipe"}:
+            print(f"{name}: the demo's run {demo_run} was trained otherwise; training it here", flush=True)
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(demo_run.resolve(), target_is_directory=True)
+        write_run_record(target, settings, record["seconds"])
+        print(f"{name}: the demo's run {demo_run}", flush=True)
+        return record["seconds"]
 
     def answer(self, row: Row) -> dict:
         from addressvlm.demo.pipeline import answer_and_score
@@ -314,38 +352,68 @@ class DemoScale:
 
 class RecipeScale:
     """Runs as the recipes are written (their models, Table A1's settings) on ``gpus`` GPUs through ``xtuner
-    train`` with DeepSpeed; only the data paths move to ``city``. Runs under ``work/<recipe name>``."""
+    train`` with DeepSpeed; only the data paths move to ``city``. Runs under ``work/<recipe name>``, each recorded
+    beside it (the recipe, GPUs, DeepSpeed config and ``runtime.run_inputs``)."""
 
     parallel = 1
 
     def __init__(self, city: Path, out: Path, work: Path, gpus: int = 8, deepspeed: str = "deepspeed_zero2"):
         self.city, self.out, self.work, self.gpus, self.deepspeed = Path(city), Path(out), Path(work), gpus, deepspeed
 
-    def train(self, recipe: str, continues: str | None, is_stage2: bool, bar_row: int, city: Path) -> None:
-        from addressvlm.runtime import train
-
+    def _overrides(self, recipe: str, continues: str | None, is_stage2: bool, city: Path) -> dict:
         data = recipe_data(recipe)
-        work_dir = self.work / run_name(recipe)
-        if (work_dir / "last_checkpoint").is_file():
-            return
         overrides = {"train_dataloader.dataset.data_path": str(city / data.data_file),
                      "train_dataloader.dataset.image_folder": str((city / data.image_folder).resolve()) + "/"}
         if is_stage2:
             overrides["model.init_from_work_dir"] = str(self.work / run_name(continues)) if continues else None
-        train(str(data.recipe), work_dir, device="gpu", overrides=overrides, progress=True, name=run_name(recipe),
+        return overrides
+
+    def plan(self, recipe: str, continues: str | None, is_stage2: bool, city: Path) -> tuple[Path, dict]:
+        from addressvlm.runtime import run_inputs
+
+        data, overrides = recipe_data(recipe), self._overrides(recipe, continues, is_stage2, city)
+        return self.work / run_name(recipe), {
+            "recipe": str(data.recipe), "gpus": self.gpus, "deepspeed": self.deepspeed,
+            **run_inputs(city, data.data_file, overrides["train_dataloader.dataset.image_folder"],
+                         overrides.get("model.init_from_work_dir"))}
+
+    def train(self, recipe: str, continues: str | None, is_stage2: bool, bar_row: int, city: Path) -> float | None:
+        from addressvlm.records import write_run_record
+        from addressvlm.runtime import finished_run, train
+
+        work_dir, settings = self.plan(recipe, continues, is_stage2, city)
+        earlier = finished_run(work_dir, settings)
+        if earlier is not None:
+            return earlier
+        started = time.perf_counter()
+        train(str(recipe_data(recipe).recipe), work_dir, device="gpu",
+              overrides=self._overrides(recipe, continues, is_stage2, city), progress=True, name=run_name(recipe),
               gpus=self.gpus, deepspeed=self.deepspeed)
+        write_run_record(work_dir, settings, time.perf_counter() - started)
+        return None
 
     def answer(self, row: Row) -> dict:
-        from addressvlm.infer import answer_questions, load_release_model, load_xtuner_model
+        from addressvlm.infer import answer_questions, load_release_model, load_xtuner_model, weights_identity
         from addressvlm.records import read_predictions, read_questions
         from addressvlm.scoring import score
 
         recipe = str(RECIPES / (row.stage2 or MAIN_STAGE2))
-        model = load_xtuner_model(recipe, self.work / row.name) if row.stage2 else load_release_model(recipe)
+        run = self.work / row.name
+        model = load_xtuner_model(recipe, run) if row.stage2 else load_release_model(recipe)
         questions = read_questions(self.city / "vqa" / "test_questions.jsonl")
         predictions = self.out / "predictions" / f"{row.name}.jsonl"
-        answer_questions(model, questions, predictions, image_folder=self.city)
+        answer_questions(model, questions, predictions, image_folder=self.city,
+                         model_settings={"weights": weights_identity(run)} if row.stage2 else None)
         return score(questions, {qid: text for qid, (_, text) in read_predictions(predictions).items()})
+
+
+def default_folder(city: Path, quick: bool = False) -> str:
+    """The name of a city's default output and work folders: the city folder's name and a short hash of its resolved
+    path (so ``/x/helsinki`` and ``data/helsinki`` share no runs), ``_quick`` at the quick scale."""
+    import hashlib
+
+    resolved = Path(city).resolve()
+    return f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}" + ("_quick" if quick else "")
 
 
 def fill_table(table: PaperTable, city: Path, out: Path, runner, rows: list[str] | None = None,
@@ -354,30 +422,40 @@ def fill_table(table: PaperTable, city: Path, out: Path, runner, rows: list[str]
     """Every chosen row of ``table`` on ``city`` with ``runner`` (``DemoScale`` or ``RecipeScale``): the data
     variants, each stage 1 once, the stage-2 runs, answers and scores (every row on ``city``'s test questions);
     writes ``out/table_<key>.md`` and ``.json``. Table 5's runs train on ``merged_city``."""
+    from addressvlm.runtime import finished_run
+
     chosen = select_rows(table, rows)
     for row in chosen:
         if row.stage2:
             check_chain(row)
     timings: dict[str, float] = {}
+    earlier: dict[str, float] = {}  # steps an earlier run did: the seconds they took then
     start = time.perf_counter()
     stage1, stage2_rows = plan_runs(table, chosen)
     roots = city_roots(city, merged_city)
+    waves = ([(recipe, None, False) for recipe in stage1], [(row.stage2, row.stage1, True) for row in stage2_rows])
+    for recipe, continues, is_stage2 in waves[0] + waves[1]:
+        # Before any work: a finished run trained otherwise is refused now, not after the runs before it.
+        data = recipe_data(recipe)
+        if (city_of(data, roots) / data.data_file).is_file():
+            finished_run(*runner.plan(recipe, continues, is_stage2, city_of(data, roots)))
     for recipe in stage1 + [row.stage2 for row in stage2_rows]:
         data = recipe_data(recipe)
         ensure_data(city_of(data, roots), data, label_backend, backend_options, seed=seed)
     timings["data"] = time.perf_counter() - start
 
-    def timed_train(run: tuple[str, str | None, bool], bar_row: int) -> float:
+    def timed_train(run: tuple[str, str | None, bool], bar_row: int) -> tuple[float, float | None]:
         began = time.perf_counter()
-        runner.train(*run, bar_row, city_of(recipe_data(run[0]), roots))
-        return time.perf_counter() - began
+        reused = runner.train(*run, bar_row, city_of(recipe_data(run[0]), roots))
+        return time.perf_counter() - began, reused
 
-    waves = ([(recipe, None, False) for recipe in stage1], [(row.stage2, row.stage1, True) for row in stage2_rows])
     for wave in waves:
         with ThreadPoolExecutor(max_workers=runner.parallel) as pool:
             bars = [i % runner.parallel for i in range(len(wave))]
-            for (recipe, _, _), seconds in zip(wave, pool.map(timed_train, wave, bars)):
+            for (recipe, _, _), (seconds, reused) in zip(wave, pool.map(timed_train, wave, bars)):
                 timings[f"train {run_name(recipe)}"] = seconds
+                if reused is not None:
+                    earlier[f"train {run_name(recipe)}"] = reused
     results = {}
     for row in chosen:
         began = time.perf_counter()
@@ -386,10 +464,10 @@ def fill_table(table: PaperTable, city: Path, out: Path, runner, rows: list[str]
     timings["total"] = time.perf_counter() - start
     out = Path(out)
     report = out / f"table_{table.key}.md"
-    write_atomic(report, render_table(table, chosen, results, timings, Path(city)))
+    write_atomic(report, render_table(table, chosen, results, timings, Path(city), earlier))
     write_atomic(out / f"table_{table.key}.json", json.dumps(
         {"table": table.key, "city": str(city), "rows": [row.name for row in chosen], "metrics": results,
-         "seconds": timings}, indent=2) + "\n")
+         "seconds": timings, "reused": earlier}, indent=2) + "\n")
     return report
 
 
@@ -398,8 +476,14 @@ def _cell(value) -> str:
 
 
 def render_table(table: PaperTable, rows: list[Row], results: dict[str, dict], timings: dict[str, float],
-                 city: Path) -> str:
-    """The table in the paper's columns: this city's numbers, and beneath them the paper's Pitts-VQA ones."""
+                 city: Path, earlier: dict[str, float] | None = None) -> str:
+    """The table in the paper's columns: this city's numbers, and beneath them the paper's Pitts-VQA ones; the time
+    of each step, where ``earlier`` names the steps an earlier run did (with the seconds they took then)."""
+    earlier = earlier or {}
+
+    def took(step: str, seconds: float) -> str:
+        return f"reused (trained in {earlier[step]:.0f} s)" if step in earlier else f"{seconds:.0f}"
+
     header = "| row | recipe | " + " | ".join(HEADERS[c] for c in table.columns) + " |"
     rule = "|---|---|" + "---:|" * len(table.columns)
     ours = [f"| {row.label} | `{row.stage2 or 'release (zero-shot)'}` | "
@@ -409,5 +493,5 @@ def render_table(table: PaperTable, rows: list[Row], results: dict[str, dict], t
     lines = [f"# {table.title}", "", f"On `{city}` (tools/paper_table.py; accuracies in percent):", "", header, rule,
              *ours, "", "The paper's numbers (Pitts-VQA; Table 8: Tokyo) for reference, where it gives them:", "",
              header, rule, *paper, "", "Seconds per step (this machine):", "", "| step | seconds |", "|---|---:|",
-             *(f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()), ""]
+             *(f"| {name} | {took(name, seconds)} |" for name, seconds in timings.items()), ""]
     return "\n".join(lines)

@@ -87,13 +87,16 @@ def run_preflight(recipe: str, weights: str, steps: int = 1, samples: int = 2, d
     the relocation to ``weights`` and the CPU switch. Raises ``PreflightError``."""
     from addressvlm.infer import parse_cfg_options
     from addressvlm.precision import count_parameters, dtype_census
-    from addressvlm.runtime import load_recipe, local_run_options
+    from addressvlm.runtime import RecipeError, local_run_options, read_recipe
     from xtuner.registry import BUILDER
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not Path(weights).is_dir():
         raise PreflightError(f"weights folder {weights} not found")
-    cfg = load_recipe(recipe)
+    try:
+        cfg = read_recipe(recipe)
+    except RecipeError as error:
+        raise PreflightError(str(error)) from None
     options = local_run_options(recipe, weights, "cpu" if device == "cpu" else "gpu")
     cfg.merge_from_dict(parse_cfg_options(options))
     cfg.merge_from_dict(parse_cfg_options(cfg_options))
@@ -111,7 +114,12 @@ def run_preflight(recipe: str, weights: str, steps: int = 1, samples: int = 2, d
     report(f"ok  model builds from {weights}: {figures['trainable_params']:,} trainable, "
            f"{figures['frozen_params']:,} frozen parameters; dtypes {figures['dtypes']}")
 
-    tokenizer = BUILDER.build(cfg.tokenizer)
+    try:
+        tokenizer = BUILDER.build(cfg.tokenizer)
+    except OSError:  # transformers' message sends the user to the hub
+        raise PreflightError(f"no tokenizer loads from {cfg.tokenizer.get('pretrained_model_name_or_path')}: its "
+                             "files (tokenizer.json or tokenizer.model, tokenizer_config.json) are missing; copy "
+                             "them from the release") from None
     for marker in template_markers(cfg):
         ids = tokenizer.encode(marker, add_special_tokens=False)
         if len(ids) != 1:

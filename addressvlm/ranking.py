@@ -394,13 +394,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         locations = read_locations(args.locations or image_folder / "locations.csv")
         gazetteer = build_gazetteer(locations, read_gazetteer(args.gazetteer) if args.gazetteer else ())
         questions = chunk_questions(questions, args.num_chunks, args.chunk_idx)
+        model_settings = model_settings_of(args)  # the weights' identity before they are read
         model = load_model_from_args(args)
         if args.constrained:
             done = answer_constrained(model, questions, gazetteer, args.out, image_folder,
-                                      model_settings=model_settings_of(args))
+                                      model_settings=model_settings)
         else:
             done = rank_questions(model, questions, gazetteer, args.out, image_folder, args.normalisation,
-                                  args.batch_size, model_settings=model_settings_of(args),
+                                  args.batch_size, model_settings=model_settings,
                                   candidates=(args.candidates, args.candidates_k) if args.candidates else None)
     except (DataError, FileNotFoundError, CheckpointError, StageChainError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None

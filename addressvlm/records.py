@@ -9,6 +9,8 @@ Formats (docs/design.md section 2):
 - A gazetteer CSV: extra ``street``/``district`` names (and pairs) to rank beside the city table's.
 - ``levels.json`` in a city root: what the city calls its district and street levels (Tokyo: chome, street).
 - Any other append-only JSONL (alignment labels): ``JsonlAppender`` plus ``read_jsonl``.
+- ``<name>.settings.json`` beside a resumable output or a training run's folder: the settings that made it
+  (``read_settings``; a run's also its seconds: ``read_run_record``/``write_run_record``).
 - Cross-view retrieval (docs/retrieval.md): ``gallery.jsonl``, ``queries.jsonl``, ``retrieved.jsonl``.
 
 Errors name the file and the line (1-based, as an editor shows it) so a user can fix the row.
@@ -414,6 +416,99 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[tu
     return list(zip(line_numbers, records))
 
 
+# --------------------------------------------------------------------------------------------- settings beside outputs
+def as_recorded(settings: dict) -> dict:
+    """``settings`` as a settings file holds them (JSON types, keys sorted): a fresh dict compares with a read one."""
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def settings_changes(before: dict, now: dict, shown: int = 6) -> str:
+    """What differs between two recorded settings, nested keys dotted: ``"a.b: 1 then, 2 now; c: ..."``."""
+    def flat(node, prefix=""):
+        if isinstance(node, dict) and node:
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    old, new = flat(before), flat(now)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    listed = "; ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in changed[:shown])
+    return listed + (f"; and {len(changed) - shown} more" if len(changed) > shown else "")
+
+
+def settings_path(output: str | os.PathLike) -> Path:
+    """Where the settings that made ``output`` (a file or a run's folder) are kept: ``<name>.settings.json`` beside
+    it."""
+    output = Path(output)
+    return output.with_name(output.name + ".settings.json")
+
+
+def read_settings(output: str | os.PathLike) -> dict | None:
+    """The settings recorded beside ``output`` (``JsonlAppender``'s), None when there are none."""
+    path = settings_path(output)
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
+    if type(settings) is not dict:
+        raise DataError(path, None, "must hold a JSON object of settings")
+    return settings
+
+
+def file_identity(path: str | os.PathLike) -> str:
+    """What tells one version of a file (or of a folder's files) from another without reading it: name, size and
+    modification time to the nanosecond. A multi-GB checkpoint is identified in microseconds; any rewrite (a
+    retrain, a copy without ``-p``) changes it, while content that merely stays put keeps it."""
+    import datetime
+    import hashlib
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{path}: no file to identify")
+    stats = [(p, p.stat()) for p in files]
+    newest = max(st.st_mtime_ns for _, st in stats)
+    when = datetime.datetime.fromtimestamp(newest // 10 ** 9, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    size = sum(st.st_size for _, st in stats)
+    if path.is_file():
+        return f"{path.name}: {size} bytes, modified {when}.{newest % 10 ** 9:09d}Z"
+    listing = "\n".join(f"{p.relative_to(path)} {st.st_size} {st.st_mtime_ns}" for p, st in stats)
+    return (f"{path.name}/: {len(files)} files, {size} bytes, last modified {when}.{newest % 10 ** 9:09d}Z, "
+            f"listing {hashlib.sha256(listing.encode()).hexdigest()[:12]}")
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content (first 16 hex digits): for data files, which tools rewrite byte-identical."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+# A training run's record beside its work_dir: how it was trained (its settings) and how long it took.
+RUN_RECORD_KEYS = ("settings", "seconds")
+
+
+def read_run_record(work_dir: str | os.PathLike) -> dict | None:
+    """``{"settings": {...}, "seconds": float}`` recorded beside a finished run, None when there is none."""
+    record = read_settings(work_dir)
+    if record is None:
+        return None
+    if not record.keys() >= set(RUN_RECORD_KEYS) or type(record["settings"]) is not dict \
+            or not isinstance(record["seconds"], (int, float)):
+        raise DataError(settings_path(work_dir), None, "a run record holds settings (an object) and seconds")
+    return record
+
+
+def write_run_record(work_dir: str | os.PathLike, settings: dict, seconds: float) -> None:
+    write_atomic(settings_path(work_dir), json.dumps({"settings": as_recorded(settings), "seconds": round(seconds, 1)},
+                                                     indent=2, sort_keys=True) + "\n")
+
+
 class JsonlAppender:
     """Append-only JSONL writer for resumable work: each record is flushed (and fsynced) as it is written.
 
@@ -450,16 +545,15 @@ class JsonlAppender:
     def _check_settings(self, settings: dict | None) -> None:
         if settings is None:
             return
-        sidecar = self.path.with_name(self.path.name + ".settings.json")
-        settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        sidecar = settings_path(self.path)
+        settings = as_recorded(settings)
         has_records = self.path.stat().st_size > 0
-        if sidecar.is_file():
-            before = json.loads(sidecar.read_text(encoding="utf-8"))
+        before = read_settings(self.path)
+        if before is not None:
             if has_records and before != settings:
-                changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
                 raise DataError(self.path, None, "holds records made with other settings ("
-                                + "; ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
-                                + "): choose another output, or delete it to start over")
+                                + settings_changes(before, settings) + "): choose another output, or delete it to "
+                                                                       "start over")
         elif has_records:
             raise DataError(self.path, None, f"holds records but no {sidecar.name} saying how they were made: choose "
                                              "another output, or delete it to start over")

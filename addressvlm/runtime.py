@@ -42,6 +42,39 @@ def load_recipe(path: str | Path) -> Config:
     return cfg
 
 
+class RecipeError(ValueError):
+    """A file a tool cannot use as its recipe; the message names the file and what to do."""
+
+
+def read_recipe(path: str | Path, retrieval: bool = False) -> Config:
+    """``load_recipe`` for a tool that takes one kind of recipe: the stage-1/stage-2 LVLM recipes, or with
+    ``retrieval`` the retrievers of ``recipes/retrieval/`` (a model with ``embed``). Anything else (a missing file,
+    a ``.json``, a Python file that is no recipe or does not load, the other kind) is a ``RecipeError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} not found")
+    if path.suffix != ".py":
+        raise RecipeError(f"{path} is not an XTuner recipe (a .py config, e.g. recipes/stage1_pitts.py)")
+    try:
+        cfg = load_recipe(path)
+    except Exception as error:  # noqa: BLE001  (a syntax error, an import that fails: all mean "not loadable")
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise RecipeError(f"{path} does not load as a recipe: {type(error).__name__}: {first_line}") from None
+    model = cfg.get("model")
+    model_type = model.get("type") if isinstance(model, dict) else None
+    if model_type is None:
+        raise RecipeError(f"{path} is not an XTuner recipe: it defines no model = dict(type=...)")
+    name = model_type if isinstance(model_type, str) else model_type.__name__
+    is_retriever = hasattr(model_type, "embed")
+    if is_retriever and not retrieval:
+        raise RecipeError(f"{path} is a retrieval recipe ({name}): this tool takes the stage-1/stage-2 recipes "
+                          "(recipes/, recipes/minicpmv26/, recipes/ablations/); retrievers train with xtuner train "
+                          "and are scored by eval/retrieve.py (docs/retrieval.md)")
+    if retrieval and not is_retriever:
+        raise RecipeError(f"{path} builds {name}, not a retriever: eval/retrieve.py takes recipes/retrieval/*.py")
+    return cfg
+
+
 def _build_lazy(node: Any) -> Any:
     if isinstance(node, (LazyObject, LazyAttr)):
         return node.build()
@@ -174,6 +207,43 @@ def train(config: str, work_dir: str, model_root: str | None = None, device: str
         tail = log_path.read_text(errors="replace")[-4000:]
         raise RuntimeError(f"training {config} failed (exit {done}); log {log_path}:\n{tail}")
     return Path(work_dir)
+
+
+def has_finished(work_dir: str | Path) -> bool:
+    """A run that saved its final checkpoint (mmengine's ``last_checkpoint`` pointer)."""
+    return (Path(work_dir) / "last_checkpoint").is_file()
+
+
+def run_inputs(city: str | Path, data_file: str, image_folder: str | Path, continues: str | Path | None) -> dict:
+    """What a run trains on, by identity rather than by name, for its record: the city's resolved path, the content
+    digest of its data file (data tools rewrite it byte-identical), the resolved image folder, and the weights of
+    the run it continues (None: from the release, or a run not finished yet)."""
+    from addressvlm.infer import weights_identity
+    from addressvlm.records import file_digest
+
+    data = Path(city) / data_file
+    return {"city": str(Path(city).resolve()), "data": file_digest(data) if data.is_file() else None,
+            "images": str(Path(image_folder).resolve()),
+            "continues": weights_identity(continues) if continues and has_finished(continues) else None}
+
+
+def finished_run(work_dir: str | Path, settings: dict) -> float | None:
+    """The training seconds of the finished run in ``work_dir`` when its record beside it holds ``settings``; None
+    when no run finished there; a ``DataError`` naming what changed when it was trained otherwise (reusing it would
+    score another model under this one's name)."""
+    from addressvlm.records import DataError, as_recorded, read_run_record, settings_changes, settings_path
+
+    if not has_finished(work_dir):
+        return None
+    record = read_run_record(work_dir)
+    if record is None:
+        raise DataError(work_dir, None, f"a finished run without {settings_path(work_dir).name} saying how it was "
+                                        "trained: give another --work, or delete it to train it again")
+    if record["settings"] != as_recorded(settings):
+        raise DataError(work_dir, None, "a finished run trained with other settings ("
+                        + settings_changes(record["settings"], as_recorded(settings))
+                        + "): give another --work, or delete it to train it again")
+    return float(record["seconds"])
 
 
 def read_losses(work_dir: str | Path) -> dict[int, float]:

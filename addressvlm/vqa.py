@@ -51,10 +51,22 @@ def parse_split(spec: str) -> tuple[float, float, float]:
         weights = [float(p) for p in parts]
     except ValueError:
         raise ValueError(f"split {spec!r} should be three numbers like 7:2:1") from None
-    if len(weights) != 3 or any(w < 0 or math.isnan(w) for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"split {spec!r} should be three non-negative numbers like 7:2:1")
+    if len(weights) != 3 or any(not 0 <= w < math.inf for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"split {spec!r} should be three non-negative numbers, not all 0, like 7:2:1")
     total = sum(weights)
     return tuple(w / total for w in weights)  # type: ignore[return-value]
+
+
+def split_option(text: str) -> str:
+    """The data tools' ``--split`` as argparse's ``type``: ``text`` when ``parse_split`` reads it, else a usage
+    error naming the option."""
+    import argparse
+
+    try:
+        parse_split(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def assign_splits(rows: Sequence[Location], seed: int, ratios: tuple[float, float, float],

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from addressvlm.labels import BackendUnavailable
 from addressvlm.records import DataError
 
 
@@ -91,7 +92,7 @@ def main(argv=None) -> None:
             report = ingest_cvg_text(args.cvg_text, args.versions)
         else:
             report = ingest_geotext1652(args.geotext1652, test_json=args.test_json)
-    except (DataError, ValueError) as exc:
+    except (DataError, ValueError, BackendUnavailable) as exc:
         sys.exit(f"error: {exc}")
     print(report.summary())
     print(f"done in {time.perf_counter() - started:.1f} s")

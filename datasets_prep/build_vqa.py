@@ -24,7 +24,7 @@ import sys
 
 from addressvlm.records import LEVEL_NAMES_FILE, DataError
 from addressvlm.templates import parse_level_names
-from addressvlm.vqa import DISTRACTOR_MODES, MAX_ROUNDS, TURN_ORDERS, build_vqa
+from addressvlm.vqa import DISTRACTOR_MODES, MAX_ROUNDS, TURN_ORDERS, build_vqa, split_option
 
 
 def _level_names(text: str) -> dict[str, str]:
@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--locations", required=True, help="the city's locations.csv")
     parser.add_argument("--out", required=True, help="output folder (e.g. data/<city>/vqa)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", default="7:2:1", help="train:val:test ratio over locations (default 7:2:1)")
+    parser.add_argument("--split", default="7:2:1", type=split_option,
+                        help="train:val:test ratio over locations (default 7:2:1)")
     parser.add_argument("--rounds", type=int, default=MAX_ROUNDS,
                         help="question rounds per training image: 1-6 take that many of the six district/street "
                              "questions, types balanced over the file; 7 (default) adds the address question")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from addressvlm.graft import CORNERS
-from addressvlm.labels import VARIANTS, add_label_arguments, backend_options, make_labels
+from addressvlm.labels import VARIANTS, BackendUnavailable, add_label_arguments, backend_options, make_labels
 from addressvlm.records import DataError
 
 
@@ -39,7 +39,7 @@ def main() -> None:
                              crops_dir=args.crops, city_name=args.city_name, variant=args.variant,
                              corner=args.corner, map_labels=not args.no_map_labels, splits=args.splits,
                              backend_options=options, limit=args.limit)
-    except DataError as exc:
+    except (DataError, BackendUnavailable) as exc:
         sys.exit(f"error: {exc}")
     print(report.summary())
 

@@ -21,7 +21,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from addressvlm.labels import GeoReasonerTask, add_label_arguments, backend_options, build_stage1_json, label_city
+from addressvlm.labels import (BackendUnavailable, GeoReasonerTask, add_label_arguments, backend_options,
+                               build_stage1_json, label_city)
 from addressvlm.records import DataError
 
 
@@ -40,7 +41,7 @@ def main() -> None:
         print(report.summary())
         built = build_stage1_json(args.city, out_dir / "labels.jsonl", out_dir / "train.json", variant=task.variant,
                                   splits=args.splits)
-    except DataError as exc:
+    except (DataError, BackendUnavailable) as exc:
         sys.exit(f"error: {exc}")
     print(built.summary())
     print(out_dir / "train.json")

@@ -10,14 +10,15 @@ Example:
 import argparse
 
 from addressvlm.records import DataError
-from addressvlm.vqa import pin_splits
+from addressvlm.vqa import pin_splits, split_option
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--locations", required=True, help="the city's locations.csv (rewritten in place)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", default="7:2:1", help="train:val:test ratio over locations (default 7:2:1)")
+    parser.add_argument("--split", default="7:2:1", type=split_option,
+                        help="train:val:test ratio over locations (default 7:2:1)")
     args = parser.parse_args()
     try:
         counts = pin_splits(args.locations, args.seed, args.split)

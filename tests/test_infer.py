@@ -328,6 +328,59 @@ def test_resume_with_other_settings_or_a_second_writer_is_refused(model, city, r
         answer_questions(model, questions, unrecorded, root, max_new_tokens=6, progress=False)
 
 
+RETRAINED = (r"holds records made with other settings \(weights: 'iter_3\.pth: \d+ bytes, modified [^']+' then, "
+             r"'iter_3\.pth: \d+ bytes, modified [^']+' now\): choose another output, or delete it to start over")
+
+
+def test_resume_after_a_retrain_into_the_same_path_is_refused(tiny_llava, options, city, tmp_path):
+    """The checkpoint at the recorded path now holds other weights (a retrain: same size, new content): the resume
+    is refused in one line naming the weights, instead of appending the new model's answers to the old one's."""
+    from addressvlm.infer import main
+
+    root, questions_path = city
+    work_dir = tmp_path / "stage2"
+    write_synthetic_checkpoint(work_dir, options, seed=0)
+    out = tmp_path / "predictions.jsonl"
+    common = ["--config", RECIPE, "--checkpoint", str(work_dir), "--model-root", str(tiny_llava), "--questions",
+              str(questions_path), "--out", str(out), "--max-new-tokens", "2"]
+    main([*common, "--num-chunks", "3", "--chunk-idx", "0"])
+    answered = out.read_text()
+    main(common)  # the same weights: the rest is answered
+    assert len(_answers(out)) == len(QUESTION_TEXTS) * 3
+    out.write_text(answered)
+    write_synthetic_checkpoint(work_dir, options, seed=1)
+    with pytest.raises(SystemExit, match=RETRAINED):
+        main(common)
+    assert out.read_text() == answered
+
+
+def test_the_demo_keeps_answers_by_the_same_weights_identity(options, tmp_path):
+    """``pipeline.drop_stale`` records and compares what eval/infer.py records (``weights_identity``): answers of
+    the present weights are resumed; once the run holds other weights, even a copy older than the answers (a run
+    restored with its times, which a newer-than test misses), they are dropped."""
+    import os
+
+    from addressvlm.demo.pipeline import Paths, drop_stale
+    from addressvlm.infer import weights_identity
+    from addressvlm.records import open_predictions
+
+    paths = Paths(tmp_path / "out", tmp_path / "city", tmp_path / "work")
+    run = paths.work / "stage2_only"
+    write_synthetic_checkpoint(run, options, seed=0)
+    out = paths.out / "predictions" / "stage2_only.jsonl"
+    settings = drop_stale(out, paths, "stage2_only")
+    assert settings == {"weights": weights_identity(run)}
+    with open_predictions(out, settings) as predictions:
+        predictions.write({"question_id": "q", "prediction": "Forbes Avenue"})
+    assert drop_stale(out, paths, "stage2_only") == settings and out.is_file()
+    write_synthetic_checkpoint(run, options, seed=1)
+    an_hour_before = out.stat().st_mtime_ns - 3600 * 10 ** 9
+    for path in (run / "iter_3.pth", run / "last_checkpoint"):
+        os.utime(path, ns=(an_hour_before, an_hour_before))
+    drop_stale(out, paths, "stage2_only")
+    assert not out.exists()
+
+
 def test_zero_shot_answers_with_the_untuned_release(tiny_llava, options, city, tmp_path):
     """--zero-shot answers without a checkpoint, exactly as the recipe's model with its freshly built (identity)
     LoRA and the release's projector loaded as a checkpoint; it refuses a checkpoint beside it."""

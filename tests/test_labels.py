@@ -18,7 +18,7 @@ from PIL import Image
 from addressvlm.geo.crop import crop_city, offset_latlon, read_crop_index
 from addressvlm.graft import city_pairs, graft_batch
 from addressvlm.names import mentions_name
-from addressvlm.labels import (OpenAIBackend, build_stage1_json, hint_prompt, make_labels,
+from addressvlm.labels import (BackendUnavailable, OpenAIBackend, build_stage1_json, hint_prompt, make_labels,
                                training_question)
 from addressvlm.records import DataError, Location, read_jsonl, read_llava_json, write_locations
 from test_crop import LAT, LON, write_geotiff, write_streets
@@ -211,6 +211,35 @@ def test_openai_backend_gives_up_on_persistent_errors_and_stops_on_auth_errors(g
             make_labels(city, city / "stage1" / "grafted", city / "l.jsonl", backend, progress=False)
     finally:
         server.close()
+
+
+def closed_port_url() -> str:
+    """An address where nothing listens: a port the system just handed out and took back."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_a_refused_connection_stops_the_run_at_once_in_one_line(grafted_city):
+    """No server listening: the first request stops the run instead of six retries with backoff per image (a
+    minute each), and the tool says so in one line; ``reach`` finds it before any request."""
+    city, train = grafted_city
+    url = closed_port_url()
+    backend = OpenAIBackend("m", base_url=url, concurrency=2, max_retries=6, backoff_s=1.0)
+    started = time.perf_counter()
+    with pytest.raises(BackendUnavailable, match="connection refused"):
+        make_labels(city, city / "stage1" / "grafted", city / "l.jsonl", backend, progress=False)
+    assert time.perf_counter() - started < 5
+    with pytest.raises(BackendUnavailable, match=f"no OpenAI-compatible server answers at {url}.*Connection refused"):
+        backend.reach()
+    done = subprocess.run([sys.executable, str(ROOT / "datasets_prep" / "make_alignment_labels.py"), "--city",
+                           str(city), "--backend", "openai", "--base-url", url, "--model", "m"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {url}/: connection refused"), done.stderr
 
 
 def test_interrupted_run_resumes_without_duplicates_or_losses(grafted_city):

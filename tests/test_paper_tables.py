@@ -52,3 +52,84 @@ def test_paper_table_refuses_a_folder_that_is_not_a_city(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "tools" / "paper_table.py"), "--table", "4", "--city",
                            str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2 and "locations.csv: not found" in done.stderr
+
+
+def run_paper_table(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools" / "paper_table.py"), *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_the_label_backend_is_checked_before_any_work(tmp_path):
+    """--label-backend openai without --model, or with a --base-url where no server listens: one line, before
+    the tiny model, crops or grafts are made (they took minutes before the TypeError or the silent retries)."""
+    from test_labels import closed_port_url
+
+    (tmp_path / "city").mkdir()
+    (tmp_path / "city" / "locations.csv").write_text("image\n")
+    common = ["--table", "9", "--city", str(tmp_path / "city"), "--out", str(tmp_path / "out"), "--work",
+              str(tmp_path / "work"), "--label-backend", "openai"]
+    no_model = run_paper_table(*common)
+    assert no_model.returncode == 2 and "Traceback" not in no_model.stderr
+    assert no_model.stderr.strip().splitlines()[-1].endswith("--label-backend openai: the openai label backend "
+                                                             "needs a model (--model)")
+    url = closed_port_url()
+    unreachable = run_paper_table(*common, "--model", "m", "--base-url", url)
+    assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr
+    assert unreachable.stderr.strip().splitlines() == [
+        f"error: --label-backend openai: no OpenAI-compatible server answers at {url}/ ([Errno 111] Connection "
+        "refused): start it, or give the right --base-url"]
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+def test_default_folders_of_two_cities_of_one_name_differ(tmp_path):
+    from addressvlm.paper_tables import default_folder
+
+    here, there = tmp_path / "a" / "helsinki", tmp_path / "b" / "helsinki"
+    assert default_folder(here).startswith("helsinki-") and default_folder(there).startswith("helsinki-")
+    assert default_folder(here) != default_folder(there)
+    assert default_folder(here) == default_folder(tmp_path / "b" / ".." / "a" / "helsinki")  # by resolved path
+    assert default_folder(here, quick=True) == default_folder(here) + "_quick"
+
+
+def test_a_run_is_reused_only_when_trained_with_the_same_settings(tmp_path, tiny_llava):
+    """A finished run whose record shows other settings (the quick scale, other data) or no record is refused
+    before any work, naming what changed; one with the same settings is reused with the seconds it took then."""
+    from addressvlm.demo.pipeline import DemoSettings
+    from addressvlm.paper_tables import BASELINE, DemoScale, fill_table, run_name
+    from addressvlm.records import read_llava_json, settings_path, write_llava_json, write_run_record
+    from conftest import write_colour_city
+
+    city = write_colour_city(tmp_path / "city")
+    out, work = tmp_path / "out", tmp_path / "work"
+    quick = DemoScale(city, out, work, DemoSettings.quick(), tiny_llava)
+    work_dir, settings = quick.plan(BASELINE, None, True, city)
+    assert work_dir == work / run_name(BASELINE)
+    work_dir.mkdir(parents=True)
+    (work_dir / "last_checkpoint").write_text(str(work_dir / "iter_2.pth"))  # a run that finished
+    write_run_record(work_dir, settings, 42.0)
+    assert quick.train(BASELINE, None, True, 0, city) == 42.0  # the same settings: reused, not trained
+
+    full = DemoScale(city, out, work, DemoSettings(), tiny_llava)
+    with pytest.raises(DataError, match=r"trained with other settings \(.*overrides\.train_cfg\.max_epochs: 1 then, "
+                                        r"8 now.*\): give another --work, or delete it"):
+        fill_table(TABLES["8"], city, out, full, rows=[run_name(BASELINE)])
+    assert not out.exists()  # refused before any work
+
+    records = read_llava_json(city / "vqa" / "train.json")
+    write_llava_json(city / "vqa" / "train.json", records[:-1])
+    with pytest.raises(DataError, match=r"data: '[0-9a-f]{16}' then, '[0-9a-f]{16}' now"):
+        quick.train(BASELINE, None, True, 0, city)
+    settings_path(work_dir).unlink()
+    with pytest.raises(DataError, match=f"a finished run without {run_name(BASELINE)}.settings.json"):
+        quick.train(BASELINE, None, True, 0, city)
+
+
+def test_steps_an_earlier_run_did_show_their_time_then():
+    from addressvlm.paper_tables import render_table
+
+    table = TABLES["8"]
+    results = {row.name: {} for row in table.rows}
+    text = render_table(table, list(table.rows), results, {"data": 3.0, "train stage1_pitts": 0.01,
+                                                           "train stage2_pitts": 95.4}, Path("c"),
+                        {"train stage1_pitts": 612.0})
+    assert "| train stage1_pitts | reused (trained in 612 s) |" in text and "| train stage2_pitts | 95 |" in text

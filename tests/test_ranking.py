@@ -185,6 +185,24 @@ def test_cli_ranks_a_chunk_like_the_api(checkpoint, tiny_llava, city, reference,
         assert [r["name"] for r in ranking] == [r["name"] for r in expected[qid][1]]
 
 
+def test_a_resume_after_a_retrain_into_the_same_path_is_refused(tiny_llava, city, tmp_path):
+    from addressvlm.ranking import main
+    from test_infer import RETRAINED, model_options, write_synthetic_checkpoint
+
+    root, questions_path = city
+    work_dir = tmp_path / "stage2"
+    write_synthetic_checkpoint(work_dir, model_options(tiny_llava), seed=0)
+    out = tmp_path / "ranked.jsonl"
+    common = ["--config", RECIPE, "--checkpoint", str(work_dir), "--model-root", str(tiny_llava), "--questions",
+              str(questions_path), "--out", str(out)]
+    main([*common, "--num-chunks", "2", "--chunk-idx", "0"])
+    ranked = out.read_text()
+    write_synthetic_checkpoint(work_dir, model_options(tiny_llava), seed=1)
+    with pytest.raises(SystemExit, match=RETRAINED):
+        main(common)
+    assert out.read_text() == ranked
+
+
 # ------------------------------------------------------------------------------------------ retrieved candidates
 def write_retrieved_for(root: Path, path: Path) -> None:
     """A retrieved.jsonl (eval/retrieve.py's) for the city's images: image i's best tiles are places i, i+1, i+2."""

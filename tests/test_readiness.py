@@ -191,3 +191,37 @@ def test_a_config_is_formatted_once_per_text():
     cfg.merge_from_dict({"optim_wrapper.optimizer.lr": 1e-3})
     changed = cfg.pretty_text
     assert first != changed and "lr=0.001" in changed and cfg.pretty_text == changed
+
+
+def not_a_training_recipe(kind: str, folder: Path) -> tuple[str, str]:
+    """``(path, message)``: a file preflight and estimate_memory cannot use, and what they say about it."""
+    if kind == "retrieval recipe":
+        path = str(REPO / "recipes" / "retrieval" / "clip_pitts.py")
+        return path, f"{path} is a retrieval recipe (CLIPDualEncoder): this tool takes the stage-1/stage-2 recipes"
+    if kind == "python file":
+        (folder / "notes.py").write_text("steps = 3\n")
+        return str(folder / "notes.py"), f"{folder / 'notes.py'} is not an XTuner recipe: it defines no model"
+    (folder / "figures.json").write_text('{"model": {"type": "x"}}\n')
+    return str(folder / "figures.json"), f"{folder / 'figures.json'} is not an XTuner recipe (a .py config"
+
+
+@pytest.mark.parametrize("kind", ["retrieval recipe", "python file", "json"])
+def test_preflight_and_estimate_memory_name_a_file_that_is_not_a_training_recipe(kind, tiny_llava, tmp_path):
+    import re
+
+    from addressvlm.memory import main as estimate_memory
+    from addressvlm.preflight import main as preflight
+
+    path, message = not_a_training_recipe(kind, tmp_path)
+    with pytest.raises(SystemExit, match=f"^preflight FAILED: {re.escape(message)}[^\n]*$"):
+        preflight([path, "--weights", str(tiny_llava), "--device", "cpu"])
+    with pytest.raises(SystemExit, match=f"^error: {re.escape(message)}[^\n]*$"):
+        estimate_memory([path])
+
+
+def test_preflight_names_a_release_without_its_tokenizer(tiny_llava, tmp_path):
+    release = shutil.copytree(tiny_llava, tmp_path / "llava-phi-3-mini-xtuner")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (release / name).unlink()
+    with pytest.raises(PreflightError, match=f"^no tokenizer loads from {release}: its files .* are missing"):
+        run_preflight(LLAVA, str(release), report=quiet)

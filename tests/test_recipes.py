@@ -198,6 +198,23 @@ def test_new_city_overwrite_replaces_only_its_own_recipes_that_nothing_inherits(
     assert (recipes / "stage1_sf.py").read_text() == city_recipe_text("sf", 1, "./data/sf2")
 
 
+@pytest.mark.parametrize("name,says", [
+    ("../evil", "must be a valid module name"), ("tokyo;rm", "must be a valid module name"),
+    ("tōkyō", "must be a valid module name"), ("a" * 300, "city name of 300 characters: at most 64")])
+def test_new_city_refuses_a_name_that_cannot_name_files_in_one_line(name, says, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    recipes = shutil.copytree(REPO / "recipes", tmp_path / "recipes")
+    before = sorted(recipes.rglob("*"))
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "new_city.py"), name, "--data-root", "./data/x",
+                           "--recipes-dir", str(recipes)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"new_city.py: error: argument city: ")
+    assert says in done.stderr and sorted(recipes.rglob("*")) == before
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
 def test_every_recipe_resumes_exactly_and_safely(path):
     hooks = {type_name(h.type) for h in Config.fromfile(str(path)).custom_hooks}

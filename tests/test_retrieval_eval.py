@@ -168,6 +168,22 @@ def test_outputs_are_checked_before_embedding(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_embeddings_that_are_not_an_npz_are_named(tmp_path):
+    import numpy as np
+
+    root = tmp_path / "city"
+    write_constructed_root(root)
+    text = tmp_path / "embeddings.txt"
+    text.write_text("query_ids,queries\nq0,0.1 0.2\n")
+    with pytest.raises(SystemExit, match=r"^error: .*embeddings\.txt: not an \.npz of embeddings \(numpy\.savez's "
+                                         r"format; --save-embeddings writes one\): ValueError$"):
+        main(["--root", str(root), "--embeddings", str(text), "--out", str(tmp_path / "out")])
+    single = tmp_path / "one.npy"
+    np.save(single, np.zeros((2, 3)))
+    with pytest.raises(SystemExit, match=r"one\.npy: a single \.npy array, not an \.npz"):
+        main(["--root", str(root), "--embeddings", str(single), "--out", str(tmp_path / "out")])
+
+
 def test_retrieved_file_checks(tmp_path):
     good = {"query_id": "q", "kind": "image", "image": "a.jpg", "tile": "t1", "rank": 1, "metres": 0.0,
             "top": [{"tile": "t1", "score": 0.9, "street": "A", "district": "B"},

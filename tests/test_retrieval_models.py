@@ -266,3 +266,32 @@ def test_gallery_embedding_timed_batched_and_one_at_a_time_gives_the_same_embedd
     assert result["batched_over_one_at_a_time"] == pytest.approx(
         result["batched"]["tiles_per_s"] / result["one_at_a_time"]["tiles_per_s"], rel=0.01)
     assert encoder.embed_images(tiles[:2], role="gallery").std(dim=0).max() > 1e-3  # the tiles do differ
+
+
+def test_eval_retrieve_as_the_readme_writes_it_names_what_is_missing(retrieval_city, tiny_clip, tiny_llava, tmp_path,
+                                                                      monkeypatch):
+    """eval/retrieve.py without the release where the recipe says, with --model-root, and with another model's
+    checkpoint: one line each (transformers' "Incorrect path_or_model_id", a traceback listing 40 keys before)."""
+    from addressvlm.retrieval.search import main
+    from test_infer import model_options, write_synthetic_checkpoint
+
+    clip = str(RECIPES / "clip_pitts.py")
+    common = ["--root", str(retrieval_city), "--out", str(tmp_path / "out"), "--figure-queries", "0"]
+    monkeypatch.chdir(tmp_path)  # where no ./models/ is
+    with pytest.raises(SystemExit, match=r"^error: model folder \./models/clip-vit-large-patch14 not found: download "
+                                         r"openai/clip-vit-large-patch14 first"):
+        main([*common, "--config", clip, "--checkpoint", "work_dirs/retrieval/clip_pitts"])
+    with pytest.raises(SystemExit, match=r"^error: model folder \./models/llava-phi-3-mini-xtuner.* not found"):
+        main([*common, "--config", str(RECIPES / "lvlm_pitts.py")])
+    on_tiny = ["--config", clip, "--model-root", str(tiny_clip), "--cfg-options",
+               *(f"{key}={value}" for key, value in CLIP_RUN.items())]
+    main([*common, *on_tiny])  # the untrained encoder: the release where --model-root says
+    assert (tmp_path / "out" / "metrics.json").is_file()
+    stage2 = write_synthetic_checkpoint(tmp_path / "stage2", model_options(tiny_llava))
+    with pytest.raises(SystemExit) as refused:
+        main([*common, *on_tiny, "--checkpoint", str(stage2)])
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"error: {stage2} does not fit the model its recipe builds")
+    assert "in the checkpoint but not in this model: ['llm." in message
+    with pytest.raises(SystemExit, match=r"recipes/stage2_pitts\.py builds AddressLLaVAModel, not a retriever"):
+        main([*common, "--config", str(RECIPES.parent / "stage2_pitts.py")])

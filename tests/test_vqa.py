@@ -400,6 +400,22 @@ def test_pinning_splits_keeps_the_users_own_columns(tmp_path):
     assert {r["split"] for r in rewritten} == {"train", "val", "test"}
 
 
+@pytest.mark.parametrize("tool", ["split_locations.py", "build_vqa.py"])
+def test_a_split_that_is_not_three_ratios_is_a_usage_error(tool, tmp_path):
+    table = tmp_path / "locations.csv"
+    table.write_text("image,location_id,lat,lon,street,district\nimg/0.jpg,loc0,40.44,-79.99,Forbes Avenue,Oakland\n")
+    before = table.read_text()
+    for split, says in (("7:2", "three non-negative numbers"), ("0:0:0", "not all 0"), ("a:b:c", "three numbers"),
+                        ("inf:1:1", "three non-negative numbers")):
+        out = ["--out", str(tmp_path / "vqa")] if tool == "build_vqa.py" else []
+        done = subprocess.run([sys.executable, str(REPO / "datasets_prep" / tool), "--locations", str(table),
+                               "--split", split, *out], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(f"{tool}: error: argument --split: split {split!r}")
+        assert says in done.stderr
+    assert table.read_text() == before and not (tmp_path / "vqa").exists()
+
+
 def test_a_run_killed_mid_way_leaves_the_old_output_whole(city, tmp_path, monkeypatch):
     """A rerun with another seed that dies after writing train.json must not leave train.json of the new run beside
     val.json / test_questions.jsonl of the old one (test locations of one run would be training data of the other)."""

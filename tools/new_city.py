@@ -8,15 +8,23 @@ Example:
 import argparse
 from pathlib import Path
 
-from addressvlm.city_recipes import write_city_recipes
+from addressvlm.city_recipes import check_city_name, write_city_recipes
 
 # This checkout's recipes: the package may be installed from another clone.
 CHECKOUT_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
+def city_name(text: str) -> str:
+    try:
+        return check_city_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("city", help="short lower-case name, used in file and work-dir names (e.g. tokyo)")
+    parser.add_argument("city", type=city_name,
+                        help="short lower-case name, used in file and work-dir names (e.g. tokyo)")
     parser.add_argument("--data-root", required=True, help="the city root: locations.csv, images, stage1/, vqa/")
     parser.add_argument("--work-root", default="./work_dirs/llava_phi3_mini", help="parent of the stages' work dirs")
     parser.add_argument("--recipes-dir", default=str(CHECKOUT_RECIPES),

@@ -1,5 +1,6 @@
-"""One command per table of the paper: build the data variants a table needs, train its rows (reusing runs that are
-already there), answer, score, and write the table in the paper's columns beside the paper's own numbers.
+"""One command per table of the paper: build the data variants a table needs, train its rows (reusing a finished run
+only when it was trained with the same settings, and refusing one trained otherwise), answer, score, and write the
+table in the paper's columns beside the paper's own numbers.
 
 On the demo city, on a CPU (after `make demo`; every run at the demo's scale, two side by side):
     python tools/paper_table.py --table 4 --city data/helsinki
@@ -11,8 +12,8 @@ On a cluster, the recipes as written (their models and Table A1's settings) thro
 Tables: 1, 2, 3, 4, 5, 6, 8, 9 and fig7 (docs/paper_tables.md lists every row's recipe). Stage-1 variants (Table 1's
 layouts, Tables 3/9's delta and unlabelled crops) and Fig. 7's densities are built here; their alignment reasons
 come from --label-backend: `rule` is the demo's stand-in, which the paper's section 3.2 rejects; give `openai` with
---base-url and --model for an LVLM. Files built by other tools (Table 5's merged cities, Table 6's mix) are named in
-the recipes' headers and must exist.
+--base-url and --model for an LVLM (the server is asked once before any work). Files built by other tools (Table 5's
+merged cities, Table 6's mix) are named in the recipes' headers and must exist.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from addressvlm.paper_tables import TABLES, DemoScale, RecipeScale, fill_table  # noqa: E402
+from addressvlm.paper_tables import TABLES, DemoScale, RecipeScale, default_folder, fill_table  # noqa: E402
 from addressvlm.records import DataError  # noqa: E402
 
 
@@ -35,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Table 5: the merged city root merge_cities.py wrote (its runs train there; every row is "
                              "scored on --city's test questions)")
     parser.add_argument("--rows", help="comma-separated row names (the stage-2 recipe names; zero_shot); default all")
-    parser.add_argument("--out", type=Path, help="where the table and answers go (default paper_tables/<city>)")
-    parser.add_argument("--work", type=Path, help="training runs (default work_dirs/paper_tables/<city>[_quick])")
+    parser.add_argument("--out", type=Path,
+                        help="where the table and answers go (default paper_tables/<city>-<hash of its path>[_quick])")
+    parser.add_argument("--work", type=Path,
+                        help="training runs (default work_dirs/paper_tables/<city>-<hash of its path>[_quick]); a "
+                             "finished run is reused only when it was trained with the same settings")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                         help="cpu: the demo's scale with the tiny model; gpu: the recipes as written")
     parser.add_argument("--quick", action="store_true", help="cpu: a few steps of every row (the test's scale)")
@@ -48,18 +52,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-backend", choices=("rule", "openai", "hf"), default="rule",
                         help="alignment reasons of stage-1 variants: rule is the demo's stand-in (default)")
     parser.add_argument("--base-url", help="openai backend: the server")
-    parser.add_argument("--model", help="openai/hf backend: the LVLM")
+    parser.add_argument("--model", help="openai/hf backend (needed there): the LVLM")
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    from addressvlm.labels import BackendUnavailable, check_backend
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     city = args.city
     if not (city / "locations.csv").is_file():
         print(f"error: {city / 'locations.csv'}: not found (a city root; make demo builds data/helsinki)",
               file=sys.stderr)
         return 2
-    tag = city.resolve().name + ("_quick" if args.quick else "")
+    options = {k: v for k, v in (("base_url", args.base_url), ("model", args.model)) if v}
+    try:  # before any work: the labels of stage-1 variants come after minutes of crops and grafts
+        check_backend(args.label_backend, options)
+    except ValueError as exc:
+        parser.error(f"--label-backend {args.label_backend}: {exc}")
+    except BackendUnavailable as exc:
+        print(f"error: --label-backend {args.label_backend}: {exc}", file=sys.stderr)
+        return 2
+    tag = default_folder(city, args.quick)
     out = args.out or REPO / "paper_tables" / tag
     work = args.work or REPO / "work_dirs" / "paper_tables" / tag
     if args.device == "gpu":
@@ -71,19 +86,19 @@ def main(argv=None) -> int:
         model_root, demo_work = args.model_root, None
         if model_root is None and not args.quick and city.resolve() == (REPO / "data" / "helsinki").resolve() \
                 and demo_model.is_dir():
-            # The demo's model, and its runs of the paper's own recipes (the same settings: not trained again).
+            # The demo's model, and its runs of the paper's own recipes (linked where their records show the same
+            # training as these runs would have).
             model_root, demo_work = demo_model, REPO / "work_dirs" / "demo_helsinki"
         settings = DemoSettings.quick() if args.quick else DemoSettings()
         runner = DemoScale(city, out, work, settings, model_root or work / "models" / "llava-phi-3-mini-xtuner",
                            demo_work)
-    options = {k: v for k, v in (("base_url", args.base_url), ("model", args.model)) if v}
     if args.label_backend == "rule":
         print("note: stage-1 variants get rule-backend reasons, the demo's stand-in; the paper writes them with an "
               "LVLM (--label-backend openai)", file=sys.stderr)
     try:
         report = fill_table(TABLES[args.table], city, out, runner, args.rows.split(",") if args.rows else None,
                             args.label_backend, options, merged_city=args.merged_city)
-    except (DataError, ValueError) as exc:
+    except (DataError, ValueError, BackendUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(report.read_text())

@@ -243,24 +243,50 @@ def run_overrides(paths: Paths, s: DemoSettings, recipe: str | Path, data_file: 
     }
 
 
-def train_recipe(paths: Paths, s: DemoSettings, recipe: Path, name: str, data_file: str, epochs: int,
-                 init_from: Path | None, threads: int, bar_row: int = 0, image_folder: Path | None = None,
-                 stage2: bool = True) -> Path:
-    """Train ``recipe`` at the demo's scale on ``paths.city``'s ``data_file`` into ``paths.work / name``; a run that
-    finished before is kept. A stage 2 starts from ``init_from`` (None: from the release, as the Baseline)."""
-    from addressvlm.records import read_llava_json
-    from addressvlm.runtime import train
+# The overrides that name files: a run's record holds what they name by identity instead (runtime.run_inputs).
+PATH_OVERRIDES = ("train_dataloader.dataset.data_path", "train_dataloader.dataset.image_folder",
+                  "model.init_from_work_dir")
 
-    work_dir = paths.work / name
-    if (work_dir / "last_checkpoint").is_file():
-        return work_dir
+
+def planned_run(paths: Paths, s: DemoSettings, recipe: Path, data_file: str, epochs: int, init_from: Path | None,
+                image_folder: Path | None = None, stage2: bool = True) -> tuple[dict, dict]:
+    """``(overrides, settings)`` of a run of ``recipe`` at the demo's scale on ``paths.city``'s ``data_file``: what
+    training gets, and what is recorded beside the run (the recipe, its overrides but paths, the model folder's
+    identity, and what it trains on: ``runtime.run_inputs``). A stage 2 starts from ``init_from`` (None: from the
+    release, as the Baseline)."""
+    from addressvlm.records import file_identity, read_llava_json
+    from addressvlm.runtime import run_inputs
+
     overrides = run_overrides(paths, s, recipe, data_file, epochs, len(read_llava_json(paths.city / data_file)))
     if image_folder is not None:
         overrides["train_dataloader.dataset.image_folder"] = str(image_folder) + "/"
     if stage2:
         overrides["model.init_from_work_dir"] = str(init_from) if init_from else None
-    return train(str(recipe), work_dir, str(paths.models), overrides=overrides, progress=True, name=name,
-                 threads=threads, bar_row=bar_row)
+    settings = {"recipe": str(recipe), "overrides": {k: v for k, v in overrides.items() if k not in PATH_OVERRIDES},
+                "model": file_identity(paths.models),
+                **run_inputs(paths.city, data_file, overrides["train_dataloader.dataset.image_folder"],
+                             init_from if stage2 else None)}
+    return overrides, settings
+
+
+def train_recipe(paths: Paths, s: DemoSettings, recipe: Path, name: str, data_file: str, epochs: int,
+                 init_from: Path | None, threads: int, bar_row: int = 0, image_folder: Path | None = None,
+                 stage2: bool = True) -> Path:
+    """Train ``recipe`` as ``planned_run`` plans it into ``paths.work / name`` and record its settings and time
+    beside it; a run that finished before with the same settings is kept, one trained otherwise is refused
+    (``runtime.finished_run``)."""
+    from addressvlm.records import write_run_record
+    from addressvlm.runtime import finished_run, train
+
+    work_dir = paths.work / name
+    overrides, settings = planned_run(paths, s, recipe, data_file, epochs, init_from, image_folder, stage2)
+    if finished_run(work_dir, settings) is not None:
+        return work_dir
+    started = time.perf_counter()
+    train(str(recipe), work_dir, str(paths.models), overrides=overrides, progress=True, name=name, threads=threads,
+          bar_row=bar_row)
+    write_run_record(work_dir, settings, time.perf_counter() - started)
+    return work_dir
 
 
 def train_stage(paths: Paths, s: DemoSettings, stage: int, name: str, init_from: Path | None, threads: int,
@@ -315,14 +341,24 @@ def load_model(paths: Paths, s: DemoSettings, name: str, recipe: Path | None = N
     return load_xtuner_model(recipe, paths.work / name, options)
 
 
-def drop_stale(output: Path, paths: Paths, name: str) -> None:
-    """Remove ``output`` when an earlier model or run wrote it (no settings beside it, or the model's checkpoint is
-    newer), so that only what this model started is resumed."""
-    checkpoint = paths.work / name / "last_checkpoint"
-    settings = output.with_name(output.name + ".settings.json")
-    if output.exists() and (not settings.exists() or checkpoint.exists()
-                            and checkpoint.stat().st_mtime > output.stat().st_mtime):
+def weights_settings(paths: Paths, name: str) -> dict:
+    """Which weights answer as ``name``, as recorded beside its answers: the identity of its run's checkpoint
+    (``infer.weights_identity``, as eval/infer.py records it); nothing for the untuned release."""
+    from addressvlm.infer import weights_identity
+
+    return {} if name == "zero_shot" else {"weights": weights_identity(paths.work / name)}
+
+
+def drop_stale(output: Path, paths: Paths, name: str) -> dict:
+    """Remove ``output`` unless the present weights of ``name`` wrote it (no settings beside it, or other weights
+    recorded there), so that only what this model started is resumed; return the settings to record."""
+    from addressvlm.records import read_settings
+
+    model = weights_settings(paths, name)
+    recorded = read_settings(output) if output.exists() else None
+    if output.exists() and (recorded is None or recorded.get("weights") != model.get("weights")):
         output.unlink()
+    return model
 
 
 def answer_and_score(paths: Paths, s: DemoSettings, name: str, recipe: Path | None = None) -> tuple[dict, dict]:
@@ -335,8 +371,9 @@ def answer_and_score(paths: Paths, s: DemoSettings, name: str, recipe: Path | No
 
     questions = read_questions(held_out_questions(paths))
     predictions_path = paths.out / "predictions" / f"{name}.jsonl"
-    drop_stale(predictions_path, paths, name)
-    answer_questions(load_model(paths, s, name, recipe), questions, predictions_path, image_folder=paths.city)
+    model_settings = drop_stale(predictions_path, paths, name)
+    answer_questions(load_model(paths, s, name, recipe), questions, predictions_path, image_folder=paths.city,
+                     model_settings=model_settings)
     predictions = {qid: text for qid, (_, text) in read_predictions(predictions_path).items()}
     metrics = score(questions, predictions)
     write_atomic(paths.out / "metrics" / f"{name}.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
@@ -358,10 +395,10 @@ def rank_and_measure(paths: Paths, s: DemoSettings, name: str) -> dict:
 
     questions_path = held_out_questions(paths)
     ranked_path = paths.out / "predictions" / f"{name}.ranked.jsonl"
-    drop_stale(ranked_path, paths, name)
+    model_settings = drop_stale(ranked_path, paths, name)
     gazetteer = build_gazetteer(read_locations(paths.city / "locations.csv"))
     rank_questions(load_model(paths, s, name), read_questions(questions_path), gazetteer, ranked_path,
-                   image_folder=paths.city)
+                   image_folder=paths.city, model_settings=model_settings)
     questions, rankings = read_ranked_names(questions_path, ranked_path)
     metrics = top_k_accuracy(questions, rankings)
     generated = {qid: text for qid, (_, text) in read_predictions(paths.out / "predictions" / f"{name}.jsonl").items()}
@@ -390,11 +427,11 @@ def retrieve_and_restrict(paths: Paths, s: DemoSettings) -> dict:
     results = retrieval.evaluate(paths, s.retrieval, s.seed)
     questions_path = paths.city / "vqa" / "test_questions.jsonl"
     ranked_path = paths.out / "predictions" / "stage1_stage2.ranked_retrieved.jsonl"
-    drop_stale(ranked_path, paths, "stage1_stage2")
+    model_settings = drop_stale(ranked_path, paths, "stage1_stage2")
     k = s.retrieval.candidates_k
     rank_questions(load_model(paths, s, "stage1_stage2"), read_questions(questions_path),
                    build_gazetteer(read_locations(paths.city / "locations.csv")), ranked_path,
-                   image_folder=paths.city,
+                   image_folder=paths.city, model_settings=model_settings,
                    candidates=(paths.out / "retrieval" / "lvlm_last_token" / "retrieved.jsonl", k))
     questions, restricted_names = read_ranked_names(questions_path, ranked_path)
     restricted = top_k_accuracy(questions, restricted_names)

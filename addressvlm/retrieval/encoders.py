@@ -52,9 +52,11 @@ def load_encoder(config: str, checkpoint: str | None = None, cfg_options=None,
     """The retriever of recipe ``config`` with ``checkpoint`` (an ``iter_N.pth``, a DeepSpeed folder or a work_dir,
     as ``eval/infer.py`` resolves them) loaded, or untrained (the released weights, fresh LoRA) when it is None.
     ``cfg_options``: ``key=value`` strings or a dict, as training took them (e.g. ``runtime.model_root_options``)."""
+    from addressvlm.runtime import read_recipe
+
+    read_recipe(config, retrieval=True)  # a recipe of another kind is refused before anything is built
     device, dtype = default_device_dtype(device)
     cfg, model = build_recipe_model(config, cfg_options, dtype)
-    _require_retriever(config, model)
     if checkpoint is not None:
         load_checked_state(model, resolve_checkpoint(checkpoint))
     from xtuner.registry import BUILDER
@@ -73,16 +75,13 @@ def random_release_encoder(config: str, cfg_options=None, device: str | None = N
     from addressvlm.infer import parse_cfg_options
     from addressvlm.memory import build_release_model, release_config
     from addressvlm.retrieval.dataset import DEFAULT_PROMPTS
-    from addressvlm.runtime import load_recipe
+    from addressvlm.runtime import read_recipe
     from addressvlm.standins.tiny import train_tokenizer
 
     device, dtype = default_device_dtype(device)
-    cfg = load_recipe(config)
+    cfg = read_recipe(config, retrieval=True)  # refused before gigabytes of random weights are built
     cfg.merge_from_dict(parse_cfg_options(cfg_options))
-    if isinstance(cfg.model.type, type):  # refused before gigabytes of random weights are built
-        _require_retriever(config, cfg.model.type)
     model = build_release_model(cfg, device, dtype)
-    _require_retriever(config, model)
     size = release_config("clip_vit_large_patch14_336")["image_size"]
     spec = dict(cfg.train_dataloader.dataset.inputs)
     make_inputs = spec.pop("type")
@@ -90,12 +89,6 @@ def random_release_encoder(config: str, cfg_options=None, device: str | None = N
                             "image_processor": CLIPImageProcessor(size={"shortest_edge": size},
                                                                   crop_size={"height": size, "width": size})})
     return _ready(model, inputs, device, dtype)
-
-
-def _require_retriever(config: str, model: torch.nn.Module | type) -> None:
-    model_class = model if isinstance(model, type) else type(model)
-    if not hasattr(model_class, "embed"):
-        raise TypeError(f"{config} builds {model_class.__name__}, not a retriever (recipes/retrieval/)")
 
 
 def _ready(model: torch.nn.Module, inputs, device: torch.device, dtype: torch.dtype) -> Encoder:

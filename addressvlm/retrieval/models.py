@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModel
 from torch import nn
 
+from addressvlm.inputs import require_model_folder
 from addressvlm.model import AddressLLaVAModel
 from xtuner.utils import IMAGE_TOKEN_INDEX
 
@@ -213,6 +214,8 @@ class CLIPDualEncoder(RetrieverMixin, BaseModel):
         super().__init__()
         from xtuner.registry import BUILDER
 
+        if isinstance(clip, dict):
+            require_model_folder(clip.get("pretrained_model_name_or_path"), "openai/clip-vit-large-patch14")
         self.clip = BUILDER.build(clip) if isinstance(clip, dict) else clip
         extend_text_positions(self.clip.text_model, text_positions)
         # CLIP's own logit_scale is replaced by the head's (initialised from ``temperature``); it stays unused.

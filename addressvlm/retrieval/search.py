@@ -237,7 +237,14 @@ def load_embeddings(path: str | os.PathLike) -> Embeddings:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, "embeddings file not found")
-    with np.load(path, allow_pickle=False) as data:
+    try:
+        opened = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # numpy takes any other file for a pickle it may not load
+        raise DataError(path, None, f"not an .npz of embeddings (numpy.savez's format; --save-embeddings writes "
+                                    f"one): {type(exc).__name__}") from None
+    if not isinstance(opened, np.lib.npyio.NpzFile):
+        raise DataError(path, None, "a single .npy array, not an .npz of query_ids, queries, tile_ids and gallery")
+    with opened as data:
         missing = [k for k in ("query_ids", "queries", "tile_ids", "gallery") if k not in data]
         if missing:
             raise DataError(path, None, f"missing array(s) {', '.join(missing)}")
@@ -286,6 +293,8 @@ def build_parser():
     source = parser.add_argument_group("embeddings: an encoder (--config, --checkpoint) or --embeddings")
     source.add_argument("--config", help="a recipes/retrieval/*.py config")
     source.add_argument("--checkpoint", help="its trained work_dir or .pth")
+    source.add_argument("--model-root", help="local release folder replacing the recipe's model_root / llava_root "
+                                             "(CLIP, or LLaVA-Phi3-mini)")
     source.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     source.add_argument("--device", help="cuda, cpu (default: cuda when present)")
     source.add_argument("--batch-size", type=int, default=16, help="images or texts per encoder batch (16)")
@@ -349,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--kinds must name image and/or text, not {args.kinds!r}")
     if bool(args.embeddings) == bool(args.config):
         parser.error("give either --config (with --checkpoint) or --embeddings")
+    from addressvlm.infer import CheckpointError
+    from addressvlm.stage_chain import StageChainError
+
     try:
         writable_output(args.out, "--out", folder=True)  # before the encoder loads and embeds, not after
         if args.save_embeddings:
@@ -359,8 +371,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             name = args.name or Path(args.embeddings).stem
         else:
             from addressvlm.retrieval.encoders import load_encoder
+            from addressvlm.runtime import model_root_options, read_recipe
 
-            source = load_encoder(args.config, args.checkpoint, cfg_options=args.cfg_options or None,
+            options = model_root_options(read_recipe(args.config, retrieval=True), args.model_root) \
+                if args.model_root else []
+            source = load_encoder(args.config, args.checkpoint, cfg_options=options + args.cfg_options or None,
                                   device=args.device)
             name = args.name
         metrics = evaluate_retrieval(args.root, args.out, source, name=name,
@@ -368,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      whole_gallery=args.gallery == "all", kinds=kinds, index=args.index,
                                      batch_size=args.batch_size, figure_queries=args.figure_queries,
                                      save_embeddings=args.save_embeddings)
-    except (DataError, ValueError) as exc:
+    except (DataError, ValueError, FileNotFoundError, CheckpointError, StageChainError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"{metrics['model']}: R@1 {metrics['R@1']}%, R@5 {metrics['R@5']}%, R@10 {metrics['R@10']}% of "
           f"{metrics['queries']} queries against {metrics['gallery_size']} tiles (chance R@1 "
