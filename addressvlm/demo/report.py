@@ -93,7 +93,7 @@ def paired_table(compared: dict[str, dict], headers: dict[str, str]) -> str:
         discordant = c["only_first"] + c["only_second"]
         # The least lopsided split of these discordant questions that the test would call significant.
         needed = next((k for k in range((discordant + 1) // 2, discordant + 1)
-                       if binomtest(k, discordant, 0.5).pvalue < SIGNIFICANT_P), None)
+                       if binomtest(k, discordant, 0.5).pvalue < SIGNIFICANT_P), None) if discordant else None
         needed_cell = "-" if needed is None else f"{100 * (2 * needed - discordant) / c['questions']:.1f}"
         p = c["mcnemar_p"]
         lines.append(f"| {headers[key]} | {c['questions']} | {c['only_first']} | {c['only_second']} | "
