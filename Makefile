@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo serve clean-demo
+.PHONY: install test demo spread serve clean-demo
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: install
 
 demo: install
 	$(PY) tools/run_demo.py --out demo_output
+
+# The demo over seeds 0-2 and the CPU code paths this machine has (about 12 minutes a run): each metric's mean, min
+# and max per model, in work_dirs/demo_spread/spread.md (docs/experiments.md, "Evidence that holds").
+spread: install
+	$(PY) tools/demo_spread.py --root work_dirs/demo_spread
 
 # The model `make demo` trained, behind an OpenAI-compatible API and a page with the city map: http://127.0.0.1:8000/
 serve: install

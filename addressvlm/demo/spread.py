@@ -79,6 +79,16 @@ def collect(out: Path) -> dict:
     for model in MODELS:
         metrics = json.loads((out / "metrics" / f"{model}.json").read_text(encoding="utf-8"))
         figures.update({f"{model}/{key}": metrics[key] for key in FIGURES})
+    paired = json.loads((out / "metrics" / "paired.json").read_text(encoding="utf-8"))
+    for key, c in paired.items():
+        figures[f"AddressVLM - Baseline {key}"] = round(100 * (c["only_first"] - c["only_second"]) / c["questions"], 2)
+    figures["AddressVLM - Baseline differences significant (p < 0.01)"] = sum(
+        c["mcnemar_p"] < 0.01 for c in paired.values())
+    retrieved = out / "metrics" / "stage1_stage2.closed_set_retrieved.json"
+    if retrieved.is_file():
+        ranked = json.loads(retrieved.read_text(encoding="utf-8"))
+        figures["AddressVLM street top-1 among retrieved names"] = ranked["restricted"]["street_top1"]
+        figures["AddressVLM street top-1 over every name (same questions)"] = ranked["unrestricted"]["street_top1"]
     reading = read_warmup_result(out / "models" / "llava-phi-3-mini-xtuner")
     figures["warm-up steps"] = reading["steps"]
     retrieval = out / "metrics" / "retrieval.json"
@@ -173,8 +183,9 @@ def run_spread(root: Path, seeds: list[int], code_paths: list[str], quick: bool 
     pairs = [(seed, path) for seed in seeds for path in code_paths]
     for seed, code_path in tqdm(pairs, desc="demo runs", unit="run"):
         record = run_folder(root, seed, code_path) / "run.json"
-        if record.is_file():
-            run = json.loads(record.read_text(encoding="utf-8"))
+        if record.is_file():  # its times and probe as recorded, its figures read again from its files
+            run = {**json.loads(record.read_text(encoding="utf-8")),
+                   **collect(run_folder(root, seed, code_path) / "out")}
         else:
             run = run_one(root, seed, code_path, root / f"city_seed{seed}", quick)
             write_atomic(record, json.dumps(run, indent=2) + "\n")

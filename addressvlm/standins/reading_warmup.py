@@ -216,9 +216,8 @@ def warm_up_reading(llm_dir: str | Path, names: CityNames, settings: ReadingWarm
                     eval_per_kind: int = 100, progress: bool = True) -> dict:
     """Train the LLM saved in ``llm_dir`` (all of it) on reading conversations until every question kind reaches
     ``settings.target`` on the probe at ``settings.checks_in_a_row`` checks in a row (or ``settings.max_steps``), and
-    save it back, with ``reading_warmup.json``:
-    the settings, the steps taken, whether the target was reached, the probe's curve, and the accuracy per kind on
-    a second held-out set that played no part in stopping."""
+    save it back, with ``reading_warmup.json``: the settings, the steps taken, whether the target was reached, the
+    probe's curve, and the accuracy per kind on a second held-out set that played no part in stopping."""
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
