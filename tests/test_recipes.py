@@ -53,6 +53,8 @@ def test_reference_recipes_follow_table_a1(name):
     assert cfg.param_scheduler[0].end == pytest.approx(0.03)
     assert cfg.param_scheduler[1].begin == pytest.approx(0.03)
     assert cfg.train_dataloader.dataset.max_length == 1472
+    # Table A1's rank and dropout; where the LoRA goes, its alpha, the projector and the template are our choices
+    # (docs/paper_tables.md), held here so that they change only on purpose.
     for lora in (cfg.model.llm_lora, cfg.model.visual_encoder_lora):
         assert lora.r == 128
         assert lora.lora_dropout == 0.05
