@@ -562,8 +562,9 @@ def mix_general(address_json: str | Path, general_json: str | Path, out_json: st
     records for each address record, drawing the general records without replacement, seeded.
 
     Table 6's "5:1" and "1:1" are general:address, i.e. 5 and 1 here: its text reads the 1:1 mix as the one with
-    more address data, and that mix scores higher. Pitts-IAL's ~138K training images need ~690K general records at
-    5, more than llava_v1_5_mix665k holds; a mix that needs more records than the general file has is refused.
+    more address data, and that mix scores higher. Pitts-VQA's 177,840 training images (Table B2) need 889,200
+    general records at 5, more than llava_v1_5_mix665k's 665K; a mix that needs more records than the general file
+    has is refused (never repeated or capped).
 
     The two sets usually have different image folders: the prefixes make both relative to one folder (e.g.
     ``pitts`` and ``llava``, with their common parent as the recipe's image folder). Text-only general records
