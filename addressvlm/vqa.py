@@ -101,6 +101,19 @@ def pin_splits(locations_csv: str | Path, seed: int = 0, split: str = "7:2:1") -
     return {name: sum(1 for v in assignment.values() if v == name) for name in SPLITS}
 
 
+def fraction_option(text: str) -> float:
+    """The density options' (``--view-fraction``, ``--location-fraction``) argparse ``type``: a decimal like 0.5 or
+    a ratio like 13/24, the form in which Table C6 names Fig. 7's runs (View-13/24 keeps 13 of a location's 24
+    views, where the text's 50 % keeps 12); else a usage error naming the option."""
+    import argparse
+    from fractions import Fraction
+
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} should be a share like 0.5 or a ratio like 13/24") from None
+
+
 def _keep_count(fraction: float, n: int) -> int:
     return max(1, math.ceil(fraction * n - 1e-9))
 
