@@ -84,8 +84,9 @@ max_norm = 1  # grad clip
 warmup_ratio = 0.03
 
 # LoRA (Table A1: rank 128, dropout 0.05). Where it goes is ours, A1 does not say: on the LLM and on the vision
-# encoder, the two parts Table 4's full model trains. The paper gives no alpha; we use 256 = 2 x rank, the setting of LLaVA-1.5's own rank-128 LoRA recipe, which keeps the update scale (alpha / r = 2)
-# this model family was tuned with.
+# encoder, the two parts Table 4's full model trains. The paper gives no alpha; we use 256 = 2 x rank, the setting
+# of LLaVA-1.5's own rank-128 LoRA recipe, which keeps the update scale (alpha / r = 2) this model family was tuned
+# with.
 lora_rank = 128
 lora_alpha = 256
 lora_dropout = 0.05

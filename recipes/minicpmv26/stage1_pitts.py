@@ -69,7 +69,8 @@ max_norm = 1  # grad clip
 warmup_ratio = 0.03
 
 # LoRA (Table A1: rank 128, dropout 0.05). Ours, which A1 does not state: on the LLM and on the vision encoder, and
-# alpha as in the LLaVA recipes, 2 x rank. LLM: the attention projections of the Qwen2 layers; vision: every linear layer of SigLIP.
+# alpha as in the LLaVA recipes, 2 x rank. LLM: the attention projections of the Qwen2 layers; vision: every linear
+# layer of SigLIP.
 lora_rank = 128
 lora_alpha = 256
 lora_dropout = 0.05
