@@ -3,11 +3,13 @@
 # Weights (the *trained* LLaVA-Phi3-mini in XTuner layout: LLM + tokenizer, visual_encoder/, projector/):
 #   huggingface-cli download xtuner/llava-phi-3-mini-xtuner --local-dir ./models/llava-phi-3-mini-xtuner
 # Data (see docs/data.md and docs/stage1.md; the city root is data/pitts):
-#   python datasets_prep/ingest.py ...                       -> data/pitts/locations.csv
-#   python datasets_prep/crop_satellite.py --city data/pitts  -> data/pitts/stage1/crops/
-#   python datasets_prep/graft.py --city data/pitts           -> data/pitts/stage1/grafted/
+#   python datasets_prep/ingest.py ...                                                  -> data/pitts/locations.csv
+#   python datasets_prep/crop_satellite.py --city data/pitts --keep-clear-for-delta 0.5 -> data/pitts/stage1/crops/
+#   python datasets_prep/graft.py --city data/pitts --delta 0.5                         -> data/pitts/stage1/grafted/
 #   python datasets_prep/make_alignment_labels.py --city data/pitts --backend openai ...
-#   python datasets_prep/build_stage1.py --city data/pitts    -> data/pitts/stage1/train.json
+#   python datasets_prep/build_stage1.py --city data/pitts                              -> data/pitts/stage1/train.json
+#   (no street name under the corner the street view will cover, as Table 9's delta 0.3 / 0.7 crops keep theirs, so
+#   that those rows differ from this one in delta alone)
 # Train on 8 GPUs (per-device batch 4 x 8 GPUs x accumulation 16, Table A1), then stage 2:
 #   NPROC_PER_NODE=8 xtuner train recipes/stage1_pitts.py --deepspeed deepspeed_zero2
 #   NPROC_PER_NODE=8 xtuner train recipes/stage2_pitts.py --deepspeed deepspeed_zero2
