@@ -28,9 +28,9 @@ SPLITS = ("train", "val", "test")
 # The files of a VQA folder (build_vqa, merge_cities): written together, replaced together.
 VQA_FILES = ("train.json", "val.json", "test_questions.jsonl", "val_questions.jsonl", "stats.json")
 DISTRACTOR_MODES = ("random", "nearest")
-# "shuffled": every question type opens some conversations, as every test question is asked first. "generation-first":
-# names are asked before a judgment or choice can give them away, so later turns of a level can be answered from the
-# conversation instead of the image.
+# "shuffled": every question type opens some conversations, as every test question is asked first in our test format
+# (the paper does not give one). "generation-first": names are asked before a judgment or choice can give them away,
+# so later turns of a level can be answered from the conversation instead of the image.
 TURN_ORDERS = ("shuffled", "generation-first")
 MAX_ROUNDS = 7
 # The six level x type questions in a cycle where any three consecutive entries hold one question of each type and

@@ -61,8 +61,8 @@ def main() -> None:
                              "multi-turn conversation per image: for small models trained from scratch")
     parser.add_argument("--turn-order", choices=TURN_ORDERS, default="shuffled",
                         help="shuffled (default): every question type opens some conversations, as each test "
-                             "question is asked first; generation-first: names are asked before a judgment or "
-                             "choice can give them away")
+                             "question is asked first (our test format; the paper gives none); generation-first: "
+                             "names are asked before a judgment or choice can give them away")
     parser.add_argument("--level-names", type=_level_names, metavar="DISTRICT_WORD,STREET_WORD",
                         help="what the questions call the district and street levels, e.g. chome,street for Tokyo; "
                              f"recorded in the city root's {LEVEL_NAMES_FILE} (default: the words recorded there, "
