@@ -28,9 +28,9 @@ SPLITS = ("train", "val", "test")
 # The files of a VQA folder (build_vqa, merge_cities): written together, replaced together.
 VQA_FILES = ("train.json", "val.json", "test_questions.jsonl", "val_questions.jsonl", "stats.json")
 DISTRACTOR_MODES = ("random", "nearest")
-# "shuffled": every question type opens some conversations, as every test question is asked first. "generation-first":
-# names are asked before a judgment or choice can give them away, so later turns of a level can be answered from the
-# conversation instead of the image.
+# "shuffled": every question type opens some conversations, as every test question is asked first in our test format
+# (the paper does not give one). "generation-first": names are asked before a judgment or choice can give them away,
+# so later turns of a level can be answered from the conversation instead of the image.
 TURN_ORDERS = ("shuffled", "generation-first")
 MAX_ROUNDS = 7
 # The six level x type questions in a cycle where any three consecutive entries hold one question of each type and
@@ -99,6 +99,19 @@ def pin_splits(locations_csv: str | Path, seed: int = 0, split: str = "7:2:1") -
     assignment = assign_splits(rows, seed, parse_split(split), locations_csv)
     write_locations(locations_csv, [replace(r, split=assignment[r.location_id]) for r in rows])
     return {name: sum(1 for v in assignment.values() if v == name) for name in SPLITS}
+
+
+def fraction_option(text: str) -> float:
+    """The density options' (``--view-fraction``, ``--location-fraction``) argparse ``type``: a decimal like 0.5 or
+    a ratio like 13/24, the form in which Table C6 names Fig. 7's runs (View-13/24 keeps 13 of a location's 24
+    views, where the text's 50 % keeps 12); else a usage error naming the option."""
+    import argparse
+    from fractions import Fraction
+
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} should be a share like 0.5 or a ratio like 13/24") from None
 
 
 def _keep_count(fraction: float, n: int) -> int:
@@ -562,8 +575,9 @@ def mix_general(address_json: str | Path, general_json: str | Path, out_json: st
     records for each address record, drawing the general records without replacement, seeded.
 
     Table 6's "5:1" and "1:1" are general:address, i.e. 5 and 1 here: its text reads the 1:1 mix as the one with
-    more address data, and that mix scores higher. Pitts-IAL's ~138K training images need ~690K general records at
-    5, more than llava_v1_5_mix665k holds; a mix that needs more records than the general file has is refused.
+    more address data, and that mix scores higher. Pitts-VQA's 177,840 training images (Table B2) need 889,200
+    general records at 5, more than llava_v1_5_mix665k's 665K; a mix that needs more records than the general file
+    has is refused (never repeated or capped).
 
     The two sets usually have different image folders: the prefixes make both relative to one folder (e.g.
     ``pitts`` and ``llava``, with their common parent as the recipe's image folder). Text-only general records

@@ -11,6 +11,9 @@ Examples:
     # Fig. 7 density ablation: half the views of a quarter of the training locations
     python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa_v50_l25 \\
         --view-fraction 0.5 --location-fraction 0.25
+    # Table C6's count for the same run: 13 of each location's 24 views (the text's 50 % keeps 12)
+    python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa_views13of24 \\
+        --view-fraction 13/24
     # Tokyo (Table 8): the district level is the chome; recorded in data/tokyo/levels.json for later builds,
     # scoring and serving
     python datasets_prep/build_vqa.py --locations data/tokyo/locations.csv --out data/tokyo/vqa --level-names chome,street
@@ -24,7 +27,7 @@ import sys
 
 from addressvlm.records import LEVEL_NAMES_FILE, DataError
 from addressvlm.templates import parse_level_names
-from addressvlm.vqa import DISTRACTOR_MODES, MAX_ROUNDS, TURN_ORDERS, build_vqa, split_option
+from addressvlm.vqa import DISTRACTOR_MODES, MAX_ROUNDS, TURN_ORDERS, build_vqa, fraction_option, split_option
 
 
 def _level_names(text: str) -> dict[str, str]:
@@ -47,16 +50,19 @@ def main() -> None:
     parser.add_argument("--distractors", choices=DISTRACTOR_MODES, default="nearest",
                         help="wrong options and judgment negatives: geographically nearest other names (default) "
                              "or uniformly random ones")
-    parser.add_argument("--view-fraction", type=float, default=1.0, help="keep this share of each training location's views")
-    parser.add_argument("--location-fraction", type=float, default=1.0, help="keep this share of training locations")
+    parser.add_argument("--view-fraction", type=fraction_option, default=1.0,
+                        help="keep this share of each training location's views: 0.5, or a ratio such as 13/24 "
+                             "(Table C6's View-13/24: 13 of a location's 24 views)")
+    parser.add_argument("--location-fraction", type=fraction_option, default=1.0,
+                        help="keep this share of training locations: 0.25 or 1/4")
     parser.add_argument("--city", help="city name in ids (default: the city root's folder name)")
     parser.add_argument("--single-turn", action="store_true",
                         help="one training record per round (the test questions' format) instead of one "
                              "multi-turn conversation per image: for small models trained from scratch")
     parser.add_argument("--turn-order", choices=TURN_ORDERS, default="shuffled",
                         help="shuffled (default): every question type opens some conversations, as each test "
-                             "question is asked first; generation-first: names are asked before a judgment or "
-                             "choice can give them away")
+                             "question is asked first (our test format; the paper gives none); generation-first: "
+                             "names are asked before a judgment or choice can give them away")
     parser.add_argument("--level-names", type=_level_names, metavar="DISTRICT_WORD,STREET_WORD",
                         help="what the questions call the district and street levels, e.g. chome,street for Tokyo; "
                              f"recorded in the city root's {LEVEL_NAMES_FILE} (default: the words recorded there, "

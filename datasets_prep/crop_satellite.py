@@ -3,8 +3,9 @@
 One location, for inspection:
     python datasets_prep/crop_satellite.py --raster data/pitts/satellite.tif --streets data/pitts/streets.geojson \
         --lat 40.4406 --lon -79.9959 --size-m 200 --pixels 336 --out crop.png
-A whole city (one crop per location_id of locations.csv; resumable, idempotent):
-    python datasets_prep/crop_satellite.py --city data/pitts --size-m 200 --pixels 336 --jitter-m 30
+A whole city (one crop per location_id of locations.csv; resumable, idempotent), the main stage-1 crops: no street
+name under the corner a delta-0.5 graft covers (each Table 9 variant keeps its own delta's corner clear):
+    python datasets_prep/crop_satellite.py --city data/pitts --size-m 200 --pixels 336 --keep-clear-for-delta 0.5
     python datasets_prep/crop_satellite.py --city data/pitts --no-labels --out-dir data/pitts/stage1/crops_noroad
 The raster is a GeoTIFF in any CRS or an XYZ tile folder {z}/{x}/{y}.png|jpg (city default: satellite.tif, else
 tiles/); streets are GeoJSON lines with a "name" or an .osm.pbf (city default: streets.geojson).

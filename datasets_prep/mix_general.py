@@ -3,8 +3,9 @@
 --general-per-address N general records for each address record, drawn without replacement, seeded.
 
 The paper's Table 6 mixes at "5:1" and "1:1", general:address (its text: the 1:1 mix has more address data and
-scores higher): --general-per-address 5 and 1. At Pitts-IAL's size 5 needs more records than llava_v1_5_mix665k
-holds, and is refused with the counts (docs/data.md).
+scores higher): --general-per-address 5 and 1. At Pitts-VQA's size (177,840 training images, Table B2) 5 needs
+889,200 general records, more than llava_v1_5_mix665k's 665K: it is refused with the counts, nothing is repeated or
+capped (docs/data.md).
 
 Both image sets must resolve from one image folder: give each a prefix relative to it.
 

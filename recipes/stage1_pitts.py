@@ -3,11 +3,13 @@
 # Weights (the *trained* LLaVA-Phi3-mini in XTuner layout: LLM + tokenizer, visual_encoder/, projector/):
 #   huggingface-cli download xtuner/llava-phi-3-mini-xtuner --local-dir ./models/llava-phi-3-mini-xtuner
 # Data (see docs/data.md and docs/stage1.md; the city root is data/pitts):
-#   python datasets_prep/ingest.py ...                       -> data/pitts/locations.csv
-#   python datasets_prep/crop_satellite.py --city data/pitts  -> data/pitts/stage1/crops/
-#   python datasets_prep/graft.py --city data/pitts           -> data/pitts/stage1/grafted/
+#   python datasets_prep/ingest.py ...                                                  -> data/pitts/locations.csv
+#   python datasets_prep/crop_satellite.py --city data/pitts --keep-clear-for-delta 0.5 -> data/pitts/stage1/crops/
+#   python datasets_prep/graft.py --city data/pitts --delta 0.5                         -> data/pitts/stage1/grafted/
 #   python datasets_prep/make_alignment_labels.py --city data/pitts --backend openai ...
-#   python datasets_prep/build_stage1.py --city data/pitts    -> data/pitts/stage1/train.json
+#   python datasets_prep/build_stage1.py --city data/pitts                              -> data/pitts/stage1/train.json
+#   (no street name under the corner the street view will cover, as Table 9's delta 0.3 / 0.7 crops keep theirs, so
+#   that those rows differ from this one in delta alone)
 # Train on 8 GPUs (per-device batch 4 x 8 GPUs x accumulation 16, Table A1), then stage 2:
 #   NPROC_PER_NODE=8 xtuner train recipes/stage1_pitts.py --deepspeed deepspeed_zero2
 #   NPROC_PER_NODE=8 xtuner train recipes/stage2_pitts.py --deepspeed deepspeed_zero2
@@ -67,10 +69,11 @@ torch_dtype = "bfloat16"
 data_root = "./data/pitts/"
 data_path = data_root + "stage1/train.json"
 image_folder = data_root
-prompt_template = PROMPT_TEMPLATE.phi3_chat
+prompt_template = PROMPT_TEMPLATE.phi3_chat  # ours (the paper names none): the release's own chat template
 max_length = int(2048 - (336 / 14) ** 2)  # Table A1: 2048 minus the 576 image tokens
 
-# Scheduler & Optimizer (Table A1)
+# Scheduler & Optimizer. Table A1: batch, accumulation, lr, betas, weight decay, warm-up ratio. Ours (A1 states none
+# of them), as XTuner's LLaVA recipes: AdamW, one epoch, gradient clipping at 1, the linear warm-up and cosine decay.
 batch_size = 4  # per_device, on 8 GPUs
 accumulative_counts = 16
 dataloader_num_workers = 4
@@ -82,9 +85,10 @@ weight_decay = 0
 max_norm = 1  # grad clip
 warmup_ratio = 0.03
 
-# LoRA (Table A1: rank 128, dropout 0.05, on the LLM and on the vision encoder). The paper gives no alpha; we use
-# 256 = 2 x rank, the setting of LLaVA-1.5's own rank-128 LoRA recipe, which keeps the update scale (alpha / r = 2)
-# this model family was tuned with.
+# LoRA (Table A1: rank 128, dropout 0.05). Where it goes is ours, A1 does not say: on the LLM and on the vision
+# encoder, the two parts Table 4's full model trains. The paper gives no alpha; we use 256 = 2 x rank, the setting
+# of LLaVA-1.5's own rank-128 LoRA recipe, which keeps the update scale (alpha / r = 2) this model family was tuned
+# with.
 lora_rank = 128
 lora_alpha = 256
 lora_dropout = 0.05
@@ -121,7 +125,8 @@ image_processor = dict(
 
 model = dict(
     type=AddressLLaVAModel,
-    # Base weights frozen, LoRA adapters and the projector trained: Table 4's "Ours" row (VE and LLM in both stages).
+    # Base weights frozen, LoRA adapters and the projector trained: Table 4's "Ours" row (VE and LLM in both stages;
+    # the projector, "VLA", trained in both by section 4.3's text). Training VE and LLM through LoRA is our reading.
     freeze_llm=True,
     freeze_visual_encoder=True,
     projector_name_or_path=projector_name_or_path,

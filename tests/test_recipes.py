@@ -1,4 +1,5 @@
 """Every recipe parses; the reference recipes carry Table A1; overrides and children reach the built dicts."""
+import re
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,8 @@ def test_reference_recipes_follow_table_a1(name):
     assert cfg.param_scheduler[0].end == pytest.approx(0.03)
     assert cfg.param_scheduler[1].begin == pytest.approx(0.03)
     assert cfg.train_dataloader.dataset.max_length == 1472
+    # Table A1's rank and dropout; where the LoRA goes, its alpha, the projector and the template are our choices
+    # (docs/paper_tables.md), held here so that they change only on purpose.
     for lora in (cfg.model.llm_lora, cfg.model.visual_encoder_lora):
         assert lora.r == 128
         assert lora.lora_dropout == 0.05
@@ -357,6 +360,24 @@ def test_every_ablation_recipe_changes_only_what_its_header_says():
         assert changed == {*changes, "work_dir"}, name
         assert all(child[key] == value for key, value in changes.items()), name
         assert child["work_dir"] == f"./work_dirs/llava_phi3_mini/{name}"
+
+
+def test_every_labelled_crop_command_keeps_names_out_of_the_grafted_corner():
+    """Every written command that crops a whole city with street names keeps them out of the corner its street view
+    will cover, at the delta that file grafts with (0.5 unless a graft command there says otherwise): the main row's
+    crops and Table 9's differ in delta alone, as the paper's rows do."""
+    files = [*RECIPES, REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+             REPO / "datasets_prep" / "crop_satellite.py"]
+    checked = []
+    for path in files:
+        text = path.read_text()
+        graft = re.search(r"graft\.py [^\n]*?--delta (\S+)", text)
+        delta = graft.group(1) if graft else "0.5"
+        for command in re.findall(r"crop_satellite\.py +--city [^&\n]*", text):
+            if "--no-labels" not in command:
+                assert f"--keep-clear-for-delta {delta} " in command + " ", f"{path.relative_to(REPO)}: {command}"
+                checked.append(path.name)
+    assert {"stage1_pitts.py", "table5_pitts_sf_stage1.py", "table9_d03_stage1.py", "stage1.md"} <= set(checked)
 
 
 def test_table4_stage2_recipes_start_from_their_rows_stage1():

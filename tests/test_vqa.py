@@ -275,6 +275,25 @@ def test_view_and_location_fractions_are_nested_and_leave_val_and_test_alone(cit
         subsample(rows, 0, view_fraction=0.0)
 
 
+def test_view_fraction_takes_table_c6s_counts(tmp_path):
+    """Fig. 7's text keeps 50 / 25 / 12.5 % of a location's views; Table C6 names the runs View-13/24, 7/24, 4/24.
+    --view-fraction takes either: 13/24 keeps 13 of each location's 24 views where 0.5 keeps 12; a share that is
+    neither is a usage error naming the option."""
+    table = make_city(tmp_path / "pitts24", images=False, n_locations=10, views=24, n_streets=6, n_districts=5)
+    for share, views in (("0.5", 12), ("13/24", 13), ("7/24", 7), ("4/24", 4), ("0.125", 3)):
+        done = subprocess.run([sys.executable, str(REPO / "datasets_prep/build_vqa.py"), "--locations", str(table),
+                               "--out", str(tmp_path / share.replace("/", "of")), "--view-fraction", share],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        kept = Counter(r["id"].split("/")[1] for r in read_llava_json(tmp_path / share.replace("/", "of") / "train.json"))
+        assert set(kept.values()) == {views}, share
+    done = subprocess.run([sys.executable, str(REPO / "datasets_prep/build_vqa.py"), "--locations", str(table),
+                           "--out", str(tmp_path / "bad"), "--view-fraction", "half"], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "build_vqa.py: error: argument --view-fraction: 'half' should be a share like 0.5 or a ratio like 13/24")
+
+
 def test_merge_cities_prefixes_images(built, tmp_path):
     out, stats = built
     other_rows = city_rows(n_locations=20, views=2, n_streets=6, n_districts=4, seed=9, origin=(37.77, -122.42))

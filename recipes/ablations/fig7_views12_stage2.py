@@ -2,6 +2,9 @@
 # continuing the paper's own stage 1 (recipes/stage1_pitts.py).
 # Changes from recipes/stage2_pitts.py: the stage-2 training JSON keeps 12.5 % of the street views (the test
 # questions are the full set's: build_vqa pins the same splits).
+# The paper disagrees with itself here: section 4.3's text says 12.5 % of the views, which this recipe follows
+# (3 of a Pitts location's 24), while Table C6 labels the run View-4/24 (SF-Base-VQA: View-2/12). For C6's
+# count build the data with --view-fraction 4/24 (SF: 2/12) instead.
 # Data:
 #   python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa_views12 \
 #       --seed 0 --view-fraction 0.125

@@ -2,6 +2,9 @@
 # continuing the paper's own stage 1 (recipes/stage1_pitts.py).
 # Changes from recipes/stage2_pitts.py: the stage-2 training JSON keeps 25 % of the street views (the test questions
 # are the full set's: build_vqa pins the same splits).
+# The paper disagrees with itself here: section 4.3's text says 25 % of the views, which this recipe follows
+# (6 of a Pitts location's 24), while Table C6 labels the run View-7/24 (SF-Base-VQA: View-4/12). For C6's
+# count build the data with --view-fraction 7/24 (SF: 4/12) instead.
 # Data:
 #   python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa_views25 \
 #       --seed 0 --view-fraction 0.25

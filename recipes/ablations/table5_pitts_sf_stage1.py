@@ -6,7 +6,8 @@
 #   for city in pitts sf; do
 #     python datasets_prep/split_locations.py --locations data/$city/locations.csv --seed 0
 #     python datasets_prep/build_vqa.py --locations data/$city/locations.csv --out data/$city/vqa --seed 0
-#     python datasets_prep/crop_satellite.py --city data/$city && python datasets_prep/graft.py --city data/$city
+#     python datasets_prep/crop_satellite.py --city data/$city --keep-clear-for-delta 0.5
+#     python datasets_prep/graft.py --city data/$city --delta 0.5
 #     python datasets_prep/make_alignment_labels.py --city data/$city --backend openai \
 #         --base-url http://localhost:8000/v1 --model llava-hf/llava-v1.6-mistral-7b-hf --concurrency 16
 #     python datasets_prep/build_stage1.py --city data/$city

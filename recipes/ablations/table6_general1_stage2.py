@@ -7,8 +7,9 @@
 #   python datasets_prep/mix_general.py --address data/pitts/vqa/train.json --address-prefix pitts \
 #       --general data/llava/llava_v1_5_mix665k.json --general-prefix llava --general-per-address 1 \
 #       --out data/pitts/vqa_general1/train.json
-#   (llava_v1_5_mix665k.json and its images under data/llava/: LLaVA-1.5's instruction data; at Pitts-IAL's size
-#   --general-per-address 5 needs more records than the file holds and is refused with the counts: docs/data.md)
+#   (llava_v1_5_mix665k.json and its images under data/llava/: LLaVA-1.5's instruction data; at Pitts-VQA's size,
+#   177,840 training images (Table B2), --general-per-address 5 needs 889,200 records, more than the file's 665K, and
+#   is refused with the counts: docs/data.md)
 # Train and evaluate:
 #   NPROC_PER_NODE=8 xtuner train recipes/stage1_pitts.py --deepspeed deepspeed_zero2   (the paper's own stage 1)
 #   NPROC_PER_NODE=8 xtuner train recipes/ablations/table6_general1_stage2.py --deepspeed deepspeed_zero2

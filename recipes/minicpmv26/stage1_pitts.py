@@ -55,7 +55,8 @@ image_folder = data_root
 max_length = 2048
 max_slice_nums = 9  # the release's processor default: a 640x480 street view becomes the source plus 2 slices
 
-# Scheduler & Optimizer (Table A1)
+# Scheduler & Optimizer. Table A1: batch, accumulation, lr, betas, weight decay, warm-up ratio. Ours (A1 states none
+# of them), as XTuner's LLaVA recipes: AdamW, one epoch, gradient clipping at 1, the linear warm-up and cosine decay.
 batch_size = 4  # per_device, on 8 GPUs
 accumulative_counts = 16
 dataloader_num_workers = 4
@@ -67,8 +68,9 @@ weight_decay = 0
 max_norm = 1  # grad clip
 warmup_ratio = 0.03
 
-# LoRA (Table A1: rank 128, dropout 0.05, on the LLM and on the vision encoder; alpha as in the LLaVA recipes,
-# 2 x rank). LLM: the attention projections of the Qwen2 layers; vision: every linear layer of SigLIP.
+# LoRA (Table A1: rank 128, dropout 0.05). Ours, which A1 does not state: on the LLM and on the vision encoder, and
+# alpha as in the LLaVA recipes, 2 x rank. LLM: the attention projections of the Qwen2 layers; vision: every linear
+# layer of SigLIP.
 lora_rank = 128
 lora_alpha = 256
 lora_dropout = 0.05
