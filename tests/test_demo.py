@@ -125,3 +125,11 @@ def test_missed_learning_targets_end_the_demo_loudly():
     assert "[MISSED] AddressVLM (stage 1 + stage 2): A_d^M" in summary
     assert summary.splitlines()[-1].startswith("!!! 1 of 7 LEARNING TARGETS MISSED")
     assert targets_summary([t for t in targets if t["met"]]).splitlines()[-1] == "all 6 learning targets met"
+
+
+def test_folders_of_an_older_demo_without_settings_are_refused(tmp_path):
+    out = tmp_path / "out"
+    (out / "models").mkdir(parents=True)  # an older demo's model, whose warm-up ran to other rules
+    with pytest.raises(SystemExit, match=f"{out}: filled by an older demo that recorded no settings"):
+        run_demo(out, tmp_path / "city", tmp_path / "work", DemoSettings.quick())
+    assert sorted(p.name for p in out.iterdir()) == [".demo.lock", "models"]

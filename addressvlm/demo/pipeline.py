@@ -130,6 +130,9 @@ def claim_folders(paths: Paths, s: DemoSettings) -> None:
                              f"{s.locations} locations, {s.views} views: give another --city or remove it")
     for folder in (paths.out, paths.work):
         recorded = folder / SETTINGS_FILE
+        if not recorded.is_file() and any(entry.name != ".demo.lock" for entry in folder.iterdir()):
+            raise SystemExit(f"{folder}: filled by an older demo that recorded no settings: `make clean-demo` (or "
+                             "remove it) to start afresh")
         if recorded.is_file() and json.loads(recorded.read_text(encoding="utf-8")) != wanted:
             differing = sorted(k for k, v in json.loads(recorded.read_text(encoding="utf-8")).items()
                                if wanted.get(k) != v)
