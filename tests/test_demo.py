@@ -133,3 +133,14 @@ def test_folders_of_an_older_demo_without_settings_are_refused(tmp_path):
     with pytest.raises(SystemExit, match=f"{out}: filled by an older demo that recorded no settings"):
         run_demo(out, tmp_path / "city", tmp_path / "work", DemoSettings.quick())
     assert sorted(p.name for p in out.iterdir()) == [".demo.lock", "models"]
+
+
+def test_a_spread_run_refused_by_a_demo_holding_its_folders_fails_naming_its_log(tmp_path):
+    from addressvlm.demo.pipeline import held_alone
+    from addressvlm.demo.spread import run_folder, run_one
+
+    city = tmp_path / "city_seed0"
+    with held_alone([city]):
+        with pytest.raises(SystemExit, match=r"seed0_avx2/demo.log: the demo under seed 0, code path avx2 failed \(exit 1\)"):
+            run_one(tmp_path, 0, "avx2", city, quick=True)
+    assert "another demo is running" in (run_folder(tmp_path, 0, "avx2") / "demo.log").read_text()

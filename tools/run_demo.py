@@ -8,7 +8,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from addressvlm.demo.pipeline import DemoSettings, read_targets, run_demo
+from addressvlm.demo.pipeline import MISSED_TARGETS_EXIT, DemoSettings, read_targets, run_demo
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     settings = replace(DemoSettings.quick() if args.quick else DemoSettings(), seed=args.seed)
     run_demo(args.out, args.city, args.work, settings)
     if not args.quick and not all(target["met"] for target in read_targets(args.out)):
-        sys.exit(1)
+        sys.exit(MISSED_TARGETS_EXIT)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
 MODELS = ("zero_shot", "stage2_only", "stage1_stage2")
 TUNED = MODELS[1:]
 TARGETS_FILE = "targets.json"
+# The exit status of a demo that finished but missed a learning target: apart from 1, which a refusal (another
+# demo holding the folders, other settings) exits with before anything ran.
+MISSED_TARGETS_EXIT = 3
 RUN_NAMES = {"stage1_helsinki": "stage 1", "retrieval": "retrieval data and both retrievers (beside stage 1)",
              "stage1_stage2": "stage 2 after stage 1 (AddressVLM)", "stage2_only": "stage 2 only (Baseline)"}
 
@@ -133,9 +136,9 @@ def claim_folders(paths: Paths, s: DemoSettings) -> None:
         if not recorded.is_file() and any(entry.name != ".demo.lock" for entry in folder.iterdir()):
             raise SystemExit(f"{folder}: filled by an older demo that recorded no settings: `make clean-demo` (or "
                              "remove it) to start afresh")
-        if recorded.is_file() and json.loads(recorded.read_text(encoding="utf-8")) != wanted:
-            differing = sorted(k for k, v in json.loads(recorded.read_text(encoding="utf-8")).items()
-                               if wanted.get(k) != v)
+        made = json.loads(recorded.read_text(encoding="utf-8")) if recorded.is_file() else wanted
+        if made != wanted:
+            differing = sorted(k for k, v in made.items() if wanted.get(k) != v)
             raise SystemExit(f"{recorded}: made by a demo with other settings ({', '.join(differing)} differ): give "
                              f"another folder, or `make clean-demo` to start afresh")
         write_atomic(recorded, json.dumps(wanted, indent=2) + "\n")

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from addressvlm.demo.pipeline import MISSED_TARGETS_EXIT
 from addressvlm.records import write_atomic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,7 +113,7 @@ def run_one(root: Path, seed: int, code_path: str, city: Path, quick: bool = Fal
         exit_code = subprocess.run(command, env=code_path_env(code_path), stdout=log, stderr=subprocess.STDOUT,
                                    cwd=REPO).returncode
     seconds = time.perf_counter() - start
-    if exit_code not in (0, 1):  # 1: the demo finished and reported a missed target
+    if exit_code not in (0, MISSED_TARGETS_EXIT):
         raise SystemExit(f"{folder / 'demo.log'}: the demo under seed {seed}, code path {code_path} failed "
                          f"(exit {exit_code}); see its last lines")
     return {"seed": seed, "code_path": code_path, "seconds": round(seconds, 1), "probe": probe(code_path),
