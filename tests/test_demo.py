@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from addressvlm.demo.pipeline import MODELS, DemoSettings, read_targets, run_demo
+from addressvlm.graft import reserved_fraction
 from addressvlm.standins.reading_warmup import read_warmup_result
 from addressvlm.records import read_locations, read_predictions, read_questions
 from addressvlm.scoring import METRICS
@@ -20,6 +21,10 @@ def test_quick_demo_writes_every_artefact(quick_demo):
     test_locations = {r.location_id for r in rows if r.split == "test"}
     stage1 = json.loads((city / "stage1" / "train.json").read_text())
     assert stage1 and all(rec["id"].split("/")[1] not in test_locations for rec in stage1)  # no test leak
+    # The main crops keep street names out from under the grafted street view (4:3 at delta 0.5), as Table 9's
+    # other deltas' crops do, so the rows differ in delta alone.
+    crop_params = json.loads((city / "stage1" / "crops" / "params.json").read_text())
+    assert crop_params["reserved_box"] == list(reserved_fraction((4, 3), 0.5, "upper_right"))
 
     # The demo answers the test and the validation split's questions (held out alike: nothing is chosen on val).
     questions = read_questions(city / "held_out_questions.jsonl")
