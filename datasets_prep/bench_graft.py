@@ -3,7 +3,7 @@
 Makes a pseudo-satellite GeoTIFF, cuts one 336-px crop per location from it with the project's crop code, renders
 640x480 JPEG street views (several per location, as datasets have), then times, in this one run:
   naive: per pair, full decode of both images, resize, paste, JPEG encode, one process;
-  ours:  addressvlm.graft.graft_batch (draft-mode JPEG decode, one satellite decode per location, process pool).
+  ours:  addressvlm.data.graft.graft_batch (draft-mode JPEG decode, one satellite decode per location, process pool).
 The last line is ``grafts/s per core: N  ratio: X`` (ours with W workers over naive with one).
 
     python datasets_prep/bench_graft.py --locations 48 --views 6 --workers 2
@@ -26,7 +26,7 @@ from pyproj import Transformer
 
 from addressvlm.geo.crop import offset_latlon, render_crop
 from addressvlm.geo.raster import open_raster
-from addressvlm.graft import GraftPair, JPEG_QUALITY, default_workers, graft_batch, graft_box
+from addressvlm.data.graft import GraftPair, JPEG_QUALITY, default_workers, graft_batch, graft_box
 
 CENTRE = (40.4406, -79.9959)  # Pittsburgh, as in the paper
 

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from addressvlm.records import write_locations
-from addressvlm.vqa import DISTRACTOR_MODES, build_vqa
+from addressvlm.core.records import write_locations
+from addressvlm.data.vqa import DISTRACTOR_MODES, build_vqa
 
 # The generator is shared with the tests, so the benchmarked city is the kind the tests check.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

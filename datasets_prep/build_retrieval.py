@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from addressvlm.labels import BackendUnavailable
-from addressvlm.records import DataError
+from addressvlm.data.label_backends import BackendUnavailable
+from addressvlm.core.records import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +76,7 @@ def backend_options(args, parser) -> dict:
 
 
 def main(argv=None) -> None:
-    from addressvlm.retrieval.build import build_city_retrieval, ingest_cvg_text, ingest_geotext1652
+    from addressvlm.data.retrieval_data import build_city_retrieval, ingest_cvg_text, ingest_geotext1652
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -36,8 +36,9 @@ QUESTIONS = [
 
 
 def build_model(folder: Path, args):
-    from addressvlm.infer import build_recipe_model, wrap_xtuner_model
-    from addressvlm.runtime import load_recipe, model_root_options
+    from addressvlm.training.checkpoints import build_recipe_model
+    from addressvlm.answering.loading import wrap_xtuner_model
+    from addressvlm.training.recipes import load_recipe, model_root_options
     from addressvlm.standins.tiny import TinySize, make_tiny_llava
 
     size = TinySize(hidden=args.hidden, layers=args.layers, intermediate=2 * args.hidden, heads=args.hidden // 16,
@@ -63,7 +64,7 @@ def timed_pass(model, groups, prefix, generate, args) -> tuple[float, list]:
 @torch.inference_mode()
 def compare(model, groups, prefix, args) -> tuple[float, float, list, list]:
     """Plain and shared passes, alternated ``args.repeats`` times (the machine may be shared); the fastest of each."""
-    from addressvlm.prefix_cache import generate_plain, generate_shared
+    from addressvlm.answering.prefix_cache import generate_plain, generate_shared
 
     times = {generate_plain: [], generate_shared: []}
     answers = {}
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="default: cuda when present")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
-    from addressvlm.prefix_cache import ImageQuestions
+    from addressvlm.answering.chat_model import ImageQuestions
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / "tiny-llava-336", args)

@@ -1,4 +1,4 @@
-"""Names/s of closed-set ranking: the shared prefix (addressvlm.ranking) against one full forward per name, on a tiny
+"""Names/s of closed-set ranking: the shared prefix (addressvlm.answering.ranking) against one full forward per name, on a tiny
 LLaVA-Phi3 built here (nothing downloaded), and constrained decoding beside them.
 
 The tiny model keeps what sets the cost ratio: a 336 px CLIP with 14 px patches, so 576 image tokens precede every
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from addressvlm.templates import ADDRESS_QUESTION, GENERATION_PROMPT, address_answer
+from addressvlm.core.templates import ADDRESS_QUESTION, GENERATION_PROMPT, address_answer
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "stage2_pitts.py"
 WORDS = ("Ash", "Birch", "Cedar", "Elm", "Forbes", "Craig", "Murray", "Penn", "Liberty", "Maple", "Oak", "Pine",
@@ -41,8 +41,9 @@ QUESTIONS = {"district": f"Tell me the district where this image was captured. {
 
 
 def build_model(folder: Path, args, names: dict[str, list[str]]):
-    from addressvlm.infer import build_recipe_model, wrap_xtuner_model
-    from addressvlm.runtime import load_recipe, model_root_options
+    from addressvlm.training.checkpoints import build_recipe_model
+    from addressvlm.answering.loading import wrap_xtuner_model
+    from addressvlm.training.recipes import load_recipe, model_root_options
     from addressvlm.standins.tiny import TinySize, make_tiny_llava
 
     size = TinySize(hidden=args.hidden, layers=args.layers, intermediate=2 * args.hidden, heads=args.hidden // 16,
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="default: cuda when present")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
-    from addressvlm.ranking import NameTrie, constrained_answers, rank_image_questions, rank_one_by_one
+    from addressvlm.answering.ranking import NameTrie, constrained_answers, rank_image_questions, rank_one_by_one
 
     names = candidate_names(args.names)
     with tempfile.TemporaryDirectory() as tmp:

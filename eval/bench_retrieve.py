@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from addressvlm.records import DataError, write_atomic
-from addressvlm.retrieval.search import INDEX_KINDS, TOP_KEPT, make_index, normalised
+from addressvlm.core.records import DataError, write_atomic
+from addressvlm.answering.retrieval_search import INDEX_KINDS, TOP_KEPT, make_index, normalised
 
 
 def unit_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -109,9 +109,9 @@ def bench_encoder(config: str, checkpoint: str | None, root: Path, device: str |
     """Gallery tiles embedded per second, batched and one at a time (``encoders.time_gallery_embedding``), by the
     recipe's retriever: trained (``checkpoint``), untrained, or the published architectures at random weights.
     ``model_root`` moves the recipe's model paths there (before ``cfg_options``)."""
-    from addressvlm.records import read_gallery
-    from addressvlm.retrieval.encoders import load_encoder, random_release_encoder, time_gallery_embedding
-    from addressvlm.runtime import load_recipe, model_root_options
+    from addressvlm.core.records import read_gallery
+    from addressvlm.answering.retrieval_encoders import load_encoder, random_release_encoder, time_gallery_embedding
+    from addressvlm.training.recipes import load_recipe, model_root_options
 
     if model_root:
         cfg_options = model_root_options(load_recipe(config), model_root) + list(cfg_options)

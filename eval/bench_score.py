@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from addressvlm.records import write_atomic, write_questions
-from addressvlm.scoring import format_table, score_files
+from addressvlm.core.records import write_atomic, write_questions
+from addressvlm.answering.scoring import format_table, score_files
 
 _STREET_BASES = ["Forbes", "Craig", "Murray", "Penn", "Liberty", "Negley", "Highland", "Centre", "Baum", "Ellsworth",
                  "Walnut", "Shady", "Fifth", "Butler", "Carson", "Smithfield", "Grant", "Wood", "Market", "Stanwix"]

@@ -9,7 +9,7 @@ import math
 import random
 from pathlib import Path
 
-from addressvlm.records import Location, write_locations
+from addressvlm.core.records import Location, write_locations
 
 _STREET_WORDS = (
     "Ash", "Birch", "Cedar", "Dogwood", "Elm", "Fir", "Ginkgo", "Hawthorn", "Ivy", "Juniper", "Kelp", "Linden",

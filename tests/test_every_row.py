@@ -4,7 +4,7 @@ continuing the stage 1 its row names. Tables 4 and 1's "separate" row train in t
 test_table1_two_images, Table 2's GeoReasoner in test_georeasoner, the paper's own recipes in the demo.
 
 The runs share this process: ``xtuner.tools.train.main`` as `xtuner train` calls it, with the same `--cfg-options`
-a CPU run gets (addressvlm/runtime.py). Twenty fresh interpreters would cost more than the twenty iterations."""
+a CPU run gets (addressvlm/training/recipes.py). Twenty fresh interpreters would cost more than the twenty iterations."""
 from __future__ import annotations
 
 import shutil
@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from addressvlm.demo.pipeline import lora_overrides
-from addressvlm.paper_tables import (DEMO_RUNS, MAIN_STAGE1, STAGE1_VARIANTS, TABLES, VQA_DENSITIES, check_chain,
-                                     city_of, city_roots, ensure_data, recipe_data, run_name)
-from addressvlm.records import read_llava_json, write_llava_json
-from addressvlm.runtime import local_run_options, read_losses
+from addressvlm.runs.engine import lora_overrides
+from addressvlm.runs.paper_tables import (DEMO_RUNS, MAIN_STAGE1, STAGE1_VARIANTS, TABLES, VQA_DENSITIES, check_chain,
+                                          city_of, city_roots, ensure_data, recipe_data, run_name)
+from addressvlm.core.records import read_llava_json, write_llava_json
+from addressvlm.training.recipes import local_run_options
+from addressvlm.training.launcher import read_losses
 
 from conftest import few_steps
 
@@ -44,8 +45,8 @@ def train_one_iteration(recipe: Path, work_dir: Path, model_root: Path, override
 
 def second_city(city: Path, root: Path) -> Path:
     """The demo city again under another name (ids start with the city's folder), for Table 5's two-city merge."""
-    from addressvlm.labels import build_stage1_json
-    from addressvlm.vqa import build_vqa
+    from addressvlm.data.stage1_json import build_stage1_json
+    from addressvlm.data.vqa import build_vqa
 
     other = root / "sf"
     shutil.copytree(city, other, symlinks=True)
@@ -75,7 +76,7 @@ def general_data(city: Path) -> Path:
 def cities(quick_demo, tmp_path_factory):
     """A copy of the quick demo's city (the variants built here leave the shared one as it was), Table 5's merge of
     it with a second copy, and Table 6's mixes."""
-    from addressvlm.vqa import merge_city_roots, mix_general
+    from addressvlm.data.vqa import merge_city_roots, mix_general
 
     root = tmp_path_factory.mktemp("rows")
     city = root / "pitts"

@@ -12,15 +12,10 @@ import pytest
 from PIL import Image
 
 from addressvlm.geo.crop import read_crop_index
-from addressvlm.labels import LabelBackendError
-from addressvlm.names import mentions_name
-from addressvlm.records import DataError, read_gallery, read_retrieval_queries, write_locations
-from addressvlm.retrieval.build import (
-    SCENE_PROMPT,
-    build_city_retrieval,
-    ingest_cvg_text,
-    ingest_geotext1652,
-)
+from addressvlm.data.label_backends import LabelBackendError
+from addressvlm.core.names import mentions_name
+from addressvlm.core.records import DataError, read_gallery, read_retrieval_queries, write_locations
+from addressvlm.data.retrieval_data import SCENE_PROMPT, build_city_retrieval, ingest_cvg_text, ingest_geotext1652
 from test_labels import make_city
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,7 +109,7 @@ def test_lvlm_texts_naming_a_street_are_rejected_and_a_rerun_asks_only_for_the_r
 def test_splits_must_be_pinned_and_location_disjoint(city, tmp_path):
     import shutil
 
-    from addressvlm.records import read_locations
+    from addressvlm.core.records import read_locations
 
     root = tmp_path / "c"
     shutil.copytree(city, root, ignore=shutil.ignore_patterns("retrieval"))

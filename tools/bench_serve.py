@@ -8,8 +8,8 @@
 import argparse
 from pathlib import Path
 
-from addressvlm.endpoint_check import client_for, requests_per_second
-from addressvlm.labels import data_url
+from addressvlm.checks.endpoint_check import client_for, requests_per_second
+from addressvlm.data.label_backends import data_url
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ def write_random_release(root: Path, tokenizer_dir: Path) -> Path:
     from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, Phi3Config,
                               Phi3ForCausalLM)
 
-    from addressvlm.memory import release_config
+    from addressvlm.releases.shapes import release_config
     from xtuner.model.modules import ProjectorConfig, ProjectorModel
 
     torch.manual_seed(0)
@@ -54,7 +54,7 @@ def write_random_release(root: Path, tokenizer_dir: Path) -> Path:
 
 
 def sample_data(city: Path, records: int, out: Path) -> Path:
-    from addressvlm.records import read_llava_json, write_llava_json
+    from addressvlm.core.records import read_llava_json, write_llava_json
 
     rows = read_llava_json(city / "stage1" / "train.json")[:records]
     if len(rows) < records:
@@ -65,7 +65,7 @@ def sample_data(city: Path, records: int, out: Path) -> Path:
 
 def train(recipe: Path, release: Path, data: Path, city: Path, steps: int, batch: int, work_dir: Path,
           deepspeed: bool = True) -> dict:
-    from addressvlm.runtime import format_option, load_recipe, model_root_options
+    from addressvlm.training.recipes import format_option, load_recipe, model_root_options
 
     work_dir.mkdir(parents=True)
     options = model_root_options(load_recipe(str(recipe)), str(release)) + [
@@ -122,9 +122,9 @@ def main() -> None:
               "release_written_s": time.perf_counter() - start}
     print(f"random release written in {result['release_written_s']:.0f} s", flush=True)
 
-    from addressvlm.memory import estimate
-    from addressvlm.preflight import run_preflight
-    from addressvlm.runtime import load_recipe
+    from addressvlm.checks.memory import estimate
+    from addressvlm.checks.preflight import run_preflight
+    from addressvlm.training.recipes import load_recipe
 
     figures = run_preflight(str(RECIPE), str(release), steps=2, device="cuda")
     result["preflight"] = {k: figures[k] for k in ("trainable_params", "frozen_params", "dtypes", "losses",
@@ -151,7 +151,7 @@ def check_minicpmv_tiny(args, out: Path) -> None:
     training through AmpOptimWrapper and through DeepSpeed ZeRO-2 (the tiny stand-in: no release weights)."""
     import torch
 
-    from addressvlm.preflight import run_preflight
+    from addressvlm.checks.preflight import run_preflight
     from addressvlm.standins.tiny_minicpmv import write_tiny_minicpmv
 
     release = write_tiny_minicpmv(out / "MiniCPM-V-2_6", hidden=128, vision_hidden=64)

@@ -14,7 +14,7 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 from shapely.ops import linemerge, polygonize, unary_union
 
 from addressvlm.demo.osm import OsmElements, bundled_extract, read_osm_pbf
-from addressvlm.records import DataError
+from addressvlm.core.records import DataError
 
 ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
 PROJECTED_CRS = "EPSG:3067"  # ETRS-TM35FIN: metres, the national grid of Finland

@@ -18,7 +18,7 @@ from shapely.geometry import LineString, MultiLineString, Point, shape
 from shapely.strtree import STRtree
 
 from addressvlm.geo.raster import local_crs
-from addressvlm.records import DataError
+from addressvlm.core.records import DataError
 
 METRES_PER_DEGREE_LAT = 111_320.0
 

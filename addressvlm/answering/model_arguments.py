@@ -1,0 +1,25 @@
+"""The command-line options that choose a model, apart from ``addressvlm.answering.loading`` so that a tool can offer them
+without importing torch until a model is loaded (eval/street_distribution.py draws without one)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which model (``load_model_from_args``) and where it runs."""
+    source = parser.add_argument_group("model: --config and --checkpoint, --config and --zero-shot, or --hf")
+    source.add_argument("--config", help="the XTuner recipe the checkpoint was trained with")
+    trained_or_not = source.add_mutually_exclusive_group()
+    trained_or_not.add_argument("--checkpoint", help="iter_N.pth, a DeepSpeed checkpoint folder, or a work_dir")
+    trained_or_not.add_argument("--zero-shot", action="store_true",
+                                help="answer with the untuned release the recipe starts from (Table 2's zero-shot "
+                                     "row), prompted as the recipe trains")
+    source.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides, as given to xtuner train")
+    source.add_argument("--model-root", help="local release folder (LLaVA-Phi3-mini or MiniCPM-V 2.6) replacing "
+                                             "the recipe's llava_root / model_root")
+    source.add_argument("--hf", help="a folder tools/export_hf.py wrote (LlavaForConditionalGeneration, or MiniCPM-V "
+                                     "with its LoRA merged)")
+    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="default: bfloat16 (float16 without bf16) on GPU, float32 on CPU")
