@@ -240,7 +240,7 @@ def test_bench_times_both_indexes_in_one_run(tmp_path):
     from pathlib import Path
 
     pytest.importorskip("faiss")
-    script = Path(__file__).resolve().parent.parent / "eval" / "bench_retrieve.py"
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_retrieve.py"
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(script), "--tiles", "300", "--dims", "16", "--batch", "4",
                            "--singles", "2", "--repeats", "1", "--json", str(out)], capture_output=True, text=True)

@@ -339,7 +339,7 @@ def test_cli_help():
 
 
 def test_bench_script_runs_small():
-    out = subprocess.run([sys.executable, str(REPO / "eval" / "bench_score.py"), "--n", "2000"],
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_score.py"), "--n", "2000"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     last = out.stdout.strip().splitlines()[-1]

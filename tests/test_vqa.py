@@ -371,15 +371,16 @@ def test_cli_build_and_bench(city, tmp_path):
                           "--out", str(tmp_path / "vqa"), "--seed", "3"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "test : 6 locations, 24 images, 216 questions" in run.stdout
-    run = subprocess.run([sys.executable, str(REPO / "datasets_prep/bench_vqa.py"), "--locations", "60", "--views", "2",
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks/bench_vqa.py"), "--locations", "60", "--views", "2",
                           "--streets", "8", "--districts", "4"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert re.search(r"120 images, \d+ questions in [\d.]+ s: [\d,]+ images/s, [\d,]+ questions/s", run.stdout)
 
 
-@pytest.mark.parametrize("script", ["ingest", "validate", "build_vqa", "mix_general", "merge_cities", "bench_vqa"])
+@pytest.mark.parametrize("script", ["datasets_prep/ingest", "datasets_prep/validate", "datasets_prep/build_vqa",
+                                    "datasets_prep/mix_general", "datasets_prep/merge_cities", "benchmarks/bench_vqa"])
 def test_scripts_have_help(script):
-    run = subprocess.run([sys.executable, str(REPO / f"datasets_prep/{script}.py"), "--help"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, str(REPO / f"{script}.py"), "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "usage:" in run.stdout
 
 

@@ -4,8 +4,8 @@ The tiny model keeps the real release's shape where it sets the cost ratio: a 33
 576 image tokens precede every question, and ~9 questions per image; widths and depths are small so it runs on CPU.
 It is the reference recipe's model (LoRA on LLM and CLIP, projector) built over the tiny weights.
 
-    python eval/bench_infer.py                   # CPU, ~1 min
-    python eval/bench_infer.py --device cuda --hidden 512 --layers 8 --images 16
+    python benchmarks/bench_infer.py                   # CPU, ~1 min
+    python benchmarks/bench_infer.py --device cuda --hidden 512 --layers 8 --images 16
 The last line is `ratio: X` (shared / plain questions/s); both paths must give the same greedy answers.
 """
 from __future__ import annotations
@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "stage2_pitts.py"
+from addressvlm.answering.chat_model import ImageQuestions
+from addressvlm.answering.prefix_cache import generate_plain, generate_shared
+
+from timing import timed, tiny_recipe_model
+
 QUESTIONS = [
     "Tell me the district where this image was captured. Answer the question using a single word or phrase.",
     "Is this image taken in Oakland? Answer the question using a single word or phrase, Yes or No.",
@@ -35,37 +38,19 @@ QUESTIONS = [
 ]
 
 
-def build_model(folder: Path, args):
-    from addressvlm.training.checkpoints import build_recipe_model
-    from addressvlm.answering.loading import wrap_xtuner_model
-    from addressvlm.training.recipes import load_recipe, model_root_options
-    from addressvlm.standins.tiny import TinySize, make_tiny_llava
-
-    size = TinySize(hidden=args.hidden, layers=args.layers, intermediate=2 * args.hidden, heads=args.hidden // 16,
-                    image_size=336, patch_size=14, vision_hidden=args.hidden, vision_layers=args.layers)
-    make_tiny_llava(folder, size, corpus=QUESTIONS)
-    cfg, model = build_recipe_model(RECIPE, model_root_options(load_recipe(str(RECIPE)), str(folder)))
-    return wrap_xtuner_model(cfg, model, args.device, args.dtype)
-
-
 def timed_pass(model, groups, prefix, generate, args) -> tuple[float, list]:
     per_batch = max(1, args.batch_size // len(QUESTIONS))
-    answers = []
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(0, len(groups), per_batch):
-        answers += generate(model, prefix, groups[i:i + per_batch], args.max_new_tokens)
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, answers
+
+    def every_batch() -> list:
+        return [answer for i in range(0, len(groups), per_batch)
+                for answer in generate(model, prefix, groups[i:i + per_batch], args.max_new_tokens)]
+
+    return timed(every_batch, model.device)
 
 
 @torch.inference_mode()
 def compare(model, groups, prefix, args) -> tuple[float, float, list, list]:
     """Plain and shared passes, alternated ``args.repeats`` times (the machine may be shared); the fastest of each."""
-    from addressvlm.answering.prefix_cache import generate_plain, generate_shared
-
     times = {generate_plain: [], generate_shared: []}
     answers = {}
     for generate in times:
@@ -89,10 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="default: cuda when present")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
-    from addressvlm.answering.chat_model import ImageQuestions
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_model(Path(tmp) / "tiny-llava-336", args)
+        model = tiny_recipe_model(Path(tmp) / "tiny-llava-336", QUESTIONS, args.hidden, args.layers, args.device,
+                                  args.dtype)
     pieces = [model.prompt_pieces(q) for q in QUESTIONS]
     prefix = pieces[0][0]
     groups = []

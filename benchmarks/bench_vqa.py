@@ -5,8 +5,8 @@ streets, 19 districts) and print images/s and questions/s. The target is <= 60 s
 The city table is generated (no image files: building the VQA data never opens images).
 
 Example:
-    taskset -c 0 python datasets_prep/bench_vqa.py
-    python datasets_prep/bench_vqa.py --locations 1000 --views 12 --distractors random
+    taskset -c 0 python benchmarks/bench_vqa.py
+    python benchmarks/bench_vqa.py --locations 1000 --views 12 --distractors random
 """
 import argparse
 import sys

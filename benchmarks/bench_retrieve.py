@@ -14,11 +14,11 @@ embeddings, and the wall time for 10K and 100K tiles projected from the measured
 trained one (--checkpoint), untrained (neither: the released weights), or the published architectures at random
 weights (--random-release: CLIP ViT-L/14-336, and Phi-3-mini for the LVLM retriever; no download, timing only).
 
-    python eval/bench_retrieve.py                                   # 10K and 100K tiles, widths 3072 and 768
-    python eval/bench_retrieve.py --tiles 10000 --dims 768 --json bench.json
-    python eval/bench_retrieve.py --config recipes/retrieval/<recipe>.py --checkpoint work_dirs/<recipe> \\
+    python benchmarks/bench_retrieve.py                                   # 10K and 100K tiles, widths 3072 and 768
+    python benchmarks/bench_retrieve.py --tiles 10000 --dims 768 --json bench.json
+    python benchmarks/bench_retrieve.py --config recipes/retrieval/<recipe>.py --checkpoint work_dirs/<recipe> \\
         --root data/helsinki
-    python eval/bench_retrieve.py --embedding-only --config recipes/retrieval/clip_pitts.py --random-release \\
+    python benchmarks/bench_retrieve.py --embedding-only --config recipes/retrieval/clip_pitts.py --random-release \\
         --root data/helsinki --encode-limit 64 --device cuda --json bench_embed.json
 """
 from __future__ import annotations

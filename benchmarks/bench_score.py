@@ -4,7 +4,7 @@ Writes a test set of the docs/design.md shape (9 single-turn questions per image
 produce (right and wrong, abbreviated, quoted, lettered, chatty), then times reading, scoring and the JSON
 report. The last line is `scored N predictions in S s, C s CPU (R predictions/s)`.
 
-    python eval/bench_score.py --n 200000
+    python benchmarks/bench_score.py --n 200000
 """
 from __future__ import annotations
 

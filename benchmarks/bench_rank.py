@@ -4,8 +4,8 @@ LLaVA-Phi3 built here (nothing downloaded), and constrained decoding beside them
 The tiny model keeps what sets the cost ratio: a 336 px CLIP with 14 px patches, so 576 image tokens precede every
 question. One image's three generation questions (district, street, address) each rank ``--names`` names.
 
-    python eval/bench_rank.py                   # CPU, ~3 min on 2 shared cores (the one-by-one path)
-    python eval/bench_rank.py --device cuda --hidden 512 --layers 8 --names 1000
+    python benchmarks/bench_rank.py                   # CPU, ~3 min on 2 shared cores (the one-by-one path)
+    python benchmarks/bench_rank.py --device cuda --hidden 512 --layers 8 --names 1000
 The last line is `ratio: X` (shared / one-by-one names/s); both must rank alike (asserted).
 """
 from __future__ import annotations
@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
 from PIL import Image
 
+from addressvlm.answering.ranking import NameTrie, constrained_answers, rank_image_questions, rank_one_by_one
 from addressvlm.core.templates import ADDRESS_QUESTION, GENERATION_PROMPT, address_answer
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "stage2_pitts.py"
+from timing import timed, tiny_recipe_model
+
 WORDS = ("Ash", "Birch", "Cedar", "Elm", "Forbes", "Craig", "Murray", "Penn", "Liberty", "Maple", "Oak", "Pine",
          "Rowan", "Willow", "Negley", "Baum", "Centre", "Fifth", "Ellsworth", "Walnut")
 TYPES = ("Street", "Avenue", "Way", "Boulevard", "Road")
@@ -40,29 +40,6 @@ QUESTIONS = {"district": f"Tell me the district where this image was captured. {
              "address": ADDRESS_QUESTION}
 
 
-def build_model(folder: Path, args, names: dict[str, list[str]]):
-    from addressvlm.training.checkpoints import build_recipe_model
-    from addressvlm.answering.loading import wrap_xtuner_model
-    from addressvlm.training.recipes import load_recipe, model_root_options
-    from addressvlm.standins.tiny import TinySize, make_tiny_llava
-
-    size = TinySize(hidden=args.hidden, layers=args.layers, intermediate=2 * args.hidden, heads=args.hidden // 16,
-                    image_size=336, patch_size=14, vision_hidden=args.hidden, vision_layers=args.layers)
-    make_tiny_llava(folder, size, corpus=[*QUESTIONS.values(), *names["address"], *names["district"]])
-    cfg, model = build_recipe_model(RECIPE, model_root_options(load_recipe(str(RECIPE)), str(folder)))
-    return wrap_xtuner_model(cfg, model, args.device, args.dtype)
-
-
-def timed(run, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = run()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, result
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--names", type=int, default=100, help="candidate names per question (at most 100 streets)")
@@ -73,11 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="default: cuda when present")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
-    from addressvlm.answering.ranking import NameTrie, constrained_answers, rank_image_questions, rank_one_by_one
 
     names = candidate_names(args.names)
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_model(Path(tmp) / "tiny-llava-336", args, names)
+        model = tiny_recipe_model(Path(tmp) / "tiny-llava-336",
+                                  [*QUESTIONS.values(), *names["address"], *names["district"]], args.hidden,
+                                  args.layers, args.device, args.dtype)
     image = Image.new("RGB", (640, 480), (60, 120, 200))
     image.paste((240, 240, 240), (100, 100, 260, 300))
     levels = list(QUESTIONS)

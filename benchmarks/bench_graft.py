@@ -6,7 +6,7 @@ Makes a pseudo-satellite GeoTIFF, cuts one 336-px crop per location from it with
   ours:  addressvlm.data.graft.graft_batch (draft-mode JPEG decode, one satellite decode per location, process pool).
 The last line is ``grafts/s per core: N  ratio: X`` (ours with W workers over naive with one).
 
-    python datasets_prep/bench_graft.py --locations 48 --views 6 --workers 2
+    python benchmarks/bench_graft.py --locations 48 --views 6 --workers 2
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 """Requests per second of an OpenAI-compatible endpoint with 1 and 8 concurrent clients (docs/serving.md).
 
     python tools/serve.py --demo &
-    python tools/bench_serve.py --base-url http://127.0.0.1:8000/v1 --model addressvlm \
+    python benchmarks/bench_serve.py --base-url http://127.0.0.1:8000/v1 --model addressvlm \
         --image data/helsinki/images/<a street view>.jpg
 """
 import argparse
