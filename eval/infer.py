@@ -13,7 +13,8 @@ import argparse
 from typing import Sequence
 
 from addressvlm.answering.answering import answer_questions, chunk_questions
-from addressvlm.answering.loading import add_model_arguments, image_folder_of, load_model_from_args, model_settings_of
+from addressvlm.answering.loading import image_folder_of, load_model_from_args, model_settings_of
+from addressvlm.answering.model_arguments import add_model_arguments
 from addressvlm.core.records import DataError, read_questions
 from addressvlm.training.checkpoints import CheckpointError
 from addressvlm.training.stage_chain import StageChainError
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer test_questions.jsonl with a trained model (or the untuned release: --zero-shot); "
                     "predictions are appended and flushed per line, and a rerun skips answered ids.")
     parser.add_argument("--out", required=True, help="predictions.jsonl to append to (one per chunk)")
-    add_model_arguments(parser)
+    add_model_arguments(parser, answering=True)
     parser.add_argument("--batch-size", type=int, default=18, help="rows decoded together (default 18)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")

@@ -15,7 +15,8 @@ import argparse
 from typing import Sequence
 
 from addressvlm.answering.answering import chunk_questions
-from addressvlm.answering.loading import add_model_arguments, image_folder_of, load_model_from_args, model_settings_of
+from addressvlm.answering.loading import image_folder_of, load_model_from_args, model_settings_of
+from addressvlm.answering.model_arguments import add_model_arguments
 from addressvlm.answering.ranking import NORMALISATIONS, answer_constrained, rank_questions, ranked_questions
 from addressvlm.core.records import DataError, read_gazetteer, read_locations, read_questions
 from addressvlm.data.gazetteer import build_gazetteer
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(ranked.jsonl, best first), or with --constrained answer greedily within the names "
                     "(predictions.jsonl). Appended per question; a rerun skips finished ids.")
     parser.add_argument("--out", required=True, help="ranked.jsonl (or predictions.jsonl with --constrained)")
-    add_model_arguments(parser)
+    add_model_arguments(parser, answering=True)
     parser.add_argument("--locations", help="the city's locations.csv (default: locations.csv in the city root)")
     parser.add_argument("--gazetteer", help="a CSV with street and district columns: names ranked besides the city's")
     parser.add_argument("--normalisation", choices=NORMALISATIONS, default="sum",

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from addressvlm.geo.streets import read_street_map
-from addressvlm.answering.model_arguments import add_model_source_arguments
+from addressvlm.answering.model_arguments import add_model_arguments
 from addressvlm.core.records import DataError, read_locations, write_atomic
 from addressvlm.answering.street_distribution import (SAMPLES_PER_IMAGE, SAMPLING_TEMPERATURE, count_streets,
                                                       draw_street_distribution, pick_test_images, read_sampled_answers)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                           "eval/infer.py)")
     sampling.add_argument("--image-folder", help="folder the images are relative to (default: the city root, the "
                                                  "folder of --locations)")
-    add_model_source_arguments(parser)
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     if bool(args.answers) == bool(args.config):
         parser.error("give --answers files to draw, or --config with --checkpoint to sample and draw")

@@ -3,12 +3,11 @@ data variant built as tools/paper_table.py builds it, one iteration through XTun
 continuing the stage 1 its row names. Tables 4 and 1's "separate" row train in test_table4_chain and
 test_table1_two_images, Table 2's GeoReasoner in test_georeasoner, the paper's own recipes in the demo.
 
-The runs share this process: ``xtuner.tools.train.main`` as `xtuner train` calls it, with the same `--cfg-options`
-a CPU run gets (addressvlm/training/recipes.py). Twenty fresh interpreters would cost more than the twenty iterations."""
+The runs share this process (``launcher.train(..., in_process=True)``: XTuner's train entry point with the same
+`--cfg-options` a CPU run gets). Twenty fresh interpreters would cost more than the twenty iterations."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,7 @@ from addressvlm.runs.engine import lora_overrides
 from addressvlm.runs.paper_tables import (DEMO_RUNS, MAIN_STAGE1, STAGE1_VARIANTS, TABLES, VQA_DENSITIES, check_chain,
                                           city_of, city_roots, ensure_data, recipe_data, run_name)
 from addressvlm.core.records import read_llava_json, write_llava_json
-from addressvlm.training.recipes import local_run_options
-from addressvlm.training.launcher import read_losses
+from addressvlm.training.launcher import read_losses, train
 
 from conftest import few_steps
 
@@ -28,19 +26,6 @@ TRAINED_ELSEWHERE = {"ablations/table1_two_images_stage1.py", "ablations/table1_
 ROWS = list({row.stage2: row for table in TABLES.values() if table.key != "4" for row in table.rows
              if row.stage2 and row.stage2.startswith("ablations/") and row.stage2 not in TRAINED_ELSEWHERE
              and run_name(row.stage2) not in DEMO_RUNS}.values())
-
-
-def train_one_iteration(recipe: Path, work_dir: Path, model_root: Path, overrides: dict) -> Path:
-    import xtuner.tools.train as xtuner_train
-
-    argv = [str(recipe), "--work-dir", str(work_dir), "--cfg-options",
-            *local_run_options(str(recipe), str(model_root), overrides=overrides)]
-    saved, sys.argv = sys.argv, ["xtuner-train", *argv]
-    try:
-        xtuner_train.main()
-    finally:
-        sys.argv = saved
-    return work_dir
 
 
 def second_city(city: Path, root: Path) -> Path:
@@ -140,7 +125,8 @@ def test_every_row_trains_by_its_recipe_name_and_chains(quick_demo, cities, tmp_
             ensure_data(data_city, data, "rule", None)
             check_variant(data_city, data.data_file)
             overrides = one_iteration(quick_demo, recipe, data_city, runs.get(row.stage1), is_stage2)
-            runs[recipe] = train_one_iteration(data.recipe, work / run_name(recipe), quick_demo.model, overrides)
+            runs[recipe] = train(str(data.recipe), work / run_name(recipe), str(quick_demo.model), overrides=overrides,
+                                 in_process=True)
             losses = read_losses(runs[recipe])
             assert list(losses) == [1] and 0 < losses[1] < 50, (recipe, losses)
             dumped = (runs[recipe] / data.recipe.name).read_text()      # the config the run saved

@@ -120,6 +120,16 @@ def test_the_package_has_a_few_doors():
     assert [p.name for p in PACKAGE.glob("*.py")] == ["__init__.py"], "modules belong in a wing"
 
 
+def test_no_two_classes_share_a_name():
+    """A name means one thing in the package (two ``Street`` classes, one in lon/lat and one in metres, read alike)."""
+    homes: dict[str, list[str]] = {}
+    for module, path in package_files().items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                homes.setdefault(node.name, []).append(module)
+    assert not {name: where for name, where in homes.items() if len(where) > 1}
+
+
 def test_the_checks_catch_a_forbidden_import(tmp_path):
     """The same checks on a copy of the package with one wrong import each: they fail."""
     copy = tmp_path / "addressvlm"

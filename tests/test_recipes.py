@@ -244,8 +244,9 @@ def test_training_progress_follows_mmengines_iteration_lines():
     assert ITERATION_LINE.search("Iter(val) [1/5] loss: 1.0") is None
 
 
-@pytest.mark.parametrize("script", sorted(str(p.relative_to(REPO)) for folder in ("tools", "eval", "datasets_prep")
-                                          for p in (REPO / folder).glob("*.py")))
+@pytest.mark.parametrize("script", sorted(str(p.relative_to(REPO)) for folder, pattern in (
+    ("tools", "*.py"), ("eval", "*.py"), ("datasets_prep", "*.py"), ("benchmarks", "bench_*.py"))
+                                          for p in (REPO / folder).glob(pattern)))
 def test_every_script_has_help(script):
     import subprocess
     import sys
@@ -425,3 +426,17 @@ def test_recipes_parsed_in_threads_side_by_side_give_the_serial_options():
         threaded = list(pool.map(lambda recipe: local_run_options(recipe, "/models/tiny"), recipes))
     assert all(options == serial[recipe] for recipe, options in zip(recipes, threaded))
     assert "optim_wrapper.optimizer.type=AdamW" in serial[TWO_IMAGES]
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if "optim_wrapper = dict(" in p.read_text()],
+                         ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_amp_computes_in_the_recipes_torch_dtype(path):
+    """AMP's compute dtype is the recipe's ``torch_dtype`` variable, not a second literal: a V100's float16 is then
+    one edit, and the MiniCPM-V recipe no longer says bfloat16 twice."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    wrapper = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                   and any(isinstance(t, ast.Name) and t.id == "optim_wrapper" for t in node.targets))
+    dtype = next((k.value for k in wrapper.keywords if k.arg == "dtype"), None)
+    assert dtype is None or (isinstance(dtype, ast.Name) and dtype.id == "torch_dtype"), ast.unparse(dtype)

@@ -214,3 +214,35 @@ def test_cli_reports_and_names_bad_input(tmp_path):
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith(
         f"error: {root / 'CVG-text' / 'NewYork' / 'train.json'}:3: invalid JSON")
+
+
+def test_labelling_and_retrieval_scripts_read_the_backend_options_alike():
+    """One set of backend options (``label_backends.add_backend_arguments``): the retrieval data builder takes
+    --backoff as the labelling scripts do; only the default answer length differs (a scene text is shorter)."""
+    import argparse
+
+    from addressvlm.data.label_backends import add_label_arguments, backend_options
+    from scripts import script
+
+    flags = ["--backend", "openai", "--model", "m", "--base-url", "http://x/v1", "--backoff", "2.5"]
+    retrieval_parser = script("datasets_prep/build_retrieval.py").build_parser()
+    labels_parser = argparse.ArgumentParser()
+    add_label_arguments(labels_parser)
+    retrieval = backend_options(retrieval_parser, retrieval_parser.parse_args(["--city", "c", *flags]))
+    labels = backend_options(labels_parser, labels_parser.parse_args(flags))
+    assert retrieval["backoff_s"] == labels["backoff_s"] == 2.5
+    assert retrieval == {**labels, "max_tokens": 300} and labels["max_tokens"] == 400
+
+
+def test_a_city_without_streets_has_no_street_map(city, tmp_path):
+    """The labels and the retrieval texts read the city's streets through one function: its file when there is
+    one, None when there is none."""
+    import shutil
+
+    from addressvlm.geo.streets import StreetMap, optional_street_map
+
+    assert isinstance(optional_street_map(city), StreetMap)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(city / "locations.csv", bare / "locations.csv")
+    assert optional_street_map(bare) is None

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from addressvlm.answering.model_arguments import add_model_source_arguments
+from addressvlm.answering.model_arguments import add_model_arguments
 from addressvlm.serving.server import CHECKOUT, DEFAULT_MAX_IMAGE_MEGAPIXELS, create_app, served_from_args
 
 
@@ -30,7 +30,7 @@ def build_parser():
     parser.add_argument("--demo", action="store_true",
                         help="the AddressVLM model `make demo` trained, on its city (data/helsinki of this checkout)")
     parser.add_argument("--demo-root", default=str(CHECKOUT), help="the checkout `make demo` ran in (default: this one)")
-    add_model_source_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument("--city", help="the city root the model was trained on (locations.csv, streets.geojson, images)")
     parser.add_argument("--streets", help="the city's streets, when not streets.geojson or one *.osm.pbf in --city")
     parser.add_argument("--host", default="127.0.0.1",

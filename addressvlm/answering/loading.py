@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 
 from addressvlm.answering.chat_model import VisionChatModel
-from addressvlm.answering.model_arguments import add_model_source_arguments  # its home is torch-free: drawing tools use it
 from addressvlm.core.records import file_identity
 from addressvlm.training.checkpoints import build_recipe_model, load_checked_state, resolve_checkpoint, weights_identity
 from addressvlm.training.image_prompts import image_preprocessor, image_turn, split_at_image
@@ -198,17 +197,6 @@ def load_hf_model(folder: str | os.PathLike, device: str | None = None,
 
 
 # --------------------------------------------------------------------------------------------- answering
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The questions, output, image folder, model and device options every answering tool takes."""
-    parser.add_argument("--questions", required=True, help="test_questions.jsonl")
-    parser.add_argument("--image-folder",
-                        help="folder the questions' image paths are relative to (default: the city root, i.e. the "
-                             "parent of the questions file's folder, as in data/<city>/vqa/test_questions.jsonl)")
-    add_model_source_arguments(parser)
-    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions (by image) into K shares")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="which share this process answers")
-
-
 def model_settings_of(args: argparse.Namespace) -> dict:
     """Which model answered, as recorded beside an output (a resume with another is refused): the options and, for
     a checkpoint or an exported folder, its weights' identity (``records.file_identity``), so that a retrain into the

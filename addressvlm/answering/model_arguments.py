@@ -1,12 +1,19 @@
-"""The command-line options that choose a model, apart from ``addressvlm.answering.loading`` so that a tool can offer them
+"""The command-line options that choose a model, kept apart from ``answering.loading`` so that a tool offers them
 without importing torch until a model is loaded (eval/street_distribution.py draws without one)."""
 from __future__ import annotations
 
 import argparse
 
 
-def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """Which model (``load_model_from_args``) and where it runs."""
+def add_model_arguments(parser: argparse.ArgumentParser, answering: bool = False) -> None:
+    """Which model (``load_model_from_args``) and where it runs; with ``answering``, also the questions it answers,
+    the folder of their images and this process's share of them (eval/infer.py, eval/rank.py)."""
+    if answering:
+        parser.add_argument("--questions", required=True, help="test_questions.jsonl")
+        parser.add_argument("--image-folder",
+                            help="folder the questions' image paths are relative to (default: the city root, i.e. "
+                                 "the parent of the questions file's folder, as in "
+                                 "data/<city>/vqa/test_questions.jsonl)")
     source = parser.add_argument_group("model: --config and --checkpoint, --config and --zero-shot, or --hf")
     source.add_argument("--config", help="the XTuner recipe the checkpoint was trained with")
     trained_or_not = source.add_mutually_exclusive_group()
@@ -23,3 +30,6 @@ def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="default: bfloat16 (float16 without bf16) on GPU, float32 on CPU")
+    if answering:
+        parser.add_argument("--num-chunks", type=int, default=1, help="split the questions (by image) into K shares")
+        parser.add_argument("--chunk-idx", type=int, default=0, help="which share this process answers")

@@ -198,16 +198,11 @@ def check_backend(name: str, options: dict) -> None:
         OpenAIBackend(**options).reach()
 
 
-def add_label_arguments(parser) -> None:
-    """The options every labelling script shares: backend, its settings, street data, splits, limit."""
-    parser.add_argument("--backend", choices=("rule", "openai", "hf"), default="rule",
-                        help="rule: reasons from facts, no model (the paper rejects such templates; its labels come "
-                             "from an LVLM: openai or hf)")
-    parser.add_argument("--streets", type=Path, help="streets GeoJSON or .osm.pbf (default: the city's)")
-    parser.add_argument("--city-name", help="city name used in prompts (default: the city folder's name)")
-    parser.add_argument("--splits", default="train", type=parse_splits,
-                        help="comma-separated splits, or 'all' (default train)")
-    parser.add_argument("--limit", type=int, default=None, help="label at most this many images in this run")
+def add_backend_arguments(parser, backend_help: str, max_tokens: int) -> None:
+    """The options that choose a backend and set it up (``backend_options`` reads them): the labelling scripts'
+    and the retrieval data builder's. ``max_tokens``: the default answer length (a reason is longer than a scene
+    text)."""
+    parser.add_argument("--backend", choices=("rule", "openai", "hf"), default="rule", help=backend_help)
     parser.add_argument("--model", help="openai: served model name; hf: model path or hub id")
     parser.add_argument("--base-url", help="openai: server URL, e.g. http://localhost:8000/v1")
     parser.add_argument("--api-key", help="openai: key (default $OPENAI_API_KEY, else 'EMPTY')")
@@ -215,13 +210,25 @@ def add_label_arguments(parser) -> None:
     parser.add_argument("--max-retries", type=int, default=6, help="openai: retries on 429/5xx/timeouts (6)")
     parser.add_argument("--backoff", type=float, default=1.0, help="openai: first retry delay in seconds (1.0)")
     parser.add_argument("--temperature", type=float, default=0.2)
-    parser.add_argument("--max-tokens", type=int, default=400)
+    parser.add_argument("--max-tokens", type=int, default=max_tokens, help=f"longest answer in tokens ({max_tokens})")
     parser.add_argument("--device", help="hf: torch device (default cuda if available)")
     parser.add_argument("--dtype", default="auto", help="hf: torch dtype name or auto")
 
 
+def add_label_arguments(parser) -> None:
+    """The options every labelling script shares: backend, its settings, street data, splits, limit."""
+    add_backend_arguments(parser, "rule: reasons from facts, no model (the paper rejects such templates; its labels "
+                                  "come from an LVLM: openai or hf)", max_tokens=400)
+    parser.add_argument("--streets", type=Path, help="streets GeoJSON or .osm.pbf (default: the city's)")
+    parser.add_argument("--city-name", help="city name used in prompts (default: the city folder's name)")
+    parser.add_argument("--splits", default="train", type=parse_splits,
+                        help="comma-separated splits, or 'all' (default train)")
+    parser.add_argument("--limit", type=int, default=None, help="label at most this many images in this run")
+
+
 def backend_options(parser, args) -> dict:
-    """The chosen backend's constructor options from ``add_label_arguments``'s flags (a usage error if incomplete)."""
+    """The chosen backend's constructor options from ``add_backend_arguments``'s flags (a usage error if
+    incomplete)."""
     if args.backend != "rule" and not args.model:
         parser.error(f"--backend {args.backend} needs --model")
     if args.backend == "openai":

@@ -28,14 +28,12 @@ from shapely.geometry import Point
 from shapely.ops import unary_union
 
 from addressvlm.core.names import mentions_name, normalize_name
-from addressvlm.core.records import (
-    DataError, JsonlAppender, Location, location_lines, read_locations, refuse_output_over_inputs,
-)
+from addressvlm.core.records import JsonlAppender, Location, location_lines, read_locations, refuse_output_over_inputs
 from addressvlm.data.graft import SEPARATE_SUFFIXES, VARIANTS, grafted_name, select_rows
 from addressvlm.data.ingest import image_decode_error
 from addressvlm.data.label_backends import LabelBackendError, LabelRequest, make_backend
 from addressvlm.geo.crop import CROPS_INDEX, read_crop_index
-from addressvlm.geo.streets import find_city_streets, read_street_map
+from addressvlm.geo.streets import optional_street_map
 
 CORNER_WORDS = {"upper_right": "upper-right", "upper_left": "upper-left", "lower_right": "lower-right",
                 "lower_left": "lower-left"}
@@ -355,12 +353,7 @@ def label_city(task, city_root, out_jsonl, backend="rule", *, streets=None, crop
     city = city_name or city_root.resolve().name
     table = city_root / "locations.csv"
     rows = select_rows(read_locations(table), splits)
-    if streets is None:
-        try:
-            streets = find_city_streets(city_root)
-        except DataError:
-            streets = None
-    street_map = read_street_map(streets) if streets else None
+    street_map = optional_street_map(city_root, streets)
     crops = crops or {}
     if isinstance(backend, str):
         backend = make_backend(backend, task, **(backend_options or {}))

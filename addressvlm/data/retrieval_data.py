@@ -34,7 +34,7 @@ from addressvlm.data.label_backends import LabelRequest, make_backend
 from addressvlm.data.labels import gather_facts, generate_all
 from addressvlm.data.vqa import view_names
 from addressvlm.geo.crop import crop_city, read_crop_index
-from addressvlm.geo.streets import find_city_streets, read_street_map
+from addressvlm.geo.streets import optional_street_map
 
 RETRIEVAL_DIR = "retrieval"
 TILES_DIR = "tiles"
@@ -93,7 +93,6 @@ def make_scene_backend(name: str, **options):
     clients, retries and concurrency describe scenes as they write reasons."""
     if name == "rule":
         return SceneRuleBackend()
-
     return make_backend(name, **options)
 
 
@@ -206,12 +205,7 @@ def _scene_texts(city_root: Path, city: str, rows, places: list[Location], backe
         backend = make_scene_backend(backend, **(backend_options or {}))
     else:
         source = getattr(backend, "source", backend.name)
-    if streets is None:
-        try:
-            streets = find_city_streets(city_root)
-        except DataError:
-            streets = None
-    street_map = read_street_map(streets) if streets else None
+    street_map = optional_street_map(city_root, streets)
     images_of: dict[str, list[Path]] = {}
     for row in rows:
         images_of.setdefault(row.location_id, []).append(city_root / row.image)

@@ -26,7 +26,7 @@ from addressvlm.data.gazetteer import build_gazetteer
 from addressvlm.data.graft import city_pairs, graft_batch, grafted_name
 from addressvlm.data.labels import make_labels
 from addressvlm.data.stage1_json import build_stage1_json
-from addressvlm.data.vqa import build_vqa, pin_splits as pin
+from addressvlm.data.vqa import build_vqa, pin_splits
 from addressvlm.demo import retrieval
 from addressvlm.demo.city import build_demo_city
 from addressvlm.demo.report import LABELS, answer_spread, learning_targets, render_report, targets_summary
@@ -114,10 +114,6 @@ def build_city(paths: Paths, s: DemoSettings):
     if (paths.city / "city.json").is_file() and (paths.city / "locations.csv").is_file():
         return "kept the city built earlier"
     return build_demo_city(paths.city, seed=s.seed, locations=s.locations, views=s.views)
-
-
-def pin_splits(paths: Paths, s: DemoSettings):
-    return pin(paths.city / "locations.csv", s.seed)
 
 
 def build_stage2_data(paths: Paths, s: DemoSettings):
@@ -352,7 +348,7 @@ def _run_steps(paths: Paths, settings: DemoSettings) -> Path:
     s = settings
     claim_folders(paths, s)
     summary = steps.run("build the Helsinki demo city", build_city, paths, s)
-    steps.run("pin location-disjoint splits (7:2:1)", pin_splits, paths, s)
+    steps.run("pin location-disjoint splits (7:2:1)", pin_splits, paths.city / "locations.csv", s.seed)
     steps.run("stage-2 VQA (templates of Tables B4/B5)", build_stage2_data, paths, s)
     steps.run("stage-1 data: labelled crops, grafts, rule reasons", build_stage1_data, paths, s)
     steps.run("tiny LLaVA-Phi3-mini", make_model, paths, s)

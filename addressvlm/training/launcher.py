@@ -21,35 +21,49 @@ from addressvlm.training.recipes import local_run_options
 ITERATION_LINE = re.compile(r"Iter\(train\) \[\s*(\d+)/(\d+)\].*?loss: ([-\d.e]+)")
 
 
+# What torchrun would set: DeepSpeed initialises torch.distributed even for a run of one process.
+ONE_PROCESS_GROUP = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                     "MASTER_PORT": "29517"}
+
+
 def train(config: str, work_dir: str, model_root: str | None = None, device: str = "cpu",
           overrides: dict[str, Any] | None = None, resume: str | None = None, log_file: str | None = None,
           progress: bool = False, name: str = "training", threads: int | None = None, bar_row: int = 0,
-          gpus: int = 1, deepspeed: str | None = None) -> Path:
+          gpus: int = 1, deepspeed: str | None = None, in_process: bool = False) -> Path:
     """Run ``python -m xtuner.tools.train`` (not ``xtuner train``, which exits 0 on failure) and return ``work_dir``;
     a failed run raises with the end of its log. The whole output goes to the log file; with ``progress`` a bar
     named ``name`` on console row ``bar_row`` follows mmengine's iteration lines (iterations, loss, time left).
     ``threads`` caps the run's CPU threads (two runs side by side on a small machine). ``gpus`` > 1 starts one
     process per GPU through torchrun, as ``NPROC_PER_NODE=N xtuner train`` does; ``deepspeed`` names XTuner's
-    DeepSpeed config (``deepspeed_zero2``) or a JSON file."""
+    DeepSpeed config (``deepspeed_zero2``) or a JSON file. ``in_process`` calls XTuner's train entry point in this
+    process instead, output unredirected (many one-iteration runs cost less than as many fresh interpreters)."""
     import os
 
+    import xtuner.tools.train as xtuner_train
     from tqdm import tqdm
 
-    if gpus > 1:
-        import xtuner.tools.train as xtuner_train
-
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", xtuner_train.__file__,
-                   config, "--launcher", "pytorch", "--work-dir", str(work_dir)]
-    else:
-        command = [sys.executable, "-m", "xtuner.tools.train", config, "--work-dir", str(work_dir)]
+    arguments = [config, "--work-dir", str(work_dir)]
     if deepspeed:
-        command += ["--deepspeed", deepspeed]
+        arguments += ["--deepspeed", deepspeed]
     if resume:
-        command += ["--resume", str(resume)]
-    command += ["--cfg-options", *local_run_options(config, model_root, device, overrides)]
+        arguments += ["--resume", str(resume)]
+    arguments += ["--cfg-options", *local_run_options(config, model_root, device, overrides)]
+    if in_process:
+        saved, sys.argv = sys.argv, ["xtuner-train", *arguments]
+        try:
+            xtuner_train.main()
+        finally:
+            sys.argv = saved
+        return Path(work_dir)
+    if gpus > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", xtuner_train.__file__,
+                   "--launcher", "pytorch", *arguments]
+    else:
+        command = [sys.executable, "-m", "xtuner.tools.train", *arguments]
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     log_path = Path(log_file or Path(work_dir) / "train_stdout.log")
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {**(ONE_PROCESS_GROUP if deepspeed and gpus == 1 else {}), **os.environ,
+           **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with open(log_path, "w") as log, tqdm(desc=f"  {name}", unit="it", disable=not progress, leave=False,
                                           position=bar_row) as bar:
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

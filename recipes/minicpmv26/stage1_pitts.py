@@ -163,7 +163,7 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts,
     loss_scale="dynamic",
-    dtype="bfloat16",
+    dtype=torch_dtype,  # AMP computes in the frozen weights' dtype, as stage1_pitts.py
 )
 
 param_scheduler = [
