@@ -4,10 +4,13 @@ even through a third), and an import inside a function says on its line, or the 
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "addressvlm"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "addressvlm"
+SCRIPT_FOLDERS = ("datasets_prep", "eval", "tools", "benchmarks")
 LEAVES = ("demo", "standins")
 MOST_ENTRIES = 12
 
@@ -141,3 +144,29 @@ def test_the_checks_catch_a_forbidden_import(tmp_path):
     assert wing_cycle(wing_graph(copy)) == ["answering", "core", "answering"]
     assert unexplained_lazy_imports(copy) == [f"addressvlm/core/records.py:{last_line}"]
     assert leaf_imports(copy) == [f"addressvlm/core/records.py:{last_line} imports addressvlm.demo.pipeline"]
+
+
+def readme_layout() -> dict[str, str]:
+    """The README's layout table: ``path -> what``."""
+    section = (REPO / "README.md").read_text().split("## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return {match.group(1): match.group(2) for match in re.finditer(r"^\| `([^`]+)`[^|]* \| (.+) \|$", section, re.M)}
+
+
+def listed_names(what: str) -> set[str]:
+    """The names a script folder's row lists: the first word of each comma- or semicolon-separated item."""
+    return {item.split()[0] for item in re.split(r"[,;]", re.sub(r"\([^)]*\)", "", what)) if item.strip()}
+
+
+def test_the_readme_layout_lists_every_entry_point():
+    layout = readme_layout()
+    for folder in SCRIPT_FOLDERS:
+        assert listed_names(layout[f"{folder}/"]) == {p.stem for p in (REPO / folder).glob("*.py")}, folder
+    assert set(re.findall(r"`([\w.]+\.md)`", layout["docs/"])) == {p.name for p in (REPO / "docs").glob("*.md")}
+    for wing in sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name not in ("__pycache__", *LEAVES)):
+        modules = {p.stem for p in (PACKAGE / wing).glob("*.py")} - {"__init__"}
+        words = set(re.findall(r"\w+", layout[f"addressvlm/{wing}/"]))
+        assert modules <= words, (wing, modules - words)
+    recipes = layout["recipes/"]
+    assert all(f"`{p.name}/`" in recipes for p in (REPO / "recipes").iterdir() if p.is_dir()), recipes
+    cities = {p.stem.split("_", 1)[1] for p in (REPO / "recipes").glob("stage1_*.py")}
+    assert all(city in recipes for city in cities), cities
