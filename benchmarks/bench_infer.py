@@ -21,7 +21,7 @@ from PIL import Image
 from addressvlm.answering.chat_model import ImageQuestions
 from addressvlm.answering.prefix_cache import generate_plain, generate_shared
 
-from timing import timed, tiny_recipe_model
+from timing import add_tiny_model_arguments, timed, tiny_recipe_model
 
 QUESTIONS = [
     "Tell me the district where this image was captured. Answer the question using a single word or phrase.",
@@ -69,10 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=18, help="rows decoded together (whole images)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="answers are a name or a letter")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per path; the fastest counts")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--device", help="default: cuda when present")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    add_tiny_model_arguments(parser)
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,7 @@ from PIL import Image
 from addressvlm.answering.ranking import NameTrie, constrained_answers, rank_image_questions, rank_one_by_one
 from addressvlm.core.templates import ADDRESS_QUESTION, GENERATION_PROMPT, address_answer
 
-from timing import timed, tiny_recipe_model
+from timing import add_tiny_model_arguments, timed, tiny_recipe_model
 
 WORDS = ("Ash", "Birch", "Cedar", "Elm", "Forbes", "Craig", "Murray", "Penn", "Liberty", "Maple", "Oak", "Pine",
          "Rowan", "Willow", "Negley", "Baum", "Centre", "Fifth", "Ellsworth", "Walnut")
@@ -45,10 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--names", type=int, default=100, help="candidate names per question (at most 100 streets)")
     parser.add_argument("--batch-size", type=int, default=64, help="names per forward pass of the shared path")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes of the shared path; the fastest counts")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--device", help="default: cuda when present")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    add_tiny_model_arguments(parser)
     args = parser.parse_args(argv)
 
     names = candidate_names(args.names)

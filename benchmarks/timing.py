@@ -18,6 +18,14 @@ RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "stage2_pitts.py"
 Result = TypeVar("Result")
 
 
+def add_tiny_model_arguments(parser) -> None:
+    """The tiny model's width and depth (``tiny_recipe_model``) and where it runs."""
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--device", help="default: cuda when present")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+
+
 def tiny_recipe_model(folder: Path, corpus: Iterable[str], hidden: int, layers: int, device: str | None,
                       dtype: str | None) -> VisionChatModel:
     """The reference recipe's model (LoRA on LLM and CLIP, projector) over a tiny LLaVA-Phi3 written to ``folder``,

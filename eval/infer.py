@@ -14,7 +14,7 @@ from typing import Sequence
 
 from addressvlm.answering.answering import answer_questions, chunk_questions
 from addressvlm.answering.loading import image_folder_of, load_model_from_args, model_settings_of
-from addressvlm.answering.model_arguments import add_model_arguments
+from addressvlm.answering.model_arguments import add_model_arguments, check_chunk
 from addressvlm.core.records import DataError, read_questions
 from addressvlm.training.checkpoints import CheckpointError
 from addressvlm.training.stage_chain import StageChainError
@@ -40,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 0 <= args.chunk_idx < args.num_chunks:
-        parser.error(f"--chunk-idx {args.chunk_idx} is not in 0..{args.num_chunks - 1}")
+    check_chunk(parser, args)
     if args.num_samples > 1 and args.temperature == 0:
         parser.error("--num-samples > 1 needs --temperature > 0 (greedy samples are all the same)")
     try:

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from addressvlm.answering.answering import chunk_questions
 from addressvlm.answering.loading import image_folder_of, load_model_from_args, model_settings_of
-from addressvlm.answering.model_arguments import add_model_arguments
+from addressvlm.answering.model_arguments import add_model_arguments, check_chunk
 from addressvlm.answering.ranking import NORMALISATIONS, answer_constrained, rank_questions, ranked_questions
 from addressvlm.core.records import DataError, read_gazetteer, read_locations, read_questions
 from addressvlm.data.gazetteer import build_gazetteer
@@ -49,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 0 <= args.chunk_idx < args.num_chunks:
-        parser.error(f"--chunk-idx {args.chunk_idx} is not in 0..{args.num_chunks - 1}")
+    check_chunk(parser, args)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if args.candidates and args.constrained:

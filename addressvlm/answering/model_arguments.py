@@ -33,3 +33,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, answering: bool = False
     if answering:
         parser.add_argument("--num-chunks", type=int, default=1, help="split the questions (by image) into K shares")
         parser.add_argument("--chunk-idx", type=int, default=0, help="which share this process answers")
+
+
+def check_chunk(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error unless --chunk-idx names one of the --num-chunks shares."""
+    if not 0 <= args.chunk_idx < args.num_chunks:
+        parser.error(f"--chunk-idx {args.chunk_idx} is not in 0..{args.num_chunks - 1}")
