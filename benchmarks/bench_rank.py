@@ -1,5 +1,5 @@
-"""Names/s of closed-set ranking: the shared prefix (addressvlm.answering.ranking) against one full forward per name, on a tiny
-LLaVA-Phi3 built here (nothing downloaded), and constrained decoding beside them.
+"""Names/s of closed-set ranking: the shared prefix (addressvlm.answering.ranking) against one full forward per name, on
+a tiny LLaVA-Phi3 built here (nothing downloaded), and constrained decoding beside them.
 
 The tiny model keeps what sets the cost ratio: a 336 px CLIP with 14 px patches, so 576 image tokens precede every
 question. One image's three generation questions (district, street, address) each rank ``--names`` names.

@@ -12,8 +12,8 @@ streets, shuffled per image (seeded). Samples go to OUT/after_alignment.jsonl an
 
 Drawing only: one or more JSONL files of sampled answers, one record per test image,
 `{"image", "answers": [100 replies], "options"?: {"A": street, ...}}` (written by
-addressvlm.answering.street_distribution.sample_street_answers; records with "options" hold multiple-choice replies, Appendix D.1).
-Each file is a panel, e.g. the model after and before cross-view alignment tuning. Output per image:
+addressvlm.answering.street_distribution.sample_street_answers; records with "options" hold multiple-choice replies,
+Appendix D.1). Each file is a panel, e.g. the model after and before cross-view alignment tuning. Output per image:
 OUT/<image>.png, and OUT/street_counts.json with every panel's counts.
 
     python eval/street_distribution.py --streets data/pitts/streets.geojson \

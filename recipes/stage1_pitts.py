@@ -61,8 +61,8 @@ init_from_work_dir = None  # stage 1 starts from the release itself
 # it, "open" it fresh (the previous stage did not train it) or carry it "frozen" (loaded, not trained); a checkpoint
 # that does not match is refused, naming the keys. Table 4's variants change it (recipes/ablations/).
 stage_chain = dict(llm_lora="continue", visual_encoder_lora="continue", projector="continue")
-# Frozen LLM and CLIP load in bf16 (fp16 on a GPU without bf16; fp32 on CPU through addressvlm.training.recipes); the trained
-# tensors (LoRA, projector) are kept in fp32 by the model whatever this is (addressvlm/training/precision.py).
+# Frozen LLM and CLIP load in bf16 (fp16 on a GPU without bf16; fp32 on CPU through addressvlm.training.recipes); the
+# trained tensors (LoRA, projector) are kept in fp32 by the model whatever this is (addressvlm/training/precision.py).
 torch_dtype = "bfloat16"
 
 # Data: the city root holds locations.csv and images; stage-1 JSON paths are relative to it.

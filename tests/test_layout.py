@@ -18,8 +18,8 @@ MOST_ENTRIES = 12
 def package_imports(path: Path) -> list[tuple[str, int, bool]]:
     """``(module, line, lazy)`` of every ``addressvlm`` import in ``path``; lazy: inside a function."""
     tree = ast.parse(path.read_text(), str(path))
-    in_function = {id(node) for function in ast.walk(tree) if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
-                   for node in ast.walk(function)}
+    functions = [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    in_function = {id(node) for function in functions for node in ast.walk(function)}
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

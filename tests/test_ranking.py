@@ -1,5 +1,5 @@
-"""addressvlm.answering.ranking and eval/rank.py on the tiny LLaVA-Phi3: closed-set ranking equals one full forward per name,
-resume and chunks, constrained decoding within the gazetteer, the gazetteer and ranked-file checks."""
+"""addressvlm.answering.ranking and eval/rank.py on the tiny LLaVA-Phi3: closed-set ranking equals one full forward per
+name, resume and chunks, constrained decoding within the gazetteer, the gazetteer and ranked-file checks."""
 from __future__ import annotations
 
 import json

@@ -230,7 +230,8 @@ def test_importing_the_package_leaves_torch_load_safe():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
-    code = "import os, addressvlm.training.model, addressvlm.training.minicpmv; print(os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'))"
+    code = ("import os, addressvlm.training.model, addressvlm.training.minicpmv; "
+            "print(os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.stdout.strip().splitlines()[-1] == "None", done.stderr[-2000:]
 

@@ -196,8 +196,8 @@ def test_retrieved_file_checks(tmp_path):
 
 
 class MeanColourEncoder:
-    """The encoder interface (``addressvlm.answering.retrieval_encoders``) at its simplest: an image is its mean colour, a
-    text the colour its last word numbers; it records each call."""
+    """The encoder interface (``addressvlm.answering.retrieval_encoders``) at its simplest: an image is its mean colour,
+    a text the colour its last word numbers; it records each call."""
 
     name = "mean_colour"
 

@@ -1,6 +1,6 @@
-"""The two retrievers (addressvlm.training.retrieval_models): both train through `python -m xtuner.tools.train` on tiny models, their
-checkpoints load as encoders that embed into one unit-norm space, CLIP reads past 77 tokens, and the loss is
-InfoNCE as written down by hand."""
+"""The two retrievers (addressvlm.training.retrieval_models): both train through `python -m xtuner.tools.train` on tiny
+models, their checkpoints load as encoders that embed into one unit-norm space, CLIP reads past 77 tokens, and the loss
+is InfoNCE as written down by hand."""
 import math
 from pathlib import Path
 

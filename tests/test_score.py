@@ -1,4 +1,5 @@
-"""eval/score.py and addressvlm.answering.scoring: extraction on hand-written replies, the metric arithmetic, every error."""
+"""eval/score.py and addressvlm.answering.scoring: extraction on hand-written replies, the metric arithmetic, every
+error."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
-"""addressvlm.answering.street_distribution and eval/street_distribution.py (Fig. 5): prompts, counting, sampling, the map."""
+"""addressvlm.answering.street_distribution and eval/street_distribution.py (Fig. 5): prompts, counting, sampling, the
+map."""
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """A trained XTuner checkpoint as one Hugging Face folder with its LoRA merged, in the layout the serving engines
 (vLLM, lmdeploy) and transformers read: ``export_hf`` (``tools/export_hf.py``) builds the recipe's model as training
-built it, loads the checkpoint with every tensor checked (``addressvlm.answering.loading``), merges in float32, and writes
+built it, loads the checkpoint with every tensor checked (``addressvlm.answering.loading``), merges in float32,
+and writes
 
 - for LLaVA-Phi3-mini, a ``LlavaForConditionalGeneration`` folder (the llava-hf layout): the LoRA adapters merged into
   Phi-3 and into CLIP, XTuner's two-layer projector as ``multi_modal_projector``, and the processor saved so that it

@@ -10,8 +10,8 @@ question's suffix once on top of that, and the candidate names in batches over t
 greedy decoding where each step may only continue some gazetteer name (a token trie). A model that prompts itself
 (MiniCPM-V) is ranked per question: its whole prompt prefilled once, the names in batches over that cache.
 
-Output ``ranked.jsonl`` (``addressvlm.core.records.open_ranked``): ``{"question_id", "ranking": [{"name", "logprob"}]}``,
-best first; ``logprob`` is the ranking score (the sum over the answer's tokens, or their mean with
+Output ``ranked.jsonl`` (``addressvlm.core.records.open_ranked``): ``{"question_id", "ranking": [{"name",
+"logprob"}]}``, best first; ``logprob`` is the ranking score (the sum over the answer's tokens, or their mean with
 ``normalisation="mean"``).
 """
 from __future__ import annotations

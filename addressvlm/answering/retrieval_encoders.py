@@ -1,9 +1,10 @@
 """A trained retriever as ``eval/retrieve.py`` uses it: images and texts in, L2-normalised embeddings out.
 
-``load_encoder`` builds the recipe's model exactly as training built it (``addressvlm.training.checkpoints.build_recipe_model``),
-loads the checkpoint with every tensor checked, and prepares inputs with the recipe's own ``inputs`` (the same prompts
-and preprocessing as training, ``addressvlm.training.retrieval_dataset``). ``random_release_encoder`` builds the same retriever
-around the published architectures at random weights: what a tile costs to embed, without a download.
+``load_encoder`` builds the recipe's model exactly as training built it
+(``addressvlm.training.checkpoints.build_recipe_model``), loads the checkpoint with every tensor checked, and prepares
+inputs with the recipe's own ``inputs`` (the same prompts and preprocessing as training,
+``addressvlm.training.retrieval_dataset``). ``random_release_encoder`` builds the same retriever around the published
+architectures at random weights: what a tile costs to embed, without a download.
 ``time_gallery_embedding`` measures that cost, batched against one tile at a time.
 """
 from __future__ import annotations
@@ -66,11 +67,11 @@ def load_encoder(config: str, checkpoint: str | None = None, cfg_options=None,
 
 
 def random_release_encoder(config: str, cfg_options=None, device: str | None = None) -> Encoder:
-    """The retriever of recipe ``config`` around the published architectures (``addressvlm/releases/release_configs/``: CLIP
-    ViT-L/14-336, and Phi-3-mini for the LVLM retriever) at random weights, for timing: its embeddings mean nothing.
-    Images are prepared as the release prepares them (336 px); the tokenizer is a small local one in the release's
-    chat format, so a tile's prompt (a few dozen tokens beside the LVLM's 576 image tokens) is close to, not exactly,
-    the release's length, and texts are not tokenised as the release would."""
+    """The retriever of recipe ``config`` around the published architectures (``addressvlm/releases/release_configs/``:
+    CLIP ViT-L/14-336, and Phi-3-mini for the LVLM retriever) at random weights, for timing: its embeddings mean
+    nothing. Images are prepared as the release prepares them (336 px); the tokenizer is a small local one in the
+    release's chat format, so a tile's prompt (a few dozen tokens beside the LVLM's 576 image tokens) is close to, not
+    exactly, the release's length, and texts are not tokenised as the release would."""
     from transformers import CLIPImageProcessor
 
     device, dtype = default_device_dtype(device)

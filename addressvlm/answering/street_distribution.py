@@ -180,7 +180,8 @@ def image_seed(seed: int, image: str) -> int:
 
 def model_sampler(model, image_folder: str | os.PathLike, temperature: float = SAMPLING_TEMPERATURE,
                   seed: int = 0, max_new_tokens: int = 32) -> Sampler:
-    """A ``Sampler`` answering with a loaded model (``addressvlm.answering.loading``), images relative to ``image_folder``."""
+    """A ``Sampler`` answering with a loaded model (``addressvlm.answering.loading``), images relative to
+    ``image_folder``."""
     def sample(image: str, prompt: str, n: int) -> list[str]:
         return sample_answers(model, Path(image_folder) / image, prompt, n, temperature, max_new_tokens,
                               seed=image_seed(seed, image))

@@ -1,8 +1,8 @@
 """Parameter counts and per-GPU memory of a recipe at the real releases' sizes, without their weights.
 
 The model is the recipe's own model class, built on the meta device from the releases' published shapes
-(``addressvlm/releases/release_configs/``), with the recipe's LoRA applied by the same code as in training: the counts are
-exact, not estimated. Memory is arithmetic over those counts (bytes per parameter for each training setting) plus an
+(``addressvlm/releases/release_configs/``), with the recipe's LoRA applied by the same code as in training: the counts
+are exact, not estimated. Memory is arithmetic over those counts (bytes per parameter for each training setting) plus an
 activation estimate, labelled as such; ``tools/gpu_check.sh`` measures the ZeRO-2 case on a GPU.
 """
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Tokenization of a LLaVA recipe's records with a real tokenizer: training and answering must agree.
 
 Training tokenizes through XTuner (``llava_map_fn`` -> the recipe's template -> ``encode_fn``); ``eval/infer.py``
-builds its prompts itself (``addressvlm.training.image_prompts.split_at_image``). With a SentencePiece tokenizer such as Phi-3's,
-prefix spaces and the text encoded on each side of ``<image>`` can make the two differ where a byte-level test
-tokenizer does not. For every record this checks that the answering prompt of its first question is exactly the
-start of the training sequence, that the labelled tokens are exactly the answers (each with the template's suffix),
-and measures its length against ``max_length``.
+builds its prompts itself (``addressvlm.training.image_prompts.split_at_image``). With a SentencePiece tokenizer such as
+Phi-3's, prefix spaces and the text encoded on each side of ``<image>`` can make the two differ where a byte-level test
+tokenizer does not. For every record this checks that the answering prompt of its first question is exactly the start of
+the training sequence, that the labelled tokens are exactly the answers (each with the template's suffix), and measures
+its length against ``max_length``.
 """
 from __future__ import annotations
 

@@ -89,8 +89,8 @@ class SceneRuleBackend:
 
 
 def make_scene_backend(name: str, **options):
-    """``rule`` (no options) | ``openai`` | ``hf``: the stage-1 label backends (``addressvlm.data.label_backends``), whose
-    clients, retries and concurrency describe scenes as they write reasons."""
+    """``rule`` (no options) | ``openai`` | ``hf``: the stage-1 label backends (``addressvlm.data.label_backends``),
+    whose clients, retries and concurrency describe scenes as they write reasons."""
     if name == "rule":
         return SceneRuleBackend()
     return make_backend(name, **options)

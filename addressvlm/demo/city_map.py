@@ -227,7 +227,8 @@ def load_city(pbf_path: str | Path | None = None) -> CityMap:
             coords = _way_coords(osm, refs)
             if coords:
                 centre = LineString(coords).centroid if len(coords) > 1 else Point(coords[0])
-                addresses.append(AddressPoint(Point(fwd(centre.x, centre.y)), tags["addr:street"], tags["addr:housenumber"]))
+                addresses.append(AddressPoint(Point(fwd(centre.x, centre.y)), tags["addr:street"],
+                                              tags["addr:housenumber"]))
 
     districts_ll, method = rebuild_district_polygons(osm)
     if not districts_ll:

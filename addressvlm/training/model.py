@@ -58,7 +58,8 @@ class AddressLLaVAModel(LLaVAModel):
             ``llm_lora``, ``visual_encoder_lora``, ``projector``: ``"continue"`` (the default for every part),
             ``"open"`` (stage 1 did not train it: fresh) or ``"frozen"`` (loaded, not trained). Any checkpoint that
             does not match the declaration is refused, naming the keys (``addressvlm.training.stage_chain``).
-        torch_dtype: the dtype the frozen LLM and vision encoder load in (``addressvlm.training.precision``); an explicit
+        torch_dtype: the dtype the frozen LLM and vision encoder load in (``addressvlm.training.precision``); an
+        explicit
             ``torch_dtype`` in the ``llm`` dict (a QLoRA recipe's compute dtype) wins for the LLM. Trained tensors
             are fp32 whatever this is.
     """

@@ -1,8 +1,8 @@
 """Which dtype each tensor of a model lives in, decided in one place.
 
 - Frozen weights load in the recipe's ``torch_dtype`` (``bfloat16`` on GPUs; ``float16`` on a GPU without bf16, such
-  as a V100; ``float32`` on CPU through ``addressvlm.training.recipes``'s switch): a Phi-3-mini + CLIP-L pair is 8.2 GB per
-  rank instead of 16.5 GB.
+  as a V100; ``float32`` on CPU through ``addressvlm.training.recipes``'s switch): a Phi-3-mini + CLIP-L pair is 8.2 GB
+  per rank instead of 16.5 GB.
 - Trained tensors (LoRA, projector, resampler) are kept in fp32 whatever the frozen dtype: at lr 1e-5 a bf16 weight
   loses most updates to rounding (bf16 has 8 mantissa bits). AMP computes in half precision from these fp32 master
   copies; DeepSpeed casts the module itself and keeps its own fp32 copies.

@@ -1,6 +1,6 @@
 """Training pairs for the retrievers: each query of a split (a street view or a scene text) with its positive
-satellite tile, read from ``<city>/retrieval/{gallery,queries}.jsonl`` (``addressvlm.core.records``), and the model inputs
-each retriever needs, built the same way for training and for ``encoders.Encoder``.
+satellite tile, read from ``<city>/retrieval/{gallery,queries}.jsonl`` (``addressvlm.core.records``), and the model
+inputs each retriever needs, built the same way for training and for ``encoders.Encoder``.
 
 An *inputs* object turns one image or one text into tensors (``image(path, role)``, ``text(text)``); a recipe
 declares it once (``train_dataloader.dataset.inputs``) and the encoder builds the same one, so a trained model is

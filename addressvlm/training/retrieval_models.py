@@ -11,7 +11,8 @@
 
 Both train with symmetric InfoNCE over in-batch negatives and a learnable temperature, optionally widened by a memory
 bank of earlier batches' embeddings (``bank_size``): a small batch gives few negatives, and stored ones cost no
-backward pass. A batch is ``{"queries", "positives"}`` (``addressvlm.training.retrieval_dataset.collate_inputs`` each) and
+backward pass. A batch is ``{"queries", "positives"}`` (``addressvlm.training.retrieval_dataset.collate_inputs`` each)
+and
 ``tiles``, the positive tile's index per pair: pairs that share a tile are not each other's negatives.
 """
 from __future__ import annotations

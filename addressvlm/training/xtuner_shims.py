@@ -1,7 +1,8 @@
 """Shims XTuner 0.2.0 needs to run on a CPU-only machine, and two for short runs, applied on import.
 
 Lazy (pure-Python) mmengine configs ignore ``custom_imports``, so this module is imported by the classes the
-recipes name (``addressvlm.training.model``, ``addressvlm.training.dataset``); every shim is a no-op where the real feature exists.
+recipes name (``addressvlm.training.model``, ``addressvlm.training.dataset``); every shim is a no-op where the real
+feature exists.
 """
 import functools
 import os

@@ -133,8 +133,8 @@ model = dict(
         bias="none",
         task_type="CAUSAL_LM",
     ),
-    # LoRA on CLIP too: model.visual_encoder_lora=dict(type=LoraConfig, r=8, lora_alpha=16, ...) (addressvlm.training.model
-    # places it in the layers whose output reaches the LLM).
+    # LoRA on CLIP too: model.visual_encoder_lora=dict(type=LoraConfig, r=8, lora_alpha=16, ...)
+    # (addressvlm.training.model places it in the layers whose output reaches the LLM).
     visual_encoder_lora=None,
 )
 

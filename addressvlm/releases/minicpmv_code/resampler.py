@@ -2,8 +2,8 @@
 
 Like the release, this file takes what it needs from ``from torch.nn.functional import *`` and annotates with
 ``List``, which it never imports: that name came from torch.nn.functional in the torch the release was written for.
-Under torch 2.14 it does not, and importing this file fails unless ``addressvlm.training.remote_code.hub_code_names`` lends
-it. Keep it that way: it is what makes the tests meet the release's import failure.
+Under torch 2.14 it does not, and importing this file fails unless ``addressvlm.training.remote_code.hub_code_names``
+lends it. Keep it that way: it is what makes the tests meet the release's import failure.
 """
 from typing import Optional, Tuple  # noqa: F401  (the release imports these, and not List)
 
