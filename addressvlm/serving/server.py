@@ -572,7 +572,7 @@ def create_app(model: VisionChatModel | PerQuestionModel, city: ServedCity, mode
     worker = ModelWorker(model, max_batch_rows)
     allowed = Path(allowed_folder).resolve() if allowed_folder else None
     max_bytes, max_pixels = int(max_upload_mb * 2 ** 20), int(max_image_megapixels * 1e6)
-    static = resources.files("addressvlm.serving.server") / "static"
+    static = resources.files("addressvlm.serving") / "static"
     map_data = city.map_data()
     markers = model.model.image_settings.marker_tokens() if worker.per_question else []
     app = FastAPI(title="AddressVLM", docs_url=None, redoc_url=None, openapi_url=None)
