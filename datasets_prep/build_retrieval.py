@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from addressvlm.labels import BackendUnavailable
-from addressvlm.records import DataError
+from addressvlm.data.label_backends import BackendUnavailable, add_backend_arguments, backend_options
+from addressvlm.core.records import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,19 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     city.add_argument("--streets", type=Path, help="streets GeoJSON or .osm.pbf (default: the city's)")
     city.add_argument("--workers", type=int, default=None, help="tile-cutting processes (default: usable cores)")
     city.add_argument("--no-texts", action="store_true", help="street-view queries only")
-    city.add_argument("--backend", choices=("rule", "openai", "hf"), default="rule",
-                      help="scene texts: rule (OpenStreetMap cues, a stand-in), openai or hf (an LVLM)")
     city.add_argument("--city-name", help="city name given to the backend (default: the city folder's name)")
     city.add_argument("--limit", type=int, default=None, help="ask for at most this many texts in this run")
-    city.add_argument("--model", help="openai: served model name; hf: model path or hub id")
-    city.add_argument("--base-url", help="openai: server URL, e.g. http://localhost:8000/v1")
-    city.add_argument("--api-key", help="openai: key (default $OPENAI_API_KEY, else 'EMPTY')")
-    city.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight (8)")
-    city.add_argument("--max-retries", type=int, default=6, help="openai: retries on 429/5xx/timeouts (6)")
-    city.add_argument("--temperature", type=float, default=0.2)
-    city.add_argument("--max-tokens", type=int, default=300)
-    city.add_argument("--device", help="hf: torch device (default cuda if available)")
-    city.add_argument("--dtype", default="auto", help="hf: torch dtype name or auto")
+    add_backend_arguments(parser.add_argument_group("scene texts"),
+                          "scene texts: rule (OpenStreetMap cues, a stand-in), openai or hf (an LVLM)", max_tokens=300)
     public = parser.add_argument_group("CVG-Text and GeoText-1652")
     public.add_argument("--version", action="append", dest="versions", metavar="NAME",
                         help="CVG-Text: a city version (NewYork, NewYork-photos, Brisbane, Tokyo, ...); repeat it "
@@ -63,20 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def backend_options(args, parser) -> dict:
-    if args.backend == "rule":
-        return {}
-    if not args.model:
-        parser.error(f"--backend {args.backend} needs --model")
-    if args.backend == "openai":
-        return dict(model=args.model, base_url=args.base_url, api_key=args.api_key, concurrency=args.concurrency,
-                    max_retries=args.max_retries, temperature=args.temperature, max_tokens=args.max_tokens)
-    return dict(model=args.model, device=args.device, dtype=args.dtype, max_new_tokens=args.max_tokens,
-                temperature=args.temperature)
-
-
 def main(argv=None) -> None:
-    from addressvlm.retrieval.build import build_city_retrieval, ingest_cvg_text, ingest_geotext1652
+    from addressvlm.data.retrieval_data import build_city_retrieval, ingest_cvg_text, ingest_geotext1652
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -85,7 +64,7 @@ def main(argv=None) -> None:
         if args.city:
             report = build_city_retrieval(
                 args.city, size_m=args.size_m, pixels=args.pixels, labels=args.street_labels,
-                text_backend=args.backend, backend_options=backend_options(args, parser), texts=not args.no_texts,
+                text_backend=args.backend, backend_options=backend_options(parser, args), texts=not args.no_texts,
                 city_name=args.city_name, raster=args.raster, streets=args.streets, attribution=args.attribution,
                 workers=args.workers, limit=args.limit)
         elif args.cvg_text:

@@ -10,9 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from addressvlm.graft import parse_splits
-from addressvlm.labels import VARIANTS, build_stage1_json
-from addressvlm.records import DataError
+from addressvlm.data.graft import parse_splits
+from addressvlm.data.graft import VARIANTS
+from addressvlm.data.stage1_json import build_stage1_json
+from addressvlm.core.records import DataError
 
 
 def main() -> None:

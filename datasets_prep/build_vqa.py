@@ -25,9 +25,9 @@ Examples:
 import argparse
 import sys
 
-from addressvlm.records import LEVEL_NAMES_FILE, DataError
-from addressvlm.templates import parse_level_names
-from addressvlm.vqa import DISTRACTOR_MODES, MAX_ROUNDS, TURN_ORDERS, build_vqa, fraction_option, split_option
+from addressvlm.core.records import LEVEL_NAMES_FILE, DataError
+from addressvlm.core.templates import parse_level_names
+from addressvlm.data.vqa import DISTRACTOR_MODES, MAX_ROUNDS, TURN_ORDERS, build_vqa, fraction_option, split_option
 
 
 def _level_names(text: str) -> dict[str, str]:

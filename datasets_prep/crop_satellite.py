@@ -19,8 +19,8 @@ from pathlib import Path
 from addressvlm.geo.crop import crop_city, render_crop
 from addressvlm.geo.raster import RasterError, open_raster
 from addressvlm.geo.streets import read_street_map
-from addressvlm.graft import CORNERS, reserved_fraction
-from addressvlm.records import DataError, refuse_output_over_inputs, writable_output
+from addressvlm.data.graft import CORNERS, reserved_fraction
+from addressvlm.core.records import DataError, refuse_output_over_inputs, writable_output
 
 
 def main() -> None:

@@ -16,9 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from addressvlm.graft import (CORNERS, JPEG_QUALITY, VARIANTS, GraftError, city_pairs, graft_batch, graft_file,
-                              parse_splits)
-from addressvlm.records import DataError
+from addressvlm.data.graft import (CORNERS, JPEG_QUALITY, VARIANTS, GraftError, city_pairs, graft_batch, graft_file,
+                                   parse_splits)
+from addressvlm.core.records import DataError
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ import argparse
 import sys
 from collections import Counter
 
-from addressvlm.ingest import COORDINATE_SOURCES, IngestOptions, ingest_table, parse_column_map
-from addressvlm.names import collision_report
-from addressvlm.records import DataError
+from addressvlm.data.ingest import COORDINATE_SOURCES, IngestOptions, ingest_table, parse_column_map
+from addressvlm.core.names import collision_report
+from addressvlm.core.records import DataError
 
 
 def main() -> None:

@@ -16,9 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from addressvlm.graft import CORNERS
-from addressvlm.labels import VARIANTS, BackendUnavailable, add_label_arguments, backend_options, make_labels
-from addressvlm.records import DataError
+from addressvlm.data.graft import CORNERS
+from addressvlm.data.graft import VARIANTS
+from addressvlm.data.label_backends import BackendUnavailable, add_label_arguments, backend_options
+from addressvlm.data.labels import make_labels
+from addressvlm.core.records import DataError
 
 
 def main() -> None:

@@ -21,9 +21,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from addressvlm.labels import (BackendUnavailable, GeoReasonerTask, add_label_arguments, backend_options,
-                               build_stage1_json, label_city)
-from addressvlm.records import DataError
+from addressvlm.data.label_backends import BackendUnavailable, add_label_arguments, backend_options
+from addressvlm.data.labels import GeoReasonerTask, label_city
+from addressvlm.data.stage1_json import build_stage1_json
+from addressvlm.core.records import DataError
 
 
 def main() -> None:

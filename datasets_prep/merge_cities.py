@@ -13,8 +13,8 @@ Example (city roots data/pitts and data/sf):
 import argparse
 import sys
 
-from addressvlm.records import DataError
-from addressvlm.vqa import merge_city_roots
+from addressvlm.core.records import DataError
+from addressvlm.data.vqa import merge_city_roots
 
 
 def main() -> None:

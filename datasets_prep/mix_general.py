@@ -17,8 +17,8 @@ Example (image folder data/, holding pitts/ and llava/):
 import argparse
 import sys
 
-from addressvlm.records import DataError
-from addressvlm.vqa import mix_general
+from addressvlm.core.records import DataError
+from addressvlm.data.vqa import mix_general
 
 
 def main() -> None:

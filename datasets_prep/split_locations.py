@@ -9,8 +9,8 @@ Example:
 """
 import argparse
 
-from addressvlm.records import DataError
-from addressvlm.vqa import pin_splits, split_option
+from addressvlm.core.records import DataError
+from addressvlm.data.vqa import pin_splits, split_option
 
 
 def main() -> None:

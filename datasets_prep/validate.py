@@ -12,9 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from addressvlm.ingest import find_unreadable
-from addressvlm.names import collision_report
-from addressvlm.records import DataError, read_locations, write_atomic
+from addressvlm.data.ingest import find_unreadable
+from addressvlm.core.names import collision_report
+from addressvlm.core.records import DataError, read_locations, write_atomic
 
 
 def main() -> None:

@@ -13,12 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from addressvlm.error_figures import district_confusion, draw_district_confusion, draw_street_errors
-from addressvlm.gazetteer import build_gazetteer
-from addressvlm.geo.street_error import street_errors
+from addressvlm.answering.error_figures import district_confusion, draw_district_confusion, draw_street_errors
+from addressvlm.data.gazetteer import build_gazetteer
+from addressvlm.answering.street_error import street_errors
 from addressvlm.geo.streets import read_street_map
-from addressvlm.records import DataError, read_locations, read_numbered_questions
-from addressvlm.scoring import score_files
+from addressvlm.core.records import DataError, read_locations, read_numbered_questions
+from addressvlm.answering.scoring import score_files
 
 
 def main(argv: list[str] | None = None) -> None:

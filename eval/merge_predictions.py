@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from addressvlm.records import DataError
+from addressvlm.core.records import DataError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-missing", action="store_true", help="write what there is even if questions lack "
                                                                      "an answer")
     args = parser.parse_args(argv)
-    from addressvlm.infer import merge_predictions
+    from addressvlm.answering.answering import merge_predictions
 
     try:
         written = merge_predictions(args.questions, args.chunks, args.out, allow_missing=args.allow_missing)

@@ -13,10 +13,9 @@ import argparse
 import json
 import sys
 
-from addressvlm.records import DataError, refuse_output_over_inputs, writable_output, write_atomic
-from addressvlm.scoring import (
-    format_table, level_worded, read_ranked_names, score_files, top_k_accuracy, write_per_sample,
-)
+from addressvlm.core.records import DataError, refuse_output_over_inputs, writable_output, write_atomic
+from addressvlm.answering.scoring import (format_table, level_worded, read_ranked_names, score_files, top_k_accuracy,
+                                          write_per_sample)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             questions, rankings = read_ranked_names(args.questions, args.ranked, args.allow_missing)
             extra.update(top_k_accuracy(questions, rankings))
         if args.streets:
-            from addressvlm.geo.street_error import street_error_files
+            from addressvlm.answering.street_error import street_error_files
 
             answers = {"street": {s.question["question_id"]: s.prediction for s in scored}}
             if rankings is not None:

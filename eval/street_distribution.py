@@ -12,8 +12,8 @@ streets, shuffled per image (seeded). Samples go to OUT/after_alignment.jsonl an
 
 Drawing only: one or more JSONL files of sampled answers, one record per test image,
 `{"image", "answers": [100 replies], "options"?: {"A": street, ...}}` (written by
-addressvlm.street_distribution.sample_street_answers; records with "options" hold multiple-choice replies, Appendix D.1).
-Each file is a panel, e.g. the model after and before cross-view alignment tuning. Output per image:
+addressvlm.answering.street_distribution.sample_street_answers; records with "options" hold multiple-choice replies,
+Appendix D.1). Each file is a panel, e.g. the model after and before cross-view alignment tuning. Output per image:
 OUT/<image>.png, and OUT/street_counts.json with every panel's counts.
 
     python eval/street_distribution.py --streets data/pitts/streets.geojson \
@@ -29,12 +29,10 @@ import sys
 from pathlib import Path
 
 from addressvlm.geo.streets import read_street_map
-from addressvlm.model_arguments import add_model_source_arguments
-from addressvlm.records import DataError, read_locations, write_atomic
-from addressvlm.street_distribution import (
-    SAMPLES_PER_IMAGE, SAMPLING_TEMPERATURE, count_streets, draw_street_distribution, pick_test_images,
-    read_sampled_answers,
-)
+from addressvlm.answering.model_arguments import add_model_arguments
+from addressvlm.core.records import DataError, read_locations, write_atomic
+from addressvlm.answering.street_distribution import (SAMPLES_PER_IMAGE, SAMPLING_TEMPERATURE, count_streets,
+                                                      draw_street_distribution, pick_test_images, read_sampled_answers)
 
 AFTER_LABEL = "after alignment (stage-1 model, free-form)"
 BEFORE_LABEL = "before alignment (zero-shot release, multiple choice)"
@@ -55,9 +53,10 @@ def png_name(image: str) -> str:
 
 def _sample(args: argparse.Namespace, city_streets: list[str]) -> list[tuple[str, Path]]:
     """Both models' samples for ``args.images``: the checkpoint after alignment, the recipe's release before it."""
-    from addressvlm.infer import CheckpointError, load_model_from_args
-    from addressvlm.stage_chain import StageChainError
-    from addressvlm.street_distribution import model_sampler, sample_before_and_after
+    from addressvlm.training.checkpoints import CheckpointError
+    from addressvlm.answering.loading import load_model_from_args
+    from addressvlm.training.stage_chain import StageChainError
+    from addressvlm.answering.street_distribution import model_sampler, sample_before_and_after
 
     folder = args.image_folder or Path(args.locations).resolve().parent
     try:
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                           "eval/infer.py)")
     sampling.add_argument("--image-folder", help="folder the images are relative to (default: the city root, the "
                                                  "folder of --locations)")
-    add_model_source_arguments(parser)
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     if bool(args.answers) == bool(args.config):
         parser.error("give --answers files to draw, or --config with --checkpoint to sample and draw")

@@ -33,10 +33,10 @@ from peft import LoraConfig
 from torch.optim import AdamW
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
-from addressvlm.dataset import CityLLaVADataset
-from addressvlm.hooks import AddressMetricsHook, ResumeLoadHook, RNGStateHook
-from addressvlm.model import AddressLLaVAModel
-from addressvlm.vis_backends import TensorboardIfInstalled
+from addressvlm.training.dataset import CityLLaVADataset
+from addressvlm.answering.hooks import AddressMetricsHook, ResumeLoadHook, RNGStateHook
+from addressvlm.training.model import AddressLLaVAModel
+from addressvlm.training.vis_backends import TensorboardIfInstalled
 from xtuner.dataset.collate_fns import default_collate_fn
 from xtuner.dataset.map_fns import llava_map_fn, template_map_fn_factory
 from xtuner.dataset.samplers import LengthGroupedSampler
@@ -45,8 +45,8 @@ from xtuner.engine.runner import TrainLoop
 from xtuner.utils import PROMPT_TEMPLATE
 
 # Applied as the recipe is read, not when its classes are built: `xtuner train --resume` reads the checkpoint
-# before it builds anything (addressvlm/xtuner_shims.py).
-__import__("addressvlm.xtuner_shims")
+# before it builds anything (addressvlm/training/xtuner_shims.py).
+__import__("addressvlm.training.xtuner_shims")
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -61,8 +61,8 @@ init_from_work_dir = None  # stage 1 starts from the release itself
 # it, "open" it fresh (the previous stage did not train it) or carry it "frozen" (loaded, not trained); a checkpoint
 # that does not match is refused, naming the keys. Table 4's variants change it (recipes/ablations/).
 stage_chain = dict(llm_lora="continue", visual_encoder_lora="continue", projector="continue")
-# Frozen LLM and CLIP load in bf16 (fp16 on a GPU without bf16; fp32 on CPU through addressvlm.runtime); the trained
-# tensors (LoRA, projector) are kept in fp32 by the model whatever this is (addressvlm/precision.py).
+# Frozen LLM and CLIP load in bf16 (fp16 on a GPU without bf16; fp32 on CPU through addressvlm.training.recipes); the
+# trained tensors (LoRA, projector) are kept in fp32 by the model whatever this is (addressvlm/training/precision.py).
 torch_dtype = "bfloat16"
 
 # Data: the city root holds locations.csv and images; stage-1 JSON paths are relative to it.
@@ -151,7 +151,7 @@ model = dict(
         task_type="CAUSAL_LM",
     ),
     # No target_modules: every linear layer of the CLIP layers whose output reaches the LLM (not the last one, since
-    # the LLM reads hidden_states[-2]; addressvlm.model places it).
+    # the LLM reads hidden_states[-2]; addressvlm.training.model places it).
     visual_encoder_lora=dict(
         type=LoraConfig,
         r=lora_rank,

@@ -39,7 +39,8 @@ def quick_demo(tmp_path_factory):
     test that needs a whole city (the demo's own test, the paper tables)."""
     from types import SimpleNamespace
 
-    from addressvlm.demo.pipeline import DemoSettings, run_demo
+    from addressvlm.runs.engine import DemoSettings
+    from addressvlm.demo.pipeline import run_demo
 
     root = tmp_path_factory.mktemp("quick_demo")
     out, city, work = root / "out", root / "city", root / "work"
@@ -84,7 +85,7 @@ def write_colour_city(root: Path, n_images: int = 16) -> Path:
         records.append({"id": f"colour/{i}", "image": image, "conversations": [
             {"from": "human", "value": "<image>\nWhat colour is this image?"},
             {"from": "gpt", "value": f"The colour is {colour}."}]})
-    from addressvlm.records import write_llava_json
+    from addressvlm.core.records import write_llava_json
 
     write_llava_json(root / "stage1" / "train.json", records)
     write_llava_json(root / "vqa" / "train.json", records)
@@ -110,7 +111,7 @@ def local_recipe(recipe: str, model_root: Path, overrides: dict):
 
     from mmengine.config import DictAction
 
-    from addressvlm.runtime import load_recipe, local_run_options
+    from addressvlm.training.recipes import load_recipe, local_run_options
 
     cfg = load_recipe(recipe)
     parser = argparse.ArgumentParser()

@@ -1,7 +1,7 @@
 """Small (or, for the benchmark, Pitts-sized) generated cities: a street grid, districts as Voronoi cells around
 chosen locations, several views per location, and optionally real JPEG files written with Pillow.
 
-Used by the tests and by datasets_prep/bench_vqa.py, so the benchmarked city and the tested one are alike.
+Used by the tests and by benchmarks/bench_vqa.py, so the benchmarked city and the tested one are alike.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import random
 from pathlib import Path
 
-from addressvlm.records import Location, write_locations
+from addressvlm.core.records import Location, write_locations
 
 _STREET_WORDS = (
     "Ash", "Birch", "Cedar", "Dogwood", "Elm", "Fir", "Ginkgo", "Hawthorn", "Ivy", "Juniper", "Kelp", "Linden",

@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from addressvlm.hooks import eval_mode, sample_images
-from addressvlm.infer import answer_questions, load_xtuner_model
-from addressvlm.records import Location, read_predictions, read_questions, write_questions
-from addressvlm.runtime import local_run_options, read_losses, train
-from addressvlm.scoring import score
-from addressvlm.vqa import Distractors, single_turn_questions
+from addressvlm.answering.hooks import eval_mode, sample_images
+from addressvlm.answering.answering import answer_questions
+from addressvlm.answering.loading import load_xtuner_model
+from addressvlm.core.records import Location, read_predictions, read_questions, write_questions
+from addressvlm.training.recipes import local_run_options
+from addressvlm.training.launcher import read_losses, train
+from addressvlm.answering.scoring import score
+from addressvlm.data.vqa import Distractors, single_turn_questions
 
 from conftest import COLOURS, write_colour_city
 

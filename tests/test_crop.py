@@ -14,7 +14,7 @@ from addressvlm.geo.crop import (crop_city, crop_file_name, draw_street_labels, 
                                  read_crop_index, render_crop, streets_in_pixels)
 from addressvlm.geo.raster import RasterError, open_raster
 from addressvlm.geo.streets import read_street_map
-from addressvlm.records import DataError, Location, write_locations
+from addressvlm.core.records import DataError, Location, write_locations
 
 LAT, LON = 60.1699, 24.9384  # central Helsinki, UTM zone 35N
 GREY = (100, 110, 120)

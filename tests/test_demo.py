@@ -5,11 +5,12 @@ import re
 import pytest
 from PIL import Image
 
-from addressvlm.demo.pipeline import MODELS, DemoSettings, read_targets, run_demo
-from addressvlm.graft import reserved_fraction
+from addressvlm.demo.pipeline import MODELS, read_targets, run_demo
+from addressvlm.runs.engine import DemoSettings
 from addressvlm.standins.reading_warmup import read_warmup_result
-from addressvlm.records import read_locations, read_predictions, read_questions
-from addressvlm.scoring import METRICS
+from addressvlm.data.graft import reserved_fraction
+from addressvlm.core.records import read_locations, read_predictions, read_questions
+from addressvlm.answering.scoring import METRICS
 
 
 @pytest.mark.slow

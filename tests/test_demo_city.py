@@ -17,7 +17,7 @@ from shapely.geometry import Point, shape
 from addressvlm.demo.city import build_demo_city
 from addressvlm.demo.city_map import ATTRIBUTION, load_city, rebuild_district_polygons
 from addressvlm.demo.osm import bundled_extract, read_osm_pbf
-from addressvlm.records import read_locations
+from addressvlm.core.records import read_locations
 
 SMALL = dict(seed=3, locations=8, views=2, image_size=(96, 72), metres_per_pixel=4.0, streets=4, progress=False)
 

@@ -3,21 +3,20 @@ data variant built as tools/paper_table.py builds it, one iteration through XTun
 continuing the stage 1 its row names. Tables 4 and 1's "separate" row train in test_table4_chain and
 test_table1_two_images, Table 2's GeoReasoner in test_georeasoner, the paper's own recipes in the demo.
 
-The runs share this process: ``xtuner.tools.train.main`` as `xtuner train` calls it, with the same `--cfg-options`
-a CPU run gets (addressvlm/runtime.py). Twenty fresh interpreters would cost more than the twenty iterations."""
+The runs share this process (``launcher.train(..., in_process=True)``: XTuner's train entry point with the same
+`--cfg-options` a CPU run gets). Twenty fresh interpreters would cost more than the twenty iterations."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-from addressvlm.demo.pipeline import lora_overrides
-from addressvlm.paper_tables import (DEMO_RUNS, MAIN_STAGE1, STAGE1_VARIANTS, TABLES, VQA_DENSITIES, check_chain,
-                                     city_of, city_roots, ensure_data, recipe_data, run_name)
-from addressvlm.records import read_llava_json, write_llava_json
-from addressvlm.runtime import local_run_options, read_losses
+from addressvlm.runs.engine import lora_overrides
+from addressvlm.runs.paper_tables import (DEMO_RUNS, MAIN_STAGE1, STAGE1_VARIANTS, TABLES, VQA_DENSITIES, check_chain,
+                                          city_of, city_roots, ensure_data, recipe_data, run_name)
+from addressvlm.core.records import read_llava_json, write_llava_json
+from addressvlm.training.launcher import read_losses, train
 
 from conftest import few_steps
 
@@ -29,23 +28,10 @@ ROWS = list({row.stage2: row for table in TABLES.values() if table.key != "4" fo
              and run_name(row.stage2) not in DEMO_RUNS}.values())
 
 
-def train_one_iteration(recipe: Path, work_dir: Path, model_root: Path, overrides: dict) -> Path:
-    import xtuner.tools.train as xtuner_train
-
-    argv = [str(recipe), "--work-dir", str(work_dir), "--cfg-options",
-            *local_run_options(str(recipe), str(model_root), overrides=overrides)]
-    saved, sys.argv = sys.argv, ["xtuner-train", *argv]
-    try:
-        xtuner_train.main()
-    finally:
-        sys.argv = saved
-    return work_dir
-
-
 def second_city(city: Path, root: Path) -> Path:
     """The demo city again under another name (ids start with the city's folder), for Table 5's two-city merge."""
-    from addressvlm.labels import build_stage1_json
-    from addressvlm.vqa import build_vqa
+    from addressvlm.data.stage1_json import build_stage1_json
+    from addressvlm.data.vqa import build_vqa
 
     other = root / "sf"
     shutil.copytree(city, other, symlinks=True)
@@ -75,7 +61,7 @@ def general_data(city: Path) -> Path:
 def cities(quick_demo, tmp_path_factory):
     """A copy of the quick demo's city (the variants built here leave the shared one as it was), Table 5's merge of
     it with a second copy, and Table 6's mixes."""
-    from addressvlm.vqa import merge_city_roots, mix_general
+    from addressvlm.data.vqa import merge_city_roots, mix_general
 
     root = tmp_path_factory.mktemp("rows")
     city = root / "pitts"
@@ -139,7 +125,8 @@ def test_every_row_trains_by_its_recipe_name_and_chains(quick_demo, cities, tmp_
             ensure_data(data_city, data, "rule", None)
             check_variant(data_city, data.data_file)
             overrides = one_iteration(quick_demo, recipe, data_city, runs.get(row.stage1), is_stage2)
-            runs[recipe] = train_one_iteration(data.recipe, work / run_name(recipe), quick_demo.model, overrides)
+            runs[recipe] = train(str(data.recipe), work / run_name(recipe), str(quick_demo.model), overrides=overrides,
+                                 in_process=True)
             losses = read_losses(runs[recipe])
             assert list(losses) == [1] and 0 < losses[1] < 50, (recipe, losses)
             dumped = (runs[recipe] / data.recipe.name).read_text()      # the config the run saved

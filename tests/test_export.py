@@ -12,9 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from addressvlm.infer import answer_questions, load_hf_model, load_xtuner_model
-from addressvlm.records import read_predictions, read_questions
+from addressvlm.answering.answering import answer_questions
+from addressvlm.answering.loading import load_hf_model, load_xtuner_model
+from addressvlm.core.records import read_predictions, read_questions
 from test_infer import RECIPE, REPO, model_options, write_city_questions, write_synthetic_checkpoint
+from scripts import script
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def snapshot(folder: Path) -> dict:
 def test_export_never_writes_over_its_inputs(exported, tiny_llava, tmp_path):
     """`--model-root X --out X` replaced the release's config, weights and tokenizer; an output inside the release,
     or holding the checkpoint, is refused too, and a non-empty folder without --replace: one line, nothing written."""
-    from addressvlm.export import main as export
+    export = script("tools/export_hf.py").main
 
     checkpoint = exported[0]
     release = tmp_path / "release"
@@ -89,10 +91,9 @@ def test_a_killed_export_leaves_no_half_folder(exported, tiny_llava, tmp_path):
     and swapped in whole: killed, --out is as it was (absent, or the earlier export); --replace swaps it."""
     checkpoint, _, done = exported
     killed_at_the_last_file = (
-        "import os, shutil, sys\n"
-        "from addressvlm.export import main\n"
+        "import os, runpy, shutil\n"
         "shutil.copyfile = lambda *args, **kwargs: os.kill(os.getpid(), 9)\n"
-        "main(sys.argv[1:])\n")
+        f"runpy.run_path({str(REPO / 'tools' / 'export_hf.py')!r}, run_name='__main__')\n")
     earlier = tmp_path / "earlier"
     shutil.copytree(done, earlier)
     (earlier / "stale.bin").write_bytes(b"from an older export")
@@ -150,7 +151,7 @@ def test_processor_and_generate_as_saved(exported):
     generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     answer = processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
-    from addressvlm.infer import sample_answers
+    from addressvlm.answering.answering import sample_answers
 
     ours = sample_answers(load_hf_model(out), image, question, n=1, temperature=0, max_new_tokens=8)
     assert answer == ours[0] and len(answer) > 3
@@ -158,7 +159,7 @@ def test_processor_and_generate_as_saved(exported):
 
 def test_hf_ranks_names_as_the_xtuner_path(exported, tmp_path):
     """The exported folder scores an answer's tokens, its end of turn included, as the XTuner recipe does."""
-    from addressvlm.ranking import rank_image_questions
+    from addressvlm.answering.ranking import rank_image_questions
 
     checkpoint, options, out = exported
     hf, xtuner = load_hf_model(out), load_xtuner_model(RECIPE, checkpoint, options)
@@ -181,10 +182,10 @@ def test_minicpmv_export_is_the_release_layout_with_lora_merged(tiny_minicpmv_ch
     from safetensors import safe_open
     from transformers import AutoModel
 
-    from addressvlm.export import main as export
-    from addressvlm.infer import load_hf_model
-    from addressvlm.minicpmv_dataset import encode_question
-    from addressvlm.remote_code import hub_code_names
+    export = script("tools/export_hf.py").main
+    from addressvlm.answering.loading import load_hf_model
+    from addressvlm.training.minicpmv_dataset import encode_question
+    from addressvlm.training.remote_code import hub_code_names
 
     recipe, checkpoint, options = tiny_minicpmv_checkpoint
     out = tmp_path / "minicpmv"

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from addressvlm.labels import GEOREASONER_QUESTION, GeoReasonerTask, georeasoner_hint_prompt, label_city
-from addressvlm.names import mentions_name
-from addressvlm.records import read_jsonl, read_llava_json, write_locations
-from addressvlm.runtime import train
-from addressvlm.stage_chain import find_last_checkpoint
+from addressvlm.data.labels import GEOREASONER_QUESTION, GeoReasonerTask, georeasoner_hint_prompt, label_city
+from addressvlm.core.names import mentions_name
+from addressvlm.core.records import read_jsonl, read_llava_json, write_locations
+from addressvlm.training.launcher import train
+from addressvlm.training.stage_chain import find_last_checkpoint
 
 from conftest import build_model, few_steps
 from synthetic_city import city_rows, write_images

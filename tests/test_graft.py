@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from addressvlm.graft import (GraftError, GraftPair, graft, graft_batch, graft_box, graft_file, read_graft_manifest,
-                              separate, stitch, street_view_size)
-from addressvlm.records import DataError
+from addressvlm.data.graft import (GraftError, GraftPair, graft, graft_batch, graft_box, graft_file,
+                                   read_graft_manifest, separate, stitch, street_view_size)
+from addressvlm.core.records import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,8 +172,8 @@ def test_manifest_and_cli(tmp_path):
 def test_manifest_outputs_stay_inside_the_out_dir(tmp_path, out):
     import json
 
-    from addressvlm.graft import read_graft_manifest
-    from addressvlm.records import DataError
+    from addressvlm.data.graft import read_graft_manifest
+    from addressvlm.core.records import DataError
 
     manifest = tmp_path / "manifest.jsonl"
     rows = [{"satellite": "s.jpg", "street_view": "v.jpg", "out": "fine/ok.jpg"},
@@ -222,7 +222,7 @@ def test_a_link_inside_the_out_dir_does_not_lead_outside(tmp_path):
 
 @pytest.mark.parametrize("image", ["../victim/x.jpg", "/abs/x.jpg", "images/../../x.jpg"])
 def test_city_table_images_stay_inside_the_city_root(tmp_path, image):
-    from addressvlm.records import DataError, read_locations
+    from addressvlm.core.records import DataError, read_locations
 
     table = tmp_path / "locations.csv"
     table.write_text("image,location_id,lat,lon,street,district\n"
@@ -233,7 +233,7 @@ def test_city_table_images_stay_inside_the_city_root(tmp_path, image):
 
 
 def test_city_table_paths_are_normalised(tmp_path):
-    from addressvlm.records import read_locations
+    from addressvlm.core.records import read_locations
 
     table = tmp_path / "locations.csv"
     table.write_text("image,location_id,lat,lon,street,district\n./images/x/../a.jpg,l1,40.4,-79.9,Ash Street,Hill\n")
@@ -243,7 +243,7 @@ def test_city_table_paths_are_normalised(tmp_path):
 def test_street_views_are_grafted_as_shown(tmp_path):
     """A phone photo stored sideways with an EXIF orientation, and a PNG with transparent pixels that hold some
     colour, are grafted as a viewer shows them: upright, and white where transparent."""
-    from addressvlm.graft import graft_file
+    from addressvlm.data.graft import graft_file
 
     satellite = tmp_path / "sat.png"
     Image.new("RGB", (336, 336), (0, 0, 255)).save(satellite)
@@ -268,7 +268,7 @@ def test_street_views_are_grafted_as_shown(tmp_path):
 
 
 def test_settings_and_outputs_are_checked_before_any_work(tmp_path):
-    from addressvlm.graft import graft_file
+    from addressvlm.data.graft import graft_file
 
     Image.new("RGB", (336, 336)).save(tmp_path / "sat.png")
     Image.new("RGB", (400, 300)).save(tmp_path / "sv.jpg")
@@ -282,7 +282,7 @@ def test_settings_and_outputs_are_checked_before_any_work(tmp_path):
 
 
 def test_empty_or_cut_off_outputs_are_grafted_again(tmp_path):
-    from addressvlm.graft import graft_batch
+    from addressvlm.data.graft import graft_batch
 
     pairs = make_pairs(tmp_path, n_locations=1, views=3)
     out = tmp_path / "out"

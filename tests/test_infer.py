@@ -1,4 +1,4 @@
-"""eval/infer.py and addressvlm.infer on the tiny LLaVA-Phi3: prefix sharing, resume, chunks, checkpoint forms.
+"""eval/infer.py and the answering modules on the tiny LLaVA-Phi3: prefix sharing, resume, chunks, checkpoint forms.
 
 The fast tests use a checkpoint written here: the reference recipe's model with every trained tensor (LoRA and
 projector) moved by seeded noise, so the checkpoint matters and the random tiny model answers with several tokens.
@@ -13,17 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from addressvlm.infer import (
-    CheckpointError,
-    answer_questions,
-    build_recipe_model,
-    chunk_questions,
-    load_xtuner_model,
-    merge_predictions,
-    sample_answers,
-)
-from addressvlm.prefix_cache import ImageQuestions, generate_plain, generate_shared
-from addressvlm.records import DataError, read_predictions, read_questions, write_questions
+from addressvlm.training.checkpoints import CheckpointError, build_recipe_model
+from addressvlm.answering.answering import answer_questions, chunk_questions, merge_predictions, sample_answers
+from addressvlm.answering.loading import load_xtuner_model
+from addressvlm.answering.chat_model import ImageQuestions
+from addressvlm.answering.prefix_cache import generate_plain, generate_shared
+from addressvlm.core.records import DataError, read_predictions, read_questions, write_questions
+
+from scripts import script
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = str(REPO / "recipes" / "stage2_pitts.py")
@@ -43,7 +40,7 @@ QUESTION_TEXTS = [
 
 
 def model_options(model_root: Path, recipe: str = RECIPE) -> list[str]:
-    from addressvlm.runtime import load_recipe, model_root_options
+    from addressvlm.training.recipes import load_recipe, model_root_options
 
     return model_root_options(load_recipe(recipe), str(model_root))
 
@@ -104,7 +101,7 @@ def city(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(model, city, tmp_path_factory) -> Path:
     """All the city's questions answered by the default path (shared prefix, 18 rows a batch), 6 tokens each."""
-    from addressvlm.records import read_questions
+    from addressvlm.core.records import read_questions
 
     root, questions_path = city
     out = tmp_path_factory.mktemp("reference") / "predictions.jsonl"
@@ -155,7 +152,7 @@ def test_rows_stopping_at_different_steps_stay_equal(model, city):
 
 def test_resume_skips_answered_ids_after_a_crash(model, city, reference, tmp_path):
     root, questions_path = city
-    from addressvlm.records import read_questions
+    from addressvlm.core.records import read_questions
 
     questions = read_questions(questions_path)
     # A crash after 10 answers, in the middle of writing the 11th.
@@ -173,7 +170,7 @@ def test_resume_skips_answered_ids_after_a_crash(model, city, reference, tmp_pat
 
 def test_plain_path_and_batch_sizes_give_the_same_file(model, city, reference, tmp_path):
     root, questions_path = city
-    from addressvlm.records import read_questions
+    from addressvlm.core.records import read_questions
 
     questions = read_questions(questions_path)
     for batch_size, share in ((4, True), (7, False)):
@@ -185,7 +182,7 @@ def test_plain_path_and_batch_sizes_give_the_same_file(model, city, reference, t
 
 def test_chunks_are_disjoint_whole_images_and_merge_complete(model, city, tmp_path):
     root, questions_path = city
-    from addressvlm.records import read_questions
+    from addressvlm.core.records import read_questions
 
     questions = read_questions(questions_path)
     chunks = [chunk_questions(questions, 3, i) for i in range(3)]
@@ -267,7 +264,7 @@ def test_cli_answers_like_the_api(checkpoint, tiny_llava, city, reference, tmp_p
         capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "question/s" in done.stderr  # the progress bar's rate
-    from addressvlm.records import read_questions
+    from addressvlm.core.records import read_questions
 
     share = chunk_questions(read_questions(questions_path), 2, 1)
     assert _answers(out) == {q["question_id"]: _answers(reference)[q["question_id"]] for q in share}
@@ -278,7 +275,7 @@ def test_trained_checkpoint_answers_the_colour(tiny_llava, colour_city, tmp_path
     """Train stage 2 on the colour city for a few steps, answer from its work_dir: the trained answers come out."""
     from conftest import COLOURS
 
-    from addressvlm.runtime import train
+    from addressvlm.training.launcher import train
 
     overrides = {"train_dataloader.batch_size": 2, "train_dataloader.sampler.per_device_batch_size": 2,
                  "optim_wrapper.accumulative_counts": 1, "optim_wrapper.optimizer.lr": 1e-3,
@@ -308,7 +305,7 @@ def test_trained_checkpoint_answers_the_colour(tiny_llava, colour_city, tmp_path
 def test_resume_with_other_settings_or_a_second_writer_is_refused(model, city, reference, tmp_path):
     import shutil
 
-    from addressvlm.records import DataError, open_predictions, read_questions
+    from addressvlm.core.records import DataError, open_predictions, read_questions
 
     root, questions_path = city
     questions = read_questions(questions_path)
@@ -335,7 +332,7 @@ RETRAINED = (r"holds records made with other settings \(weights: 'iter_3\.pth: \
 def test_resume_after_a_retrain_into_the_same_path_is_refused(tiny_llava, options, city, tmp_path):
     """The checkpoint at the recorded path now holds other weights (a retrain: same size, new content): the resume
     is refused in one line naming the weights, instead of appending the new model's answers to the old one's."""
-    from addressvlm.infer import main
+    main = script("eval/infer.py").main
 
     root, questions_path = city
     work_dir = tmp_path / "stage2"
@@ -360,9 +357,9 @@ def test_the_demo_keeps_answers_by_the_same_weights_identity(options, tmp_path):
     restored with its times, which a newer-than test misses), they are dropped."""
     import os
 
-    from addressvlm.demo.pipeline import Paths, drop_stale
-    from addressvlm.infer import weights_identity
-    from addressvlm.records import open_predictions
+    from addressvlm.runs.engine import Paths, drop_stale
+    from addressvlm.training.checkpoints import weights_identity
+    from addressvlm.core.records import open_predictions
 
     paths = Paths(tmp_path / "out", tmp_path / "city", tmp_path / "work")
     run = paths.work / "stage2_only"
@@ -384,8 +381,8 @@ def test_the_demo_keeps_answers_by_the_same_weights_identity(options, tmp_path):
 def test_zero_shot_answers_with_the_untuned_release(tiny_llava, options, city, tmp_path):
     """--zero-shot answers without a checkpoint, exactly as the recipe's model with its freshly built (identity)
     LoRA and the release's projector loaded as a checkpoint; it refuses a checkpoint beside it."""
-    from addressvlm.infer import main
-    from addressvlm.records import read_questions
+    main = script("eval/infer.py").main
+    from addressvlm.core.records import read_questions
 
     root, questions_path = city
     out = tmp_path / "zero_shot.jsonl"

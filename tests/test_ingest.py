@@ -12,11 +12,9 @@ from PIL import Image
 from scipy.integrate import quad
 from scipy.io import savemat
 
-from addressvlm.ingest import (
-    IngestOptions, find_unreadable, group_locations, ingest_table, parse_address, parse_column_map,
-    parse_sfxl_name, parse_utm_zone, read_pitts_mat, utm_to_latlon,
-)
-from addressvlm.records import DataError, read_locations
+from addressvlm.data.ingest import (IngestOptions, find_unreadable, group_locations, ingest_table, parse_address,
+                                    parse_column_map, parse_sfxl_name, parse_utm_zone, read_pitts_mat, utm_to_latlon)
+from addressvlm.core.records import DataError, read_locations
 
 REPO = Path(__file__).resolve().parent.parent
 SFXL_NAME = "@0551316.72@4182391.40@10@S@037.78744@-122.41719@WAtR6hFyt6bDjOj8BX0kTA@@135@@@@201311@@.jpg"

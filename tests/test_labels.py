@@ -16,11 +16,12 @@ import pytest
 from PIL import Image
 
 from addressvlm.geo.crop import crop_city, offset_latlon, read_crop_index
-from addressvlm.graft import city_pairs, graft_batch
-from addressvlm.names import mentions_name
-from addressvlm.labels import (BackendUnavailable, OpenAIBackend, build_stage1_json, hint_prompt, make_labels,
-                               training_question)
-from addressvlm.records import DataError, Location, read_jsonl, read_llava_json, write_locations
+from addressvlm.data.graft import city_pairs, graft_batch
+from addressvlm.core.names import mentions_name
+from addressvlm.data.label_backends import BackendUnavailable, OpenAIBackend
+from addressvlm.data.stage1_json import build_stage1_json
+from addressvlm.data.labels import hint_prompt, make_labels, training_question
+from addressvlm.core.records import DataError, Location, read_jsonl, read_llava_json, write_locations
 from test_crop import LAT, LON, write_geotiff, write_streets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +274,7 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(grafted_city):
 def test_stage1_ids_of_views_differing_only_by_extension_are_distinct(tmp_path):
     import json
 
-    from addressvlm.records import read_llava_json
+    from addressvlm.core.records import read_llava_json
 
     city = tmp_path / "city"
     images = ["img/x.jpg", "img/x.png", "img/y.jpg"]

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from addressvlm import templates
+from addressvlm.core import templates
 from addressvlm.geo.streets import StreetMap
-from addressvlm.records import (
-    DataError, question_level_names, read_level_names, read_llava_json, read_locations, read_questions,
-)
-from addressvlm.scoring import format_table, score
-from addressvlm.serving import ServedCity
-from addressvlm.vqa import build_vqa
+from addressvlm.core.records import (DataError, question_level_names, read_level_names, read_llava_json,
+                                     read_locations, read_questions)
+from addressvlm.answering.scoring import format_table, score
+from addressvlm.serving.server import ServedCity
+from addressvlm.data.vqa import build_vqa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_city import make_city  # noqa: E402
@@ -153,7 +152,7 @@ def test_tokyo_247_route_chome_table_and_netvlad_mat_in_zone_54s(tmp_path):
     import numpy as np
     from scipy.io import savemat
 
-    from addressvlm.ingest import IngestOptions, ingest_table
+    from addressvlm.data.ingest import IngestOptions, ingest_table
 
     places = [(f"Street {chr(65 + p % 5)}", f"Chome {p % 4 + 1}", 380000.0 + 40 * p, 3946000.0 + 25 * p)
               for p in range(8)]

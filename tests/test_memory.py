@@ -3,10 +3,11 @@ import json
 import subprocess
 import sys
 
-from addressvlm.runtime import load_recipe
+from addressvlm.training.recipes import load_recipe
 
-from addressvlm.memory import estimate, readme_block
+from addressvlm.checks.memory import estimate, readme_block
 from conftest import REPO
+from scripts import script
 
 CLIP_LORA_PER_LAYER = 4 * 128 * (1024 + 1024) + 2 * 128 * (1024 + 4096)  # q, k, v, out; fc1, fc2
 PHI3_LORA_PER_LAYER = 128 * ((3072 + 9216) + (3072 + 3072) + (3072 + 16384) + (8192 + 3072))  # qkv, o, gate_up, down
@@ -42,7 +43,8 @@ def test_outputs_are_checked_before_the_estimate(tmp_path, capsys):
     outside a checkout was a traceback: each is now one line, before any table."""
     import pytest
 
-    from addressvlm.memory import README_END, README_START, main
+    from addressvlm.checks.memory import README_END, README_START
+    main = script("tools/estimate_memory.py").main
 
     (tmp_path / "x.md").write_text(f"# Elsewhere\n{README_START}\n{README_END}\n")
     (tmp_path / "afile").write_text("")

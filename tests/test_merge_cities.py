@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from addressvlm.graft import SEPARATE_SUFFIXES, grafted_name
-from addressvlm.labels import build_stage1_json, make_labels
-from addressvlm.records import DataError, read_llava_json, read_locations, read_questions, write_locations
-from addressvlm.vqa import build_vqa, merge_city_roots, pin_splits
+from addressvlm.data.graft import SEPARATE_SUFFIXES, grafted_name
+from addressvlm.data.stage1_json import build_stage1_json
+from addressvlm.data.labels import make_labels
+from addressvlm.core.records import DataError, read_llava_json, read_locations, read_questions, write_locations
+from addressvlm.data.vqa import build_vqa, merge_city_roots, pin_splits
 
 from synthetic_city import city_rows, write_images
 

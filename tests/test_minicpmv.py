@@ -4,10 +4,10 @@ import sys
 
 import pytest
 import torch
-from addressvlm.runtime import load_recipe
+from addressvlm.training.recipes import load_recipe
 from PIL import Image
 
-from addressvlm.records import read_predictions, write_questions
+from addressvlm.core.records import read_predictions, write_questions
 from conftest import COLOURS, REPO, write_colour_city
 
 RECIPES = REPO / "recipes" / "minicpmv26"
@@ -22,7 +22,7 @@ def small_lora(rank: int = 4):
 
 
 def build_wrapper(model_path, rank=4, **kwargs):
-    from addressvlm.minicpmv import AddressMiniCPMV
+    from addressvlm.training.minicpmv import AddressMiniCPMV
 
     llm_lora, vision_lora = small_lora(rank)
     return AddressMiniCPMV(str(model_path), llm_lora=llm_lora, visual_encoder_lora=vision_lora,
@@ -58,7 +58,7 @@ def test_recipe_parses_with_table_a1_values(name):
 
 
 def test_local_run_options_relocate_model_root(tiny_minicpmv):
-    from addressvlm.runtime import local_run_options
+    from addressvlm.training.recipes import local_run_options
 
     options = local_run_options(str(RECIPES / "stage2_sf.py"), str(tiny_minicpmv))
     assert f"model.model_path={tiny_minicpmv}" in options
@@ -68,7 +68,7 @@ def test_local_run_options_relocate_model_root(tiny_minicpmv):
 
 
 def test_slicing_follows_the_release_settings():
-    from addressvlm.minicpmv_dataset import ImageSettings, choose_grid, slice_image
+    from addressvlm.training.minicpmv_dataset import ImageSettings, choose_grid, slice_image
 
     release = ImageSettings()  # 448 px, patch 14, up to 9 slices
     assert choose_grid((336, 336), release) is None  # stage-1 grafts: one view
@@ -85,11 +85,11 @@ def test_slicing_follows_the_release_settings():
 def test_example_has_placeholders_bounds_and_answer_labels(tiny_minicpmv):
     from transformers import AutoTokenizer
 
-    from addressvlm.minicpmv_dataset import IGNORE_INDEX, ImageSettings, encode_record, minicpmv_collate_fn
-    from addressvlm.remote_code import hub_code_names
+    from addressvlm.training.minicpmv_dataset import IGNORE_INDEX, ImageSettings, encode_record, minicpmv_collate_fn
+    from addressvlm.training.remote_code import hub_code_names
 
     with hub_code_names():
-        from addressvlm.standins.minicpmv_code.modeling_minicpmv import patches_to_image
+        from addressvlm.releases.minicpmv_code.modeling_minicpmv import patches_to_image
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_minicpmv, trust_remote_code=True)
     settings = ImageSettings.from_model_dir(tiny_minicpmv)
@@ -139,7 +139,7 @@ def test_wrapper_trains_lora_and_resampler_only(tiny_minicpmv):
 
     # Under gradient checkpointing every trained tensor still gets its gradient (lora_A's is zero at step 0, as
     # lora_B starts at zero).
-    from addressvlm.minicpmv_dataset import encode_record, minicpmv_collate_fn
+    from addressvlm.training.minicpmv_dataset import encode_record, minicpmv_collate_fn
 
     record = {"conversations": [{"from": "human", "value": QUESTION}, {"from": "gpt", "value": "The colour is red."}]}
     example = encode_record(record, Image.new("RGB", (64, 48), COLOURS["red"]), model.tokenizer,
@@ -154,7 +154,7 @@ def test_wrapper_trains_lora_and_resampler_only(tiny_minicpmv):
 
 
 def test_stage_chain_is_checked(tiny_minicpmv, tmp_path):
-    from addressvlm.stage_chain import StageChainError
+    from addressvlm.training.stage_chain import StageChainError
 
     stage1 = build_wrapper(tiny_minicpmv)
     with torch.no_grad():
@@ -180,7 +180,7 @@ def test_two_stages_train_then_answer(tiny_minicpmv, tmp_path):
     """Both recipes through `python -m xtuner.tools.train`; stage 2 continues stage 1; the result answers."""
     from xtuner.registry import BUILDER
 
-    from addressvlm.runtime import read_losses, train
+    from addressvlm.training.launcher import read_losses, train
 
     city = write_colour_city(tmp_path / "city")
     common = {"train_dataloader.batch_size": 2, "train_dataloader.sampler.per_device_batch_size": 2,

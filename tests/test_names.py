@@ -1,6 +1,6 @@
 """One normaliser for place names, everywhere names are compared."""
-from addressvlm.names import collision_report, mentions_name, normalize_name, spelling_collisions
-from addressvlm.records import Location
+from addressvlm.core.names import collision_report, mentions_name, normalize_name, spelling_collisions
+from addressvlm.core.records import Location
 
 
 def test_spellings_of_one_street_are_one_name():
@@ -16,7 +16,7 @@ def test_spellings_of_one_street_are_one_name():
 def test_collisions_never_become_two_options_and_are_reported():
     import random
 
-    from addressvlm.vqa import Distractors
+    from addressvlm.data.vqa import Distractors
 
     streets = ["Ash Street", "Ash St", "ASH STREET", "Elm Road", "Oak Lane", "Pine Way", "Birch Row"]
     rows = [Location(image=f"{i}.jpg", location_id=f"l{i}", lat=40.0 + i * 1e-3, lon=-80.0, street=streets[i % 7],

@@ -1,4 +1,4 @@
-"""The paper's tables by name (addressvlm/paper_tables.py, tools/paper_table.py): every row names recipes that
+"""The paper's tables by name (addressvlm/runs/paper_tables.py, tools/paper_table.py): every row names recipes that
 exist and chain, and bad requests end in one line. Table 4 is filled end to end in test_table4_chain.py; every other
 row's data is built and trained in test_every_row.py."""
 import subprocess
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from addressvlm.paper_tables import RECIPES, TABLES, check_chain, ensure_data, recipe_data, select_rows
-from addressvlm.records import DataError
+from addressvlm.runs.paper_tables import RECIPES, TABLES, check_chain, ensure_data, recipe_data, select_rows
+from addressvlm.core.records import DataError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,7 +82,7 @@ def test_the_label_backend_is_checked_before_any_work(tmp_path):
 
 
 def test_default_folders_of_two_cities_of_one_name_differ(tmp_path):
-    from addressvlm.paper_tables import default_folder
+    from addressvlm.runs.paper_tables import default_folder
 
     here, there = tmp_path / "a" / "helsinki", tmp_path / "b" / "helsinki"
     assert default_folder(here).startswith("helsinki-") and default_folder(there).startswith("helsinki-")
@@ -94,9 +94,9 @@ def test_default_folders_of_two_cities_of_one_name_differ(tmp_path):
 def test_a_run_is_reused_only_when_trained_with_the_same_settings(tmp_path, tiny_llava):
     """A finished run whose record shows other settings (the quick scale, other data) or no record is refused
     before any work, naming what changed; one with the same settings is reused with the seconds it took then."""
-    from addressvlm.demo.pipeline import DemoSettings
-    from addressvlm.paper_tables import BASELINE, DemoScale, fill_table, run_name
-    from addressvlm.records import read_llava_json, settings_path, write_llava_json, write_run_record
+    from addressvlm.runs.engine import DemoSettings
+    from addressvlm.runs.paper_tables import BASELINE, DemoScale, fill_table, run_name
+    from addressvlm.core.records import read_llava_json, settings_path, write_llava_json, write_run_record
     from conftest import write_colour_city
 
     city = write_colour_city(tmp_path / "city")
@@ -125,7 +125,7 @@ def test_a_run_is_reused_only_when_trained_with_the_same_settings(tmp_path, tiny
 
 
 def test_steps_an_earlier_run_did_show_their_time_then():
-    from addressvlm.paper_tables import render_table
+    from addressvlm.runs.paper_tables import render_table
 
     table = TABLES["8"]
     results = {row.name: {} for row in table.rows}

@@ -11,7 +11,7 @@ from PIL import Image
 SCRIPT = """
 import sys
 from pathlib import Path
-from addressvlm.graft import GraftPair, graft_batch
+from addressvlm.data.graft import GraftPair, graft_batch
 root = Path(sys.argv[1])
 pairs = [GraftPair(root / f"sat{i % 12}.png", root / "view.jpg", f"out/{i}.jpg") for i in range(600)]
 graft_batch(pairs, root / "grafted", workers=2, progress=False)
@@ -41,7 +41,7 @@ def test_killing_graft_stops_its_workers(tmp_path, how):
     written = count(out)
     time.sleep(1.0)
     assert count(out) == written  # nothing written after the kill
-    from addressvlm.graft import graft_batch
+    from addressvlm.data.graft import graft_batch
 
     graft_batch([], out, progress=False)  # the next run starts by removing what a killed one half wrote
     assert not list(out.rglob("*.tmp"))
@@ -53,7 +53,7 @@ def test_a_child_forked_inside_the_block_exits_on_sigterm_instead_of_running_on(
     on running the rest of the test session while the parent waited for it)."""
     import os
 
-    from addressvlm.processes import terminating_on_sigterm
+    from addressvlm.core.processes import terminating_on_sigterm
 
     with terminating_on_sigterm():
         child = os.fork()

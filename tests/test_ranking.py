@@ -1,5 +1,5 @@
-"""addressvlm.ranking and eval/rank.py on the tiny LLaVA-Phi3: closed-set ranking equals one full forward per name,
-resume and chunks, constrained decoding within the gazetteer, the gazetteer and ranked-file checks."""
+"""addressvlm.answering.ranking and eval/rank.py on the tiny LLaVA-Phi3: closed-set ranking equals one full forward per
+name, resume and chunks, constrained decoding within the gazetteer, the gazetteer and ranked-file checks."""
 from __future__ import annotations
 
 import json
@@ -11,29 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from addressvlm.infer import chunk_questions
-from addressvlm.gazetteer import build_gazetteer
-from addressvlm.ranking import (
-    NameTrie,
-    constrained_answers,
-    rank_image_questions,
-    rank_one_by_one,
-    rank_questions,
-)
-from addressvlm.records import (
-    DataError,
-    GazetteerEntry,
-    Location,
-    read_gazetteer,
-    read_predictions,
-    read_ranked,
-    read_questions,
-    write_gazetteer,
-    write_locations,
-    write_questions,
-)
-from addressvlm.templates import ADDRESS_QUESTION, address_answer
+from addressvlm.answering.answering import chunk_questions
+from addressvlm.data.gazetteer import build_gazetteer
+from addressvlm.answering.ranking import (NameTrie, constrained_answers, rank_image_questions, rank_one_by_one,
+                                          rank_questions)
+from addressvlm.core.records import (DataError, GazetteerEntry, Location, read_gazetteer, read_predictions,
+                                     read_ranked, read_questions, write_gazetteer, write_locations, write_questions)
+from addressvlm.core.templates import ADDRESS_QUESTION, address_answer
 from test_infer import RECIPE, checkpoint, model, options  # noqa: F401 (the same model fixtures)
+from scripts import script
 
 REPO = Path(__file__).resolve().parent.parent
 PLACES = [("Forbes Avenue", "Oakland"), ("Craig Street", "Oakland"), ("Fifth Avenue", "Shadyside"),
@@ -78,7 +64,7 @@ def city(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gazetteer(city):
-    from addressvlm.records import read_locations
+    from addressvlm.core.records import read_locations
 
     return build_gazetteer(read_locations(city[0] / "locations.csv"))
 
@@ -186,7 +172,7 @@ def test_cli_ranks_a_chunk_like_the_api(checkpoint, tiny_llava, city, reference,
 
 
 def test_a_resume_after_a_retrain_into_the_same_path_is_refused(tiny_llava, city, tmp_path):
-    from addressvlm.ranking import main
+    main = script("eval/rank.py").main
     from test_infer import RETRAINED, model_options, write_synthetic_checkpoint
 
     root, questions_path = city
@@ -206,7 +192,7 @@ def test_a_resume_after_a_retrain_into_the_same_path_is_refused(tiny_llava, city
 # ------------------------------------------------------------------------------------------ retrieved candidates
 def write_retrieved_for(root: Path, path: Path) -> None:
     """A retrieved.jsonl (eval/retrieve.py's) for the city's images: image i's best tiles are places i, i+1, i+2."""
-    from addressvlm.records import read_locations, write_retrieved
+    from addressvlm.core.records import read_locations, write_retrieved
 
     rows = read_locations(root / "locations.csv")
     write_retrieved(path, [{
@@ -217,7 +203,7 @@ def write_retrieved_for(root: Path, path: Path) -> None:
 
 
 def test_retrieved_candidates_restrict_the_ranking(model, city, gazetteer, reference, tmp_path):
-    from addressvlm.ranking import main
+    main = script("eval/rank.py").main
 
     root, questions_path = city
     retrieved = tmp_path / "retrieved.jsonl"
@@ -264,7 +250,7 @@ def test_retrieved_candidates_restrict_the_ranking(model, city, gazetteer, refer
 # ------------------------------------------------------------------------------------------ constrained
 def test_constrained_answers_are_gazetteer_names(model, city, gazetteer, tmp_path):
     root, questions_path = city
-    from addressvlm.ranking import answer_constrained
+    from addressvlm.answering.ranking import answer_constrained
 
     out = tmp_path / "constrained.jsonl"
     questions = read_questions(questions_path)
@@ -275,7 +261,7 @@ def test_constrained_answers_are_gazetteer_names(model, city, gazetteer, tmp_pat
         if q["qtype"] == "generation":
             assert predictions[q["question_id"]][1] in gazetteer.names_for(q["level"])
     # Unconstrained, the same random model names none of them: the constraint does the work.
-    from addressvlm.infer import answer_questions
+    from addressvlm.answering.answering import answer_questions
 
     free = tmp_path / "free.jsonl"
     answer_questions(model, [q for q in questions if q["qtype"] == "generation"], free, root, max_new_tokens=8,
@@ -333,8 +319,8 @@ def test_cli_bad_input_is_one_line(city, tmp_path):
 # ------------------------------------------------------------------------------------------ MiniCPM-V
 @torch.inference_mode()
 def test_minicpmv_ranks_per_question_as_one_forward_per_name(tiny_minicpmv, city, gazetteer, tmp_path):
-    from addressvlm.infer import PerQuestionModel
-    from addressvlm.minicpmv import AddressMiniCPMV
+    from addressvlm.answering.loading import PerQuestionModel
+    from addressvlm.training.minicpmv import AddressMiniCPMV
 
     wrapper = AddressMiniCPMV(str(tiny_minicpmv), torch_dtype="float32", gradient_checkpointing=False).eval()
     model = PerQuestionModel(wrapper)

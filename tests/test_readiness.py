@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from addressvlm.infer import parse_cfg_options
-from addressvlm.preflight import PreflightError, run_preflight
-from addressvlm.precision import dtype_census
-from addressvlm.runtime import load_recipe, local_run_options, model_root_options
+from addressvlm.checks.preflight import PreflightError, run_preflight
+from addressvlm.training.precision import dtype_census
+from addressvlm.training.recipes import load_recipe, local_run_options, model_root_options, parse_cfg_options
+from scripts import script
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").rglob("*.py"))
@@ -80,7 +80,7 @@ def test_preflight_passes_in_mixed_precision_on_both_backbones(tiny_llava, tiny_
 def test_preflight_json_is_checked_before_the_check(tiny_llava, tmp_path, capsys):
     """`--json` naming a folder or an unwritable place failed only after the whole preflight had run; naming the
     recipe would have overwritten it. One line now, before any work."""
-    from addressvlm.preflight import main
+    main = script("tools/preflight.py").main
 
     recipe = shutil.copy(LLAVA, tmp_path / "stage1_pitts.py")
     for out, message in ((tmp_path, f"{tmp_path}: --json is a folder: give a file name"),
@@ -130,7 +130,7 @@ try:
     print("plain load: ok")
 except NameError as error:
     print("plain load:", error)
-from addressvlm.minicpmv import AddressMiniCPMV
+from addressvlm.training.minicpmv import AddressMiniCPMV
 model = AddressMiniCPMV({str(tiny_minicpmv)!r}, torch_dtype="float32")
 print("wrapper:", type(model.model).__name__, "List" in dir(F))
 """
@@ -168,7 +168,7 @@ def test_xtuner_maps_a_small_file_in_this_process_and_a_city_in_32():
     import xtuner.dataset.llava as llava
     from datasets import Dataset, DatasetDict
 
-    from addressvlm.xtuner_shims import map_processes_for_size
+    from addressvlm.training.xtuner_shims import map_processes_for_size
 
     assert getattr(llava.process_hf_dataset, "sized_for_records", False)  # applied on import of the package
     asked = []
@@ -183,7 +183,7 @@ def test_a_config_is_formatted_once_per_text():
     import mmengine.config.config as mmengine_config
     from mmengine.config import Config
 
-    import addressvlm.xtuner_shims  # noqa: F401  (what the recipes' classes import)
+    import addressvlm.training.xtuner_shims  # noqa: F401  (what the recipes' classes import)
 
     assert getattr(mmengine_config.FormatCode, "formats_once", False)
     cfg = Config.fromfile(LLAVA)
@@ -209,8 +209,8 @@ def not_a_training_recipe(kind: str, folder: Path) -> tuple[str, str]:
 def test_preflight_and_estimate_memory_name_a_file_that_is_not_a_training_recipe(kind, tiny_llava, tmp_path):
     import re
 
-    from addressvlm.memory import main as estimate_memory
-    from addressvlm.preflight import main as preflight
+    estimate_memory = script("tools/estimate_memory.py").main
+    preflight = script("tools/preflight.py").main
 
     path, message = not_a_training_recipe(kind, tmp_path)
     with pytest.raises(SystemExit, match=f"^preflight FAILED: {re.escape(message)}[^\n]*$"):

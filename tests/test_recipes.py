@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-from addressvlm.city_recipes import city_recipe_text
-from addressvlm.runtime import local_run_options
+from addressvlm.data.city_recipes import city_recipe_text
+from addressvlm.training.recipes import local_run_options
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").rglob("*.py"))
@@ -65,7 +65,7 @@ def test_reference_recipes_follow_table_a1(name):
     assert cfg.model.llm.pretrained_model_name_or_path.endswith("llava-phi-3-mini-xtuner")
     template = cfg.train_dataloader.dataset.template_map_fn.template
     assert template.INSTRUCTION == "<|user|>\n{input}<|end|>\n<|assistant|>\n"
-    # GPU recipe: AMP and nccl; CPU runs switch through addressvlm.runtime only.
+    # GPU recipe: AMP and nccl; CPU runs switch through addressvlm.training.recipes only.
     assert type_name(cfg.optim_wrapper.type) == "AmpOptimWrapper"
     assert cfg.env_cfg.dist_cfg.backend == "nccl"
 
@@ -175,7 +175,7 @@ def test_new_city_overwrite_replaces_only_its_own_recipes_that_nothing_inherits(
     import subprocess
     import sys
 
-    from addressvlm.city_recipes import write_city_recipes
+    from addressvlm.data.city_recipes import write_city_recipes
 
     recipes = tmp_path / "recipes"
     shutil.copytree(REPO / "recipes", recipes)
@@ -230,13 +230,14 @@ def test_importing_the_package_leaves_torch_load_safe():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
-    code = "import os, addressvlm.model, addressvlm.minicpmv; print(os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'))"
+    code = ("import os, addressvlm.training.model, addressvlm.training.minicpmv; "
+            "print(os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.stdout.strip().splitlines()[-1] == "None", done.stderr[-2000:]
 
 
 def test_training_progress_follows_mmengines_iteration_lines():
-    from addressvlm.runtime import ITERATION_LINE
+    from addressvlm.training.launcher import ITERATION_LINE
 
     line = ("11/27 12:49:21 - mmengine - INFO - Iter(train) [ 18/120]  lr: 6.6987e-07  eta: 0:00:02  time: 0.8029  "
             "data_time: 0.0156  memory: 15440  loss: 8.4708")
@@ -244,8 +245,9 @@ def test_training_progress_follows_mmengines_iteration_lines():
     assert ITERATION_LINE.search("Iter(val) [1/5] loss: 1.0") is None
 
 
-@pytest.mark.parametrize("script", sorted(str(p.relative_to(REPO)) for folder in ("tools", "eval", "datasets_prep")
-                                          for p in (REPO / folder).glob("*.py")))
+@pytest.mark.parametrize("script", sorted(str(p.relative_to(REPO)) for folder, pattern in (
+    ("tools", "*.py"), ("eval", "*.py"), ("datasets_prep", "*.py"), ("benchmarks", "bench_*.py"))
+                                          for p in (REPO / folder).glob(pattern)))
 def test_every_script_has_help(script):
     import subprocess
     import sys
@@ -304,10 +306,10 @@ ABLATIONS = {
                                                 "model.init_from_work_dir":
                                                     "./work_dirs/llava_phi3_mini/table5_pitts_sf_stage1"}),
     "table1_two_images_stage1": ("stage1_pitts", {
-        "train_dataloader.dataset.type": "addressvlm.dataset.CityMultiImageLLaVADataset", "train_dataloader.dataset.images_per_sample": 2,
+        "train_dataloader.dataset.type": "addressvlm.training.dataset.CityMultiImageLLaVADataset", "train_dataloader.dataset.images_per_sample": 2,
         "images_per_sample": 2, "train_dataloader.dataset.data_path": "./data/pitts/stage1/train_separate.json",
         "max_length": 2048 - 2 * 576, "train_dataloader.dataset.max_length": 2048 - 2 * 576,
-        "train_dataloader.collate_fn.type": "addressvlm.dataset.multi_image_collate_fn"}),
+        "train_dataloader.collate_fn.type": "addressvlm.training.dataset.multi_image_collate_fn"}),
     "table1_two_images_stage2": ("stage2_pitts", {
         "model.init_from_work_dir": "./work_dirs/llava_phi3_mini/table1_two_images_stage1"}),
 }
@@ -403,8 +405,8 @@ def test_a_recipe_read_while_another_thread_parses_holds_built_objects():
     import torch
     from mmengine.config import ConfigDict
 
-    from addressvlm.dataset import multi_image_collate_fn
-    from addressvlm.runtime import load_recipe
+    from addressvlm.training.dataset import multi_image_collate_fn
+    from addressvlm.training.recipes import load_recipe
 
     cfg = load_recipe(TWO_IMAGES)
     ConfigDict.lazy = True
@@ -425,3 +427,17 @@ def test_recipes_parsed_in_threads_side_by_side_give_the_serial_options():
         threaded = list(pool.map(lambda recipe: local_run_options(recipe, "/models/tiny"), recipes))
     assert all(options == serial[recipe] for recipe, options in zip(recipes, threaded))
     assert "optim_wrapper.optimizer.type=AdamW" in serial[TWO_IMAGES]
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if "optim_wrapper = dict(" in p.read_text()],
+                         ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_amp_computes_in_the_recipes_torch_dtype(path):
+    """AMP's compute dtype is the recipe's ``torch_dtype`` variable, not a second literal: a V100's float16 is then
+    one edit, and the MiniCPM-V recipe no longer says bfloat16 twice."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    wrapper = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                   and any(isinstance(t, ast.Name) and t.id == "optim_wrapper" for t in node.targets))
+    dtype = next((k.value for k in wrapper.keywords if k.arg == "dtype"), None)
+    assert dtype is None or (isinstance(dtype, ast.Name) and dtype.id == "torch_dtype"), ast.unparse(dtype)

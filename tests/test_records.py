@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from addressvlm.records import DataError, read_locations
+from addressvlm.core.records import DataError, read_locations
 from conftest import REPO
 
 HEADER = "image,location_id,lat,lon,street,district\n"
@@ -57,7 +57,7 @@ def test_one_location_id_is_one_place(tmp_path, second, message):
 def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     import os
 
-    from addressvlm.records import write_atomic
+    from addressvlm.core.records import write_atomic
 
     def full_disk(*args):
         raise OSError(28, "No space left on device")
@@ -70,7 +70,7 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 
 def test_an_output_reached_through_a_link_is_still_the_input(tmp_path):
     """Outputs and inputs are compared as resolved paths: a link, `..` or a relative spelling is no way around."""
-    from addressvlm.records import refuse_output_over_inputs
+    from addressvlm.core.records import refuse_output_over_inputs
 
     data = tmp_path / "data"
     (data / "city").mkdir(parents=True)
@@ -84,7 +84,7 @@ def test_an_output_reached_through_a_link_is_still_the_input(tmp_path):
 
 
 def test_an_output_folder_must_be_a_folder_it_can_make(tmp_path):
-    from addressvlm.records import writable_output
+    from addressvlm.core.records import writable_output
 
     (tmp_path / "afile").write_text("")
     assert writable_output(tmp_path / "new" / "deeper", "--out", folder=True) == tmp_path / "new" / "deeper"

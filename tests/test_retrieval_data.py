@@ -12,15 +12,10 @@ import pytest
 from PIL import Image
 
 from addressvlm.geo.crop import read_crop_index
-from addressvlm.labels import LabelBackendError
-from addressvlm.names import mentions_name
-from addressvlm.records import DataError, read_gallery, read_retrieval_queries, write_locations
-from addressvlm.retrieval.build import (
-    SCENE_PROMPT,
-    build_city_retrieval,
-    ingest_cvg_text,
-    ingest_geotext1652,
-)
+from addressvlm.data.label_backends import LabelBackendError
+from addressvlm.core.names import mentions_name
+from addressvlm.core.records import DataError, read_gallery, read_retrieval_queries, write_locations
+from addressvlm.data.retrieval_data import SCENE_PROMPT, build_city_retrieval, ingest_cvg_text, ingest_geotext1652
 from test_labels import make_city
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,7 +109,7 @@ def test_lvlm_texts_naming_a_street_are_rejected_and_a_rerun_asks_only_for_the_r
 def test_splits_must_be_pinned_and_location_disjoint(city, tmp_path):
     import shutil
 
-    from addressvlm.records import read_locations
+    from addressvlm.core.records import read_locations
 
     root = tmp_path / "c"
     shutil.copytree(city, root, ignore=shutil.ignore_patterns("retrieval"))
@@ -219,3 +214,35 @@ def test_cli_reports_and_names_bad_input(tmp_path):
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith(
         f"error: {root / 'CVG-text' / 'NewYork' / 'train.json'}:3: invalid JSON")
+
+
+def test_labelling_and_retrieval_scripts_read_the_backend_options_alike():
+    """One set of backend options (``label_backends.add_backend_arguments``): the retrieval data builder takes
+    --backoff as the labelling scripts do; only the default answer length differs (a scene text is shorter)."""
+    import argparse
+
+    from addressvlm.data.label_backends import add_label_arguments, backend_options
+    from scripts import script
+
+    flags = ["--backend", "openai", "--model", "m", "--base-url", "http://x/v1", "--backoff", "2.5"]
+    retrieval_parser = script("datasets_prep/build_retrieval.py").build_parser()
+    labels_parser = argparse.ArgumentParser()
+    add_label_arguments(labels_parser)
+    retrieval = backend_options(retrieval_parser, retrieval_parser.parse_args(["--city", "c", *flags]))
+    labels = backend_options(labels_parser, labels_parser.parse_args(flags))
+    assert retrieval["backoff_s"] == labels["backoff_s"] == 2.5
+    assert retrieval == {**labels, "max_tokens": 300} and labels["max_tokens"] == 400
+
+
+def test_a_city_without_streets_has_no_street_map(city, tmp_path):
+    """The labels and the retrieval texts read the city's streets through one function: its file when there is
+    one, None when there is none."""
+    import shutil
+
+    from addressvlm.geo.streets import StreetMap, optional_street_map
+
+    assert isinstance(optional_street_map(city), StreetMap)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(city / "locations.csv", bare / "locations.csv")
+    assert optional_street_map(bare) is None

@@ -10,15 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from addressvlm.records import DataError, read_retrieved, write_gallery, write_retrieval_queries, write_retrieved
-from addressvlm.retrieval.search import (
-    Embeddings,
-    main,
-    metrics_by_kind,
-    rank_queries,
-    select_split,
-    truth_ranks,
-)
+from addressvlm.core.records import DataError, read_retrieved, write_gallery, write_retrieval_queries, write_retrieved
+from addressvlm.answering.retrieval_search import (Embeddings, metrics_by_kind, rank_queries, select_split,
+                                                   truth_ranks)
+from scripts import script
 
 # Tiles on one meridian, DISTANCES_M metres north of the first: the metres between two are their difference.
 DISTANCES_M = [0, 40, 90, 140, 300, 500, 520, 700, 800, 1000, 1200, 1500]
@@ -35,6 +30,8 @@ CASES = [
     ("text", 5, [2, 0, 1, 3, 4, 5], 6, 410),
     ("image", 0, [3, 0], 2, 140),
 ]
+
+main = script("eval/retrieve.py").main
 
 
 def constructed_case():
@@ -97,7 +94,7 @@ def test_faiss_ranks_as_the_flat_index():
     gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
     noisy = gallery[:40] + 0.05 * rng.standard_normal((40, 768)).astype(np.float32)
     noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-    from addressvlm.retrieval.search import make_index
+    from addressvlm.answering.retrieval_search import make_index
 
     for index in ("flat", "faiss"):
         scores, indices = make_index(gallery, index).search(noisy, 10)
@@ -199,8 +196,8 @@ def test_retrieved_file_checks(tmp_path):
 
 
 class MeanColourEncoder:
-    """The encoder interface (``addressvlm.retrieval.encoders``) at its simplest: an image is its mean colour, a
-    text the colour its last word numbers; it records each call."""
+    """The encoder interface (``addressvlm.answering.retrieval_encoders``) at its simplest: an image is its mean colour,
+    a text the colour its last word numbers; it records each call."""
 
     name = "mean_colour"
 
@@ -222,7 +219,7 @@ class MeanColourEncoder:
 
 
 def test_an_encoder_embeds_the_gallery_once_and_each_query_by_its_kind(tmp_path):
-    from addressvlm.retrieval.search import evaluate_retrieval
+    from addressvlm.answering.retrieval_search import evaluate_retrieval
 
     root = tmp_path / "city"
     write_constructed_root(root)
@@ -243,7 +240,7 @@ def test_bench_times_both_indexes_in_one_run(tmp_path):
     from pathlib import Path
 
     pytest.importorskip("faiss")
-    script = Path(__file__).resolve().parent.parent / "eval" / "bench_retrieve.py"
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_retrieve.py"
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(script), "--tiles", "300", "--dims", "16", "--batch", "4",
                            "--singles", "2", "--repeats", "1", "--json", str(out)], capture_output=True, text=True)

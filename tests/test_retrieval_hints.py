@@ -1,4 +1,4 @@
-"""Retrieved names as a stage-2 hint (addressvlm/retrieval/hints.py, build_vqa --hints) on a small generated city
+"""Retrieved names as a stage-2 hint (addressvlm/data/retrieval_hints.py, build_vqa --hints) on a small generated city
 with a hand-written retrieved.jsonl whose candidates are known by construction."""
 import json
 import re
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from addressvlm.records import DataError, read_llava_json, read_locations, read_questions, write_retrieved
-from addressvlm.vqa import build_vqa
+from addressvlm.core.records import DataError, read_llava_json, read_locations, read_questions, write_retrieved
+from addressvlm.data.vqa import build_vqa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_city import make_city  # noqa: E402

@@ -1,6 +1,6 @@
-"""The two retrievers (addressvlm.retrieval): both train through `python -m xtuner.tools.train` on tiny models, their
-checkpoints load as encoders that embed into one unit-norm space, CLIP reads past 77 tokens, and the loss is
-InfoNCE as written down by hand."""
+"""The two retrievers (addressvlm.training.retrieval_models): both train through `python -m xtuner.tools.train` on tiny
+models, their checkpoints load as encoders that embed into one unit-norm space, CLIP reads past 77 tokens, and the loss
+is InfoNCE as written down by hand."""
 import math
 from pathlib import Path
 
@@ -8,11 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from addressvlm.records import write_gallery, write_retrieval_queries
-from addressvlm.runtime import load_recipe, local_run_options, read_losses, train
-from addressvlm.stage_chain import find_last_checkpoint
+from addressvlm.core.records import write_gallery, write_retrieval_queries
+from addressvlm.training.recipes import load_recipe, local_run_options
+from addressvlm.training.launcher import read_losses, train
+from addressvlm.training.stage_chain import find_last_checkpoint
 
 from conftest import COLOURS
+from scripts import script
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "retrieval"
 
@@ -108,7 +110,7 @@ def test_both_retrievers_train_and_their_loss_falls(trained, name):
 
 
 def encoder_of(run: dict):
-    from addressvlm.retrieval.encoders import load_encoder
+    from addressvlm.answering.retrieval_encoders import load_encoder
 
     options = local_run_options(run["recipe"], str(run["model_root"]), overrides=run["overrides"])
     return load_encoder(run["recipe"], str(run["work_dir"]), options, device="cpu")
@@ -138,7 +140,7 @@ def test_a_trained_checkpoint_loads_as_an_encoder_of_unit_embeddings(trained, re
 
 
 def test_info_nce_equals_the_hand_computation():
-    from addressvlm.retrieval.models import symmetric_info_nce
+    from addressvlm.training.retrieval_models import symmetric_info_nce
 
     q = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=1)
     p = torch.nn.functional.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]]), dim=1)
@@ -161,8 +163,8 @@ def test_info_nce_equals_the_hand_computation():
 def test_clip_reads_long_texts_past_77_tokens_and_keeps_its_pretrained_positions(tiny_clip):
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
-    from addressvlm.retrieval.dataset import CLIPRetrievalInputs, collate_inputs
-    from addressvlm.retrieval.models import CLIPDualEncoder
+    from addressvlm.training.retrieval_dataset import CLIPRetrievalInputs, collate_inputs
+    from addressvlm.training.retrieval_models import CLIPDualEncoder
 
     pretrained = CLIPModel.from_pretrained(tiny_clip).text_model.embeddings.position_embedding.weight.detach().clone()
     model = CLIPDualEncoder(CLIPModel.from_pretrained(tiny_clip), text_positions=300).eval()
@@ -184,7 +186,7 @@ def test_clip_reads_long_texts_past_77_tokens_and_keeps_its_pretrained_positions
 
 
 def test_the_memory_bank_adds_earlier_pairs_as_negatives_but_never_a_pairs_own_tile():
-    from addressvlm.retrieval.models import ContrastiveHead, symmetric_info_nce
+    from addressvlm.training.retrieval_models import ContrastiveHead, symmetric_info_nce
 
     torch.manual_seed(0)
     head = ContrastiveHead(temperature=0.1, bank_size=3, dim=4)
@@ -206,7 +208,7 @@ def test_the_memory_bank_adds_earlier_pairs_as_negatives_but_never_a_pairs_own_t
 
 
 def test_last_token_and_mean_pooling_read_only_real_tokens():
-    from addressvlm.retrieval.models import pool_hidden
+    from addressvlm.training.retrieval_models import pool_hidden
 
     hidden = torch.arange(2 * 3 * 2, dtype=torch.float).reshape(2, 3, 2)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])  # the second row is right-padded
@@ -230,9 +232,9 @@ def test_the_retrieval_recipes_name_their_model_city_and_work_dir(recipe, model_
 
 
 def test_the_pair_dataset_refuses_missing_files_unknown_kinds_and_an_empty_split(tmp_path, retrieval_city):
-    from addressvlm.inputs import MissingInputError
-    from addressvlm.records import DataError
-    from addressvlm.retrieval.dataset import RetrievalPairDataset
+    from addressvlm.training.inputs import MissingInputError
+    from addressvlm.core.records import DataError
+    from addressvlm.training.retrieval_dataset import RetrievalPairDataset
 
     with pytest.raises(MissingInputError, match=r"gallery.jsonl not found.*build_retrieval.py"):
         RetrievalPairDataset(str(tmp_path), inputs=None)
@@ -247,7 +249,7 @@ def test_the_pair_dataset_refuses_missing_files_unknown_kinds_and_an_empty_split
 @pytest.mark.parametrize("name,recipe,dim", [("lvlm", "lvlm_pitts.py", 64), ("clip", "clip_pitts.py", 32)])
 def test_gallery_embedding_timed_batched_and_one_at_a_time_gives_the_same_embeddings(
         retrieval_city, tiny_llava, tiny_clip, name, recipe, dim):
-    from addressvlm.retrieval.encoders import load_encoder, time_gallery_embedding
+    from addressvlm.answering.retrieval_encoders import load_encoder, time_gallery_embedding
 
     recipe = str(RECIPES / recipe)
     options = local_run_options(recipe, str(tiny_llava if name == "lvlm" else tiny_clip),
@@ -272,7 +274,7 @@ def test_eval_retrieve_as_the_readme_writes_it_names_what_is_missing(retrieval_c
                                                                       monkeypatch):
     """eval/retrieve.py without the release where the recipe says, with --model-root, and with another model's
     checkpoint: one line each (transformers' "Incorrect path_or_model_id", a traceback listing 40 keys before)."""
-    from addressvlm.retrieval.search import main
+    main = script("eval/retrieve.py").main
     from test_infer import model_options, write_synthetic_checkpoint
 
     clip = str(RECIPES / "clip_pitts.py")

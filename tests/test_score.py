@@ -1,4 +1,5 @@
-"""eval/score.py and addressvlm.scoring: extraction on hand-written replies, the metric arithmetic, every error."""
+"""eval/score.py and addressvlm.answering.scoring: extraction on hand-written replies, the metric arithmetic, every
+error."""
 from __future__ import annotations
 
 import json
@@ -9,22 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from addressvlm.records import DataError, write_questions
-from addressvlm.scoring import (
-    METRICS,
-    ScoredQuestion,
-    aggregate,
-    binomial_p_value,
-    chance_accuracy,
-    extract_address,
-    extract_choice,
-    extract_judgment,
-    format_table,
-    is_correct,
-    normalize_name,
-    score,
-    score_files,
-)
+from addressvlm.core.records import DataError, write_questions
+from addressvlm.answering.scoring import (METRICS, ScoredQuestion, aggregate, binomial_p_value, chance_accuracy,
+                                          extract_address, extract_choice, extract_judgment, format_table, is_correct,
+                                          normalize_name, score, score_files)
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = {"A": "Forbes Avenue", "B": "Craig Street", "C": "South Forbes Avenue", "D": "Fifth Avenue"}
@@ -351,7 +340,7 @@ def test_cli_help():
 
 
 def test_bench_script_runs_small():
-    out = subprocess.run([sys.executable, str(REPO / "eval" / "bench_score.py"), "--n", "2000"],
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_score.py"), "--n", "2000"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     last = out.stdout.strip().splitlines()[-1]
@@ -361,9 +350,9 @@ def test_bench_script_runs_small():
 def test_gold_answers_score_100_even_with_separators_in_names():
     """Every question type, answered with its own gold answer, scores exactly 100, also for names that contain the
     address answer's separator (a comma): such a name used to be split in two and A_sd fell to 90."""
-    from addressvlm.records import Location
-    from addressvlm.scoring import score
-    from addressvlm.vqa import Distractors, single_turn_questions
+    from addressvlm.core.records import Location
+    from addressvlm.answering.scoring import score
+    from addressvlm.data.vqa import Distractors, single_turn_questions
 
     streets = ["Main Street, North", "Ash Street", "Elm Road", "Oak Lane, East", "Pine Way"]
     districts = ["Old Town, Upper", "Harbour", "Hill", "Park, West"]
@@ -378,7 +367,7 @@ def test_gold_answers_score_100_even_with_separators_in_names():
 
 
 def test_mcnemar_exact_p_is_the_two_sided_binomial_of_the_discordant_questions():
-    from addressvlm.scoring import mcnemar_exact_p
+    from addressvlm.answering.scoring import mcnemar_exact_p
 
     assert mcnemar_exact_p(10, 0) == pytest.approx(2 * 0.5 ** 10)
     assert mcnemar_exact_p(0, 10) == mcnemar_exact_p(10, 0)
@@ -388,7 +377,7 @@ def test_mcnemar_exact_p_is_the_two_sided_binomial_of_the_discordant_questions()
 
 
 def test_paired_comparison_counts_the_questions_only_one_model_got_right():
-    from addressvlm.scoring import paired_comparison
+    from addressvlm.answering.scoring import paired_comparison
 
     questions = [{"question_id": f"q{i}", "level": "district", "qtype": "judgment", "answer": "Yes",
                   "question": "Is this image taken in Kamppi, Yes or No?", "image": f"{i}.jpg"} for i in range(6)]

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from pyproj import Transformer
 
-from addressvlm.error_figures import OTHER, district_confusion
+from addressvlm.answering.error_figures import OTHER, district_confusion
 from addressvlm.geo.raster import local_crs
-from addressvlm.geo.street_error import street_error_files
-from addressvlm.records import DataError, Location, write_locations, write_questions
-from addressvlm.scoring import read_ranked_names, top_k_accuracy
+from addressvlm.answering.street_error import street_error_files
+from addressvlm.core.records import DataError, Location, write_locations, write_questions
+from addressvlm.answering.scoring import read_ranked_names, top_k_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
 ORIGIN = (60.17, 24.94)
@@ -203,7 +203,7 @@ def test_score_cli_bad_input(metric_city, tmp_path):
 
 # ------------------------------------------------------------------------------------------ pictures
 def test_district_confusion_counts_and_pictures(metric_city, tmp_path):
-    from addressvlm.records import read_questions
+    from addressvlm.core.records import read_questions
 
     questions = read_questions(metric_city["questions"])
     answers = {json.loads(line)["question_id"]: json.loads(line)["prediction"]

@@ -23,13 +23,16 @@ import openai
 import pytest
 from PIL import Image
 
-from addressvlm import templates
-from addressvlm.endpoint_check import main as check_endpoint
-from addressvlm.infer import answer_questions, load_xtuner_model
-from addressvlm.labels import LabelRequest, OpenAIBackend, data_url
-from addressvlm.records import read_locations, read_predictions, write_questions
+from addressvlm.core import templates
+from addressvlm.answering.answering import answer_questions
+from addressvlm.answering.loading import load_xtuner_model
+from addressvlm.data.label_backends import LabelRequest, OpenAIBackend, data_url
+from addressvlm.core.records import read_locations, read_predictions, write_questions
 from synthetic_city import make_city
+from scripts import script
 from test_infer import RECIPE, REPO, model_options, write_synthetic_checkpoint
+
+check_endpoint = script("tools/check_serving_engine.py").main
 
 MODEL_NAME = "tiny-addressvlm"
 MAX_TOKENS = 32  # /v1/locate answers with eval/infer.py's default length
@@ -111,7 +114,7 @@ def server(served) -> str:
 @pytest.fixture(scope="module")
 def reference(city, checkpoint, tiny_llava, tmp_path_factory, server) -> Path:
     """eval/infer.py's answers to the city's questions (the default, prefix-shared path), ``MAX_TOKENS`` each."""
-    from addressvlm.records import read_questions
+    from addressvlm.core.records import read_questions
 
     out = tmp_path_factory.mktemp("reference") / "predictions.jsonl"
     model = load_xtuner_model(RECIPE, checkpoint, model_options(tiny_llava))
@@ -377,7 +380,7 @@ def test_other_sites_and_content_types_refused(server, city, usual_seconds):
     assert same_origin.status_code == 200 and same_origin.json()["street"] is not None
     assert_serves_as_usual(server, city, usual_seconds)
 
-    from addressvlm.serving import allowed_hosts
+    from addressvlm.serving.server import allowed_hosts
 
     assert allowed_hosts("::1", 8000) == {"localhost:8000", "127.0.0.1:8000", "[::1]:8000"}
     assert allowed_hosts("0.0.0.0", 8000) is None  # every interface: names the server cannot know
@@ -390,7 +393,7 @@ def test_other_sites_and_content_types_refused(server, city, usual_seconds):
 def test_bad_server_options_refused_at_start(city, checkpoint, tmp_path, capsys, option):
     """A limit that is not a positive number, or an --allowed-folder that does not exist, stops the server with one
     line naming the option, before the model loads."""
-    from addressvlm.serving import main
+    main = script("tools/serve.py").main
 
     option = [value.replace("MISSING", str(tmp_path / "missing")) for value in option]
     with pytest.raises(SystemExit) as stopped:
@@ -479,9 +482,10 @@ def serving_in_thread(app, port: int):
 def test_minicpmv_served_as_eval_infer_answers(city, tiny_minicpmv, tiny_minicpmv_checkpoint, tmp_path):
     """tools/serve.py's loading of a MiniCPM-V recipe and checkpoint: greedy answers through the openai client equal
     eval/infer.py's, /v1/locate ranks the city's names, and refusals are the LLaVA server's."""
-    from addressvlm.infer import PerQuestionModel
-    from addressvlm.records import read_questions
-    from addressvlm.serving import build_parser, create_app, served_from_args
+    from addressvlm.answering.loading import PerQuestionModel
+    from addressvlm.core.records import read_questions
+    from addressvlm.serving.server import create_app, served_from_args
+    build_parser = script("tools/serve.py").build_parser
 
     recipe, checkpoint, options = tiny_minicpmv_checkpoint
     args = build_parser().parse_args(["--config", recipe, "--checkpoint", str(checkpoint.parent), "--model-root",

@@ -1,4 +1,5 @@
-"""addressvlm.street_distribution and eval/street_distribution.py (Fig. 5): prompts, counting, sampling, the map."""
+"""addressvlm.answering.street_distribution and eval/street_distribution.py (Fig. 5): prompts, counting, sampling, the
+map."""
 from __future__ import annotations
 
 import json
@@ -12,19 +13,12 @@ import pytest
 from PIL import Image
 
 from addressvlm.geo.streets import read_street_map
-from addressvlm.records import DataError, Location, write_locations
-from addressvlm.scoring import extract_choice
-from addressvlm.street_distribution import (
-    TOP_COLOURS,
-    choice_options,
-    count_streets,
-    draw_street_distribution,
-    read_sampled_answers,
-    sample_street_answers,
-    street_choice_question,
-    street_question,
-)
-from addressvlm.templates import GENERATION_PROMPT, STREET_TEMPLATES
+from addressvlm.core.records import DataError, Location, write_locations
+from addressvlm.answering.scoring import extract_choice
+from addressvlm.answering.street_distribution import (TOP_COLOURS, choice_options, count_streets,
+                                                      draw_street_distribution, read_sampled_answers,
+                                                      sample_street_answers, street_choice_question, street_question)
+from addressvlm.core.templates import GENERATION_PROMPT, STREET_TEMPLATES
 
 REPO = Path(__file__).resolve().parents[1]
 ORIGIN = (40.44, -79.99)

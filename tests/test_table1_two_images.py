@@ -7,13 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from addressvlm.dataset import check_llava_inputs, multi_image_collate_fn
+from addressvlm.training.dataset import check_llava_inputs, multi_image_collate_fn
 from addressvlm.geo.crop import crop_city
-from addressvlm.graft import city_pairs, graft_batch
-from addressvlm.labels import build_stage1_json, make_labels
-from addressvlm.records import DataError, read_llava_json, write_llava_json
-from addressvlm.runtime import train
-from addressvlm.stage_chain import find_last_checkpoint
+from addressvlm.data.graft import city_pairs, graft_batch
+from addressvlm.data.stage1_json import build_stage1_json
+from addressvlm.data.labels import make_labels
+from addressvlm.core.records import DataError, read_llava_json, write_llava_json
+from addressvlm.training.launcher import train
+from addressvlm.training.stage_chain import find_last_checkpoint
 from xtuner.utils import IMAGE_TOKEN_INDEX
 
 from conftest import build_model, local_recipe
@@ -136,7 +137,7 @@ def test_the_loss_depends_on_each_image(two_images):
 
 @pytest.mark.slow
 def test_it_trains_and_the_normal_stage2_continues_it(two_images):
-    from addressvlm.model import is_chained_llava_tensor
+    from addressvlm.training.model import is_chained_llava_tensor
 
     work_dir = two_images["training"].result()
     trained = torch.load(find_last_checkpoint(work_dir), map_location="cpu", weights_only=False)["state_dict"]
@@ -183,7 +184,7 @@ def test_image_lists_are_checked_against_their_tokens_and_files(tmp_path, two_im
 
 def test_preflight_checks_the_two_image_recipe(two_images):
     """tools/preflight.py on the recipe: two image places per example, both images through one training step."""
-    from addressvlm.preflight import run_preflight
+    from addressvlm.checks.preflight import run_preflight
 
     lines = []
     figures = run_preflight(STAGE1, str(two_images["model_root"]), cfg_options=on_city(two_images["city"]),

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from addressvlm.demo.pipeline import Paths, run_overrides
-from addressvlm.model import LLAVA_CHAIN_PARTS
-from addressvlm.records import read_llava_json
-from addressvlm.stage_chain import StageChainError, find_last_checkpoint
+from addressvlm.runs.engine import Paths, run_overrides
+from addressvlm.training.model import LLAVA_CHAIN_PARTS
+from addressvlm.core.records import read_llava_json
+from addressvlm.training.stage_chain import StageChainError, find_last_checkpoint
 
 from conftest import build_model, local_recipe
 
@@ -51,7 +51,7 @@ def table4(tmp_path_factory, quick_demo):
     """Table 4 filled once for the module, as `tools/paper_table.py --table 4` fills it on the demo city: the
     quick demo's runs of the paper's own recipes linked, two more stage-1 runs and five stage-2 runs two side by
     side on one thread each, answers and scores."""
-    from addressvlm.paper_tables import TABLES, DemoScale, fill_table
+    from addressvlm.runs.paper_tables import TABLES, DemoScale, fill_table
 
     root = tmp_path_factory.mktemp("table4")
     work = root / "work"
@@ -65,7 +65,7 @@ def table4(tmp_path_factory, quick_demo):
 
 @pytest.mark.slow
 def test_the_table_has_all_six_rows_with_their_scores_and_the_papers(table4):
-    from addressvlm.scoring import METRICS
+    from addressvlm.answering.scoring import METRICS
 
     text = table4["report"].read_text()
     filled = json.loads(table4["report"].with_suffix(".json").read_text())
@@ -88,9 +88,9 @@ def test_the_table_has_all_six_rows_with_their_scores_and_the_papers(table4):
 
 @pytest.mark.slow
 def test_a_rerun_reuses_every_run_and_another_scale_is_refused_before_any_work(table4):
-    from addressvlm.demo.pipeline import DemoSettings
-    from addressvlm.paper_tables import TABLES, DemoScale, fill_table
-    from addressvlm.records import DataError
+    from addressvlm.runs.engine import DemoSettings
+    from addressvlm.runs.paper_tables import TABLES, DemoScale, fill_table
+    from addressvlm.core.records import DataError
 
     out = table4["root"] / "again"  # the module's report stays as the first fill wrote it
     again = DemoScale(table4["city"], out, table4["work"], table4["settings"], table4["model_root"])
@@ -179,7 +179,7 @@ def test_a_declaration_that_does_not_match_stage1_names_the_keys(table4, recipe,
 
 
 def test_a_declaration_of_unknown_parts_or_modes_is_refused():
-    from addressvlm.stage_chain import chain_plan
+    from addressvlm.training.stage_chain import chain_plan
 
     assert chain_plan(LLAVA_CHAIN_PARTS, None) == dict.fromkeys(LLAVA_CHAIN_PARTS, "continue")
     with pytest.raises(StageChainError, match=r"\['vision_lora'\].*'llm_lora'"):

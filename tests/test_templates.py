@@ -1,7 +1,7 @@
 """The question wordings are the paper's (Tables B4 and B5), composed template + " " + appended prompt."""
 import pytest
 
-from addressvlm import templates
+from addressvlm.core import templates
 
 # Table B4 as the paper prints it: each level's ten templates run together in one cell.
 PAPER_DISTRICT_CELL = (

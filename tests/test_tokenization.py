@@ -1,8 +1,8 @@
 """Training and answering tokenize alike with the real Phi-3 tokenizer (SentencePiece), not only the test one."""
 import pytest
-from addressvlm.runtime import load_recipe
+from addressvlm.training.recipes import load_recipe
 
-from addressvlm.token_check import SHIPPED_PHI3_TOKENIZER, check_records, load_tokenizer
+from addressvlm.checks.token_check import SHIPPED_PHI3_TOKENIZER, check_records, load_tokenizer
 from conftest import REPO
 
 TEMPLATE = load_recipe(str(REPO / "recipes" / "stage1_pitts.py")).train_dataloader.dataset.template_map_fn.template
@@ -52,7 +52,7 @@ def test_a_phi3_gguf_vocabulary_converts_with_its_spaces(tmp_path):
     import gguf
     from transformers import AutoTokenizer
 
-    from addressvlm.gguf_tokenizer import tokenizer_from_gguf
+    from addressvlm.checks.gguf_tokenizer import tokenizer_from_gguf
 
     path = tmp_path / "tiny-phi3.gguf"
     writer = gguf.GGUFWriter(str(path), "phi3")

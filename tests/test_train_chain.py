@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from addressvlm.dataset import check_llava_inputs
-from addressvlm.stage_chain import StageChainError, find_last_checkpoint
-from addressvlm.runtime import local_run_options, read_losses, train
+from addressvlm.training.dataset import check_llava_inputs
+from addressvlm.training.stage_chain import StageChainError, find_last_checkpoint
+from addressvlm.training.recipes import local_run_options
+from addressvlm.training.launcher import read_losses, train
 
 from conftest import build_model, copy_recipes, write_colour_city
 
@@ -32,7 +33,7 @@ def chained(state: dict) -> dict:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, tiny_llava):
     """Stage 1 then stage 2 of a child city ("chaintown"), each trained once for the module."""
-    from addressvlm.city_recipes import write_city_recipes
+    from addressvlm.data.city_recipes import write_city_recipes
 
     root = tmp_path_factory.mktemp("chain")
     city = write_colour_city(root / "city")

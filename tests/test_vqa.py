@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from addressvlm import templates
-from addressvlm.records import DataError, read_llava_json, read_locations, read_questions, write_llava_json, write_locations
-from addressvlm.vqa import ROUND_CYCLE, Distractors, build_vqa, merge_cities, mix_general, subsample
+from addressvlm.core import templates
+from addressvlm.core.records import (DataError, read_llava_json, read_locations, read_questions, write_llava_json,
+                                     write_locations)
+from addressvlm.data.vqa import ROUND_CYCLE, Distractors, build_vqa, merge_cities, mix_general, subsample
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_city import city_rows, make_city  # noqa: E402
@@ -370,21 +371,22 @@ def test_cli_build_and_bench(city, tmp_path):
                           "--out", str(tmp_path / "vqa"), "--seed", "3"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "test : 6 locations, 24 images, 216 questions" in run.stdout
-    run = subprocess.run([sys.executable, str(REPO / "datasets_prep/bench_vqa.py"), "--locations", "60", "--views", "2",
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks/bench_vqa.py"), "--locations", "60", "--views", "2",
                           "--streets", "8", "--districts", "4"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert re.search(r"120 images, \d+ questions in [\d.]+ s: [\d,]+ images/s, [\d,]+ questions/s", run.stdout)
 
 
-@pytest.mark.parametrize("script", ["ingest", "validate", "build_vqa", "mix_general", "merge_cities", "bench_vqa"])
+@pytest.mark.parametrize("script", ["datasets_prep/ingest", "datasets_prep/validate", "datasets_prep/build_vqa",
+                                    "datasets_prep/mix_general", "datasets_prep/merge_cities", "benchmarks/bench_vqa"])
 def test_scripts_have_help(script):
-    run = subprocess.run([sys.executable, str(REPO / f"datasets_prep/{script}.py"), "--help"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, str(REPO / f"{script}.py"), "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "usage:" in run.stdout
 
 
 def test_single_turn_writes_each_round_as_its_own_record(tmp_path):
-    from addressvlm.records import read_llava_json
-    from addressvlm.vqa import build_vqa
+    from addressvlm.core.records import read_llava_json
+    from addressvlm.data.vqa import build_vqa
 
     table = make_city(tmp_path / "city")
     multi = build_vqa(table, tmp_path / "multi", seed=0)
@@ -403,7 +405,7 @@ def test_single_turn_writes_each_round_as_its_own_record(tmp_path):
 def test_pinning_splits_keeps_the_users_own_columns(tmp_path):
     import csv
 
-    from addressvlm.vqa import pin_splits
+    from addressvlm.data.vqa import pin_splits
 
     header = ["image", "notes", "location_id", "lat", "lon", "street", "district", "source_id"]
     lines = [header] + [[f"img/{i}.jpg", f"note {i}, with a comma", f"loc{i // 2}", "40.44", "-79.99",
@@ -438,7 +440,7 @@ def test_a_split_that_is_not_three_ratios_is_a_usage_error(tool, tmp_path):
 def test_a_run_killed_mid_way_leaves_the_old_output_whole(city, tmp_path, monkeypatch):
     """A rerun with another seed that dies after writing train.json must not leave train.json of the new run beside
     val.json / test_questions.jsonl of the old one (test locations of one run would be training data of the other)."""
-    import addressvlm.vqa as vqa
+    import addressvlm.data.vqa as vqa
 
     out = tmp_path / "vqa"
     build_vqa(city, out, seed=0)
@@ -468,9 +470,9 @@ def test_vqa_output_folder_with_foreign_files_is_refused(city, tmp_path):
 
 
 def test_views_differing_only_by_extension_get_distinct_ids_and_grafts():
-    from addressvlm.graft import grafted_name
-    from addressvlm.records import Location
-    from addressvlm.vqa import view_names
+    from addressvlm.data.graft import grafted_name
+    from addressvlm.core.records import Location
+    from addressvlm.data.vqa import view_names
 
     rows = [Location(image=image, location_id="loc1", lat=0.0, lon=0.0, street="Ash Street", district="Hill")
             for image in ("img/x.jpg", "img/x.png", "img/x.jpeg", "other/x.jpg", "img/y.jpg")]

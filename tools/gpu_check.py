@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from addressvlm.training.launcher import train as launch
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "stage1_pitts.py"
@@ -33,7 +32,7 @@ def write_random_release(root: Path, tokenizer_dir: Path) -> Path:
     from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, Phi3Config,
                               Phi3ForCausalLM)
 
-    from addressvlm.memory import release_config
+    from addressvlm.releases.shapes import release_config
     from xtuner.model.modules import ProjectorConfig, ProjectorModel
 
     torch.manual_seed(0)
@@ -54,7 +53,7 @@ def write_random_release(root: Path, tokenizer_dir: Path) -> Path:
 
 
 def sample_data(city: Path, records: int, out: Path) -> Path:
-    from addressvlm.records import read_llava_json, write_llava_json
+    from addressvlm.core.records import read_llava_json, write_llava_json
 
     rows = read_llava_json(city / "stage1" / "train.json")[:records]
     if len(rows) < records:
@@ -65,28 +64,19 @@ def sample_data(city: Path, records: int, out: Path) -> Path:
 
 def train(recipe: Path, release: Path, data: Path, city: Path, steps: int, batch: int, work_dir: Path,
           deepspeed: bool = True) -> dict:
-    from addressvlm.runtime import format_option, load_recipe, model_root_options
-
     work_dir.mkdir(parents=True)
-    options = model_root_options(load_recipe(str(recipe)), str(release)) + [
-        format_option(k, v) for k, v in {
+    start = time.perf_counter()
+    try:
+        launch(str(recipe), work_dir, str(release), device="gpu", overrides={
             "train_dataloader.dataset.data_path": str(data), "train_dataloader.dataset.image_folder": str(city),
             "train_dataloader.batch_size": batch, "train_dataloader.sampler.per_device_batch_size": batch,
             "optim_wrapper.accumulative_counts": 1, "default_hooks.logger.interval": 1,
             "default_hooks.checkpoint.interval": 10 * steps, "train_dataloader.num_workers": 4,
-            "param_scheduler.0.end": 0.1, "param_scheduler.1.begin": 0.1, "randomness.seed": 0}.items()]
-    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": "29517"}
-    command = [sys.executable, "-m", "xtuner.tools.train", str(recipe), "--work-dir", str(work_dir)]
-    command += ["--deepspeed", "deepspeed_zero2"] if deepspeed else []
-    start = time.perf_counter()
-    log_path = work_dir.parent / f"{work_dir.name}.log"
-    with open(log_path, "w") as log:
-        done = subprocess.run([*command, "--cfg-options", *options], env=env, stdout=log, stderr=subprocess.STDOUT)
+            "param_scheduler.0.end": 0.1, "param_scheduler.1.begin": 0.1, "randomness.seed": 0},
+            log_file=work_dir.parent / f"{work_dir.name}.log", deepspeed="deepspeed_zero2" if deepspeed else None)
+    except RuntimeError as error:
+        raise SystemExit(f"error: {error}") from None
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        tail = log_path.read_text(errors="replace")[-3000:]
-        raise SystemExit(f"error: training failed (exit {done.returncode}):\n{tail}")
     rows = [json.loads(line) for path in work_dir.glob("*/vis_data/scalars.json")
             for line in path.read_text().splitlines()]
     rows = [r for r in rows if "loss" in r]
@@ -122,9 +112,9 @@ def main() -> None:
               "release_written_s": time.perf_counter() - start}
     print(f"random release written in {result['release_written_s']:.0f} s", flush=True)
 
-    from addressvlm.memory import estimate
-    from addressvlm.preflight import run_preflight
-    from addressvlm.runtime import load_recipe
+    from addressvlm.checks.memory import estimate
+    from addressvlm.checks.preflight import run_preflight
+    from addressvlm.training.recipes import load_recipe
 
     figures = run_preflight(str(RECIPE), str(release), steps=2, device="cuda")
     result["preflight"] = {k: figures[k] for k in ("trainable_params", "frozen_params", "dtypes", "losses",
@@ -151,7 +141,7 @@ def check_minicpmv_tiny(args, out: Path) -> None:
     training through AmpOptimWrapper and through DeepSpeed ZeRO-2 (the tiny stand-in: no release weights)."""
     import torch
 
-    from addressvlm.preflight import run_preflight
+    from addressvlm.checks.preflight import run_preflight
     from addressvlm.standins.tiny_minicpmv import write_tiny_minicpmv
 
     release = write_tiny_minicpmv(out / "MiniCPM-V-2_6", hidden=128, vision_hidden=64)

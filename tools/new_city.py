@@ -8,7 +8,7 @@ Example:
 import argparse
 from pathlib import Path
 
-from addressvlm.city_recipes import check_city_name, write_city_recipes
+from addressvlm.data.city_recipes import check_city_name, write_city_recipes
 
 # This checkout's recipes: the package may be installed from another clone.
 CHECKOUT_RECIPES = Path(__file__).resolve().parent.parent / "recipes"

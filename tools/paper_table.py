@@ -24,8 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from addressvlm.paper_tables import TABLES, DemoScale, RecipeScale, default_folder, fill_table  # noqa: E402
-from addressvlm.records import DataError  # noqa: E402
+from addressvlm.runs.paper_tables import TABLES, DemoScale, RecipeScale, default_folder, fill_table  # noqa: E402
+from addressvlm.core.records import DataError  # noqa: E402
+from addressvlm.demo.pipeline import make_model  # noqa: E402
+from addressvlm.runs.engine import DemoSettings  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from addressvlm.labels import BackendUnavailable, check_backend
+    from addressvlm.data.label_backends import BackendUnavailable, check_backend
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -80,8 +82,6 @@ def main(argv=None) -> int:
     if args.device == "gpu":
         runner = RecipeScale(city, out, work, gpus=args.gpus, deepspeed=args.deepspeed)
     else:
-        from addressvlm.demo.pipeline import DemoSettings
-
         demo_model = REPO / "demo_output" / "models" / "llava-phi-3-mini-xtuner"
         model_root, demo_work = args.model_root, None
         if model_root is None and not args.quick and city.resolve() == (REPO / "data" / "helsinki").resolve() \
@@ -92,6 +92,9 @@ def main(argv=None) -> int:
         settings = DemoSettings.quick() if args.quick else DemoSettings()
         runner = DemoScale(city, out, work, settings, model_root or work / "models" / "llava-phi-3-mini-xtuner",
                            demo_work)
+        if not (runner.paths.models / "projector" / "config.json").is_file():
+            print(f"tiny model -> {runner.paths.models}", flush=True)
+            make_model(runner.paths, settings)
     if args.label_backend == "rule":
         print("note: stage-1 variants get rule-backend reasons, the demo's stand-in; the paper writes them with an "
               "LVLM (--label-backend openai)", file=sys.stderr)

@@ -8,7 +8,8 @@ import argparse
 import sys
 from dataclasses import replace
 
-from addressvlm.demo.pipeline import MISSED_TARGETS_EXIT, DemoSettings, read_targets, run_demo
+from addressvlm.demo.pipeline import MISSED_TARGETS_EXIT, read_targets, run_demo
+from addressvlm.runs.engine import DemoSettings
 
 
 def main() -> None:

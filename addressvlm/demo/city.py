@@ -25,7 +25,7 @@ from shapely.ops import linemerge, unary_union
 
 from addressvlm.demo.city_map import (ADDRESS_HIGHWAYS, ATTRIBUTION, DEFAULT_LEVELS, PROJECTED_CRS, CityMap,
                                       load_city)
-from addressvlm.records import DataError, Location, write_atomic, write_locations
+from addressvlm.core.records import DataError, Location, write_atomic, write_locations
 from addressvlm.demo.render import StreetScene, render_satellite, render_street_view, street_colour_code
 
 # ============================================================================================ locations

@@ -14,7 +14,7 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 from shapely.ops import linemerge, polygonize, unary_union
 
 from addressvlm.demo.osm import OsmElements, bundled_extract, read_osm_pbf
-from addressvlm.records import DataError
+from addressvlm.core.records import DataError
 
 ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
 PROJECTED_CRS = "EPSG:3067"  # ETRS-TM35FIN: metres, the national grid of Finland
@@ -32,7 +32,10 @@ PLACE_KINDS = ("suburb", "quarter", "neighbourhood")
 
 # ============================================================================================ the city map
 @dataclass(frozen=True)
-class Street:
+class StreetWay:
+    """A named (or unnamed) OSM highway way, in projected metres: what the renderers draw (``geo.streets.Street``
+    is a street of a city's streets file, in lon/lat)."""
+
     name: str
     highway: str
     osm_id: int
@@ -47,7 +50,10 @@ class Building:
 
 
 @dataclass(frozen=True)
-class Address:
+class AddressPoint:
+    """An OSM house number on its street, in projected metres (``data.ingest.Address`` is a parsed address
+    string)."""
+
     point: Point
     street: str
     housenumber: str
@@ -65,9 +71,9 @@ class CityMap:
     """What the renderers and the location sampler need, in projected metres (``PROJECTED_CRS``)."""
 
     bounds: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax: the box that the extract fully covers
-    streets: list[Street]
+    streets: list[StreetWay]
     buildings: list[Building]
-    addresses: list[Address]
+    addresses: list[AddressPoint]
     pois: list[Poi]
     green: list[Polygon]
     water: list[Polygon]
@@ -169,9 +175,9 @@ def load_city(pbf_path: str | Path | None = None) -> CityMap:
                 if poly is not None:
                     paved.append(proj(poly))
             elif tags.get("name"):
-                streets.append(Street(tags["name"], tags["highway"], way_id, proj(LineString(coords))))
+                streets.append(StreetWay(tags["name"], tags["highway"], way_id, proj(LineString(coords))))
             else:
-                streets.append(Street("", tags["highway"], way_id, proj(LineString(coords))))
+                streets.append(StreetWay("", tags["highway"], way_id, proj(LineString(coords))))
         if tags.get("railway") == "tram":
             tram.append(proj(LineString(coords)))
         elif tags.get("railway") in ("rail", "light_rail", "subway") and tags.get("tunnel") != "yes":
@@ -208,7 +214,7 @@ def load_city(pbf_path: str | Path | None = None) -> CityMap:
     for node_id, tags in osm.node_tags.items():
         point = Point(fwd(*osm.nodes[node_id]))
         if tags.get("addr:street") and tags.get("addr:housenumber"):
-            addresses.append(Address(point, tags["addr:street"], tags["addr:housenumber"]))
+            addresses.append(AddressPoint(point, tags["addr:street"], tags["addr:housenumber"]))
         kind = next((tags[k] for k in ("shop", "amenity", "tourism", "office") if k in tags), None)
         if kind and tags.get("name"):
             pois.append(Poi(point, tags["name"], kind))
@@ -221,7 +227,8 @@ def load_city(pbf_path: str | Path | None = None) -> CityMap:
             coords = _way_coords(osm, refs)
             if coords:
                 centre = LineString(coords).centroid if len(coords) > 1 else Point(coords[0])
-                addresses.append(Address(Point(fwd(centre.x, centre.y)), tags["addr:street"], tags["addr:housenumber"]))
+                addresses.append(AddressPoint(Point(fwd(centre.x, centre.y)), tags["addr:street"],
+                                              tags["addr:housenumber"]))
 
     districts_ll, method = rebuild_district_polygons(osm)
     if not districts_ll:

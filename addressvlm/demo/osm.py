@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from addressvlm.records import DataError
+from addressvlm.core.records import DataError
 
 # ============================================================================================ OSM PBF reading
 @dataclass

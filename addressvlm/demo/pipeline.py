@@ -11,12 +11,30 @@ import json
 import shutil
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from addressvlm.demo.report import targets_summary
-from addressvlm.demo.retrieval import RetrievalSettings
-from addressvlm.records import read_locations, read_questions, write_atomic
+from addressvlm.answering.error_figures import district_confusion, draw_district_confusion, draw_street_errors
+from addressvlm.answering.ranking import rank_questions
+from addressvlm.answering.scoring import paired_comparison, read_ranked_names, top_k_accuracy
+from addressvlm.answering.street_distribution import (count_streets, draw_street_distribution, model_sampler,
+                                                      pick_test_images, read_sampled_answers, sample_before_and_after)
+from addressvlm.answering.street_error import street_error_files
+from addressvlm.core.records import read_llava_json, read_locations, read_predictions, read_questions, write_atomic
+from addressvlm.data.gazetteer import build_gazetteer
+from addressvlm.data.graft import city_pairs, graft_batch, grafted_name, reserved_fraction
+from addressvlm.data.labels import make_labels
+from addressvlm.data.stage1_json import build_stage1_json
+from addressvlm.data.vqa import build_vqa, pin_splits
+from addressvlm.demo import retrieval
+from addressvlm.demo.city import build_demo_city
+from addressvlm.demo.report import LABELS, answer_spread, learning_targets, render_report, targets_summary
+from addressvlm.geo.crop import crop_city
+from addressvlm.geo.streets import read_street_map
+from addressvlm.runs.engine import (DemoSettings, Paths, answer_and_score, drop_stale,
+                                    held_out_questions, load_model, train_recipe)
+from addressvlm.standins.reading_warmup import ReadingWarmup, names_from_locations, read_warmup_result
+from addressvlm.standins.tiny import TinySize, make_tiny_llava
 
 ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
 MODELS = ("zero_shot", "stage2_only", "stage1_stage2")
@@ -27,62 +45,6 @@ TARGETS_FILE = "targets.json"
 MISSED_TARGETS_EXIT = 3
 RUN_NAMES = {"stage1_helsinki": "stage 1", "retrieval": "retrieval data and both retrievers (beside stage 1)",
              "stage1_stage2": "stage 2 after stage 1 (AddressVLM)", "stage2_only": "stage 2 only (Baseline)"}
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    seed: int = 0
-    locations: int = 240
-    views: int = 4
-    image_size: int = 112          # the tiny CLIP's input side (8 x 8 patches of 14 px)
-    # 96 wide rather than 128: every step costs about two thirds, and the warm-up learns to choose among options
-    # better (docs/experiments.md, "Twelve minutes").
-    hidden: int = 96
-    layers: int = 4
-    # Batches of 8 at 2e-3 rather than 16 at 1e-3: twice the updates for the same epochs and about the same time,
-    # which is what street judgment and choice were short of (docs/experiments.md, "Street judgment and choice").
-    batch_size: int = 8
-    lr: float = 2e-3
-    # Table A1's rank 128 is wider than this model and costs as much as the frozen layers it adapts; rank 32 trained
-    # a stage-2 epoch of the 128-wide model in about three quarters of the time.
-    lora_rank: int = 32
-    # The cap on the tiny LLM's reading warm-up, its stand-in for language pre-training: it stops as soon as every
-    # question kind reaches its target (addressvlm/standins/reading_warmup.py).
-    reading_max_steps: int = 3000
-    stage1_epochs: int = 2
-    stage2_epochs: int = 8
-    # The paper's multi-turn conversations, in shuffled turn order. Single-turn records match the test format but,
-    # in the minutes a CPU has, teach the tiny model less (docs/experiments.md, "Turn order").
-    single_turn: bool = False
-    warmup_iters: int = 10
-    crop_metres: float = 240.0
-    street_samples: int = 100      # Fig. 5: 100 answers at temperature 0.8
-    street_images: int = 2
-    # Threads of the warm-up and of stage 1, which run alone, and of each of the two stage-2 runs, which train side
-    # by side (train_side_by_side). Fixed counts keep the figures independent of the machine's core count.
-    threads: int = 2
-    threads_per_run: int = 1
-    # The two cross-view retrievers (addressvlm/demo/retrieval.py), trained beside stage 1.
-    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
-
-    @classmethod
-    def quick(cls) -> "DemoSettings":
-        """A few steps of everything: for the test that checks every artefact."""
-        return cls(locations=24, views=2, image_size=56, hidden=64, layers=2, batch_size=8, reading_max_steps=20,
-                   stage1_epochs=1, stage2_epochs=1, warmup_iters=2, street_samples=6, street_images=1,
-                   retrieval=RetrievalSettings.quick())
-
-
-@dataclass
-class Paths:
-    out: Path
-    city: Path
-    work: Path
-    recipes: Path = Path(__file__).resolve().parents[2] / "recipes"
-    models: Path = field(init=False)
-
-    def __post_init__(self):
-        self.models = self.out / "models" / "llava-phi-3-mini-xtuner"
 
 
 class Steps:
@@ -148,44 +110,17 @@ def claim_folders(paths: Paths, s: DemoSettings) -> None:
 
 # --------------------------------------------------------------------------------------------- data
 def build_city(paths: Paths, s: DemoSettings):
-    from addressvlm.demo.city import build_demo_city
-
     if (paths.city / "city.json").is_file() and (paths.city / "locations.csv").is_file():
         return "kept the city built earlier"
     return build_demo_city(paths.city, seed=s.seed, locations=s.locations, views=s.views)
 
 
-def pin_splits(paths: Paths, s: DemoSettings):
-    from addressvlm.vqa import pin_splits as pin
-
-    return pin(paths.city / "locations.csv", s.seed)
-
-
 def build_stage2_data(paths: Paths, s: DemoSettings):
-    from addressvlm.vqa import build_vqa
-
     return build_vqa(paths.city / "locations.csv", paths.city / "vqa", seed=s.seed,
                      single_turn=s.single_turn)["splits"]["train"]
 
 
-def held_out_questions(paths: Paths) -> Path:
-    """The questions the demo answers and scores: the test split's and the validation split's together. Nothing in
-    the demo is chosen on the validation split, so both are held out, and three times the test split's questions
-    let differences of a few points be told from noise (docs/experiments.md, "Evidence that holds")."""
-    from addressvlm.records import write_questions
-
-    vqa = paths.city / "vqa"
-    sources = [vqa / "test_questions.jsonl", vqa / "val_questions.jsonl"]
-    held_out = paths.city / "held_out_questions.jsonl"  # beside vqa/, which build_vqa owns whole
-    if not held_out.is_file() or any(src.stat().st_mtime > held_out.stat().st_mtime for src in sources):
-        write_questions(held_out, [q for src in sources for q in read_questions(src)])
-    return held_out
-
-
 def build_stage1_data(paths: Paths, s: DemoSettings):
-    from addressvlm.geo.crop import crop_city
-    from addressvlm.graft import city_pairs, graft_batch, reserved_fraction
-    from addressvlm.labels import build_stage1_json, make_labels
 
     stage1 = paths.city / "stage1"
     delta = 0.5
@@ -203,10 +138,6 @@ def build_stage1_data(paths: Paths, s: DemoSettings):
 def make_model(paths: Paths, s: DemoSettings):
     """The tiny LLaVA-Phi3-mini, its tokenizer trained on the city's own questions and answers, its LLM warmed up
     on reading the city's names."""
-    from addressvlm.standins.reading_warmup import ReadingWarmup, names_from_locations
-    from addressvlm.records import read_llava_json
-    from addressvlm.standins.tiny import TinySize, make_tiny_llava
-
     if (paths.models / "projector" / "config.json").is_file():
         return "kept the model made earlier"
     corpus = [turn["value"] for name in ("vqa/train.json", "stage1/train.json")
@@ -219,87 +150,6 @@ def make_model(paths: Paths, s: DemoSettings):
 
 
 # --------------------------------------------------------------------------------------------- training
-def lora_overrides(s: DemoSettings, recipe: str | Path) -> dict:
-    """The demo's LoRA size for each adapter ``recipe`` declares, for training and for loading what was trained
-    (lora_alpha = 2 x rank, as the recipes)."""
-    from addressvlm.runtime import load_recipe
-
-    model = load_recipe(str(recipe)).model
-    return {f"model.{adapter}.{key}": value for adapter in ("llm_lora", "visual_encoder_lora") if model.get(adapter)
-            for key, value in (("r", s.lora_rank), ("lora_alpha", 2 * s.lora_rank))}
-
-
-def run_overrides(paths: Paths, s: DemoSettings, recipe: str | Path, data_file: str, epochs: int,
-                  n_records: int) -> dict:
-    iters_per_epoch = max(1, -(-n_records // s.batch_size))
-    warmup_epochs = min(0.5 * epochs, s.warmup_iters / iters_per_epoch)
-    return {
-        **lora_overrides(s, recipe),
-        "train_dataloader.dataset.data_path": str(paths.city / data_file),
-        "train_dataloader.dataset.image_folder": str(paths.city) + "/",
-        "train_dataloader.batch_size": s.batch_size,
-        "train_dataloader.sampler.per_device_batch_size": s.batch_size,
-        "optim_wrapper.accumulative_counts": 1,
-        "optim_wrapper.optimizer.lr": s.lr,
-        "train_cfg.max_epochs": epochs,
-        "param_scheduler.0.end": warmup_epochs,
-        "param_scheduler.1.begin": warmup_epochs,
-        "param_scheduler.1.end": epochs,
-        "default_hooks.logger.interval": 10,
-        "default_hooks.checkpoint.interval": 10 ** 9,  # the final checkpoint only
-        "default_hooks.checkpoint.max_keep_ckpts": 1,
-        "randomness.seed": s.seed,
-        # Activation checkpointing trades compute for GPU memory; a tiny model on CPU has memory to spare.
-        "model.use_activation_checkpointing": False,
-    }
-
-
-# The overrides that name files: a run's record holds what they name by identity instead (runtime.run_inputs).
-PATH_OVERRIDES = ("train_dataloader.dataset.data_path", "train_dataloader.dataset.image_folder",
-                  "model.init_from_work_dir")
-
-
-def planned_run(paths: Paths, s: DemoSettings, recipe: Path, data_file: str, epochs: int, init_from: Path | None,
-                image_folder: Path | None = None, stage2: bool = True) -> tuple[dict, dict]:
-    """``(overrides, settings)`` of a run of ``recipe`` at the demo's scale on ``paths.city``'s ``data_file``: what
-    training gets, and what is recorded beside the run (the recipe, its overrides but paths, the model folder's
-    identity, and what it trains on: ``runtime.run_inputs``). A stage 2 starts from ``init_from`` (None: from the
-    release, as the Baseline)."""
-    from addressvlm.records import file_identity, read_llava_json
-    from addressvlm.runtime import run_inputs
-
-    overrides = run_overrides(paths, s, recipe, data_file, epochs, len(read_llava_json(paths.city / data_file)))
-    if image_folder is not None:
-        overrides["train_dataloader.dataset.image_folder"] = str(image_folder) + "/"
-    if stage2:
-        overrides["model.init_from_work_dir"] = str(init_from) if init_from else None
-    settings = {"recipe": str(recipe), "overrides": {k: v for k, v in overrides.items() if k not in PATH_OVERRIDES},
-                "model": file_identity(paths.models),
-                **run_inputs(paths.city, data_file, overrides["train_dataloader.dataset.image_folder"],
-                             init_from if stage2 else None)}
-    return overrides, settings
-
-
-def train_recipe(paths: Paths, s: DemoSettings, recipe: Path, name: str, data_file: str, epochs: int,
-                 init_from: Path | None, threads: int, bar_row: int = 0, image_folder: Path | None = None,
-                 stage2: bool = True) -> Path:
-    """Train ``recipe`` as ``planned_run`` plans it into ``paths.work / name`` and record its settings and time
-    beside it; a run that finished before with the same settings is kept, one trained otherwise is refused
-    (``runtime.finished_run``)."""
-    from addressvlm.records import write_run_record
-    from addressvlm.runtime import finished_run, train
-
-    work_dir = paths.work / name
-    overrides, settings = planned_run(paths, s, recipe, data_file, epochs, init_from, image_folder, stage2)
-    if finished_run(work_dir, settings) is not None:
-        return work_dir
-    started = time.perf_counter()
-    train(str(recipe), work_dir, str(paths.models), overrides=overrides, progress=True, name=name, threads=threads,
-          bar_row=bar_row)
-    write_run_record(work_dir, settings, time.perf_counter() - started)
-    return work_dir
-
-
 def train_stage(paths: Paths, s: DemoSettings, stage: int, name: str, init_from: Path | None, threads: int,
                 bar_row: int = 0):
     return train_recipe(paths, s, paths.recipes / f"stage{stage}_helsinki.py", name,
@@ -313,8 +163,6 @@ def train_side_by_side(paths: Paths, s: DemoSettings) -> dict[str, float]:
     beside the Baseline's (stage 2 alone), each run on ``threads_per_run``: a model this small keeps one core busier
     than it keeps two, so two runs together finish sooner than one after the other. Returns each lane's seconds."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from addressvlm.demo import retrieval
 
     def timed(fn, *args, **kwargs):
         start = time.perf_counter()
@@ -338,72 +186,10 @@ def train_side_by_side(paths: Paths, s: DemoSettings) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------- answers and scores
-def load_model(paths: Paths, s: DemoSettings, name: str, recipe: Path | None = None):
-    """The model trained into ``paths.work / name`` (``zero_shot``: the untuned release), built by ``recipe``
-    (default: the demo's stage-2 recipe)."""
-    from addressvlm.infer import load_release_model, load_xtuner_model
-    from addressvlm.runtime import format_option, load_recipe, model_root_options
-
-    recipe = str(recipe or paths.recipes / "stage2_helsinki.py")
-    options = model_root_options(load_recipe(recipe), str(paths.models)) + [
-        format_option(key, value) for key, value in lora_overrides(s, recipe).items()]
-    if name == "zero_shot":
-        return load_release_model(recipe, options)
-    return load_xtuner_model(recipe, paths.work / name, options)
-
-
-def weights_settings(paths: Paths, name: str) -> dict:
-    """Which weights answer as ``name``, as recorded beside its answers: the identity of its run's checkpoint
-    (``infer.weights_identity``, as eval/infer.py records it); nothing for the untuned release."""
-    from addressvlm.infer import weights_identity
-
-    return {} if name == "zero_shot" else {"weights": weights_identity(paths.work / name)}
-
-
-def drop_stale(output: Path, paths: Paths, name: str) -> dict:
-    """Remove ``output`` unless the present weights of ``name`` wrote it (no settings beside it, or other weights
-    recorded there), so that only what this model started is resumed; return the settings to record."""
-    from addressvlm.records import read_settings
-
-    model = weights_settings(paths, name)
-    recorded = read_settings(output) if output.exists() else None
-    if output.exists() and (recorded is None or recorded.get("weights") != model.get("weights")):
-        output.unlink()
-    return model
-
-
-def answer_and_score(paths: Paths, s: DemoSettings, name: str, recipe: Path | None = None) -> tuple[dict, dict]:
-    """Answer the test questions with one model (``load_model``'s) and score them: (metrics, which answers it
-    gave)."""
-    from addressvlm.demo.report import answer_spread
-    from addressvlm.infer import answer_questions
-    from addressvlm.scoring import score, score_each
-    from addressvlm.records import read_predictions
-
-    questions = read_questions(held_out_questions(paths))
-    predictions_path = paths.out / "predictions" / f"{name}.jsonl"
-    model_settings = drop_stale(predictions_path, paths, name)
-    answer_questions(load_model(paths, s, name, recipe), questions, predictions_path, image_folder=paths.city,
-                     model_settings=model_settings)
-    predictions = {qid: text for qid, (_, text) in read_predictions(predictions_path).items()}
-    metrics = score(questions, predictions)
-    write_atomic(paths.out / "metrics" / f"{name}.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    return metrics, answer_spread(score_each(questions, predictions))
-
-
 def rank_and_measure(paths: Paths, s: DemoSettings, name: str) -> dict:
     """Beyond exact match, for one tuned model: every district, street and address of the city ranked by the model's
     likelihood for each generation question (top-1/top-5), the metre error of the street it generated and of its
     top-ranked street, and two pictures (the district confusion, the error map). Returns the metrics."""
-    from addressvlm.demo.report import LABELS
-    from addressvlm.error_figures import district_confusion, draw_district_confusion, draw_street_errors
-    from addressvlm.gazetteer import build_gazetteer
-    from addressvlm.geo.street_error import street_error_files
-    from addressvlm.geo.streets import read_street_map
-    from addressvlm.ranking import rank_questions
-    from addressvlm.records import read_predictions
-    from addressvlm.scoring import read_ranked_names, top_k_accuracy
-
     questions_path = held_out_questions(paths)
     ranked_path = paths.out / "predictions" / f"{name}.ranked.jsonl"
     model_settings = drop_stale(ranked_path, paths, name)
@@ -430,11 +216,6 @@ def rank_and_measure(paths: Paths, s: DemoSettings, name: str) -> dict:
 def retrieve_and_restrict(paths: Paths, s: DemoSettings) -> dict:
     """Both retrievers' R@K on the test split, and AddressVLM's closed-set ranking restricted to the names of the
     LVLM retriever's top tiles per street view, beside its ranking over every name of the city."""
-    from addressvlm.demo import retrieval
-    from addressvlm.gazetteer import build_gazetteer
-    from addressvlm.ranking import rank_questions
-    from addressvlm.scoring import read_ranked_names, top_k_accuracy
-
     results = retrieval.evaluate(paths, s.retrieval, s.seed)
     questions_path = paths.city / "vqa" / "test_questions.jsonl"
     ranked_path = paths.out / "predictions" / "stage1_stage2.ranked_retrieved.jsonl"
@@ -459,10 +240,6 @@ def street_distribution(paths: Paths, s: DemoSettings) -> list[Path]:
     """Fig. 5 for a few test images (Appendix D.1, ``street_distribution.sample_before_and_after``): the zero-shot
     model's choices among the streets the tuned model named, the options shuffled. The paper's "after" model is the
     stage-1 model; here it is AddressVLM's stage 2, since the tiny stage-1 model answers in reasons, not names."""
-    from addressvlm.geo.streets import read_street_map
-    from addressvlm.street_distribution import (count_streets, draw_street_distribution, model_sampler,
-                                                pick_test_images, read_sampled_answers, sample_before_and_after)
-
     rows = read_locations(paths.city / "locations.csv")
     chosen = pick_test_images(rows, s.street_images)
     street_map = read_street_map(paths.city / "streets.geojson")
@@ -494,8 +271,6 @@ def street_distribution(paths: Paths, s: DemoSettings) -> list[Path]:
 # --------------------------------------------------------------------------------------------- report
 def copy_pictures(paths: Paths) -> dict[str, list[str]]:
     """A few inputs for the report: street views, a labelled crop, grafted samples."""
-    from addressvlm.graft import grafted_name
-
     pictures = paths.out / "pictures"
     pictures.mkdir(parents=True, exist_ok=True)
     rows = [r for r in read_locations(paths.city / "locations.csv") if r.split == "train"][:3]
@@ -533,11 +308,6 @@ def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spread
                  retrieved: dict | None = None) -> tuple[Path, list[dict]]:
     """report.md, with AddressVLM and the Baseline paired by question (metrics/paired.json) and the learning
     targets checked (metrics/targets.json). Returns the report and the targets."""
-    from addressvlm.demo.report import learning_targets, render_report
-    from addressvlm.records import read_predictions
-    from addressvlm.scoring import paired_comparison
-    from addressvlm.standins.reading_warmup import read_warmup_result
-
     questions = read_questions(held_out_questions(paths))
     reading = read_warmup_result(paths.models)
     majority = majority_shares(questions)
@@ -580,7 +350,7 @@ def _run_steps(paths: Paths, settings: DemoSettings) -> Path:
     s = settings
     claim_folders(paths, s)
     summary = steps.run("build the Helsinki demo city", build_city, paths, s)
-    steps.run("pin location-disjoint splits (7:2:1)", pin_splits, paths, s)
+    steps.run("pin location-disjoint splits (7:2:1)", pin_splits, paths.city / "locations.csv", s.seed)
     steps.run("stage-2 VQA (templates of Tables B4/B5)", build_stage2_data, paths, s)
     steps.run("stage-1 data: labelled crops, grafts, rule reasons", build_stage1_data, paths, s)
     steps.run("tiny LLaVA-Phi3-mini", make_model, paths, s)
@@ -589,7 +359,7 @@ def _run_steps(paths: Paths, settings: DemoSettings) -> Path:
     steps.times.update({f"  of which {RUN_NAMES[name]}": seconds for name, seconds in runs.items()})
     scored = {name: steps.run(f"answer and score: {name}", answer_and_score, paths, s, name) for name in MODELS}
     metrics = {name: result[0] for name, result in scored.items()}
-    spreads = {name: result[1] for name, result in scored.items()}
+    spreads = {name: answer_spread(result[1]) for name, result in scored.items()}
     closed_set = {name: steps.run(f"rank the city's names, metre errors: {name}", rank_and_measure, paths, s, name)
                   for name in TUNED}
     retrieved = steps.run("retrieval: R@K of both retrievers; AddressVLM ranking among retrieved names",

@@ -1,8 +1,9 @@
 """The demo's report.md: the Table-2-style comparison, each accuracy tested against guessing, pictures, step times."""
 from __future__ import annotations
 
-from addressvlm.records import DEFAULT_LEVEL_NAMES
-from addressvlm.scoring import METRICS, binomial_p_value, chance_accuracy, metric_headers
+from addressvlm.answering.scoring import METRICS, binomial_p_value, chance_accuracy, metric_headers
+from addressvlm.core.records import DEFAULT_LEVEL_NAMES
+from addressvlm.demo.retrieval import LABELS as RETRIEVER_LABELS
 
 TESTED = {"A_d_J": "judgment", "A_d_M": "multiple_choice", "A_s_J": "judgment", "A_s_M": "multiple_choice"}
 LABELS = {"zero_shot": "zero-shot (no tuning)", "stage2_only": "Baseline (stage 2 only)",
@@ -175,8 +176,6 @@ def closed_set_table(closed_set: dict[str, dict]) -> str:
 def retrieval_section(retrieved: dict) -> list[str]:
     """Both retrievers' R@K (each kind of query against the test split's tiles, with the binomial test of R@1
     against chance), and AddressVLM's ranking among the retrieved tiles' names beside its ranking over the city."""
-    from addressvlm.demo.retrieval import LABELS as RETRIEVER_LABELS
-
     lines = ["## Cross-view retrieval: which satellite tile is this?", "",
              "Two retrievers trained here on the training locations (docs/retrieval.md): the tiny LLaVA-Phi3-mini "
              "turned retriever (the hidden state of a summarising prompt's last token, LoRA, InfoNCE) and a tiny "

@@ -7,10 +7,16 @@ thread; evaluating them comes after the stage-2 runs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-from addressvlm.records import write_atomic
+from addressvlm.answering.retrieval_encoders import load_encoder
+from addressvlm.answering.retrieval_search import evaluate_retrieval
+from addressvlm.core.records import read_retrieval_queries, write_atomic
+from addressvlm.data.retrieval_data import build_city_retrieval
+from addressvlm.runs.engine import RetrievalSettings
+from addressvlm.standins.tiny_clip import make_tiny_clip
+from addressvlm.training.launcher import train as train_recipe
+from addressvlm.training.recipes import local_run_options
 
 RETRIEVERS = ("lvlm_last_token", "clip_dual_encoder")
 RECIPES = {"lvlm_last_token": "retrieval/lvlm_helsinki.py", "clip_dual_encoder": "retrieval/clip_helsinki.py"}
@@ -18,29 +24,7 @@ LABELS = {"lvlm_last_token": "LVLM retriever (LLaVA-Phi3-mini, last token)",
           "clip_dual_encoder": "CLIP dual encoder"}
 
 
-@dataclass(frozen=True)
-class RetrievalSettings:
-    """Each retriever's demo run: the tiny LLaVA after its warm-up (projector trained too: the tiny model's is
-    random) and a tiny random CLIP (56 px: the roof and pavement colours it matches are coarse, and a step costs a
-    quarter of one at 112 px). Measured on the demo city: street view -> tile R@1 20.8 % and 29.2 % against 4.2 %
-    chance (docs/retrieval.md)."""
-    lvlm_iters: int = 80
-    lvlm_batch: int = 16
-    lvlm_lr: float = 2e-3
-    clip_iters: int = 240
-    clip_batch: int = 8
-    clip_lr: float = 5e-4
-    clip_image_size: int = 56
-    candidates_k: int = 5       # the retrieved tiles whose names restrict AddressVLM's closed-set ranking
-
-    @classmethod
-    def quick(cls) -> "RetrievalSettings":
-        return cls(lvlm_iters=4, lvlm_batch=4, clip_iters=4, clip_batch=4, clip_image_size=56)
-
-
 def build_data(paths, attribution: str) -> str:
-    from addressvlm.retrieval.build import build_city_retrieval
-
     if (paths.city / "retrieval" / "queries.jsonl").is_file():
         return "kept the retrieval data built earlier"
     # One worker: this runs beside stage 1, which has the other core.
@@ -53,9 +37,6 @@ def clip_root(paths) -> Path:
 
 def make_clip(paths, r: RetrievalSettings, seed: int) -> Path:
     """A tiny random CLIP whose tokenizer is trained on the training split's scene texts."""
-    from addressvlm.records import read_retrieval_queries
-    from addressvlm.standins.tiny_clip import make_tiny_clip
-
     root = clip_root(paths)
     if (root / "config.json").is_file():
         return root
@@ -87,8 +68,6 @@ def model_root(name: str, paths) -> Path:
 
 def train(paths, r: RetrievalSettings, seed: int, bar_row: int = 1) -> dict[str, Path]:
     """Both retrievers, one after the other on one thread; finished runs are kept."""
-    from addressvlm.runtime import train as train_recipe
-
     make_clip(paths, r, seed)
     runs = {}
     for name in RETRIEVERS:
@@ -104,10 +83,6 @@ def train(paths, r: RetrievalSettings, seed: int, bar_row: int = 1) -> dict[str,
 def evaluate(paths, r: RetrievalSettings, seed: int) -> dict[str, dict]:
     """R@K of each retriever on the test split (its 24 tiles the gallery), street views and texts; writes
     ``metrics/retrieval.json`` (street view -> tile, the task the issue's table names) and each one's files."""
-    from addressvlm.retrieval.encoders import load_encoder
-    from addressvlm.retrieval.search import evaluate_retrieval
-    from addressvlm.runtime import local_run_options
-
     results = {}
     for name in RETRIEVERS:
         recipe = str(paths.recipes / RECIPES[name])
@@ -121,4 +96,3 @@ def evaluate(paths, r: RetrievalSettings, seed: int) -> dict[str, dict]:
                for name, m in results.items()}
     write_atomic(paths.out / "metrics" / "retrieval.json", json.dumps(summary, indent=2) + "\n")
     return results
-

@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from addressvlm.demo.pipeline import MISSED_TARGETS_EXIT
-from addressvlm.records import write_atomic
+from addressvlm.core.records import write_atomic
+from addressvlm.demo.pipeline import MISSED_TARGETS_EXIT, read_targets
+from addressvlm.standins.reading_warmup import read_warmup_result
 
 REPO = Path(__file__).resolve().parents[2]
 CODE_PATHS = {
@@ -73,9 +74,6 @@ def run_folder(root: Path, seed: int, code_path: str) -> Path:
 def collect(out: Path) -> dict:
     """The figures of one finished demo run in ``out``: each tuned model's metrics, the warm-up's steps and the
     retrievers' R@1 per kind of query, and whether every learning target was met."""
-    from addressvlm.demo.pipeline import read_targets
-    from addressvlm.standins.reading_warmup import read_warmup_result
-
     figures: dict[str, float] = {}
     for model in MODELS:
         metrics = json.loads((out / "metrics" / f"{model}.json").read_text(encoding="utf-8"))

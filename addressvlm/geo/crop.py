@@ -22,11 +22,11 @@ from shapely import affinity
 from shapely.geometry import LineString, MultiLineString, Polygon, box
 from shapely.ops import linemerge
 
-from addressvlm.geo.raster import GeoTiffRaster, RasterError, TileFolderRaster, find_city_raster, open_raster
+from addressvlm.core.processes import default_workers, worker_pool
+from addressvlm.core.records import (DataError, JsonlAppender, location_centroids, read_jsonl, read_locations,
+                                     refuse_output_over_inputs)
+from addressvlm.geo.raster import GeoTiffRaster, RasterError, TileFolderRaster, find_city_raster, local_crs, open_raster
 from addressvlm.geo.streets import StreetMap, find_city_streets, read_street_map
-from addressvlm.records import (
-    DataError, JsonlAppender, location_centroids, read_locations, refuse_output_over_inputs,
-)
 
 HALO_FILL = (20, 20, 20)
 TEXT_FILL = (255, 255, 255)
@@ -170,8 +170,6 @@ def offset_latlon(lat: float, lon: float, east_m: float, north_m: float) -> tupl
     """The point ``east_m``/``north_m`` metres from (lat, lon) (exact through the local equidistant frame)."""
     from pyproj import Transformer
 
-    from addressvlm.geo.raster import local_crs
-
     lon2, lat2 = Transformer.from_crs(local_crs(lat, lon), "EPSG:4326", always_xy=True).transform(east_m, north_m)
     return lat2, lon2
 
@@ -292,8 +290,6 @@ def _crop_all(locations, out_dir, sources, report, size_m, pixels, jitter_m, lab
               attribution, progress, workers) -> None:
     from tqdm import tqdm
 
-    from addressvlm.processes import default_workers, worker_pool
-
     with JsonlAppender(out_dir / CROPS_INDEX, key="location_id") as index:
         todo = [loc for loc in locations if loc not in index.done or not (out_dir / crop_file_name(loc)).is_file()]
         report.already_done = len(locations) - len(todo)
@@ -325,8 +321,6 @@ def _crop_all(locations, out_dir, sources, report, size_m, pixels, jitter_m, lab
 
 def read_crop_index(crops_dir) -> dict[str, dict]:
     """``location_id -> record`` of ``crops.jsonl`` (where each crop is centred, where its location lies in it)."""
-    from addressvlm.records import read_jsonl
-
     path = Path(crops_dir) / CROPS_INDEX
     if not path.is_file():
         raise DataError(path, None, "crop index not found: run datasets_prep/crop_satellite.py first")

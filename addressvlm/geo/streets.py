@@ -18,7 +18,7 @@ from shapely.geometry import LineString, MultiLineString, Point, shape
 from shapely.strtree import STRtree
 
 from addressvlm.geo.raster import local_crs
-from addressvlm.records import DataError
+from addressvlm.core.records import DataError
 
 METRES_PER_DEGREE_LAT = 111_320.0
 
@@ -175,3 +175,14 @@ def find_city_streets(city_root: str | os.PathLike) -> Path:
     if len(pbfs) == 1:
         return pbfs[0]
     raise DataError(root, None, "no streets.geojson (or single *.osm.pbf) in the city root; pass the streets file")
+
+
+def optional_street_map(city_root: str | os.PathLike, streets: str | os.PathLike | None = None) -> StreetMap | None:
+    """``streets`` read, or when None the city's own streets (``find_city_streets``); None for a city without a
+    streets file, whose facts then leave the streets out."""
+    if streets is None:
+        try:
+            streets = find_city_streets(city_root)
+        except DataError:
+            return None
+    return read_street_map(streets)

@@ -23,7 +23,9 @@ from typing import Sequence
 
 import torch
 
-from addressvlm import templates
+from addressvlm.core import templates
+from addressvlm.core.records import read_locations, write_atomic
+from addressvlm.data.vqa import IMAGE_TOKEN, level_qa
 
 # A city has more streets than districts, and choosing among them is learned later: streets come up more often.
 LEVEL_WEIGHTS = {"district": 2.0, "street": 3.0, "address": 0.5}
@@ -73,8 +75,6 @@ class CityNames:
 def reading_record(names: CityNames, rng: random.Random) -> tuple[dict, str, str, str]:
     """One single-turn LLaVA record about a random (street, district): (record, kind, street, district), where
     kind is "level/qtype" and the record's ``<image>`` is where the passage naming both will go."""
-    from addressvlm.vqa import IMAGE_TOKEN, level_qa
-
     street, district = rng.choice(names.streets), rng.choice(names.districts)
     level = rng.choices(list(LEVEL_WEIGHTS), list(LEVEL_WEIGHTS.values()))[0]
     if level == "address":
@@ -221,8 +221,6 @@ def warm_up_reading(llm_dir: str | Path, names: CityNames, settings: ReadingWarm
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from addressvlm.records import write_atomic
-
     llm_dir = Path(llm_dir)
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     model = AutoModelForCausalLM.from_pretrained(llm_dir)
@@ -279,6 +277,4 @@ def read_warmup_result(model_dir: str | Path) -> dict | None:
 
 
 def names_from_locations(paths: Sequence[str | Path]) -> CityNames:
-    from addressvlm.records import read_locations
-
     return CityNames.of([row for path in paths for row in read_locations(path)])

@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Iterable
 
 import torch
 
+from addressvlm.releases.tokenizer import train_tokenizer
+from addressvlm.standins.reading_warmup import warm_up_reading
+
 if TYPE_CHECKING:
     from addressvlm.standins.reading_warmup import CityNames, ReadingWarmup
-
-# Phi-3's chat tokens must be single tokens, or XTuner's phi3_chat template would encode differently.
-CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-BOS, EOS, UNK = "<s>", "<|endoftext|>", "<unk>"
 
 _BASE_CORPUS = [
     "The street view in the right-upper corner appears to be taken near the intersection of two streets.",
@@ -51,26 +50,6 @@ class TinySize:
     embedding_std: float = 0.2
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int):
-    """A byte-level BPE with Phi-3's special tokens, wrapped as a ``PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[UNK, BOS, EOS, *CHAT_TOKENS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(corpus), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=UNK,
-        additional_special_tokens=CHAT_TOKENS, model_max_length=4096, padding_side="right",
-    )
-
 
 def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterable[str] = (), seed: int = 0,
                     names: "CityNames | None" = None, warmup: "ReadingWarmup | None" = None) -> Path:
@@ -102,8 +81,6 @@ def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterab
         llm.get_output_embeddings().weight.normal_(0.0, size.embedding_std)
     llm.save_pretrained(out)
     if warmup is not None:
-        from addressvlm.standins.reading_warmup import warm_up_reading
-
         if names is None:
             raise ValueError("the reading warm-up needs the city's names")
         warm_up_reading(out, names, warmup)

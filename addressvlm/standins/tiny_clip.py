@@ -8,7 +8,7 @@ from typing import Iterable
 
 import torch
 
-from addressvlm.standins.tiny import BOS, train_tokenizer
+from addressvlm.releases.tokenizer import BOS, train_tokenizer
 
 # The end token CLIP pools at. Not the shared tokenizer's <|endoftext|>: its id is 2, which transformers reads as a
 # pre-2023 CLIP config and pools at the highest token id instead.

@@ -1,4 +1,4 @@
-"""Write a tiny stand-in folder for ``openbmb/MiniCPM-V-2_6``: its remote code (``addressvlm/standins/minicpmv_code/``),
+"""Write a tiny stand-in folder for ``openbmb/MiniCPM-V-2_6``: its remote code (``addressvlm/releases/minicpmv_code/``),
 a config whose ``auto_map`` names it, random weights, a Qwen2-style tokenizer and the processor settings."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Iterable
 import torch
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-from addressvlm.remote_code import hub_code_names
+from addressvlm.training.remote_code import hub_code_names
 
 STANDIN_DIR = Path(__file__).resolve().parent / "minicpmv_code"
 REMOTE_CODE_FILES = ("configuration_minicpm.py", "modeling_minicpmv.py", "resampler.py")

@@ -1,7 +1,7 @@
 # Table 1 (paper section 3.2), row "Two images input separately", stage 1: the satellite crop and the street view as
 # two images, each its own block of 576 visual tokens in one sequence, instead of the street view grafted into the crop.
 # Changes from recipes/stage1_pitts.py: the "separate" stage-1 data (image lists), the dataset and collate function
-# for several images per sample (addressvlm/dataset.py), and max_length 2048 - 2 x 576 for the text. XTuner's LLaVA
+# for several images per sample (addressvlm/training/dataset.py), and max_length 2048 - 2 x 576 for the text. XTuner's LLaVA
 # model already fills several image positions of a sequence in order, so the model is stage 1's.
 # Data (docs/stage1.md; the crops are the paper's own, the labels answer the two-image question):
 #   python datasets_prep/crop_satellite.py --city data/pitts --size-m 200 --pixels 336 --keep-clear-for-delta 0.5
@@ -19,7 +19,7 @@ from mmengine.config import read_base
 with read_base():
     from ..stage1_pitts import *  # noqa: F401,F403
 
-from addressvlm.dataset import CityMultiImageLLaVADataset, multi_image_collate_fn  # noqa: E402
+from addressvlm.training.dataset import CityMultiImageLLaVADataset, multi_image_collate_fn  # noqa: E402
 
 images_per_sample = 2
 max_length = int(2048 - images_per_sample * (336 / 14) ** 2)  # Table A1's 2048 minus both images' 576 tokens

@@ -7,7 +7,7 @@
 #   NPROC_PER_NODE=8 xtuner train recipes/minicpmv26/stage1_pitts.py --deepspeed deepspeed_zero2
 #   NPROC_PER_NODE=8 xtuner train recipes/minicpmv26/stage2_pitts.py --deepspeed deepspeed_zero2
 # On this machine (CPU, a tiny stand-in from tools/make_tiny_minicpmv.py; see docs/minicpmv.md):
-#   python -m xtuner.tools.train recipes/minicpmv26/stage1_pitts.py --cfg-options $(python -m addressvlm.runtime \
+#   python -m xtuner.tools.train recipes/minicpmv26/stage1_pitts.py --cfg-options $(python tools/run_options.py \
 #       recipes/minicpmv26/stage1_pitts.py --model-root tiny_models/MiniCPM-V-2_6)
 # Override anything from the command line, e.g. `--cfg-options model.attn_implementation=flash_attention_2`.
 # Note: `xtuner train` exits 0 even when training fails; scripts should call `python -m xtuner.tools.train`.
@@ -24,17 +24,17 @@ from peft import LoraConfig
 from torch.optim import AdamW
 from transformers import AutoTokenizer
 
-from addressvlm.hooks import AddressMetricsHook, ResumeLoadHook, RNGStateHook
-from addressvlm.minicpmv import AddressMiniCPMV
-from addressvlm.minicpmv_dataset import MiniCPMVDataset, minicpmv_collate_fn
-from addressvlm.vis_backends import TensorboardIfInstalled
+from addressvlm.answering.hooks import AddressMetricsHook, ResumeLoadHook, RNGStateHook
+from addressvlm.training.minicpmv import AddressMiniCPMV
+from addressvlm.training.minicpmv_dataset import MiniCPMVDataset, minicpmv_collate_fn
+from addressvlm.training.vis_backends import TensorboardIfInstalled
 from xtuner.dataset.samplers import LengthGroupedSampler
 from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
 
 # Applied as the recipe is read, not when its classes are built: `xtuner train --resume` reads the checkpoint
-# before it builds anything (addressvlm/xtuner_shims.py).
-__import__("addressvlm.xtuner_shims")
+# before it builds anything (addressvlm/training/xtuner_shims.py).
+__import__("addressvlm.training.xtuner_shims")
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -42,7 +42,7 @@ __import__("addressvlm.xtuner_shims")
 # Model: the released MiniCPM-V 2.6 (loaded with trust_remote_code=True).
 model_root = "./models/MiniCPM-V-2_6"
 model_path = model_root
-torch_dtype = "bfloat16"  # the release's dtype; the CPU switch (addressvlm.runtime) loads float32
+torch_dtype = "bfloat16"  # the release's dtype; the CPU switch (addressvlm.training.recipes) loads float32
 attn_implementation = "sdpa"  # or "flash_attention_2" where flash-attn is installed
 init_from_work_dir = None  # stage 1 starts from the release itself
 
@@ -163,7 +163,7 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts,
     loss_scale="dynamic",
-    dtype="bfloat16",
+    dtype=torch_dtype,  # AMP computes in the frozen weights' dtype, as stage1_pitts.py
 )
 
 param_scheduler = [

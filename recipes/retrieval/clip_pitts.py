@@ -27,13 +27,13 @@ from mmengine.visualization import LocalVisBackend, Visualizer
 from torch.optim import AdamW
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
-from addressvlm.hooks import ResumeLoadHook, RNGStateHook
-from addressvlm.retrieval.dataset import CLIPRetrievalInputs, RetrievalPairDataset, retrieval_collate_fn
-from addressvlm.retrieval.models import CLIPDualEncoder
-from addressvlm.vis_backends import TensorboardIfInstalled
+from addressvlm.answering.hooks import ResumeLoadHook, RNGStateHook
+from addressvlm.training.retrieval_dataset import CLIPRetrievalInputs, RetrievalPairDataset, retrieval_collate_fn
+from addressvlm.training.retrieval_models import CLIPDualEncoder
+from addressvlm.training.vis_backends import TensorboardIfInstalled
 from xtuner.engine.runner import TrainLoop
 
-__import__("addressvlm.xtuner_shims")
+__import__("addressvlm.training.xtuner_shims")
 
 #######################################################################
 #                          PART 1  Settings                           #

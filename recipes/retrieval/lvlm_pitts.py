@@ -28,15 +28,15 @@ from peft import LoraConfig
 from torch.optim import AdamW
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
-from addressvlm.hooks import ResumeLoadHook, RNGStateHook
-from addressvlm.retrieval.dataset import LVLMRetrievalInputs, RetrievalPairDataset, retrieval_collate_fn
-from addressvlm.retrieval.models import LVLMRetriever
-from addressvlm.vis_backends import TensorboardIfInstalled
+from addressvlm.answering.hooks import ResumeLoadHook, RNGStateHook
+from addressvlm.training.retrieval_dataset import LVLMRetrievalInputs, RetrievalPairDataset, retrieval_collate_fn
+from addressvlm.training.retrieval_models import LVLMRetriever
+from addressvlm.training.vis_backends import TensorboardIfInstalled
 from xtuner.engine.runner import TrainLoop
 from xtuner.utils import PROMPT_TEMPLATE
 
-# Applied as the recipe is read, not when its classes are built (addressvlm/xtuner_shims.py).
-__import__("addressvlm.xtuner_shims")
+# Applied as the recipe is read, not when its classes are built (addressvlm/training/xtuner_shims.py).
+__import__("addressvlm.training.xtuner_shims")
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -45,7 +45,7 @@ llava_root = "./models/llava-phi-3-mini-xtuner"
 llm_name_or_path = llava_root
 visual_encoder_name_or_path = llava_root + "/visual_encoder"
 projector_name_or_path = llava_root + "/projector"
-torch_dtype = "bfloat16"  # frozen weights; LoRA and the temperature train in fp32 (addressvlm/precision.py)
+torch_dtype = "bfloat16"  # frozen weights; LoRA and the temperature train in fp32 (addressvlm/training/precision.py)
 
 data_root = "./data/pitts/"
 # "image" (street view -> satellite), "text" (scene text -> satellite): one model for both, as NGCG trains one
@@ -133,8 +133,8 @@ model = dict(
         bias="none",
         task_type="CAUSAL_LM",
     ),
-    # LoRA on CLIP too: model.visual_encoder_lora=dict(type=LoraConfig, r=8, lora_alpha=16, ...) (addressvlm.model
-    # places it in the layers whose output reaches the LLM).
+    # LoRA on CLIP too: model.visual_encoder_lora=dict(type=LoraConfig, r=8, lora_alpha=16, ...)
+    # (addressvlm.training.model places it in the layers whose output reaches the LLM).
     visual_encoder_lora=None,
 )
 

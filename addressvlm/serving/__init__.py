@@ -1,0 +1,2 @@
+"""Serving a trained model over HTTP (``server``) and its page (``static/``).
+"""

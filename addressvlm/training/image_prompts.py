@@ -1,0 +1,47 @@
+"""The image token and how a question around it is split and encoded, as XTuner's LLaVA datasets train it: shared by
+answering, the retrieval datasets and the tokenization check.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+
+IMAGE_TOKEN = "<image>"
+
+
+def image_turn(question: str) -> str:
+    """The user turn as training wrote it (XTuner's ``llava_map_fn``): the image token, a newline, the text."""
+    return IMAGE_TOKEN + "\n" + question.replace(IMAGE_TOKEN, "").strip()
+
+
+def split_at_image(tokenizer, text: str, bos_ids: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """Token ids before and after the single image token of ``text``, each side encoded on its own as XTuner's
+    ``encode_fn`` does (so no token straddles the image)."""
+    before, image, after = text.partition(IMAGE_TOKEN)
+    if not image or IMAGE_TOKEN in after:
+        raise ValueError(f"a prompt needs exactly one {IMAGE_TOKEN}: {text!r}")
+    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    return list(bos_ids) + encode(before), encode(after)
+
+
+def image_preprocessor(image_processor, pad_to_square: bool):
+    """PIL image or path -> ``[3, H, W]`` pixels, as ``LLaVADataset`` prepares them."""
+    from xtuner.dataset.utils import expand2square
+
+    background = tuple(int(x * 255) for x in image_processor.image_mean)
+
+    def preprocess(image) -> torch.Tensor:
+        if not isinstance(image, Image.Image):
+            image = Image.open(image)
+        image = image.convert("RGB")
+        if pad_to_square:
+            image = expand2square(image, background)
+        return image_processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
+
+    return preprocess
+
+
+# --------------------------------------------------------------------------------------------- XTuner checkpoints
