@@ -14,7 +14,7 @@ from PIL import Image
 
 from addressvlm.infer import answer_questions, load_hf_model, load_xtuner_model
 from addressvlm.records import read_predictions, read_questions
-from test_infer import RECIPE, REPO, model_options, write_city_questions, write_synthetic_checkpoint
+from helpers import RECIPE, REPO, model_options, write_city_questions, write_synthetic_checkpoint
 
 
 @pytest.fixture(scope="module")

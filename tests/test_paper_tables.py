@@ -84,7 +84,7 @@ def run_paper_table(*args: str) -> subprocess.CompletedProcess:
 def test_the_label_backend_is_checked_before_any_work(tmp_path):
     """--label-backend openai without --model, or with a --base-url where no server listens: one line, before
     the tiny model, crops or grafts are made (they took minutes before the TypeError or the silent retries)."""
-    from test_labels import closed_port_url
+    from helpers import closed_port_url
 
     (tmp_path / "city").mkdir()
     (tmp_path / "city" / "locations.csv").write_text("image\n")

@@ -33,7 +33,7 @@ from addressvlm.records import (
     write_questions,
 )
 from addressvlm.templates import ADDRESS_QUESTION, address_answer
-from test_infer import RECIPE, checkpoint, model, options  # noqa: F401 (the same model fixtures)
+from helpers import RECIPE, RETRAINED, model_options, write_synthetic_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 PLACES = [("Forbes Avenue", "Oakland"), ("Craig Street", "Oakland"), ("Fifth Avenue", "Shadyside"),
@@ -187,7 +187,6 @@ def test_cli_ranks_a_chunk_like_the_api(checkpoint, tiny_llava, city, reference,
 
 def test_a_resume_after_a_retrain_into_the_same_path_is_refused(tiny_llava, city, tmp_path):
     from addressvlm.ranking import main
-    from test_infer import RETRAINED, model_options, write_synthetic_checkpoint
 
     root, questions_path = city
     work_dir = tmp_path / "stage2"

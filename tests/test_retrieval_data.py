@@ -21,7 +21,7 @@ from addressvlm.retrieval.build import (
     ingest_cvg_text,
     ingest_geotext1652,
 )
-from test_labels import make_city
+from helpers import make_street_view_city
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_TILES = dict(size_m=120, pixels=48, workers=1, progress=False, city_name="Helsinki")
@@ -50,7 +50,7 @@ class ScriptedScenes:
 @pytest.fixture(scope="module")
 def city(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("retrieval") / "helsinki"
-    make_city(root, with_raster=True)
+    make_street_view_city(root, with_raster=True)
     return root
 
 
