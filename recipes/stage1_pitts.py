@@ -10,14 +10,8 @@
 #   python datasets_prep/build_stage1.py --city data/pitts                              -> data/pitts/stage1/train.json
 #   (no street name under the corner the street view will cover, as Table 9's delta 0.3 / 0.7 crops keep theirs, so
 #   that those rows differ from this one in delta alone)
-# Train on 8 GPUs (per-device batch 4 x 8 GPUs x accumulation 16, Table A1), then stage 2:
+# Train on 8 GPUs (per-device batch 4 x 8 GPUs x accumulation 16, Table A1), then stage 2 (recipes/stage2_pitts.py):
 #   NPROC_PER_NODE=8 xtuner train recipes/stage1_pitts.py --deepspeed deepspeed_zero2
-#   NPROC_PER_NODE=8 xtuner train recipes/stage2_pitts.py --deepspeed deepspeed_zero2
-# Evaluate stage 2 (docs/eval.md):
-#   python eval/infer.py --config recipes/stage2_pitts.py --checkpoint work_dirs/llava_phi3_mini/stage2_pitts \
-#       --questions data/pitts/vqa/test_questions.jsonl --out eval_results/llava_phi3_mini/stage2_pitts/predictions.jsonl
-#   python eval/score.py --questions data/pitts/vqa/test_questions.jsonl \
-#       --predictions eval_results/llava_phi3_mini/stage2_pitts/predictions.jsonl
 # Override anything from the command line, e.g. `--cfg-options train_dataloader.batch_size=2`.
 # Note: `xtuner train` exits 0 even when training fails; scripts should call `python -m xtuner.tools.train`.
 from mmengine.hooks import (

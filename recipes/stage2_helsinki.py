@@ -1,5 +1,7 @@
 # Written by tools/new_city.py; its --overwrite may replace this file (delete this line to keep edits).
-# AddressVLM stage 2 on helsinki: recipes/stage2_pitts.py with the city root ./data/helsinki/.
+# AddressVLM stage 2 on helsinki: recipes/stage1_pitts.py with the city root ./data/helsinki/,
+# stage 2's data and its start from stage1_helsinki: what recipes/stage2_pitts.py changes, repeated so that this
+# child stays one level deep.
 # Commands: those of recipes/stage2_pitts.py with this file; after recipes/stage1_helsinki.py.
 from mmengine.config import read_base
 

@@ -8,12 +8,7 @@
 #   python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa --seed 0
 # Train on 8 GPUs after stage 1:
 #   NPROC_PER_NODE=8 xtuner train recipes/stage2_pitts.py --deepspeed deepspeed_zero2
-# Evaluate (docs/eval.md):
-#   python eval/infer.py --config recipes/stage2_pitts.py --checkpoint work_dirs/llava_phi3_mini/stage2_pitts \
-#       --questions data/pitts/vqa/test_questions.jsonl --out eval_results/llava_phi3_mini/stage2_pitts/predictions.jsonl
-#   python eval/score.py --questions data/pitts/vqa/test_questions.jsonl \
-#       --predictions eval_results/llava_phi3_mini/stage2_pitts/predictions.jsonl
-# The paper's Baseline (stage 2 only): --cfg-options model.init_from_work_dir=None work_dir=work_dirs/llava_phi3_mini/baseline_pitts
+# Evaluate: README.md, "Evaluation" (docs/eval.md). The paper's other rows: docs/paper_tables.md.
 # Note: `xtuner train` exits 0 even when training fails; scripts should call `python -m xtuner.tools.train`.
 from mmengine.config import read_base
 

@@ -7,7 +7,8 @@ from mmengine.config import read_base
 with read_base():
     from .stage1_pitts_qlora import *  # noqa: F401,F403
 
-# The one recipe two levels deep: it shares the 4-bit settings instead of repeating them.
+# Two levels deep (over stage1_pitts_qlora.py, over stage1_pitts.py), as the stage-2 ablations are: it shares the
+# 4-bit settings instead of repeating them, and repeats stage2_pitts.py's data and start.
 data_root = "./data/pitts/"
 train_dataloader.dataset.update(data_path=data_root + "vqa/train.json", image_folder=data_root)
 model.update(init_from_work_dir="./work_dirs/llava_phi3_mini/stage1_pitts_qlora")

@@ -1,5 +1,7 @@
 # Written by tools/new_city.py; its --overwrite may replace this file (delete this line to keep edits).
-# AddressVLM stage 2 on sf: recipes/stage2_pitts.py with the city root ./data/sf/.
+# AddressVLM stage 2 on sf: recipes/stage1_pitts.py with the city root ./data/sf/,
+# stage 2's data and its start from stage1_sf: what recipes/stage2_pitts.py changes, repeated so that this
+# child stays one level deep.
 # Commands: those of recipes/stage2_pitts.py with this file; after recipes/stage1_sf.py.
 from mmengine.config import read_base
 

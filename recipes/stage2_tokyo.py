@@ -1,4 +1,6 @@
-# AddressVLM stage 2 on tokyo: recipes/stage2_pitts.py with the city root ./data/tokyo/.
+# AddressVLM stage 2 on tokyo: recipes/stage1_pitts.py with the city root ./data/tokyo/,
+# stage 2's data and its start from stage1_tokyo: what recipes/stage2_pitts.py changes, repeated so that this
+# child stays one level deep.
 # Commands: those of recipes/stage2_pitts.py with this file; after recipes/stage1_tokyo.py.
 # Table 8 (Tokyo 24/7, levels chome and street): the city as docs/data.md "Tokyo 24/7" makes it, its
 # questions from build_vqa.py --level-names chome,street.

@@ -49,11 +49,35 @@ def quick_demo(tmp_path_factory):
                            model=out / "models" / "llava-phi-3-mini-xtuner")
 
 
+@pytest.fixture(scope="module")
+def options(tiny_llava) -> list[str]:
+    """The reference recipe's (``helpers.RECIPE``) model paths moved to the tiny LLaVA."""
+    from helpers import model_options
+
+    return model_options(tiny_llava)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, options) -> Path:
+    """A stage-2 checkpoint of the tiny LLaVA whose trained tensors are moved by seeded noise, so it matters."""
+    from helpers import write_synthetic_checkpoint
+
+    return write_synthetic_checkpoint(tmp_path_factory.mktemp("work") / "stage2", options)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint, options):
+    from addressvlm.answering.loading import load_xtuner_model
+    from helpers import RECIPE
+
+    return load_xtuner_model(RECIPE, checkpoint, options)
+
+
 @pytest.fixture(scope="session")
 def tiny_minicpmv_checkpoint(tmp_path_factory, tiny_minicpmv) -> tuple[str, Path, list[str]]:
     """``(recipe, checkpoint, options)``: a MiniCPM-V stage-2 checkpoint of the tiny stand-in whose LoRA and
-    resampler tensors are all moved off their initial values (``test_infer.write_synthetic_checkpoint``)."""
-    from test_infer import model_options, write_synthetic_checkpoint
+    resampler tensors are all moved off their initial values (``helpers.write_synthetic_checkpoint``)."""
+    from helpers import model_options, write_synthetic_checkpoint
 
     recipe = str(REPO / "recipes" / "minicpmv26" / "stage2_pitts.py")
     options = model_options(tiny_minicpmv, recipe)

@@ -1,13 +1,9 @@
 """Satellite crops: metre-true centring in any CRS, XYZ tiles, labels only along roads, batch resume."""
-import json
 import math
 
 import numpy as np
 import pytest
-import rasterio
-from affine import Affine
 from PIL import Image
-from pyproj import Transformer
 from shapely.geometry import LineString, Point
 
 from addressvlm.geo.crop import (crop_city, crop_file_name, draw_street_labels, label_font, offset_latlon,
@@ -15,37 +11,9 @@ from addressvlm.geo.crop import (crop_city, crop_file_name, draw_street_labels, 
 from addressvlm.geo.raster import RasterError, open_raster
 from addressvlm.geo.streets import read_street_map
 from addressvlm.core.records import DataError, Location, write_locations
-
-LAT, LON = 60.1699, 24.9384  # central Helsinki, UTM zone 35N
-GREY = (100, 110, 120)
-RED = (255, 0, 0)
+from helpers import GREY, LAT, LON, RED, write_geotiff, write_streets
 
 
-def write_geotiff(path, crs, ground_m_per_px, half_extent_m, markers=((LAT, LON),), marker_m=4.0):
-    """A grey GeoTIFF around (LAT, LON) in ``crs`` with red squares of ``marker_m`` ground metres at ``markers``.
-
-    Pixel size in CRS units is scaled so one pixel is ``ground_m_per_px`` on the ground at LAT (Web Mercator
-    units are 1/cos(lat) larger than ground metres).
-    """
-    to_crs = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    stretch = 1 / math.cos(math.radians(LAT)) if "3857" in str(crs) else 1.0
-    unit = ground_m_per_px * stretch
-    cx, cy = to_crs.transform(LON, LAT)
-    n = int(2 * half_extent_m / ground_m_per_px)
-    transform = Affine(unit, 0, cx - n / 2 * unit, 0, -unit, cy + n / 2 * unit)
-    data = np.empty((3, n, n), np.uint8)
-    data[:] = np.array(GREY, np.uint8)[:, None, None]
-    for lat, lon in markers:
-        mx, my = to_crs.transform(lon, lat)
-        col, row = ~transform @ (mx, my)
-        r = marker_m / 2 / ground_m_per_px
-        centres = np.arange(n) + 0.5  # paint the pixels whose centres fall inside the square
-        rows, cols = np.abs(centres - row) < r, np.abs(centres - col) < r
-        data[:, rows[:, None] & cols[None, :]] = np.array(RED, np.uint8)[:, None]
-    with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=3, dtype="uint8", crs=crs,
-                       transform=transform) as ds:
-        ds.write(data)
-    return path
 
 
 def red_centroid(image):
@@ -97,26 +65,6 @@ def test_crop_from_xyz_tiles(tmp_path):
     assert abs(x - (99.5 + 30)) <= 1.0 and abs(y - 99.5) <= 1.0
     with pytest.raises(RasterError, match="no tile"):
         raster.read_square(LAT + 0.05, LON, 100.0, 200)
-
-
-def write_streets(path, extra=()):
-    """Two named streets crossing near (LAT, LON) plus a non-ASCII one, as WGS84 GeoJSON."""
-    def line(*offsets):
-        return [list(reversed(offset_latlon(LAT, LON, e, n))) for e, n in offsets]
-
-    features = [
-        {"type": "Feature", "properties": {"name": "Mannerheimintie"},
-         "geometry": {"type": "LineString", "coordinates": line((-120, -5), (120, 5))}},
-        {"type": "Feature", "properties": {"name": "Yrjönkatu"},
-         "geometry": {"type": "LineString", "coordinates": line((-60, -110), (50, 110))}},
-        {"type": "Feature", "properties": {"name": "Kaivopiha", "kind": "square"},
-         "geometry": {"type": "Point", "coordinates": line((30, 30))[0]}},
-        {"type": "Feature", "properties": {"highway": "footway"},  # unnamed: ignored
-         "geometry": {"type": "LineString", "coordinates": line((-100, 80), (100, 80))}},
-        *extra,
-    ]
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8")
-    return path
 
 
 def test_labels_are_drawn_only_along_roads(tmp_path):

@@ -17,7 +17,7 @@ from shapely.geometry import Point, shape
 from addressvlm.demo.city import build_demo_city
 from addressvlm.demo.city_map import ATTRIBUTION, load_city, rebuild_district_polygons
 from addressvlm.demo.osm import bundled_extract, read_osm_pbf
-from addressvlm.core.records import read_locations
+from addressvlm.core.records import DataError, read_locations
 
 SMALL = dict(seed=3, locations=8, views=2, image_size=(96, 72), metres_per_pixel=4.0, streets=4, progress=False)
 
@@ -41,6 +41,20 @@ def test_bundled_extract_is_read_without_network():
     west, south, east, north = osm.bbox
     assert 24.9 < west < east < 25.0 and 60.1 < south < north < 60.2
     assert len(osm.nodes) > 10_000 and len(osm.ways) > 1_000
+
+
+def test_extract_box_keeps_the_files_nanodegrees():
+    """The header's box as stored (1e-9 degrees), not rounded to libosmium's 1e-7: the box frames the satellite raster,
+    so a millimetre's shift changes every demo city built from it."""
+    west, south, east, north = read_osm_pbf(bundled_extract()).bbox
+    assert (west, south, east, north) == pytest.approx((24.935176299, 60.164155, 24.953414599, 60.179113), abs=1e-12)
+
+
+def test_truncated_extract_is_refused_naming_the_file(tmp_path):
+    cut = tmp_path / "cut.osm.pbf"
+    cut.write_bytes(Path(bundled_extract()).read_bytes()[:3000])
+    with pytest.raises(DataError, match=r"^\S*cut\.osm\.pbf: not a readable \.osm\.pbf extract: [^\n]+$"):
+        read_osm_pbf(cut)
 
 
 def test_districts_are_rebuilt_from_cut_boundaries():

@@ -15,7 +15,7 @@ from PIL import Image
 from addressvlm.answering.answering import answer_questions
 from addressvlm.answering.loading import load_hf_model, load_xtuner_model
 from addressvlm.core.records import read_predictions, read_questions
-from test_infer import RECIPE, REPO, model_options, write_city_questions, write_synthetic_checkpoint
+from helpers import RECIPE, REPO, model_options, write_city_questions, write_synthetic_checkpoint
 from scripts import script
 
 

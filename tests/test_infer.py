@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from addressvlm.training.checkpoints import CheckpointError, build_recipe_model
 from addressvlm.answering.answering import answer_questions, chunk_questions, merge_predictions, sample_answers
@@ -19,77 +18,8 @@ from addressvlm.answering.loading import load_xtuner_model
 from addressvlm.answering.chat_model import ImageQuestions
 from addressvlm.answering.prefix_cache import generate_plain, generate_shared
 from addressvlm.core.records import DataError, read_predictions, read_questions, write_questions
-
+from helpers import QUESTION_TEXTS, RECIPE, REPO, RETRAINED, write_city_questions, write_synthetic_checkpoint
 from scripts import script
-
-REPO = Path(__file__).resolve().parent.parent
-RECIPE = str(REPO / "recipes" / "stage2_pitts.py")
-
-QUESTION_TEXTS = [
-    "Tell me the district where this image was captured.",
-    "Which district is this?",
-    "Is this image taken in Kallio, Yes or No?",
-    "Identify the street in this image, please.",
-    "Is this image taken on Forbes Avenue? Answer the question using a single word or phrase.",
-    "Which of the following street correctly represents the location shown in the image? (A) Main (B) Craig "
-    "(C) Forbes (D) Fifth. Please select the correct option (A/B/C/D).",
-    "What street?",
-    "Where was this street view captured? Tell me the street and the district.",
-    "What colour is this image?",
-]
-
-
-def model_options(model_root: Path, recipe: str = RECIPE) -> list[str]:
-    from addressvlm.training.recipes import load_recipe, model_root_options
-
-    return model_root_options(load_recipe(recipe), str(model_root))
-
-
-def write_synthetic_checkpoint(work_dir: Path, options: list[str], seed: int = 0, recipe: str = RECIPE) -> Path:
-    """An ``iter_3.pth`` as training saves it (the trained tensors under ``state_dict``) plus ``last_checkpoint``;
-    the same file whatever ran before (LoRA starts from the global generator)."""
-    torch.manual_seed(seed)
-    _, model = build_recipe_model(recipe, options)
-    generator = torch.Generator().manual_seed(seed)
-    state = {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in model.state_dict().items()}
-    work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / "iter_3.pth"
-    torch.save({"meta": {}, "state_dict": state}, path)
-    (work_dir / "last_checkpoint").write_text(str(path))
-    return path
-
-
-def write_city_questions(root: Path, images: int = 3) -> Path:
-    """``images`` pictures (not square, different contents) with the nine questions each."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    questions = []
-    for i in range(images):
-        image = f"images/{i}.png"
-        picture = Image.new("RGB", (64, 40), (40 + 50 * i, 200 - 40 * i, 90))
-        picture.paste((250, 250, 250), (8 * i, 0, 8 * i + 16, 20))
-        picture.save(root / image)
-        for j, text in enumerate(QUESTION_TEXTS):
-            questions.append({"question_id": f"city/{i}/q{j}", "image": image, "level": "street",
-                              "qtype": "generation", "question": text, "answer": "Forbes Avenue",
-                              "street": "Forbes Avenue", "district": "Oakland"})
-    path = root / "vqa" / "test_questions.jsonl"
-    write_questions(path, questions)
-    return path
-
-
-@pytest.fixture(scope="module")
-def options(tiny_llava):
-    return model_options(tiny_llava)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, options) -> Path:
-    return write_synthetic_checkpoint(tmp_path_factory.mktemp("work") / "stage2", options)
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint, options):
-    return load_xtuner_model(RECIPE, checkpoint, options)
 
 
 @pytest.fixture(scope="module")
@@ -325,8 +255,7 @@ def test_resume_with_other_settings_or_a_second_writer_is_refused(model, city, r
         answer_questions(model, questions, unrecorded, root, max_new_tokens=6, progress=False)
 
 
-RETRAINED = (r"holds records made with other settings \(weights: 'iter_3\.pth: \d+ bytes, modified [^']+' then, "
-             r"'iter_3\.pth: \d+ bytes, modified [^']+' now\): choose another output, or delete it to start over")
+
 
 
 def test_resume_after_a_retrain_into_the_same_path_is_refused(tiny_llava, options, city, tmp_path):

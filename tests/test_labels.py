@@ -15,36 +15,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from addressvlm.geo.crop import crop_city, offset_latlon, read_crop_index
+from addressvlm.geo.crop import crop_city, read_crop_index
 from addressvlm.data.graft import city_pairs, graft_batch
 from addressvlm.core.names import mentions_name
 from addressvlm.data.label_backends import BackendUnavailable, OpenAIBackend
 from addressvlm.data.stage1_json import build_stage1_json
 from addressvlm.data.labels import hint_prompt, make_labels, training_question
 from addressvlm.core.records import DataError, Location, read_jsonl, read_llava_json, write_locations
-from test_crop import LAT, LON, write_geotiff, write_streets
+from helpers import closed_port_url, make_street_view_city
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_city(root: Path, with_raster=False) -> list[Location]:
-    """Four locations along Mannerheimintie / Yrjönkatu, two views each; one location in the test split."""
-    root.mkdir(parents=True, exist_ok=True)
-    write_streets(root / "streets.geojson")
-    spots = [(-40, -1, "Mannerheimintie", "train"), (30, 1, "Mannerheimintie", "train"),
-             (-10, -60, "Yrjönkatu", "train"), (60, 2, "Mannerheimintie", "test")]
-    rows = []
-    for i, (e, n, street, split) in enumerate(spots):
-        lat, lon = offset_latlon(LAT, LON, e, n)
-        for v, heading in enumerate((90.0, 0.0)):
-            rows.append(Location(f"views/{i}/{v}.jpg", f"loc{i}", lat, lon, street, "Kluuvi", heading=heading,
-                                 split=split))
-            (root / "views" / str(i)).mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (64, 48), (30 * i, 40 * v, 90)).save(root / "views" / str(i) / f"{v}.jpg")
-    write_locations(root / "locations.csv", rows)
-    if with_raster:
-        write_geotiff(root / "satellite.tif", "EPSG:32635", 1.0, 250, markers=())
-    return rows
 
 
 def test_prompts():
@@ -61,7 +41,7 @@ def test_prompts():
 
 def test_rule_backend_end_to_end(tmp_path):
     city = tmp_path / "helsinki"
-    rows = make_city(city, with_raster=True)
+    rows = make_street_view_city(city, with_raster=True)
     assert crop_city(city, city / "stage1" / "crops", 120, 168, progress=False).written == 4
     report = graft_batch(city_pairs(city, city / "stage1" / "crops"), city / "stage1" / "grafted", workers=1,
                          progress=False)
@@ -164,7 +144,7 @@ class ScriptedServer:
 def grafted_city(tmp_path):
     """A city whose stage-1 images exist (tiny JPEGs where grafting would put them)."""
     city = tmp_path / "city"
-    rows = make_city(city)
+    rows = make_street_view_city(city)
     for r in rows:
         out = city / "stage1" / "grafted" / r.image
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,16 +192,6 @@ def test_openai_backend_gives_up_on_persistent_errors_and_stops_on_auth_errors(g
             make_labels(city, city / "stage1" / "grafted", city / "l.jsonl", backend, progress=False)
     finally:
         server.close()
-
-
-def closed_port_url() -> str:
-    """An address where nothing listens: a port the system just handed out and took back."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
 
 
 def test_a_refused_connection_stops_the_run_at_once_in_one_line(grafted_city):

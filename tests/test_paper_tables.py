@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from addressvlm.runs.paper_tables import RECIPES, TABLES, check_chain, ensure_data, recipe_data, select_rows
+from addressvlm.runs.paper_tables import (RECIPES, TABLES, ablations, check_chain, ensure_data, recipe_data,
+                                          select_rows, stale_from_rows)
 from addressvlm.core.records import DataError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,11 +26,31 @@ def test_every_row_names_recipes_that_exist_and_chain(key, row):
         check_chain(row)   # its stage 2 continues the run of the stage 1 the row names
 
 
-def test_every_ablation_recipe_is_a_row_of_some_table():
-    named = {recipe for _, row in every_row() for recipe in (row.stage1, row.stage2) if recipe}
-    beyond_the_paper = {"retrieval_hint_stage2.py"}  # docs/retrieval.md, section 6
-    assert {f"ablations/{p.name}" for p in (RECIPES / "ablations").glob("*.py")
-            if p.name not in beyond_the_paper} <= named
+def test_every_ablation_recipe_is_described_by_a_row():
+    assert {f"ablations/{p.name}" for p in (RECIPES / "ablations").glob("*.py")} == set(ablations())
+
+
+def test_recipe_headers_and_docs_rows_are_what_the_rows_write():
+    """The ablation recipes' headers and docs/paper_tables.md's rows are written from addressvlm/runs/paper_tables.py
+    (tools/write_paper_rows.py); a hand edit to either, or a row changed without rewriting them, fails here."""
+    assert [str(path.relative_to(REPO)) for path in stale_from_rows()] == []
+
+
+def test_write_paper_rows_check_names_a_hand_edited_header(tmp_path):
+    """--check lists a file whose text the rows would change and exits 1; a clean checkout exits 0."""
+    import shutil
+
+    clone = tmp_path / "clone"
+    for folder in ("addressvlm", "recipes", "docs", "tools"):
+        shutil.copytree(REPO / folder, clone / folder)
+    recipe = clone / "recipes" / "ablations" / "table9_d07_stage2.py"
+    check = [sys.executable, str(clone / "tools" / "write_paper_rows.py"), "--check"]
+    assert subprocess.run(check, capture_output=True, text=True, cwd=clone).returncode == 0
+    recipe.write_text("# Changes from recipes/stage2_pitts.py: delta 0.9\n" + recipe.read_text())
+    done = subprocess.run(check, capture_output=True, text=True, cwd=clone)
+    assert (done.returncode, done.stdout) == (1, "differs: recipes/ablations/table9_d07_stage2.py\n"), done.stderr
+    subprocess.run(check[:-1], capture_output=True, text=True, cwd=clone, check=True)
+    assert recipe.read_text() == (REPO / "recipes" / "ablations" / "table9_d07_stage2.py").read_text()
 
 
 def test_a_chain_that_does_not_match_its_row_is_refused():
@@ -44,7 +65,8 @@ def test_a_chain_that_does_not_match_its_row_is_refused():
 
 def test_a_data_file_no_tool_here_builds_is_named_with_its_recipe(tmp_path):
     (tmp_path / "locations.csv").write_text("image\n")
-    with pytest.raises(DataError, match=r"vqa_general5/train.json.*missing.*table6_general5_stage2.py"):
+    with pytest.raises(DataError, match=r"vqa_general5/train.json: missing: .*table6_general5_stage2.py trains on it, "
+                                        r'and docs/paper_tables.md \("By hand"\) names the commands'):
         ensure_data(tmp_path, recipe_data("ablations/table6_general5_stage2.py"), "rule", None)
 
 
@@ -62,7 +84,7 @@ def run_paper_table(*args: str) -> subprocess.CompletedProcess:
 def test_the_label_backend_is_checked_before_any_work(tmp_path):
     """--label-backend openai without --model, or with a --base-url where no server listens: one line, before
     the tiny model, crops or grafts are made (they took minutes before the TypeError or the silent retries)."""
-    from test_labels import closed_port_url
+    from helpers import closed_port_url
 
     (tmp_path / "city").mkdir()
     (tmp_path / "city" / "locations.csv").write_text("image\n")

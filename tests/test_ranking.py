@@ -18,7 +18,7 @@ from addressvlm.answering.ranking import (NameTrie, constrained_answers, rank_im
 from addressvlm.core.records import (DataError, GazetteerEntry, Location, read_gazetteer, read_predictions,
                                      read_ranked, read_questions, write_gazetteer, write_locations, write_questions)
 from addressvlm.core.templates import ADDRESS_QUESTION, address_answer
-from test_infer import RECIPE, checkpoint, model, options  # noqa: F401 (the same model fixtures)
+from helpers import RECIPE, RETRAINED, model_options, write_synthetic_checkpoint
 from scripts import script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,7 +173,6 @@ def test_cli_ranks_a_chunk_like_the_api(checkpoint, tiny_llava, city, reference,
 
 def test_a_resume_after_a_retrain_into_the_same_path_is_refused(tiny_llava, city, tmp_path):
     main = script("eval/rank.py").main
-    from test_infer import RETRAINED, model_options, write_synthetic_checkpoint
 
     root, questions_path = city
     work_dir = tmp_path / "stage2"

@@ -1,4 +1,5 @@
 """Every recipe parses; the reference recipes carry Table A1; overrides and children reach the built dicts."""
+import os
 import re
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 from mmengine.config import Config
 
 from addressvlm.data.city_recipes import city_recipe_text
+from addressvlm.runs.paper_tables import ablations
 from addressvlm.training.recipes import local_run_options
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,10 +220,50 @@ def test_new_city_refuses_a_name_that_cannot_name_files_in_one_line(name, says, 
     assert says in done.stderr and sorted(recipes.rglob("*")) == before
 
 
+def built(spec: dict):
+    """A hook as the runner builds it from the recipe's dict."""
+    return spec["type"](**{key: value for key, value in spec.items() if key != "type"})
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
-def test_every_recipe_resumes_exactly_and_safely(path):
-    hooks = {type_name(h.type) for h in Config.fromfile(str(path)).custom_hooks}
-    assert {"RNGStateHook", "ResumeLoadHook"} <= hooks
+def test_every_recipe_resumes_exactly_and_safely(path, monkeypatch):
+    """What a resume needs, from each recipe's own hooks as the runner builds them: the checkpoints keep the optimizer
+    and the LR schedule (mmengine restores them and the step from there); RNGStateHook saves the generators LoRA
+    dropout draws from and puts them back, so the resumed run draws what the uninterrupted one would; ResumeLoadHook
+    lifts torch's weights_only check for a resumed run only, and only until its checkpoint has loaded.
+    tests/test_train_chain.py resumes the reference recipe end to end."""
+    import random
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from addressvlm.training.recipes import load_recipe
+    from addressvlm.training.xtuner_shims import RESUME_VARIABLE
+
+    cfg = load_recipe(str(path))
+    saver = built(cfg.default_hooks.checkpoint)
+    assert saver.save_optimizer and saver.save_param_scheduler and saver.interval > 0
+    hooks = {spec["type"].__name__: spec for spec in cfg.custom_hooks}
+    rng, loader = built(hooks["RNGStateHook"]), built(hooks["ResumeLoadHook"])
+
+    def draws():
+        return random.random(), float(np.random.rand()), torch.rand(2).tolist()
+
+    checkpoint = {}
+    rng.before_save_checkpoint(None, checkpoint)
+    at_save = draws()
+    draws()  # the run goes on, or another process starts, before the resume
+    rng.after_load_checkpoint(None, checkpoint)
+    assert draws() == at_save
+
+    monkeypatch.delenv(RESUME_VARIABLE, raising=False)
+    loader.before_run(SimpleNamespace(_resume=False, _load_from=None))
+    assert RESUME_VARIABLE not in os.environ  # a fresh run keeps torch's check
+    loader.before_run(SimpleNamespace(_resume=True, _load_from=None))
+    assert os.environ.get(RESUME_VARIABLE) == "1"
+    loader.after_load_checkpoint(None, checkpoint)
+    assert RESUME_VARIABLE not in os.environ  # on again for every load after the run's own checkpoint
 
 
 def test_importing_the_package_leaves_torch_load_safe():
@@ -276,63 +318,6 @@ def test_every_address_recipe_logs_address_metrics_to_tensorboard(path):
     assert [type_name(b.type) for b in cfg.visualizer.vis_backends] == ["LocalVisBackend", "TensorboardIfInstalled"]
 
 
-TABLE4_STAGE1 = {"AB": "./work_dirs/llava_phi3_mini/table4_AB_stage1",
-                 "CD": "./work_dirs/llava_phi3_mini/table4_CD_stage1"}
-# Each recipe of recipes/ablations/: its parent and what it changes there (its work_dir besides).
-ABLATIONS = {
-    "table4_AB_stage1": ("stage1_pitts", {"model.llm_lora": None, "model.visual_encoder_lora": None}),
-    "table4_CD_stage1": ("stage1_pitts", {"model.visual_encoder_lora": None}),
-    "table4_A_stage2": ("stage2_pitts", {"model.init_from_work_dir": TABLE4_STAGE1["AB"],
-                                         "model.visual_encoder_lora": None, "model.stage_chain.llm_lora": "open"}),
-    "table4_B_stage2": ("stage2_pitts", {"model.init_from_work_dir": TABLE4_STAGE1["AB"],
-                                         "model.stage_chain.llm_lora": "open",
-                                         "model.stage_chain.visual_encoder_lora": "open"}),
-    "table4_D_stage2": ("stage2_pitts", {"model.init_from_work_dir": TABLE4_STAGE1["CD"],
-                                         "model.stage_chain.visual_encoder_lora": "open"}),
-    "table4_E_stage2": ("stage2_pitts", {"model.stage_chain.visual_encoder_lora": "frozen"}),
-    "table4_C_stage2": ("stage2_pitts", {"model.init_from_work_dir": TABLE4_STAGE1["CD"],
-                                         "model.visual_encoder_lora": None}),
-    "table2_georeasoner_stage1": ("stage1_pitts", {"train_dataloader.dataset.data_path":
-                                                   "./data/pitts/georeasoner/train.json"}),
-    "table2_georeasoner_stage2": ("stage2_pitts", {"model.init_from_work_dir":
-                                                   "./work_dirs/llava_phi3_mini/table2_georeasoner_stage1"}),
-    "table2_baseline_stage2": ("stage2_pitts", {"model.init_from_work_dir": None}),
-    "table5_pitts_sf_stage1": ("stage1_pitts", {"data_root": "./data/pitts_sf/",
-                                                "train_dataloader.dataset.data_path": "./data/pitts_sf/stage1/train.json",
-                                                "train_dataloader.dataset.image_folder": "./data/pitts_sf/"}),
-    "table5_pitts_sf_stage2": ("stage2_pitts", {"data_root": "./data/pitts_sf/",
-                                                "train_dataloader.dataset.data_path": "./data/pitts_sf/vqa/train.json",
-                                                "train_dataloader.dataset.image_folder": "./data/pitts_sf/",
-                                                "model.init_from_work_dir":
-                                                    "./work_dirs/llava_phi3_mini/table5_pitts_sf_stage1"}),
-    "table1_two_images_stage1": ("stage1_pitts", {
-        "train_dataloader.dataset.type": "addressvlm.training.dataset.CityMultiImageLLaVADataset", "train_dataloader.dataset.images_per_sample": 2,
-        "images_per_sample": 2, "train_dataloader.dataset.data_path": "./data/pitts/stage1/train_separate.json",
-        "max_length": 2048 - 2 * 576, "train_dataloader.dataset.max_length": 2048 - 2 * 576,
-        "train_dataloader.collate_fn.type": "addressvlm.training.dataset.multi_image_collate_fn"}),
-    "table1_two_images_stage2": ("stage2_pitts", {
-        "model.init_from_work_dir": "./work_dirs/llava_phi3_mini/table1_two_images_stage1"}),
-}
-# Stage-1 data variants (Tables 1, 3, 9) and the stage 2 that continues each; stage-2 data variants (Table 6, Fig. 7).
-for variant in ("table1_stitched", "table3_noroad_d03", "table3_noroad_d05", "table9_d03", "table9_d07"):
-    ABLATIONS[f"{variant}_stage1"] = ("stage1_pitts", {"train_dataloader.dataset.data_path":
-                                                       f"./data/pitts/stage1/train_{variant.split('_', 1)[1]}.json"})
-    ABLATIONS[f"{variant}_stage2"] = ("stage2_pitts", {"model.init_from_work_dir":
-                                                       f"./work_dirs/llava_phi3_mini/{variant}_stage1"})
-for folder in ("views50", "views25", "views12", "locations75", "locations50", "locations25"):
-    ABLATIONS[f"fig7_{folder}_stage2"] = ("stage2_pitts", {"train_dataloader.dataset.data_path":
-                                                          f"./data/pitts/vqa_{folder}/train.json"})
-# Beyond the paper (docs/retrieval.md, section 6): the retrieved tiles' names as a hint after every question.
-ABLATIONS["retrieval_hint_stage2"] = ("stage2_pitts", {
-    "train_dataloader.dataset.data_path": "./data/pitts/vqa_hint5/train.json",
-    "address_eval_questions": "vqa_hint5/val_questions.jsonl",
-    "default_hooks.address_metrics.questions": "vqa_hint5/val_questions.jsonl"})
-for n in (5, 1):
-    ABLATIONS[f"table6_general{n}_stage2"] = ("stage2_pitts", {
-        "train_dataloader.dataset.data_path": f"./data/pitts/vqa_general{n}/train.json",
-        "train_dataloader.dataset.image_folder": "./data/"})
-
-
 def flat(node, prefix: str = "") -> dict:
     """``{"model.llm_lora.r": 128, ...}``: every leaf of a config dict under its dotted key."""
     if isinstance(node, dict):
@@ -342,26 +327,19 @@ def flat(node, prefix: str = "") -> dict:
     return {prefix.rstrip("."): node}
 
 
-def test_every_ablation_recipe_changes_only_what_its_header_says():
-    """Every recipe in recipes/ablations/ is listed above, reads its listed parent, names its table (or figure) in
-    its header, and differs from the parent in exactly the listed settings and its work_dir."""
-    folder = REPO / "recipes" / "ablations"
-    assert {p.stem for p in folder.glob("*.py")} == set(ABLATIONS)
-    for name, (parent, changes) in ABLATIONS.items():
-        text = (folder / f"{name}.py").read_text()
-        table = name.split("_")[0]
-        assert text.startswith({"fig7": "# Fig. 7 ", "retrieval": "# Retrieval hint "}.get(
-            table, f"# Table {table[len('table'):]} ")), name
-        if table == "table4":
-            rows = name.split("_")[1]
-            assert text.startswith(f"# Table 4 (paper section 4.3), row{'s' if len(rows) > 1 else ''} {rows[0]}")
-        assert f"from ..{parent} import *" in text and f"recipes/{parent}.py" in text
-        child, base = flat(Config.fromfile(str(folder / f"{name}.py")).to_dict()), flat(load(parent).to_dict())
-        differing = {k for k in child.keys() | base.keys() if child.get(k, "absent") != base.get(k, "absent")}
-        changed = {next((c for c in [*changes, "work_dir"] if k == c or k.startswith(c + ".")), k) for k in differing}
-        assert changed == {*changes, "work_dir"}, name
-        assert all(child[key] == value for key, value in changes.items()), name
-        assert child["work_dir"] == f"./work_dirs/llava_phi3_mini/{name}"
+@pytest.mark.parametrize("recipe", sorted(ablations()))
+def test_every_ablation_recipe_changes_only_what_its_row_says(recipe):
+    """Every ablation recipe (addressvlm/runs/paper_tables.py's rows describe each) reads its parent and differs from it in
+    exactly the settings its row names, and its work_dir."""
+    change, path = ablations()[recipe], REPO / "recipes" / recipe
+    assert f"from ..{Path(change.parent).stem} import *" in path.read_text()
+    child, base = flat(Config.fromfile(str(path)).to_dict()), flat(load(Path(change.parent).stem).to_dict())
+    differing = {k for k in child.keys() | base.keys() if child.get(k, "absent") != base.get(k, "absent")}
+    changed = {next((c for c in [*change.settings, "work_dir"] if k == c or k.startswith(c + ".")), k)
+               for k in differing}
+    assert changed == {*change.settings, "work_dir"}
+    assert all(child[key] == value for key, value in change.settings.items())
+    assert child["work_dir"] == f"./work_dirs/llava_phi3_mini/{path.stem}"
 
 
 def test_every_labelled_crop_command_keeps_names_out_of_the_grafted_corner():
@@ -379,20 +357,7 @@ def test_every_labelled_crop_command_keeps_names_out_of_the_grafted_corner():
             if "--no-labels" not in command:
                 assert f"--keep-clear-for-delta {delta} " in command + " ", f"{path.relative_to(REPO)}: {command}"
                 checked.append(path.name)
-    assert {"stage1_pitts.py", "table5_pitts_sf_stage1.py", "table9_d03_stage1.py", "stage1.md"} <= set(checked)
-
-
-def test_table4_stage2_recipes_start_from_their_rows_stage1():
-    for row, stage1 in {"A": "ablations/table4_AB_stage1", "B": "ablations/table4_AB_stage1",
-                        "D": "ablations/table4_CD_stage1", "E": "stage1_pitts"}.items():
-        assert load(f"ablations/table4_{row}_stage2").model.init_from_work_dir == load(stage1).work_dir
-
-
-def test_table2_and_table5_stage2_recipes_start_from_their_stage1():
-    for stage2, stage1 in {"table2_georeasoner_stage2": "table2_georeasoner_stage1",
-                           "table5_pitts_sf_stage2": "table5_pitts_sf_stage1"}.items():
-        assert load(f"ablations/{stage2}").model.init_from_work_dir == load(f"ablations/{stage1}").work_dir
-    assert load("ablations/table2_baseline_stage2").model.init_from_work_dir is None
+    assert {"stage1_pitts.py", "paper_tables.md", "stage1.md"} <= set(checked)
 
 
 TWO_IMAGES = str(REPO / "recipes" / "ablations" / "table1_two_images_stage1.py")  # a read_base child recipe

@@ -16,7 +16,7 @@ from addressvlm.data.label_backends import LabelBackendError
 from addressvlm.core.names import mentions_name
 from addressvlm.core.records import DataError, read_gallery, read_retrieval_queries, write_locations
 from addressvlm.data.retrieval_data import SCENE_PROMPT, build_city_retrieval, ingest_cvg_text, ingest_geotext1652
-from test_labels import make_city
+from helpers import make_street_view_city
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_TILES = dict(size_m=120, pixels=48, workers=1, progress=False, city_name="Helsinki")
@@ -45,7 +45,7 @@ class ScriptedScenes:
 @pytest.fixture(scope="module")
 def city(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("retrieval") / "helsinki"
-    make_city(root, with_raster=True)
+    make_street_view_city(root, with_raster=True)
     return root
 
 

@@ -275,7 +275,7 @@ def test_eval_retrieve_as_the_readme_writes_it_names_what_is_missing(retrieval_c
     """eval/retrieve.py without the release where the recipe says, with --model-root, and with another model's
     checkpoint: one line each (transformers' "Incorrect path_or_model_id", a traceback listing 40 keys before)."""
     main = script("eval/retrieve.py").main
-    from test_infer import model_options, write_synthetic_checkpoint
+    from helpers import model_options, write_synthetic_checkpoint
 
     clip = str(RECIPES / "clip_pitts.py")
     common = ["--root", str(retrieval_city), "--out", str(tmp_path / "out"), "--figure-queries", "0"]

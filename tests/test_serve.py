@@ -30,7 +30,7 @@ from addressvlm.data.label_backends import LabelRequest, OpenAIBackend, data_url
 from addressvlm.core.records import read_locations, read_predictions, write_questions
 from synthetic_city import make_city
 from scripts import script
-from test_infer import RECIPE, REPO, model_options, write_synthetic_checkpoint
+from helpers import RECIPE, REPO, model_options, write_synthetic_checkpoint
 
 check_endpoint = script("tools/check_serving_engine.py").main
 
@@ -112,15 +112,28 @@ def server(served) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(city, checkpoint, tiny_llava, tmp_path_factory, server) -> Path:
+def eval_model(checkpoint, tiny_llava):
+    """The served checkpoint as eval/infer.py loads it."""
+    return load_xtuner_model(RECIPE, checkpoint, model_options(tiny_llava))
+
+
+@pytest.fixture(scope="module")
+def reference(city, eval_model, tmp_path_factory, server) -> Path:
     """eval/infer.py's answers to the city's questions (the default, prefix-shared path), ``MAX_TOKENS`` each."""
     from addressvlm.core.records import read_questions
 
     out = tmp_path_factory.mktemp("reference") / "predictions.jsonl"
-    model = load_xtuner_model(RECIPE, checkpoint, model_options(tiny_llava))
-    answer_questions(model, read_questions(city / "vqa" / "test_questions.jsonl"), out, city,
+    answer_questions(eval_model, read_questions(city / "vqa" / "test_questions.jsonl"), out, city,
                      max_new_tokens=MAX_TOKENS, progress=False)
     return out
+
+
+def eval_answer(model, city: Path, image: str, question: str, max_tokens: int, out: Path) -> str:
+    """What eval/infer.py's own path (``answer_questions``, greedy) answers to ``question`` about ``image``."""
+    answer_questions(model, [{"question_id": "asked", "image": image, "level": "street", "qtype": "generation",
+                              "question": question, "answer": "", "street": "", "district": ""}],
+                     out, city, max_new_tokens=max_tokens, progress=False)
+    return read_predictions(out)["asked"][1]
 
 
 def image_message(url: str, question: str) -> list[dict]:
@@ -185,15 +198,17 @@ def test_openai_client_and_errors(server, city, reference):
     assert again.choices[0].message.content == expected
 
 
-def test_label_backend_talks_to_the_server(server, city):
-    """datasets_prep/make_alignment_labels.py --backend openai's client, unchanged, gets a reason from our server."""
-    backend = OpenAIBackend(model=MODEL_NAME, base_url=f"{server}/v1", max_tokens=8, max_retries=0)
+def test_label_backend_talks_to_the_server(server, city, eval_model, tmp_path):
+    """datasets_prep/make_alignment_labels.py --backend openai's client, unchanged, gets from our server the reason
+    eval/infer.py's path gives (greedy, so the two can be compared)."""
+    backend = OpenAIBackend(model=MODEL_NAME, base_url=f"{server}/v1", max_tokens=8, max_retries=0, temperature=0)
     row = read_locations(city / "locations.csv")[0]
     reason = backend.generate(LabelRequest(row.image, [city / row.image], "Where was this taken?", facts=None))
-    assert isinstance(reason, str)
+    expected = eval_answer(eval_model, city, row.image, "Where was this taken?", 8, tmp_path / "asked.jsonl")
+    assert reason and reason == expected.strip()
 
 
-def test_locate(server, city, reference):
+def test_locate(server, city, reference, eval_model, tmp_path):
     rows = read_locations(city / "locations.csv")
     body = {"image": data_url(city / rows[1].image), "question": "What colour is this image?"}
     located = httpx.post(f"{server}/v1/locate", json=body, timeout=120).json()
@@ -205,7 +220,9 @@ def test_locate(server, city, reference):
         assert len(top) == min(5, len(names)) and {t["name"] for t in top} <= names
         probabilities = [t["probability"] for t in top]
         assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
-    assert located["question"] == body["question"] and isinstance(located["answer"], str)
+    assert located["question"] == body["question"]
+    assert located["answer"] and located["answer"] == eval_answer(eval_model, city, rows[1].image, body["question"],
+                                                                  MAX_TOKENS, tmp_path / "asked.jsonl")
     assert located["true_location"] == {"image": rows[1].image, "lat": rows[1].lat, "lon": rows[1].lon,
                                         "street": rows[1].street, "district": rows[1].district}
     uploaded = httpx.post(f"{server}/v1/locate", files={"image": ("photo.jpg", (city / rows[1].image).read_bytes())},

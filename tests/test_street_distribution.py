@@ -223,7 +223,7 @@ def test_cli_samples_both_models_and_draws(tiny_llava, tmp_path):
     """One command: the checkpoint answers free-form, the recipe's release chooses among its top streets (options
     shuffled, seeded per image), then the map with the option letters chosen."""
     sys.path.insert(0, str(REPO / "tests"))
-    from test_infer import RECIPE, model_options, write_synthetic_checkpoint
+    from helpers import RECIPE, model_options, write_synthetic_checkpoint
 
     sys.path.insert(0, str(REPO / "eval"))
     try:

@@ -18,7 +18,7 @@ from addressvlm.training.stage_chain import find_last_checkpoint
 from xtuner.utils import IMAGE_TOKEN_INDEX
 
 from conftest import build_model, local_recipe
-from test_labels import make_city
+from helpers import make_street_view_city
 
 ABLATIONS = Path(__file__).resolve().parent.parent / "recipes" / "ablations"
 STAGE1 = str(ABLATIONS / "table1_two_images_stage1.py")
@@ -28,7 +28,7 @@ STAGE2 = str(ABLATIONS / "table1_two_images_stage2.py")
 def separate_city(root: Path) -> Path:
     """A small city through the stage-1 tools with the "separate" input: crops, satellite + street-view pairs,
     rule-backend labels for the two-image question, and stage1/train_separate.json (the recipe's data file)."""
-    make_city(root, with_raster=True)
+    make_street_view_city(root, with_raster=True)
     crop_city(root, root / "stage1" / "crops", 120, 168, progress=False)
     graft_batch(city_pairs(root, root / "stage1" / "crops"), root / "stage1" / "separate", variant="separate",
                 workers=1, progress=False)

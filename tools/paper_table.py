@@ -13,7 +13,7 @@ Tables: 1, 2, 3, 4, 5, 6, 8, 9 and fig7 (docs/paper_tables.md lists every row's 
 layouts, Tables 3/9's delta and unlabelled crops) and Fig. 7's densities are built here; their alignment reasons
 come from --label-backend: `rule` is the demo's stand-in, which the paper's section 3.2 rejects; give `openai` with
 --base-url and --model for an LVLM (the server is asked once before any work). Files built by other tools (Table 5's
-merged cities, Table 6's mix) are named in the recipes' headers and must exist.
+merged cities, Table 6's mix) are named in docs/paper_tables.md and must exist.
 """
 from __future__ import annotations
 

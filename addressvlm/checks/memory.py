@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from addressvlm.core.records import DataError, read_text, writable_output
+from addressvlm.core.records import DataError, read_text, replace_generated_block, writable_output
 from addressvlm.releases.shapes import build_meta_model
 from addressvlm.training.precision import count_parameters
 from addressvlm.training.recipes import load_recipe
@@ -163,10 +163,10 @@ def readme_block(repo: Path) -> str:
 
 
 def replace_readme_block(text: str, block: str) -> str:
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        raise ValueError(f"README has no generated memory section (the line {README_START})")
-    return text[:start] + block + text[end + len(README_END):]
+    try:
+        return replace_generated_block(text, README_START, README_END, block)
+    except ValueError:
+        raise ValueError(f"README has no generated memory section (the line {README_START})") from None
 
 
 def checked_readme(path: str | Path) -> str:

@@ -113,6 +113,15 @@ def read_text(path: str | os.PathLike) -> str:
         raise DataError(path, line, f"not UTF-8 (byte 0x{data[exc.start]:02x}): save the file as UTF-8") from None
 
 
+def replace_generated_block(text: str, begin: str, end: str, block: str) -> str:
+    """``text`` with its generated part, from the marker ``begin`` to the marker ``end`` (both included), replaced by
+    ``block`` (which writes the markers again). Raises ``ValueError`` naming the markers when either is missing."""
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"the generated section's markers {begin!r} and {end!r} are missing")
+    return text[:start] + block + text[stop + len(end):]
+
+
 def path_inside_root(value: Any, what: str) -> str:
     """A path read from data, relative to its root (the city root, a manifest's output folder), as ``a/b.jpg``.
 

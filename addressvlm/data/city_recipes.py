@@ -18,7 +18,7 @@ from addressvlm.core.records import write_atomic
 WRITTEN_MARK = "# Written by tools/new_city.py; its --overwrite may replace this file (delete this line to keep edits)."
 
 _TEMPLATE = WRITTEN_MARK + '''
-# AddressVLM stage {stage} on {city}: recipes/stage{stage}_{base}.py with the city root {data_root}.
+# AddressVLM stage {stage} on {city}: recipes/stage1_{base}.py with the city root {data_root}{inherits}
 # Commands: those of recipes/stage{stage}_{base}.py with this file; {chain}
 from mmengine.config import read_base
 
@@ -53,15 +53,17 @@ def city_recipe_text(city: str, stage: int, data_root: str, work_root: str = "./
     check_city_name(city)
     data_root = data_root.rstrip("/") + "/"
     if stage == 1:
-        data_file, init, chain = "stage1/train.json", "", f"then recipes/stage2_{city}.py."
+        data_file, init, chain, inherits = "stage1/train.json", "", f"then recipes/stage2_{city}.py.", "."
     elif stage == 2:
         data_file = "vqa/train.json"
         init = f'model.update(init_from_work_dir="{work_root}/stage1_{city}")\n'
         chain = f"after recipes/stage1_{city}.py."
+        inherits = (f",\n# stage 2's data and its start from stage1_{city}: what recipes/stage2_{base}.py changes, "
+                    "repeated so that this\n# child stays one level deep.")
     else:
         raise ValueError(f"stage must be 1 or 2, not {stage}")
     return _TEMPLATE.format(stage=stage, city=city, base=base, data_root=data_root, data_file=data_file,
-                            init=init, chain=chain, work_root=work_root)
+                            init=init, chain=chain, work_root=work_root, inherits=inherits)
 
 
 def recipes_inheriting(recipe: Path, recipes_dir: str | Path) -> list[Path]:

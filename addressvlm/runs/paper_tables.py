@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,8 @@ from addressvlm.answering.answering import answer_questions
 from addressvlm.answering.loading import load_release_model, load_xtuner_model
 from addressvlm.answering.scoring import HEADERS, METRICS, score
 from addressvlm.core.records import (
-    DataError, as_recorded, read_predictions, read_questions, read_run_record, write_atomic, write_run_record,
+    DataError, as_recorded, read_predictions, read_questions, read_run_record, replace_generated_block, write_atomic,
+    write_run_record,
 )
 from addressvlm.data.graft import city_pairs, graft_batch, reserved_fraction
 from addressvlm.data.labels import make_labels
@@ -42,11 +44,23 @@ ZERO_SHOT = None  # a row without a recipe: the untuned release (Table 2's first
 
 
 @dataclass(frozen=True)
+class Change:
+    """How an ablation recipe differs from its parent: in words (its header and docs/paper_tables.md say them) and as
+    the settings it gives the resolved config, dotted keys to values (its work_dir besides), which
+    tests/test_recipes.py holds the recipe to."""
+    parent: str                    # relative to recipes/
+    says: str
+    settings: dict
+
+
+@dataclass(frozen=True)
 class Row:
     label: str
     stage2: str | None             # the scored recipe, relative to recipes/ (None: the untuned release)
     stage1: str | None = None      # the recipe whose run stage 2 continues (None: stage 2 starts from the release)
     paper: dict = field(default_factory=dict)   # the paper's Pitts-VQA numbers: metric key -> percent
+    stage1_change: Change | None = None         # how an ablation stage 1 differs from its parent (None: not one)
+    stage2_change: Change | None = None
 
     @property
     def name(self) -> str:
@@ -65,73 +79,290 @@ def _paper(values: str, columns=METRICS) -> dict:
     return {k: float(v) for k, v in zip(columns, values.split()) if v != "-"}
 
 
+MAIN_DATA_ROOT = "./data/pitts/"
+MERGED_DATA_ROOT = "./data/pitts_sf/"  # Table 5's two cities, merged by merge_cities.py
+WORK_ROOT = "./work_dirs/llava_phi3_mini/"
+
+
+def _trains_on(data_file: str, **more) -> dict:
+    return {"train_dataloader.dataset.data_path": MAIN_DATA_ROOT + data_file, **more}
+
+
+def _merged_root(data_file: str) -> dict:
+    return {"data_root": MERGED_DATA_ROOT, "train_dataloader.dataset.data_path": MERGED_DATA_ROOT + data_file,
+            "train_dataloader.dataset.image_folder": MERGED_DATA_ROOT}
+
+
+def _continuing(stage1: str, says: str = "", settings: dict | None = None) -> Change:
+    """The paper's stage 2 started from an ablation's stage-1 run, with ``settings`` (``says``) besides."""
+    return Change(MAIN_STAGE2, f"starts from {Path(stage1).name}'s work_dir" + (f"; {says}" if says else ""),
+                  {"model.init_from_work_dir": WORK_ROOT + Path(stage1).stem, **(settings or {})})
+
+
+def _stage1_row(label: str, name: str, says: str, settings: dict, paper: dict) -> Row:
+    """A row whose stage 1 is an ablation (``ablations/<name>_stage1.py``) and whose stage 2 is the paper's,
+    continuing it."""
+    stage1 = f"ablations/{name}_stage1.py"
+    return Row(label, f"ablations/{name}_stage2.py", stage1, paper, stage1_change=Change(MAIN_STAGE1, says, settings),
+               stage2_change=_continuing(stage1))
+
+
+def _stage2_row(label: str, name: str, says: str, settings: dict, paper: dict | None = None) -> Row:
+    """A row that continues the paper's own stage 1 with an ablation stage 2 (``ablations/<name>_stage2.py``)."""
+    return Row(label, f"ablations/{name}_stage2.py", MAIN_STAGE1, paper or {},
+               stage2_change=Change(MAIN_STAGE2, says, settings))
+
+
 OURS_PITTS = "88.73 93.54 95.16 92.70 72.51 91.70 93.98 87.46 90.02 69.60"
 OURS = Row("AddressVLM (grafted, delta 0.5, labelled satellite)", MAIN_STAGE2, MAIN_STAGE1, _paper(OURS_PITTS))
 SHORT = ("A", "A_sd")
+BASELINE_ROW = Row("Baseline", BASELINE, None, {"A_d_G": 84.51, "A": 87.27, "A_sd": 60.52}, stage2_change=Change(
+    MAIN_STAGE2, "no init_from_work_dir: training starts from the release itself and opens the LoRA adapters fresh "
+                 "(stage_chain applies only to a stage started from another)", {"model.init_from_work_dir": None}))
+DELTA_03 = _stage1_row("delta 0.3", "table9_d03", "the stage-1 JSON of street views grafted with overlap ratio "
+                       "delta = 0.3", _trains_on("stage1/train_d03.json"),
+                       _paper("87.32 92.93 94.59 92.05 71.61 91.04 93.27 86.78 89.32 68.98"))
+# Table 4: the projector is trained in both stages of every row; the rows differ in the VE's and the LLM's LoRA.
+TABLE4_AB = "ablations/table4_AB_stage1.py"
+TABLE4_CD = "ablations/table4_CD_stage1.py"
+TABLE4_AB_STAGE1 = Change(MAIN_STAGE1, "no LoRA on the LLM and none on CLIP: its checkpoint holds the projector alone",
+                          {"model.llm_lora": None, "model.visual_encoder_lora": None})
+TABLE4_CD_STAGE1 = Change(MAIN_STAGE1, "no LoRA on CLIP: its checkpoint holds the LLM's LoRA and the projector",
+                          {"model.visual_encoder_lora": None})
+
+
+def _table4_row(label: str, row: str, stage1: str, stage1_change: Change | None, says: str, settings: dict,
+                paper: dict) -> Row:
+    change = _continuing(stage1, says, settings) if stage1_change else Change(MAIN_STAGE2, says, settings)
+    return Row(label, f"ablations/table4_{row}_stage2.py", stage1, paper, stage1_change=stage1_change,
+               stage2_change=change)
+
 
 TABLES = {t.key: t for t in (
     PaperTable("1", "Table 1: three ways of combining the satellite and street views in stage 1", METRICS, (
-        Row("Two images stitched", "ablations/table1_stitched_stage2.py", "ablations/table1_stitched_stage1.py",
-            _paper("85.73 92.39 93.42 90.95 67.36 91.05 92.17 85.78 87.91 66.45")),
-        Row("Two images input separately", "ablations/table1_two_images_stage2.py",
-            "ablations/table1_two_images_stage1.py",
-            _paper("86.52 92.90 94.15 91.33 68.29 90.84 92.71 86.67 88.14 67.39")),
+        _stage1_row("Two images stitched", "table1_stitched", "the stage-1 JSON of the street view and the satellite "
+                    "crop side by side in one image", _trains_on("stage1/train_stitched.json"),
+                    _paper("85.73 92.39 93.42 90.95 67.36 91.05 92.17 85.78 87.91 66.45")),
+        _stage1_row("Two images input separately", "table1_two_images",
+                    "the crop and the street view as two images, each its own block of 576 visual tokens in one "
+                    "sequence: the \"separate\" stage-1 data (image lists), the dataset and collate function for "
+                    "several images per sample (addressvlm/training/dataset.py) and max_length 2048 - 2 x 576 for the "
+                    "text; XTuner's LLaVA model already fills several image positions of a sequence in order",
+                    _trains_on("stage1/train_separate.json", **{
+                        "train_dataloader.dataset.type": "addressvlm.training.dataset.CityMultiImageLLaVADataset",
+                        "train_dataloader.dataset.images_per_sample": 2, "images_per_sample": 2,
+                        "max_length": 2048 - 2 * 576, "train_dataloader.dataset.max_length": 2048 - 2 * 576,
+                        "train_dataloader.collate_fn.type": "addressvlm.training.dataset.multi_image_collate_fn"}),
+                    _paper("86.52 92.90 94.15 91.33 68.29 90.84 92.71 86.67 88.14 67.39")),
         replace(OURS, label="Two images grafted (ours)"))),
     PaperTable("2", "Table 2: zero-shot, Baseline (stage 2 only), GeoReasoner-style stage 1, AddressVLM", METRICS, (
         Row("LLaVA-Phi3-mini (zero-shot)", ZERO_SHOT, None,
             _paper("26.64 60.22 37.81 45.52 0.00 56.23 34.62 36.69 41.01 0.00")),
-        Row("Baseline", BASELINE, None, {"A_d_G": 84.51, "A": 87.27, "A_sd": 60.52}),
-        Row("GeoReasoner", "ablations/table2_georeasoner_stage2.py", "ablations/table2_georeasoner_stage1.py",
-            {"A_d_G": 83.29, "A": 86.03, "A_sd": 57.78}),
+        BASELINE_ROW,
+        _stage1_row("GeoReasoner", "table2_georeasoner", "GeoReasoner's reasoning tuning (Appendix C) in place of "
+                    "cross-view alignment: street views alone, answered with district-level reasoning (Fig. B1's "
+                    "prompt); the trained parts are stage 1's own, so the row differs from ours in data only",
+                    _trains_on("georeasoner/train.json"), {"A_d_G": 83.29, "A": 86.03, "A_sd": 57.78}),
         replace(OURS, label="AddressVLM"))),
     PaperTable("3", "Table 3: overlap ratio delta and satellite type in stage 1", SHORT, (
-        Row("Satellite w/o road, delta 0.3", "ablations/table3_noroad_d03_stage2.py",
-            "ablations/table3_noroad_d03_stage1.py", {"A": 88.36, "A_sd": 64.05}),
-        Row("Satellite, delta 0.3", "ablations/table9_d03_stage2.py", "ablations/table9_d03_stage1.py",
-            {"A": 89.32, "A_sd": 68.98}),
-        Row("Satellite w/o road, delta 0.5", "ablations/table3_noroad_d05_stage2.py",
-            "ablations/table3_noroad_d05_stage1.py", {"A": 88.06, "A_sd": 64.63}),
+        _stage1_row("Satellite w/o road, delta 0.3", "table3_noroad_d03", "the stage-1 JSON of crops without street "
+                    "names, grafted with delta = 0.3", _trains_on("stage1/train_noroad_d03.json"),
+                    {"A": 88.36, "A_sd": 64.05}),
+        replace(DELTA_03, label="Satellite, delta 0.3", paper={"A": 89.32, "A_sd": 68.98}),
+        _stage1_row("Satellite w/o road, delta 0.5", "table3_noroad_d05", "the stage-1 JSON of crops without street "
+                    "names, grafted with delta = 0.5", _trains_on("stage1/train_noroad_d05.json"),
+                    {"A": 88.06, "A_sd": 64.63}),
         replace(OURS, label="Satellite, delta 0.5 (ours)"))),
     PaperTable("4", "Table 4: which of the vision encoder (VE) and the LLM each stage trains", SHORT, (
-        Row("A: stage 1 -, stage 2 LLM", "ablations/table4_A_stage2.py", "ablations/table4_AB_stage1.py",
-            {"A": 86.58, "A_sd": 63.21}),
-        Row("B: stage 1 -, stage 2 VE + LLM", "ablations/table4_B_stage2.py", "ablations/table4_AB_stage1.py",
-            {"A": 86.42, "A_sd": 62.95}),
-        Row("C: stage 1 LLM, stage 2 LLM", "ablations/table4_C_stage2.py", "ablations/table4_CD_stage1.py",
-            {"A": 87.48, "A_sd": 63.03}),
-        Row("D: stage 1 LLM, stage 2 VE + LLM", "ablations/table4_D_stage2.py", "ablations/table4_CD_stage1.py",
-            {"A": 89.53, "A_sd": 66.37}),
-        Row("E: stage 1 VE + LLM, stage 2 LLM", "ablations/table4_E_stage2.py", MAIN_STAGE1,
-            {"A": 87.37, "A_sd": 63.52}),
+        _table4_row("A: stage 1 -, stage 2 LLM", "A", TABLE4_AB, TABLE4_AB_STAGE1,
+                    "no LoRA on CLIP, and the LLM's LoRA opened fresh (stage_chain llm_lora=\"open\": stage 1 "
+                    "trained none); the projector is continued",
+                    {"model.visual_encoder_lora": None, "model.stage_chain.llm_lora": "open"},
+                    {"A": 86.58, "A_sd": 63.21}),
+        _table4_row("B: stage 1 -, stage 2 VE + LLM", "B", TABLE4_AB, TABLE4_AB_STAGE1,
+                    "the LoRA of the LLM and of CLIP opened fresh (stage_chain \"open\": stage 1 trained neither); "
+                    "the projector is continued",
+                    {"model.stage_chain.llm_lora": "open", "model.stage_chain.visual_encoder_lora": "open"},
+                    {"A": 86.42, "A_sd": 62.95}),
+        _table4_row("C: stage 1 LLM, stage 2 LLM", "C", TABLE4_CD, TABLE4_CD_STAGE1,
+                    "no LoRA on CLIP; the LLM's LoRA and the projector are continued",
+                    {"model.visual_encoder_lora": None}, {"A": 87.48, "A_sd": 63.03}),
+        _table4_row("D: stage 1 LLM, stage 2 VE + LLM", "D", TABLE4_CD, TABLE4_CD_STAGE1,
+                    "CLIP's LoRA opened fresh (stage_chain visual_encoder_lora=\"open\": stage 1 trained none); the "
+                    "LLM's LoRA and the projector are continued",
+                    {"model.stage_chain.visual_encoder_lora": "open"}, {"A": 89.53, "A_sd": 66.37}),
+        _table4_row("E: stage 1 VE + LLM, stage 2 LLM", "E", MAIN_STAGE1, None,
+                    "CLIP's LoRA from stage 1 carried frozen (stage_chain visual_encoder_lora=\"frozen\": loaded and "
+                    "applied, not trained, saved unchanged with stage 2's checkpoint); the LLM's LoRA and the "
+                    "projector are continued",
+                    {"model.stage_chain.visual_encoder_lora": "frozen"}, {"A": 87.37, "A_sd": 63.52}),
         replace(OURS, label="Ours: stage 1 VE + LLM, stage 2 VE + LLM"))),
     PaperTable("5", "Table 5: one model trained on two cities (tested on this city)", METRICS, (
         replace(OURS, label="this city alone"),
         Row("Pitts + SF", "ablations/table5_pitts_sf_stage2.py", "ablations/table5_pitts_sf_stage1.py",
-            _paper("89.24 93.17 95.16 92.66 72.90 92.77 94.34 88.18 90.37 70.63")))),
+            _paper("89.24 93.17 95.16 92.66 72.90 92.77 94.34 88.18 90.37 70.63"),
+            stage1_change=Change(MAIN_STAGE1, "the merged data root data/pitts_sf (its pitts/ and sf/ link to the two "
+                                 "city roots: merge_cities.py)", _merged_root("stage1/train.json")),
+            stage2_change=_continuing("ablations/table5_pitts_sf_stage1.py", "the merged data root data/pitts_sf",
+                                      _merged_root("vqa/train.json"))))),
     PaperTable("6", "Table 6: general instruction data (llava_v1_5_mix665k) mixed into stage 2, general:address",
-               ("A_d", "A_s", "A", "A_sd"), (
-        Row("w/ llava_v1_5_mix665k (5:1)", "ablations/table6_general5_stage2.py", MAIN_STAGE1,
-            _paper("84.38 75.70 79.95 42.08", ("A_d", "A_s", "A", "A_sd"))),
-        Row("w/ llava_v1_5_mix665k (1:1)", "ablations/table6_general1_stage2.py", MAIN_STAGE1,
-            _paper("87.97 79.08 83.43 50.53", ("A_d", "A_s", "A", "A_sd"))),
-        replace(OURS, label="w/o llava_v1_5_mix665k"))),
+               ("A_d", "A_s", "A", "A_sd"), tuple(
+        _stage2_row(f"w/ llava_v1_5_mix665k ({n}:1)", f"table6_general{n}", f"{n} general record(s) of "
+                    "llava_v1_5_mix665k per address record (mix_general.py); images resolve from data/, holding "
+                    "pitts/ and llava/", _trains_on(f"vqa_general{n}/train.json",
+                                                    **{"train_dataloader.dataset.image_folder": "./data/"}),
+                    _paper(values, ("A_d", "A_s", "A", "A_sd")))
+        for n, values in ((5, "84.38 75.70 79.95 42.08"), (1, "87.97 79.08 83.43 50.53"))) + (
+        replace(OURS, label="w/o llava_v1_5_mix665k"),)),
     PaperTable("8", "Table 8: with and without stage 1 (the paper's Tokyo rows; run on any city)", METRICS, (
         replace(OURS, label="AddressVLM", paper=_paper("73.85 89.49 88.62 84.99 63.52 88.28 86.03 81.57 82.28 65.81")),
-        Row("AddressVLM w/o stage1", BASELINE, None,
-            _paper("70.63 86.22 85.93 83.14 58.06 85.39 84.72 78.37 80.76 56.37")))),
+        replace(BASELINE_ROW, label="AddressVLM w/o stage1",
+                paper=_paper("70.63 86.22 85.93 83.14 58.06 85.39 84.72 78.37 80.76 56.37")))),
     PaperTable("9", "Table 9: overlap ratio delta of the grafted street view", METRICS, (
-        Row("delta 0.3", "ablations/table9_d03_stage2.py", "ablations/table9_d03_stage1.py",
-            _paper("87.32 92.93 94.59 92.05 71.61 91.04 93.27 86.78 89.32 68.98")),
+        DELTA_03,
         replace(OURS, label="delta 0.5 (ours)"),
-        Row("delta 0.7", "ablations/table9_d07_stage2.py", "ablations/table9_d07_stage1.py",
-            _paper("86.58 92.33 93.86 91.22 70.35 90.49 92.65 85.81 88.49 68.07")))),
+        _stage1_row("delta 0.7", "table9_d07", "the stage-1 JSON of street views grafted with overlap ratio "
+                    "delta = 0.7", _trains_on("stage1/train_d07.json"),
+                    _paper("86.58 92.33 93.86 91.22 70.35 90.49 92.65 85.81 88.49 68.07")))),
     PaperTable("fig7", "Fig. 7: density of street views (per location) and of locations in stage 2", SHORT, (
         replace(OURS, label="100 % views, 100 % locations", paper={}),
-        *(Row(f"{pct} % of each location's views", f"ablations/fig7_views{tag}_stage2.py", MAIN_STAGE1)
+        *(_stage2_row(f"{pct} % of each location's views", f"fig7_views{tag}", f"the stage-2 training JSON keeps "
+                      f"{pct} % of each training location's street views (the test questions are the full set's)",
+                      _trains_on(f"vqa_views{tag}/train.json"))
           for pct, tag in (("50", "50"), ("25", "25"), ("12.5", "12"))),
-        *(Row(f"{pct} % of the locations", f"ablations/fig7_locations{pct}_stage2.py", MAIN_STAGE1)
+        *(_stage2_row(f"{pct} % of the locations", f"fig7_locations{pct}", f"the stage-2 training JSON keeps {pct} % "
+                      "of the training locations (the test questions are the full set's)",
+                      _trains_on(f"vqa_locations{pct}/train.json"))
           for pct in ("75", "50", "25")))),
 )}
+
+# Beyond the paper: rows with recipes of their own that tools/paper_table.py does not fill (their questions differ).
+HINT_QUESTIONS = "vqa_hint5/val_questions.jsonl"
+BEYOND_THE_PAPER = PaperTable("hint", "Beyond the paper: retrieved names as a hint in the stage-2 prompt, "
+                              "docs/retrieval.md section 6", SHORT, (
+    _stage2_row("AddressVLM + retrieved hint (k = 5)", "retrieval_hint", "the training JSON and the address-metrics "
+                "hook's validation questions are data/pitts/vqa_hint5's: build_vqa's questions (the same seed and "
+                "splits as vqa/) with the street and district names of the 5 best retrieved satellite tiles after each",
+                _trains_on("vqa_hint5/train.json", address_eval_questions=HINT_QUESTIONS,
+                           **{"default_hooks.address_metrics.questions": HINT_QUESTIONS})),))
+
+
+# --------------------------------------------------------------------------------------------- the rows, written out
+# The ablation recipes' headers and docs/paper_tables.md's table of rows are written from the rows above
+# (tools/write_paper_rows.py); tests/test_paper_tables.py fails when a committed one differs.
+ROWS_DOC = RECIPES.parent / "docs" / "paper_tables.md"
+ROWS_BEGIN = ("<!-- The rows: written by tools/write_paper_rows.py from addressvlm/runs/paper_tables.py; edit them "
+              "there. -->")
+ROWS_END = "<!-- End of the rows. -->"
+GPU_RUN = "--city data/pitts --device gpu --gpus 8"
+
+
+def _every_table() -> tuple[PaperTable, ...]:
+    return (*TABLES.values(), BEYOND_THE_PAPER)
+
+
+def _stages(row: Row):
+    """(recipe, change, stage) of each recipe of the row."""
+    return ((row.stage1, row.stage1_change, 1), (row.stage2, row.stage2_change, 2))
+
+
+def ablations() -> dict[str, Change]:
+    """Every ablation recipe the rows name (relative to recipes/) and how it differs from its parent; a recipe that
+    several rows name must be described the same way by each."""
+    found: dict[str, Change] = {}
+    for table in _every_table():
+        for row in table.rows:
+            for recipe, change, _ in _stages(row):
+                if change is not None and found.setdefault(recipe, change) != change:
+                    raise ValueError(f"{recipe}: the rows that name it describe it differently")
+    return found
+
+
+def _naming(recipe: str) -> list[tuple[PaperTable, list[Row], int]]:
+    """The tables whose rows name ``recipe``, those rows, and the stage it is in them."""
+    found = []
+    for table in _every_table():
+        rows = [row for row in table.rows if recipe in (row.stage1, row.stage2)]
+        if rows:
+            found.append((table, rows, 1 if rows[0].stage1 == recipe else 2))
+    return found
+
+
+def run_command(recipe: str) -> str:
+    """The one command that runs an ablation recipe: its table's rows that need it (data, both stages, answers and
+    scores), or, beyond the paper's tables, its training."""
+    table, rows, _ = _naming(recipe)[0]
+    if table.key not in TABLES:
+        return (f"NPROC_PER_NODE=8 xtuner train recipes/{recipe} --deepspeed deepspeed_zero2 "
+                f"(after recipes/{MAIN_STAGE1})")
+    merged = any("data_root" in change.settings for row in rows for _, change, _ in _stages(row) if change)
+    merged_city = " --merged-city data/pitts_sf" if merged else ""
+    names = ",".join(row.name for row in rows)
+    return f"python tools/paper_table.py --table {table.key} {GPU_RUN}{merged_city} --rows {names}"
+
+
+def _comment(text: str) -> list[str]:
+    return textwrap.wrap(text, 118, initial_indent="# ", subsequent_indent="# ", break_long_words=False,
+                         break_on_hyphens=False)
+
+
+def recipe_header(recipe: str) -> str:
+    """An ablation recipe's header: its table and row, what it changes from its parent, the command that runs it."""
+    change = ablations()[recipe]
+    naming = _naming(recipe)
+    tables = ", and of ".join(
+        "{} ({}), row{} {}".format(*table.title.split(": ", 1), "s" if len(rows) > 1 else "",
+                                   ", ".join(f'"{row.label}"' for row in rows)) for table, rows, _ in naming)
+    lines = [*_comment(f"Stage {naming[0][2]} of {tables}."),
+             *_comment(f"Changes from recipes/{change.parent}: {change.says}."),
+             f"# Run: {run_command(recipe)}",
+             "# By hand, and the data tools/paper_table.py does not build: docs/paper_tables.md, \"By hand\"."]
+    return "\n".join(lines) + "\n"
+
+
+def _recipe_cell(recipe: str | None, empty: str = "-") -> str:
+    return f"`{recipe}`" if recipe else empty
+
+
+def rows_doc() -> str:
+    """docs/paper_tables.md's table of rows, between its markers."""
+    lines = [ROWS_BEGIN, "",
+             "| table | row | stage 1 recipe | stage 2 recipe | what the row changes | data it trains on |",
+             "|---|---|---|---|---|---|"]
+    for table in _every_table():
+        for row in table.rows:
+            changes = [f"stage {stage}: {change.says}" for _, change, stage in _stages(row) if change]
+            data = [change.settings["train_dataloader.dataset.data_path"] for _, change, _ in _stages(row)
+                    if change and "train_dataloader.dataset.data_path" in change.settings]
+            stage2 = _recipe_cell(row.stage2, "the release (`eval/infer.py --zero-shot`)")
+            paper_own = "the paper's own recipes" if row.stage2 == MAIN_STAGE2 else "-"
+            lines.append(f"| {table.title.split(':')[0]} | {row.label} | {_recipe_cell(row.stage1)} | {stage2} | "
+                         f"{'; '.join(changes) or paper_own} | {', '.join(f'`{d}`' for d in data)} |")
+    return "\n".join([*lines, "", ROWS_END])
+
+
+def _with_header(recipe: str, text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    body = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    return recipe_header(recipe) + "".join(lines[body:])
+
+
+def written_from_rows() -> dict[Path, str]:
+    """Every file the rows write, with the text they give it: docs/paper_tables.md and each ablation recipe."""
+    try:
+        texts = {ROWS_DOC: replace_generated_block(ROWS_DOC.read_text(encoding="utf-8"), ROWS_BEGIN, ROWS_END,
+                                                   rows_doc())}
+    except ValueError as exc:
+        raise DataError(ROWS_DOC, None, str(exc)) from None
+    for recipe in ablations():
+        path = RECIPES / recipe
+        texts[path] = _with_header(recipe, path.read_text(encoding="utf-8"))
+    return texts
+
+
+def stale_from_rows() -> dict[Path, str]:
+    """The files whose text differs from what the rows write, with the text they write."""
+    return {path: text for path, text in written_from_rows().items() if path.read_text(encoding="utf-8") != text}
 
 
 # --------------------------------------------------------------------------------------------- data variants
@@ -144,8 +375,8 @@ class Stage1Variant:
 
 
 # Files a recipe may train on, relative to its data root, that tools/paper_table.py builds when missing. Others
-# (the main stage-1 and stage-2 files, Table 5's merged cities, Table 6's mix) come from the commands in the
-# recipe's header.
+# (the main stage-1 and stage-2 files, Table 5's merged cities, Table 6's mix) come from the commands in
+# docs/paper_tables.md, "By hand".
 STAGE1_VARIANTS = {
     "stage1/train_stitched.json": Stage1Variant(variant="stitched"),
     "stage1/train_separate.json": Stage1Variant(variant="separate"),
@@ -182,13 +413,10 @@ def recipe_data(recipe: str | Path) -> RecipeData:
                       cfg.model.get("init_from_work_dir"), cfg.work_dir, root)
 
 
-MAIN_DATA_ROOT = "./data/pitts/"
-
-
 def city_roots(city: Path, merged_city: Path | None = None) -> dict[str, Path]:
     """Where each recipe data root lives here: the main recipes' on ``city``, Table 5's merged one on
     ``merged_city`` (``merge_cities.py``'s output)."""
-    return {MAIN_DATA_ROOT: Path(city), **({"./data/pitts_sf/": Path(merged_city)} if merged_city else {})}
+    return {MAIN_DATA_ROOT: Path(city), **({MERGED_DATA_ROOT: Path(merged_city)} if merged_city else {})}
 
 
 def city_of(data: RecipeData, roots: dict[str, Path]) -> Path:
@@ -235,8 +463,8 @@ def ensure_data(city: Path, data: RecipeData, label_backend: str, backend_option
     elif data.data_file in VQA_DENSITIES:
         build_vqa(city / "locations.csv", target.parent, seed=seed, **VQA_DENSITIES[data.data_file])
     else:
-        raise DataError(target, None, f"missing; {data.recipe.relative_to(RECIPES.parent)} names the commands "
-                                      "that build it in its header")
+        raise DataError(target, None, f"missing: {data.recipe.relative_to(RECIPES.parent)} trains on it, and "
+                                      "docs/paper_tables.md (\"By hand\") names the commands that build it")
 
 
 # --------------------------------------------------------------------------------------------- runs

@@ -1,18 +1,8 @@
-# Fig. 7 (paper section 4.3), density of locations: 25 % (training locations kept): stage 2 on other data,
-# continuing the paper's own stage 1 (recipes/stage1_pitts.py).
+# Stage 2 of Fig. 7 (density of street views (per location) and of locations in stage 2), row "25 % of the locations".
 # Changes from recipes/stage2_pitts.py: the stage-2 training JSON keeps 25 % of the training locations (the test
-# questions are the full set's: build_vqa pins the same splits).
-# Data:
-#   python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa_locations25 \
-#       --seed 0 --location-fraction 0.25
-# Train and evaluate:
-#   NPROC_PER_NODE=8 xtuner train recipes/stage1_pitts.py --deepspeed deepspeed_zero2   (the paper's own stage 1)
-#   NPROC_PER_NODE=8 xtuner train recipes/ablations/fig7_locations25_stage2.py --deepspeed deepspeed_zero2
-#   python eval/infer.py --config recipes/ablations/fig7_locations25_stage2.py --checkpoint work_dirs/llava_phi3_mini/fig7_locations25_stage2 \
-#       --questions data/pitts/vqa/test_questions.jsonl --out eval_results/llava_phi3_mini/fig7_locations25_stage2/predictions.jsonl
-#   python eval/score.py --questions data/pitts/vqa/test_questions.jsonl \
-#       --predictions eval_results/llava_phi3_mini/fig7_locations25_stage2/predictions.jsonl
-# Or the whole figure/table: python tools/paper_table.py --table fig7 --city data/pitts --device gpu --gpus 8
+# questions are the full set's).
+# Run: python tools/paper_table.py --table fig7 --city data/pitts --device gpu --gpus 8 --rows fig7_locations25_stage2
+# By hand, and the data tools/paper_table.py does not build: docs/paper_tables.md, "By hand".
 from mmengine.config import read_base
 
 with read_base():

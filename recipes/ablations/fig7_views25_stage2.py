@@ -1,21 +1,9 @@
-# Fig. 7 (paper section 4.3), view density: 25 % (street views kept per training location): stage 2 on other data,
-# continuing the paper's own stage 1 (recipes/stage1_pitts.py).
-# Changes from recipes/stage2_pitts.py: the stage-2 training JSON keeps 25 % of the street views (the test questions
-# are the full set's: build_vqa pins the same splits).
-# The paper disagrees with itself here: section 4.3's text says 25 % of the views, which this recipe follows
-# (6 of a Pitts location's 24), while Table C6 labels the run View-7/24 (SF-Base-VQA: View-4/12). For C6's
-# count build the data with --view-fraction 7/24 (SF: 4/12) instead.
-# Data:
-#   python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa_views25 \
-#       --seed 0 --view-fraction 0.25
-# Train and evaluate:
-#   NPROC_PER_NODE=8 xtuner train recipes/stage1_pitts.py --deepspeed deepspeed_zero2   (the paper's own stage 1)
-#   NPROC_PER_NODE=8 xtuner train recipes/ablations/fig7_views25_stage2.py --deepspeed deepspeed_zero2
-#   python eval/infer.py --config recipes/ablations/fig7_views25_stage2.py --checkpoint work_dirs/llava_phi3_mini/fig7_views25_stage2 \
-#       --questions data/pitts/vqa/test_questions.jsonl --out eval_results/llava_phi3_mini/fig7_views25_stage2/predictions.jsonl
-#   python eval/score.py --questions data/pitts/vqa/test_questions.jsonl \
-#       --predictions eval_results/llava_phi3_mini/fig7_views25_stage2/predictions.jsonl
-# Or the whole figure/table: python tools/paper_table.py --table fig7 --city data/pitts --device gpu --gpus 8
+# Stage 2 of Fig. 7 (density of street views (per location) and of locations in stage 2), row "25 % of each location's
+# views".
+# Changes from recipes/stage2_pitts.py: the stage-2 training JSON keeps 25 % of each training location's street views
+# (the test questions are the full set's).
+# Run: python tools/paper_table.py --table fig7 --city data/pitts --device gpu --gpus 8 --rows fig7_views25_stage2
+# By hand, and the data tools/paper_table.py does not build: docs/paper_tables.md, "By hand".
 from mmengine.config import read_base
 
 with read_base():

@@ -1,7 +1,7 @@
-# Table 1 (paper section 3.2), row "stitched": street view and satellite crop side by side in one image, stage 2:
-# address localization tuning continuing table1_stitched_stage1.py.
-# Changes from recipes/stage2_pitts.py: starts from table1_stitched_stage1's work_dir. The commands are in
-# table1_stitched_stage1.py.
+# Stage 2 of Table 1 (three ways of combining the satellite and street views in stage 1), row "Two images stitched".
+# Changes from recipes/stage2_pitts.py: starts from table1_stitched_stage1.py's work_dir.
+# Run: python tools/paper_table.py --table 1 --city data/pitts --device gpu --gpus 8 --rows table1_stitched_stage2
+# By hand, and the data tools/paper_table.py does not build: docs/paper_tables.md, "By hand".
 from mmengine.config import read_base
 
 with read_base():

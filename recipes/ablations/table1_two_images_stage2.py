@@ -1,15 +1,8 @@
-# Table 1 (paper section 3.2), row "Two images input separately", stage 2: the paper's stage 2 (single street-view
-# images), continuing table1_two_images_stage1's LoRA and projector instead of the grafted stage 1's.
-# Changes from recipes/stage2_pitts.py: starts from table1_two_images_stage1's work_dir.
-#   python datasets_prep/build_vqa.py --locations data/pitts/locations.csv --out data/pitts/vqa --seed 0
-#   NPROC_PER_NODE=8 xtuner train recipes/ablations/table1_two_images_stage1.py --deepspeed deepspeed_zero2
-#   NPROC_PER_NODE=8 xtuner train recipes/ablations/table1_two_images_stage2.py --deepspeed deepspeed_zero2
-#   python eval/infer.py --config recipes/ablations/table1_two_images_stage2.py \
-#       --checkpoint work_dirs/llava_phi3_mini/table1_two_images_stage2 \
-#       --questions data/pitts/vqa/test_questions.jsonl \
-#       --out eval_results/llava_phi3_mini/table1_two_images_stage2/predictions.jsonl
-#   python eval/score.py --questions data/pitts/vqa/test_questions.jsonl \
-#       --predictions eval_results/llava_phi3_mini/table1_two_images_stage2/predictions.jsonl
+# Stage 2 of Table 1 (three ways of combining the satellite and street views in stage 1), row "Two images input
+# separately".
+# Changes from recipes/stage2_pitts.py: starts from table1_two_images_stage1.py's work_dir.
+# Run: python tools/paper_table.py --table 1 --city data/pitts --device gpu --gpus 8 --rows table1_two_images_stage2
+# By hand, and the data tools/paper_table.py does not build: docs/paper_tables.md, "By hand".
 from mmengine.config import read_base
 
 with read_base():

@@ -1,7 +1,7 @@
-# Table 3 (paper section 4.3), row "Satellite w/o road", delta = 0.3, stage 2: address localization tuning
-# continuing table3_noroad_d03_stage1.py.
-# Changes from recipes/stage2_pitts.py: starts from table3_noroad_d03_stage1's work_dir. The commands are in
-# table3_noroad_d03_stage1.py.
+# Stage 2 of Table 3 (overlap ratio delta and satellite type in stage 1), row "Satellite w/o road, delta 0.3".
+# Changes from recipes/stage2_pitts.py: starts from table3_noroad_d03_stage1.py's work_dir.
+# Run: python tools/paper_table.py --table 3 --city data/pitts --device gpu --gpus 8 --rows table3_noroad_d03_stage2
+# By hand, and the data tools/paper_table.py does not build: docs/paper_tables.md, "By hand".
 from mmengine.config import read_base
 
 with read_base():

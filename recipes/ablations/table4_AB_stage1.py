@@ -1,9 +1,8 @@
-# Table 4 (paper section 4.3), rows A and B, stage 1: cross-view alignment tuning with neither the vision encoder (VE)
-# nor the LLM trained; only the projector is, as in every row of the table.
-# Changes from recipes/stage1_pitts.py: no LoRA on the LLM and none on CLIP. Its checkpoint holds the projector alone,
-# which table4_A_stage2.py and table4_B_stage2.py continue.
-#   NPROC_PER_NODE=8 xtuner train recipes/ablations/table4_AB_stage1.py --deepspeed deepspeed_zero2
-# Then the stage 2 of row A or B (their headers have the commands).
+# Stage 1 of Table 4 (which of the vision encoder (VE) and the LLM each stage trains), rows "A: stage 1 -, stage 2
+# LLM", "B: stage 1 -, stage 2 VE + LLM".
+# Changes from recipes/stage1_pitts.py: no LoRA on the LLM and none on CLIP: its checkpoint holds the projector alone.
+# Run: python tools/paper_table.py --table 4 --city data/pitts --device gpu --gpus 8 --rows table4_A_stage2,table4_B_stage2
+# By hand, and the data tools/paper_table.py does not build: docs/paper_tables.md, "By hand".
 from mmengine.config import read_base
 
 with read_base():

@@ -1,13 +1,9 @@
-# Table 4 (paper section 4.3), row B: stage 1 trains neither VE nor LLM (table4_AB_stage1.py), stage 2 trains both
-# (the projector in both stages, as in every row).
-# Changes from recipes/stage2_pitts.py: starts from table4_AB_stage1's work_dir, and the LoRA of the LLM and of CLIP
-# are opened fresh (stage_chain "open": stage 1 trained neither); the projector is continued.
-#   NPROC_PER_NODE=8 xtuner train recipes/ablations/table4_AB_stage1.py --deepspeed deepspeed_zero2
-#   NPROC_PER_NODE=8 xtuner train recipes/ablations/table4_B_stage2.py --deepspeed deepspeed_zero2
-#   python eval/infer.py --config recipes/ablations/table4_B_stage2.py --checkpoint work_dirs/llava_phi3_mini/table4_B_stage2 \
-#       --questions data/pitts/vqa/test_questions.jsonl --out eval_results/llava_phi3_mini/table4_B_stage2/predictions.jsonl
-#   python eval/score.py --questions data/pitts/vqa/test_questions.jsonl \
-#       --predictions eval_results/llava_phi3_mini/table4_B_stage2/predictions.jsonl
+# Stage 2 of Table 4 (which of the vision encoder (VE) and the LLM each stage trains), row "B: stage 1 -, stage 2 VE +
+# LLM".
+# Changes from recipes/stage2_pitts.py: starts from table4_AB_stage1.py's work_dir; the LoRA of the LLM and of CLIP
+# opened fresh (stage_chain "open": stage 1 trained neither); the projector is continued.
+# Run: python tools/paper_table.py --table 4 --city data/pitts --device gpu --gpus 8 --rows table4_B_stage2
+# By hand, and the data tools/paper_table.py does not build: docs/paper_tables.md, "By hand".
 from mmengine.config import read_base
 
 with read_base():

@@ -1,8 +1,8 @@
-# Table 4 (paper section 4.3), rows C and D, stage 1: cross-view alignment tuning with the LLM trained (LoRA) and the
-# vision encoder (VE) not; the projector is trained, as in every row of the table.
-# Changes from recipes/stage1_pitts.py: no LoRA on CLIP. Its checkpoint holds the LLM's LoRA and the projector.
-#   NPROC_PER_NODE=8 xtuner train recipes/ablations/table4_CD_stage1.py --deepspeed deepspeed_zero2
-# Then the stage 2 of row D (table4_D_stage2.py; its header has the commands).
+# Stage 1 of Table 4 (which of the vision encoder (VE) and the LLM each stage trains), rows "C: stage 1 LLM, stage 2
+# LLM", "D: stage 1 LLM, stage 2 VE + LLM".
+# Changes from recipes/stage1_pitts.py: no LoRA on CLIP: its checkpoint holds the LLM's LoRA and the projector.
+# Run: python tools/paper_table.py --table 4 --city data/pitts --device gpu --gpus 8 --rows table4_C_stage2,table4_D_stage2
+# By hand, and the data tools/paper_table.py does not build: docs/paper_tables.md, "By hand".
 from mmengine.config import read_base
 
 with read_base():

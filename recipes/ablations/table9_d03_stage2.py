@@ -1,7 +1,8 @@
-# Table 9 (appendix) and Table 3 (section 4.3), row "delta = 0.3" (Table 3: "Satellite", 0.3), stage 2: address
-# localization tuning continuing table9_d03_stage1.py.
-# Changes from recipes/stage2_pitts.py: starts from table9_d03_stage1's work_dir. The commands are in
-# table9_d03_stage1.py.
+# Stage 2 of Table 3 (overlap ratio delta and satellite type in stage 1), row "Satellite, delta 0.3", and of Table 9
+# (overlap ratio delta of the grafted street view), row "delta 0.3".
+# Changes from recipes/stage2_pitts.py: starts from table9_d03_stage1.py's work_dir.
+# Run: python tools/paper_table.py --table 3 --city data/pitts --device gpu --gpus 8 --rows table9_d03_stage2
+# By hand, and the data tools/paper_table.py does not build: docs/paper_tables.md, "By hand".
 from mmengine.config import read_base
 
 with read_base():

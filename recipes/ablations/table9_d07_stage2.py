@@ -1,6 +1,7 @@
-# Table 9 (appendix), row "delta = 0.7", stage 2: address localization tuning continuing table9_d07_stage1.py.
-# Changes from recipes/stage2_pitts.py: starts from table9_d07_stage1's work_dir. The commands are in
-# table9_d07_stage1.py.
+# Stage 2 of Table 9 (overlap ratio delta of the grafted street view), row "delta 0.7".
+# Changes from recipes/stage2_pitts.py: starts from table9_d07_stage1.py's work_dir.
+# Run: python tools/paper_table.py --table 9 --city data/pitts --device gpu --gpus 8 --rows table9_d07_stage2
+# By hand, and the data tools/paper_table.py does not build: docs/paper_tables.md, "By hand".
 from mmengine.config import read_base
 
 with read_base():
