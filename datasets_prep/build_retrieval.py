@@ -1,6 +1,6 @@
 """Cross-view retrieval data (docs/retrieval.md): a satellite tile per location and the queries that retrieve it.
 
-A city (tiles cut from its satellite raster, street views as image queries, a scene text per location):
+A city (tiles cut from its satellite raster, street views as image queries, a scene text per street view):
     python datasets_prep/build_retrieval.py --city data/helsinki                  # rule texts (a stand-in)
     python datasets_prep/build_retrieval.py --city data/pitts --backend openai \\
         --base-url http://localhost:8000/v1 --model Qwen/Qwen2-VL-7B-Instruct --concurrency 16
@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     city.add_argument("--workers", type=int, default=None, help="tile-cutting processes (default: usable cores)")
     city.add_argument("--no-texts", action="store_true", help="street-view queries only")
     city.add_argument("--backend", choices=("rule", "openai", "hf"), default="rule",
-                      help="scene texts: rule (OpenStreetMap cues, a stand-in), openai or hf (an LVLM)")
+                      help="scene texts, one per street view: rule (the offline stand-in: the city's "
+                           "view_facts.jsonl where a renderer wrote one, and OpenStreetMap cues), openai or hf (an "
+                           "LVLM describing the street view)")
     city.add_argument("--city-name", help="city name given to the backend (default: the city folder's name)")
     city.add_argument("--limit", type=int, default=None, help="ask for at most this many texts in this run")
     city.add_argument("--model", help="openai: served model name; hf: model path or hub id")
