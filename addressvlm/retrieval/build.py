@@ -70,14 +70,10 @@ def _road_words(metres: int) -> str:
     return "wide" if metres >= 14 else "medium-width" if metres >= 11 else "narrow" if metres >= 7 else "small"
 
 
-def _storeys(levels: int) -> str:
-    return f"{levels}-storey"
-
-
 def _side(levels: int, park: bool, v: dict) -> str:
     if park:
         return "a fenced park with trees"
-    return f"{_storeys(levels)} {v['facade']} buildings with {v['windows']} windows"
+    return f"{levels}-storey {v['facade']} buildings with {v['windows']} windows"
 
 
 def view_sentences(v: dict, rng: random.Random) -> list[str]:
@@ -92,7 +88,7 @@ def view_sentences(v: dict, rng: random.Random) -> list[str]:
             out.append(rng.choice([
                 f"{v['facade'].capitalize()} facades with {v['windows']} windows line both sides, {left} storeys on "
                 f"the left and {right} on the right.",
-                f"On the left stand {_side(left, False, v)}, on the right {_storeys(right)} ones.",
+                f"On the left stand {_side(left, False, v)}, on the right {right}-storey ones.",
                 f"Both sides are lined with {v['facade']} buildings ({left} and {right} storeys) with {v['windows']} "
                 "windows."]))
         else:
@@ -106,18 +102,18 @@ def view_sentences(v: dict, rng: random.Random) -> list[str]:
                                    "A fenced park with trees fills the far side."]))
         else:
             out.append(rng.choice([
-                f"Opposite stands a {_storeys(v['levels'][0])} {v['facade']} building with {v['windows']} windows.",
+                f"Opposite stands a {v['levels'][0]}-storey {v['facade']} building with {v['windows']} windows.",
                 f"The far side is a {v['facade']} facade, {v['levels'][0]} storeys high, with {v['windows']} windows."]))
     out.append(rng.choice([f"The pavements are {v['pavement']}.", f"The sidewalk paving is {v['pavement']}.",
                            f"{v['pavement'].capitalize()} paving runs along the kerbs."]))
+    one_shop = "a shop front with an awning"
     extras = []
     if v["trees"]:
         extras.append("a few street trees" if v["trees"] <= 3 else "many trees")
     if v["shops"]:
-        extras.append("shop fronts with awnings" if v["shops"] > 1 else "a shop front with an awning")
+        extras.append("shop fronts with awnings" if v["shops"] > 1 else one_shop)
     if extras:
-        out.append(f"There {'are' if extras[0] != 'a shop front with an awning' else 'is'} "
-                   f"{' and '.join(extras)}.")
+        out.append(f"There {'is' if extras == [one_shop] else 'are'} {' and '.join(extras)}.")
     return out
 
 
