@@ -19,7 +19,7 @@ from addressvlm.core.records import (
     write_locations, write_view_facts,
 )
 from addressvlm.data.retrieval_data import SCENE_PROMPT, build_city_retrieval, ingest_cvg_text, ingest_geotext1652
-from test_labels import make_city
+from test_labels import ScriptedServer, make_city
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_TILES = dict(size_m=120, pixels=48, workers=1, progress=False, city_name="Helsinki")
@@ -114,6 +114,34 @@ def test_lvlm_texts_naming_a_street_are_rejected_and_a_rerun_asks_only_for_the_r
     # Texts made by another backend are not mixed into the same file.
     with pytest.raises(DataError, match="other settings"):
         build_city_retrieval(root, text_backend="rule", **SMALL_TILES)
+
+
+class SceneServer(ScriptedServer):
+    """An OpenAI-compatible endpoint that describes every street view alike."""
+
+    def respond(self, body):
+        with self.lock:
+            self.requests.append(body)
+        return 200, "A wide road with ochre buildings and trees on both sides."
+
+
+def test_openai_scene_texts_come_from_a_server_by_name(city, tmp_path):
+    """``--backend openai`` as build_retrieval.py passes it (a backend name and its options), not a backend object:
+    the stage-1 client is made without a labelling task and asked once per street view."""
+    import shutil
+
+    root = tmp_path / "helsinki"
+    shutil.copytree(city, root, ignore=shutil.ignore_patterns("retrieval"))
+    server = SceneServer()
+    try:
+        report = build_city_retrieval(root, text_backend="openai", backend_options=dict(
+            model="scene-lvlm", base_url=server.url, api_key="k", concurrency=2, backoff_s=0.01), **SMALL_TILES)
+    finally:
+        server.close()
+    assert (report.texts_written, report.failed_texts) == (8, [])
+    assert {body["model"] for body in server.requests} == {"scene-lvlm"} and len(server.requests) == 8
+    texts = [q for q in read_retrieval_queries(root / "retrieval" / "queries.jsonl") if q["kind"] == "text"]
+    assert {q["source"] for q in texts} == {"openai:scene-lvlm"} and len(texts) == 8
 
 
 def _view_facts(place: int) -> list[dict]:

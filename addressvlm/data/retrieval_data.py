@@ -155,7 +155,7 @@ def make_scene_backend(name: str, view_facts: dict[str, dict] | None = None, **o
     reasons."""
     if name == "rule":
         return SceneRuleBackend(view_facts)
-    return make_backend(name, **options)
+    return make_backend(name, None, **options)  # a labelling task only shapes the rule backend's reasons
 
 
 def names_in_text(text: str, names: Iterable[str]) -> list[str]:
