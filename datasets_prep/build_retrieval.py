@@ -1,6 +1,6 @@
 """Cross-view retrieval data (docs/retrieval.md): a satellite tile per location and the queries that retrieve it.
 
-A city (tiles cut from its satellite raster, street views as image queries, a scene text per location):
+A city (tiles cut from its satellite raster, street views as image queries, a scene text per street view):
     python datasets_prep/build_retrieval.py --city data/helsinki                  # rule texts (a stand-in)
     python datasets_prep/build_retrieval.py --city data/pitts --backend openai \\
         --base-url http://localhost:8000/v1 --model Qwen/Qwen2-VL-7B-Instruct --concurrency 16
@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     city.add_argument("--city-name", help="city name given to the backend (default: the city folder's name)")
     city.add_argument("--limit", type=int, default=None, help="ask for at most this many texts in this run")
     add_backend_arguments(parser.add_argument_group("scene texts"),
-                          "scene texts: rule (OpenStreetMap cues, a stand-in), openai or hf (an LVLM)", max_tokens=300)
+                          "scene texts, one per street view: rule (the offline stand-in: the city's "
+                          "view_facts.jsonl where a renderer wrote one, and OpenStreetMap cues), openai or hf (an "
+                          "LVLM describing the street view)", max_tokens=300)
     public = parser.add_argument_group("CVG-Text and GeoText-1652")
     public.add_argument("--version", action="append", dest="versions", metavar="NAME",
                         help="CVG-Text: a city version (NewYork, NewYork-photos, Brisbane, Tokyo, ...); repeat it "

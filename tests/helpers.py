@@ -1,8 +1,13 @@
 """Builders the tests share (the shared fixtures are in conftest.py): the reference recipe's options for a model
 folder and a synthetic checkpoint of it, a city of the nine question kinds, a GeoTIFF and street map around central
-Helsinki, four places of street views along its streets, and an address where no server listens."""
+Helsinki, four places of street views along its streets, an OpenAI-compatible endpoint that answers from a script,
+and an address where no server listens."""
 import json
 import math
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +163,54 @@ def closed_port_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
+
+
+class ScriptedServer:
+    """An OpenAI-compatible chat endpoint on 127.0.0.1: statuses from a script, then answers from the hint."""
+
+    def __init__(self, script=(), delay_s=0.0, wrong_once_for=None):
+        self.script, self.delay_s, self.wrong_once_for = list(script), delay_s, wrong_once_for
+        self.statuses, self.requests, self.lock = [], [], threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status, text = server.respond(body)
+                payload = json.dumps(
+                    {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": text}}]} if status == 200
+                    else {"error": {"message": f"scripted {status}", "type": "server_error"}}).encode()
+                time.sleep(server.delay_s)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def respond(self, body):
+        with self.lock:
+            self.requests.append(body)
+            status = self.script.pop(0) if self.script else 200
+            self.statuses.append(status)
+            content = body["messages"][0]["content"]
+            prompt = next(c["text"] for c in content if c["type"] == "text")
+            where = re.search(r"stating that it was taken (.+?), then", prompt).group(1)
+            if self.wrong_once_for and self.wrong_once_for in where:
+                self.wrong_once_for = None
+                return status, "It was taken on Some Other Road, judging by the trees."
+        return status, f"The street view was taken {where}. The road layout and the labels on the map agree."
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -63,15 +63,19 @@ def test_quick_demo_writes_every_artefact(quick_demo):
     # the zero-shot model's option letters: one count per sample, the options shuffled (docs/metrics.md)
     assert sum(distribution["before"]["positions"].values()) == DemoSettings.quick().street_samples
 
-    # Both retrievers scored on the test street views against the test split's tiles (issue 18's retrieval.json).
+    # Both retrievers scored on the test street views and on their scene texts (one per view) against the test
+    # split's tiles (issue 18's retrieval.json, issue 27's scene_text entries).
     retrieval = json.loads((out / "metrics" / "retrieval.json").read_text())
     test_views = [r for r in rows if r.split == "test"]
-    assert set(retrieval) == {"lvlm_last_token", "clip_dual_encoder"}
+    assert set(retrieval) == {f"{name}{kind}" for name in ("lvlm_last_token", "clip_dual_encoder")
+                              for kind in ("", "/scene_text")}
     for m in retrieval.values():
         assert set(m) == {"R@1", "R@5", "R@10", "gallery_size", "queries"}
         assert (m["queries"], m["gallery_size"]) == (len(test_views), len(test_locations))
         assert 0 <= m["R@1"] <= m["R@5"] <= m["R@10"] <= 100
-    assert "## Cross-view retrieval" in text and "| LVLM retriever (LLaVA-Phi3-mini, last token) | street view |" in text
+    for kind in ("street view", "scene text"):
+        assert f"| LVLM retriever (LLaVA-Phi3-mini, last token) | {kind} |" in text
+    assert "## Cross-view retrieval" in text
     assert (work / "retrieval" / "clip_dual_encoder" / "last_checkpoint").is_file()
 
     # AddressVLM and the Baseline paired by question: the counts add up to what each model got right.

@@ -7,9 +7,7 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from addressvlm.data.label_backends import BackendUnavailable, OpenAIBackend
 from addressvlm.data.stage1_json import build_stage1_json
 from addressvlm.data.labels import hint_prompt, make_labels, training_question
 from addressvlm.core.records import DataError, Location, read_jsonl, read_llava_json, write_locations
-from helpers import closed_port_url, make_street_view_city
+from helpers import ScriptedServer, closed_port_url, make_street_view_city
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,57 +85,6 @@ def test_rule_backend_end_to_end(tmp_path):
     human, gpt = rec["conversations"]
     assert human["value"] == "<image>\n" + training_question()
     assert gpt["value"] == first
-
-
-class ScriptedServer:
-    """An OpenAI-compatible chat endpoint on 127.0.0.1: statuses from a script, then answers from the hint."""
-
-    def __init__(self, script=(), delay_s=0.0, wrong_once_for=None):
-        self.script, self.delay_s, self.wrong_once_for = list(script), delay_s, wrong_once_for
-        self.statuses, self.requests, self.lock = [], [], threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, text = server.respond(body)
-                payload = json.dumps(
-                    {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                     "choices": [{"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": text}}]} if status == 200
-                    else {"error": {"message": f"scripted {status}", "type": "server_error"}}).encode()
-                time.sleep(server.delay_s)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                if status == 429:
-                    self.send_header("Retry-After", "0")
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def respond(self, body):
-        with self.lock:
-            self.requests.append(body)
-            status = self.script.pop(0) if self.script else 200
-            self.statuses.append(status)
-            content = body["messages"][0]["content"]
-            prompt = next(c["text"] for c in content if c["type"] == "text")
-            where = re.search(r"stating that it was taken (.+?), then", prompt).group(1)
-            if self.wrong_once_for and self.wrong_once_for in where:
-                self.wrong_once_for = None
-                return status, "It was taken on Some Other Road, judging by the trees."
-        return status, f"The street view was taken {where}. The road layout and the labels on the map agree."
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -242,9 +189,6 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(grafted_city):
 
 
 def test_stage1_ids_of_views_differing_only_by_extension_are_distinct(tmp_path):
-    import json
-
-    from addressvlm.core.records import read_llava_json
 
     city = tmp_path / "city"
     images = ["img/x.jpg", "img/x.png", "img/y.jpg"]

@@ -14,9 +14,12 @@ from PIL import Image
 from addressvlm.geo.crop import read_crop_index
 from addressvlm.data.label_backends import LabelBackendError
 from addressvlm.core.names import mentions_name
-from addressvlm.core.records import DataError, read_gallery, read_retrieval_queries, write_locations
+from addressvlm.core.records import (
+    VIEW_FACTS_FILE, DataError, read_gallery, read_locations, read_retrieval_queries, read_view_facts,
+    write_locations, write_view_facts,
+)
 from addressvlm.data.retrieval_data import SCENE_PROMPT, build_city_retrieval, ingest_cvg_text, ingest_geotext1652
-from helpers import make_street_view_city
+from helpers import ScriptedServer, make_street_view_city
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_TILES = dict(size_m=120, pixels=48, workers=1, progress=False, city_name="Helsinki")
@@ -53,7 +56,7 @@ def test_city_gallery_and_queries(city):
     report = build_city_retrieval(city, **SMALL_TILES)
     gallery = read_gallery(city / "retrieval" / "gallery.jsonl")
     queries = read_retrieval_queries(city / "retrieval" / "queries.jsonl", gallery)
-    assert (report.tiles, report.image_queries, report.text_queries) == (4, 8, 4)
+    assert (report.tiles, report.image_queries, report.text_queries) == (4, 8, 8)
     assert report.by_split == {"train": 3, "val": 0, "test": 1}
     # One tile per location, centred on it, split as its location; no street name drawn on it.
     index = read_crop_index(city / "retrieval" / "tiles")
@@ -68,11 +71,15 @@ def test_city_gallery_and_queries(city):
     assert {(q["image"], q["tile"], q["split"]) for q in views} == {
         (f"views/{i}/{v}.jpg", f"loc{i}", "test" if i == 3 else "train") for i in range(4) for v in range(2)}
     assert views[0]["query_id"] == "helsinki/loc0/0" and views[0]["source"] == "street_view"
-    # Scene texts (the rule stand-in) describe the place from the street data and name no street or place.
-    texts = {q["tile"]: q for q in queries if q["kind"] == "text"}
-    assert set(texts) == {"loc0", "loc1", "loc2", "loc3"} and texts["loc0"]["source"] == "rule"
-    assert "runs east-west" in texts["loc0"]["text"] or "running east-west" in texts["loc0"]["text"]
-    assert "crosses it about" in texts["loc0"]["text"] and "square" in texts["loc0"]["text"]
+    # A scene text per street view (the rule stand-in): without view facts, the street data around the place, and
+    # no street or place named.
+    texts = {q["query_id"]: q for q in queries if q["kind"] == "text"}
+    assert set(texts) == {f"helsinki/loc{i}/{v}/text" for i in range(4) for v in range(2)}
+    assert {(q["tile"], q["split"]) for q in texts.values()} == {(f"loc{i}", "test" if i == 3 else "train")
+                                                                for i in range(4)}
+    first = texts["helsinki/loc0/0/text"]
+    assert first["source"] == "rule" and "runs east-west" in first["text"]
+    assert "crosses it about" in first["text"] and "square" in first["text"]
     for q in texts.values():
         assert not any(mentions_name(q["text"], n) for n in ("Mannerheimintie", "Yrjönkatu", "Kluuvi", "Kaivopiha"))
     # A rerun cuts and writes nothing new and writes the same files.
@@ -87,29 +94,138 @@ def test_lvlm_texts_naming_a_street_are_rejected_and_a_rerun_asks_only_for_the_r
 
     root = tmp_path / "helsinki"
     shutil.copytree(city, root, ignore=shutil.ignore_patterns("retrieval"))
-    backend = ScriptedScenes(naming={"loc1"}, failing={"loc2"})
+    backend = ScriptedScenes(naming={"views/1/0.jpg"}, failing={"views/2/1.jpg"})
     report = build_city_retrieval(root, text_backend=backend, **SMALL_TILES)
-    assert (report.texts_written, report.texts_rejected) == (2, 1)
-    assert report.failed_texts == [("loc2", "server gave up")]
-    # The backend saw every street view of a place, with the retrieval prompt.
-    assert sorted(backend.asked)[0] == ("loc0", ["0.jpg", "1.jpg"], SCENE_PROMPT)
+    assert (report.texts_written, report.texts_rejected) == (6, 1)
+    assert report.failed_texts == [("views/2/1.jpg", "server gave up")]
+    # The backend saw each street view on its own, with the retrieval prompt, as CVG-Text's texts were written.
+    assert sorted(backend.asked)[:2] == [("views/0/0.jpg", ["0.jpg"], SCENE_PROMPT),
+                                         ("views/0/1.jpg", ["1.jpg"], SCENE_PROMPT)]
     queries = read_retrieval_queries(root / "retrieval" / "queries.jsonl")
-    assert {q["tile"] for q in queries if q["kind"] == "text"} == {"loc0", "loc3"}
+    assert {q["query_id"] for q in queries if q["kind"] == "text"} == {
+        f"helsinki/loc{i}/{v}/text" for i, v in ((0, 0), (0, 1), (1, 1), (2, 0), (3, 0), (3, 1))}
     assert {q["source"] for q in queries if q["kind"] == "text"} == {"openai:scripted"}
     rejected = [json.loads(line) for line in (root / "retrieval" / "scene_texts.rejected.jsonl").open()]
-    assert rejected[0]["location_id"] == "loc1" and rejected[0]["names"] == ["Mannerheimintie"]
+    assert (rejected[0]["image"], rejected[0]["location_id"]) == ("views/1/0.jpg", "loc1")
+    assert rejected[0]["names"] == ["Mannerheimintie"]
     retry = ScriptedScenes()
     build_city_retrieval(root, text_backend=retry, **SMALL_TILES)
-    assert sorted(key for key, _, _ in retry.asked) == ["loc1", "loc2"]
+    assert sorted(key for key, _, _ in retry.asked) == ["views/1/0.jpg", "views/2/1.jpg"]
     # Texts made by another backend are not mixed into the same file.
     with pytest.raises(DataError, match="other settings"):
         build_city_retrieval(root, text_backend="rule", **SMALL_TILES)
 
 
-def test_splits_must_be_pinned_and_location_disjoint(city, tmp_path):
+class SceneServer(ScriptedServer):
+    """An OpenAI-compatible endpoint that describes every street view alike."""
+
+    def respond(self, body):
+        with self.lock:
+            self.requests.append(body)
+        return 200, "A wide road with ochre buildings and trees on both sides."
+
+
+def test_openai_scene_texts_come_from_a_server_by_name(city, tmp_path):
+    """``--backend openai`` as build_retrieval.py passes it (a backend name and its options), not a backend object:
+    the stage-1 client is made without a labelling task and asked once per street view."""
     import shutil
 
-    from addressvlm.core.records import read_locations
+    root = tmp_path / "helsinki"
+    shutil.copytree(city, root, ignore=shutil.ignore_patterns("retrieval"))
+    server = SceneServer()
+    try:
+        report = build_city_retrieval(root, text_backend="openai", backend_options=dict(
+            model="scene-lvlm", base_url=server.url, api_key="k", concurrency=2, backoff_s=0.01), **SMALL_TILES)
+    finally:
+        server.close()
+    assert (report.texts_written, report.failed_texts) == (8, [])
+    assert {body["model"] for body in server.requests} == {"scene-lvlm"} and len(server.requests) == 8
+    texts = [q for q in read_retrieval_queries(root / "retrieval" / "queries.jsonl") if q["kind"] == "text"]
+    assert {q["source"] for q in texts} == {"openai:scene-lvlm"} and len(texts) == 8
+
+
+def _view_facts(place: int) -> list[dict]:
+    """An along view (both sides: a facade and a park) and an across view for ``make_street_view_city``'s ``loc{place}``."""
+    return [{"image": f"views/{place}/0.jpg", "location_id": f"loc{place}", "view": "along", "road_m": 16,
+             "pavement": "reddish", "facade": "ochre", "windows": "arched", "levels": [5, 3], "park": [False, True],
+             "trees": 4, "tram": True, "shops": 1},
+            {"image": f"views/{place}/1.jpg", "location_id": f"loc{place}", "view": "across", "road_m": 9,
+             "pavement": "reddish", "facade": "ochre", "windows": "arched", "levels": [4], "park": [False],
+             "trees": 0, "tram": False, "shops": 0}]
+
+
+def test_rule_texts_say_what_each_view_shows(city, tmp_path):
+    import shutil
+
+    root = tmp_path / "helsinki"
+    shutil.copytree(city, root, ignore=shutil.ignore_patterns("retrieval"))
+    write_view_facts(root / VIEW_FACTS_FILE, [fact for place in range(4) for fact in _view_facts(place)])
+    build_city_retrieval(root, **SMALL_TILES)
+    texts = {q["query_id"]: q["text"] for q in read_retrieval_queries(root / "retrieval" / "queries.jsonl")
+             if q["kind"] == "text"}
+    along, across = texts["helsinki/loc0/0/text"], texts["helsinki/loc0/1/text"]
+    # What the view shows: road width, tram tracks, the facade's colour, windows and storeys, the park side, trees,
+    # the pavement's colour; then the map around it (direction, crossings, places), as without view facts.
+    for words in ("wide street", "16 metres", "tram tracks", "5-storey ochre buildings with arched windows",
+                  "fenced park", "many trees", "reddish", "shop front", "runs east-west", "crosses it about"):
+        assert words in along, (words, along)
+    assert "narrow street" in across and "ochre" in across and "4" in across and "park" not in across
+    assert "tram" not in across and "trees" not in across and "reddish" in across
+    assert len(set(texts.values())) == len(texts)  # views of one place are told apart
+    # A city whose texts were written without view facts is not topped up with texts written from them.
+    plain = tmp_path / "plain"
+    shutil.copytree(city, plain, ignore=shutil.ignore_patterns("retrieval"))
+    build_city_retrieval(plain, limit=2, **SMALL_TILES)
+    shutil.copy(root / VIEW_FACTS_FILE, plain / VIEW_FACTS_FILE)
+    with pytest.raises(DataError, match="other settings"):
+        build_city_retrieval(plain, **SMALL_TILES)
+
+
+def test_view_facts_are_checked_with_file_and_line(tmp_path):
+    facts = _view_facts(0)
+    write_view_facts(tmp_path / VIEW_FACTS_FILE, facts)
+    assert read_view_facts(tmp_path / VIEW_FACTS_FILE) == facts
+    one_side = [facts[0], {**facts[1], "view": "along"}]
+    with pytest.raises(DataError, match=r"view_facts.jsonl:2: levels \[4\]: an along view needs 2"):
+        write_view_facts(tmp_path / VIEW_FACTS_FILE, one_side)
+    (tmp_path / VIEW_FACTS_FILE).write_text(json.dumps({**facts[0], "tram": "yes"}) + "\n")
+    with pytest.raises(DataError, match=r"view_facts.jsonl:1: tram 'yes' is not true or false"):
+        read_view_facts(tmp_path / VIEW_FACTS_FILE)
+
+
+def test_demo_city_views_are_described_in_the_render_s_colours_and_never_named(tmp_path):
+    """The demo city records, per street view, the words of the colours it drew (the sign's pavement code, the
+    district's facades); the rule texts written from them name no street or district of the city."""
+    from addressvlm.demo.city import build_demo_city
+    from addressvlm.demo.render import district_words, street_paving_words
+
+    root = tmp_path / "demo"
+    build_demo_city(root, seed=3, locations=8, views=2, image_size=(96, 72), metres_per_pixel=4.0, streets=4,
+                    progress=False)
+    info = json.loads((root / "city.json").read_text(encoding="utf-8"))
+    street_index = {s["name"]: i for i, s in enumerate(info["streets"])}
+    district_index = {name: i for i, name in enumerate(info["districts"])}
+    rows = read_locations(root / "locations.csv")
+    facts = {f["image"]: f for f in read_view_facts(root / VIEW_FACTS_FILE)}
+    assert set(facts) == {row.image for row in rows}
+    for row in rows:
+        fact = facts[row.image]
+        assert fact["location_id"] == row.location_id
+        assert fact["pavement"] == street_paving_words(street_index[row.street])
+        assert (fact["facade"], fact["windows"]) == district_words(district_index[row.district])
+    write_locations(root / "locations.csv", [row.__class__(**{**row.__dict__, "split": "train"}) for row in rows])
+    report = build_city_retrieval(root, **SMALL_TILES)
+    assert report.text_queries == len(rows) and report.texts_rejected == 0
+    names = list(street_index) + list(district_index) + [row.cross_street for row in rows if row.cross_street]
+    for q in read_retrieval_queries(root / "retrieval" / "queries.jsonl"):
+        if q["kind"] == "text":
+            _, location_id, view, _ = q["query_id"].split("/")
+            fact = facts[f"images/{location_id}/{view}.jpg"]
+            assert fact["pavement"] in q["text"].lower() and not any(mentions_name(q["text"], n) for n in names)
+
+
+def test_splits_must_be_pinned_and_location_disjoint(city, tmp_path):
+    import shutil
 
     root = tmp_path / "c"
     shutil.copytree(city, root, ignore=shutil.ignore_patterns("retrieval"))

@@ -2,7 +2,8 @@
 
     python tools/build_demo_city.py data/demo_helsinki --seed 0 --locations 240 --views 4 --image-size 160x120
 
-Writes locations.csv, images/, satellite.tif, streets.geojson, districts.geojson, city.json and ATTRIBUTION.txt.
+Writes locations.csv, images/, satellite.tif, streets.geojson, districts.geojson, city.json, ATTRIBUTION.txt and
+view_facts.jsonl.
 Map data (c) OpenStreetMap contributors, ODbL.
 """
 from __future__ import annotations

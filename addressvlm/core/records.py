@@ -894,6 +894,50 @@ def write_retrieval_queries(path: str | os.PathLike, queries: Iterable[dict]) ->
     _write_checked(path, queries, "query_id", _check_retrieval_query)
 
 
+# --------------------------------------------------------------------------------------------- view facts
+# What each street view of a rendered city shows, in words (the demo city writes it at its root): the view's
+# direction relative to the street ("along" it or "across" at the buildings), the road's width, the pavement's and
+# the facades' colours, the window style, storeys and parks per side in sight, trees, tram tracks, shop fronts. The
+# retrieval data's rule backend writes a street view's scene text from its line, as an LVLM would from the image.
+VIEW_FACTS_FILE = "view_facts.jsonl"
+VIEW_FACT_KEYS = ("image", "location_id", "view", "road_m", "pavement", "facade", "windows", "levels", "park", "trees",
+                  "tram", "shops")
+VIEW_DIRECTIONS = ("along", "across")
+
+
+def _check_view_facts(rec: dict, path, line: int) -> None:
+    missing = [k for k in VIEW_FACT_KEYS if k not in rec]
+    if missing:
+        raise DataError(path, line, f"missing key(s) {', '.join(missing)}")
+    _check_relative_image(rec, path, line)
+    for key in ("location_id", "pavement", "facade", "windows"):
+        if not isinstance(rec[key], str) or not rec[key].strip():
+            raise DataError(path, line, f"{key} must be a non-empty string")
+    if rec["view"] not in VIEW_DIRECTIONS:
+        raise DataError(path, line, f"view {rec['view']!r} not in {VIEW_DIRECTIONS}")
+    for key in ("road_m", "trees", "shops"):
+        if isinstance(rec[key], bool) or not isinstance(rec[key], int) or rec[key] < 0:
+            raise DataError(path, line, f"{key} {rec[key]!r} is not a whole number from 0")
+    if not isinstance(rec["tram"], bool):
+        raise DataError(path, line, f"tram {rec['tram']!r} is not true or false")
+    sides = 2 if rec["view"] == "along" else 1  # an along view sees both sides of the street, an across view one
+    levels, park = rec["levels"], rec["park"]
+    if not isinstance(levels, list) or len(levels) != sides or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in levels):
+        raise DataError(path, line, f"levels {levels!r}: an {rec['view']} view needs {sides} storey count(s) from 1")
+    if not isinstance(park, list) or len(park) != sides or not all(isinstance(v, bool) for v in park):
+        raise DataError(path, line, f"park {park!r}: an {rec['view']} view needs {sides} true/false value(s)")
+
+
+def read_view_facts(path: str | os.PathLike) -> list[dict]:
+    """``view_facts.jsonl``: one street view per line, ``image`` unique (``VIEW_FACT_KEYS``)."""
+    return _read_unique(path, "image", _check_view_facts)
+
+
+def write_view_facts(path: str | os.PathLike, facts: Iterable[dict]) -> None:
+    _write_checked(path, facts, "image", _check_view_facts)
+
+
 # --------------------------------------------------------------------------------------------- retrieved tiles
 # eval/retrieve.py's per-query output: the query, its true tile and that tile's rank, the best tiles (with their
 # names, so retrieved candidates need no other file) and how far the first one's centre lies from the truth.

@@ -1,13 +1,14 @@
 """The cross-view retrieval data of a city (docs/retrieval.md): a gallery of satellite tiles, one per location and
-centred on it, and the queries that should retrieve them: every street view, and a scene text per location.
+centred on it, and the queries that should retrieve them: every street view, and a scene text per street view.
 
 Tiles are cut from the city's satellite raster by the stage-1 crop code, without street names by default: a text
 query that names a street would otherwise be matched by reading the name on the tile, not by seeing the place.
-Scene texts describe what is seen at the place in the way CVG-Text's do, and name no street, district or business;
+Scene texts describe what one street view shows in the way CVG-Text's do, and name no street, district or business;
 a text that does is rejected and logged. They come from the stage-1 label backends: an LVLM (``openai``: any
-OpenAI-compatible server; ``hf``: a local transformers LVLM) shown the location's street views with
-``SCENE_PROMPT``, or ``rule``: sentences composed from OpenStreetMap cues (the street's direction, crossings,
-nearby places by kind) -- a stand-in for the demo city, not a description of the images.
+OpenAI-compatible server; ``hf``: a local transformers LVLM) shown the street view with ``SCENE_PROMPT``, as
+CVG-Text's were written, or ``rule``, the offline stand-in: sentences composed from what the view shows as its
+renderer recorded it (``view_facts.jsonl``, which the demo city writes: colours, storeys, parks, trees, road width)
+and from OpenStreetMap cues (the street's direction, crossings, nearby places by kind).
 
 Splits are the pinned ``split`` column of ``locations.csv`` (by location, so train, val and test never share a
 tile). Each step resumes: tiles already cut and texts already written are kept; the two files are rewritten whole.
@@ -17,6 +18,7 @@ The public datasets' layouts are ingested into the same two files by ``ingest_cv
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -27,8 +29,8 @@ from typing import Iterable, Sequence
 
 from addressvlm.core.names import mentions_name
 from addressvlm.core.records import (
-    DataError, JsonlAppender, Location, RETRIEVAL_SPLITS, read_jsonl, read_locations, read_text, write_gallery,
-    write_retrieval_queries,
+    VIEW_FACTS_FILE, DataError, JsonlAppender, Location, RETRIEVAL_SPLITS, read_jsonl, read_locations, read_text,
+    read_view_facts, write_gallery, write_retrieval_queries,
 )
 from addressvlm.data.label_backends import LabelRequest, make_backend
 from addressvlm.data.labels import gather_facts, generate_all
@@ -41,15 +43,15 @@ TILES_DIR = "tiles"
 GALLERY_FILE = "gallery.jsonl"
 QUERIES_FILE = "queries.jsonl"
 SCENE_TEXTS_FILE = "scene_texts.jsonl"
-SCENE_TEXT_KEYS = ("location_id", "text", "source")
+SCENE_TEXT_KEYS = ("image", "location_id", "text", "source")
 SCENE_RADIUS_M = 120.0
 
 SCENE_PROMPT = (
-    "These photos were taken at one place, looking in different directions. Describe the place for someone who "
-    "must find it on a satellite image: the roads (how wide, which way they run, where they meet), the buildings "
-    "(height, colour, roof shapes), trees, parks, squares, water and parking, and where these lie relative to each "
-    "other. Do not name any street, district, business or sign text, and do not guess the city. Write one "
-    "paragraph of three to five sentences.")
+    "This photo was taken in a city street. Describe the place for someone who must find it on a satellite image: "
+    "the road (how wide, which way it runs, tram tracks, where other streets meet it), the colour of the pavements, "
+    "the buildings (height in storeys, facade colour, windows), trees, parks, squares and shop fronts, and where "
+    "these lie relative to each other. Do not name any street, district, business or sign text, and do not guess "
+    "the city. Write one paragraph of three to five sentences.")
 
 
 def retrieval_dir(city_root) -> Path:
@@ -57,24 +59,83 @@ def retrieval_dir(city_root) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- scene texts
+def _seeded(key: str) -> random.Random:
+    return random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
+
+
+def _road_words(metres: int) -> str:
+    return "wide" if metres >= 14 else "medium-width" if metres >= 11 else "narrow" if metres >= 7 else "small"
+
+
+def _side(levels: int, park: bool, v: dict) -> str:
+    if park:
+        return "a fenced park with trees"
+    return f"{levels}-storey {v['facade']} buildings with {v['windows']} windows"
+
+
+def view_sentences(v: dict, rng: random.Random) -> list[str]:
+    """What one street view shows (a line of ``view_facts.jsonl``), as a person would describe it."""
+    road = f"a {_road_words(v['road_m'])} street, about {v['road_m']} metres of carriageway"
+    tram = " with tram tracks" if v["tram"] else ""
+    if v["view"] == "along":
+        out = [rng.choice([f"Looking down {road}{tram}.", f"The camera looks along {road}{tram}.",
+                           f"A view along {road}{tram}."])]
+        (left, right), (left_park, right_park) = v["levels"], v["park"]
+        if not left_park and not right_park:
+            out.append(rng.choice([
+                f"{v['facade'].capitalize()} facades with {v['windows']} windows line both sides, {left} storeys on "
+                f"the left and {right} on the right.",
+                f"On the left stand {_side(left, False, v)}, on the right {right}-storey ones.",
+                f"Both sides are lined with {v['facade']} buildings ({left} and {right} storeys) with {v['windows']} "
+                "windows."]))
+        else:
+            out.append(f"On the left is {_side(left, left_park, v)}; on the right, {_side(right, right_park, v)}.")
+    else:
+        out = [rng.choice([f"The camera faces the buildings across {road}{tram}.",
+                           f"Across {road}{tram}, the view meets the far side.",
+                           f"Looking straight across {road}{tram}."])]
+        if v["park"][0]:
+            out.append(rng.choice(["Opposite is a park behind a fence, with trees.",
+                                   "A fenced park with trees fills the far side."]))
+        else:
+            out.append(rng.choice([
+                f"Opposite stands a {v['levels'][0]}-storey {v['facade']} building with {v['windows']} windows.",
+                f"The far side is a {v['facade']} facade, {v['levels'][0]} storeys high, with {v['windows']} windows."]))
+    out.append(rng.choice([f"The pavements are {v['pavement']}.", f"The sidewalk paving is {v['pavement']}.",
+                           f"{v['pavement'].capitalize()} paving runs along the kerbs."]))
+    one_shop = "a shop front with an awning"
+    extras = []
+    if v["trees"]:
+        extras.append("a few street trees" if v["trees"] <= 3 else "many trees")
+    if v["shops"]:
+        extras.append("shop fronts with awnings" if v["shops"] > 1 else one_shop)
+    if extras:
+        out.append(f"There {'is' if extras == [one_shop] else 'are'} {' and '.join(extras)}.")
+    return out
+
+
 class SceneRuleBackend:
-    """Scene descriptions composed from the street data (``labels.Facts``) with no names in them: the street's
-    direction, how many streets cross it and how far, nearby places by kind and compass direction. Phrasing varies
-    per location (seeded by its id) and reproduces. A stand-in for an LVLM's description."""
+    """Scene descriptions with no names in them, from facts rather than pixels: the offline stand-in for an LVLM
+    (``openai``/``hf``) that describes a street view from the image. ``view_facts`` (``image -> line of
+    view_facts.jsonl``, written by a city renderer such as the demo's) gives what each view shows -- road width,
+    pavement and facade colours, storeys, parks, trees, tram tracks, shop fronts; the street data
+    (``labels.Facts``) gives the street's direction, the streets crossing it and how far, and nearby places by kind.
+    A city without view facts gets the map sentences alone. Phrasing varies per view (seeded by its image) and
+    reproduces."""
 
     name = "rule"
     concurrency = 1
 
+    def __init__(self, view_facts: dict[str, dict] | None = None):
+        self.view_facts = view_facts or {}
+
     def generate(self, request) -> str:
         f = request.facts
-        rng = random.Random(int.from_bytes(hashlib.sha256(request.key.encode()).digest()[:8], "big"))
-        out = []
+        rng = _seeded(request.key)
+        view = self.view_facts.get(request.key)
+        out = view_sentences(view, rng) if view else []
         if f.street_axis:
-            out.append(rng.choice([f"The street here runs {f.street_axis}.",
-                                   f"A street running {f.street_axis} passes the camera.",
-                                   f"The camera stands on a road that runs {f.street_axis}."]))
-        else:
-            out.append("The camera stands on a city street.")
+            out.append(rng.choice([f"The street runs {f.street_axis}.", f"The road here runs {f.street_axis}."]))
         distances = [round(d / 5) * 5 for _, d in f.crossings]
         if len(distances) == 1:
             out.append(f"Another street crosses it about {distances[0]:.0f} metres away.")
@@ -85,15 +146,16 @@ class SceneRuleBackend:
         for _, kind, d, direction in f.places[:2]:
             out.append(rng.choice([f"A {kind} lies about {round(d / 5) * 5:.0f} metres to the {direction}.",
                                    f"To the {direction}, roughly {round(d / 5) * 5:.0f} metres away, is a {kind}."]))
-        return " ".join(out)
+        return " ".join(out) or "A city street."
 
 
-def make_scene_backend(name: str, **options):
-    """``rule`` (no options) | ``openai`` | ``hf``: the stage-1 label backends (``addressvlm.data.label_backends``),
-    whose clients, retries and concurrency describe scenes as they write reasons."""
+def make_scene_backend(name: str, view_facts: dict[str, dict] | None = None, **options):
+    """``rule`` (``view_facts`` only) | ``openai`` | ``hf``: the stage-1 label backends
+    (``addressvlm.data.label_backends``), whose clients, retries and concurrency describe scenes as they write
+    reasons."""
     if name == "rule":
-        return SceneRuleBackend()
-    return make_backend(name, **options)
+        return SceneRuleBackend(view_facts)
+    return make_backend(name, None, **options)  # a labelling task only shapes the rule backend's reasons
 
 
 def names_in_text(text: str, names: Iterable[str]) -> list[str]:
@@ -111,7 +173,7 @@ class RetrievalBuildReport:
     texts_written: int = 0
     texts_rejected: int = 0  # named a street, cross street or district (kept in scene_texts.rejected.jsonl)
     uncovered: list[tuple[str, str]] = field(default_factory=list)  # (location_id, why): no tile, no queries
-    failed_texts: list[tuple[str, str]] = field(default_factory=list)  # (location_id, why): a rerun retries
+    failed_texts: list[tuple[str, str]] = field(default_factory=list)  # (image, why): a rerun retries
     by_split: dict[str, int] = field(default_factory=dict)  # tiles per split
 
     def summary(self) -> str:
@@ -121,7 +183,7 @@ class RetrievalBuildReport:
                  f"({self.texts_written} written in this run, {self.texts_rejected} rejected for naming a place)",
                  f"{len(self.uncovered)} locations outside the raster, {len(self.failed_texts)} texts failed"]
         lines += [f"  no tile for {loc}: {why}" for loc, why in self.uncovered[:20]]
-        lines += [f"  no text for {loc}: {why}" for loc, why in self.failed_texts[:20]]
+        lines += [f"  no text for {image}: {why}" for image, why in self.failed_texts[:20]]
         return "\n".join(lines)
 
 
@@ -183,11 +245,12 @@ def build_city_retrieval(city_root, *, size_m: float = 200.0, pixels: int = 336,
                 "source": "street_view"} for row in rows if row.location_id in tiles]
     report.image_queries = len(queries)
     if texts:
-        scene = _scene_texts(city_root, city_name or id_prefix, rows, [first_row[t["tile"]] for t in gallery],
+        scene = _scene_texts(city_root, city_name or id_prefix, [row for row in rows if row.location_id in tiles],
                              text_backend, backend_options, streets, limit, progress, report)
-        queries += [{"query_id": f"{id_prefix}/{t['tile']}/scene", "kind": "text", "tile": t["tile"],
-                     "split": t["split"], "image": None, "text": scene[t["tile"]]["text"],
-                     "source": scene[t["tile"]]["source"]} for t in gallery if t["tile"] in scene]
+        queries += [{"query_id": f"{id_prefix}/{row.location_id}/{views[row.image]}/text", "kind": "text",
+                     "tile": row.location_id, "split": split_of[row.location_id], "image": None,
+                     "text": scene[row.image]["text"], "source": scene[row.image]["source"]}
+                    for row in rows if row.image in scene and row.location_id in tiles]
         report.text_queries = len(queries) - report.image_queries
     write_gallery(out / GALLERY_FILE, gallery)
     write_retrieval_queries(out / QUERIES_FILE, queries)
@@ -196,36 +259,45 @@ def build_city_retrieval(city_root, *, size_m: float = 200.0, pixels: int = 336,
     return report
 
 
-def _scene_texts(city_root: Path, city: str, rows, places: list[Location], backend, backend_options, streets,
-                 limit, progress, report) -> dict[str, dict]:
-    """``location_id -> record`` of every accepted scene text, asking ``backend`` for the places without one."""
+def _scene_texts(city_root: Path, city: str, rows: list[Location], backend, backend_options, streets, limit, progress,
+                 report) -> dict[str, dict]:
+    """``image -> record`` of every accepted scene text (one per street view of ``rows``), asking ``backend`` for
+    the views without one."""
+    # The rule backend writes from the city's view facts where a renderer left them (the demo city does).
+    facts_path = city_root / VIEW_FACTS_FILE
+    view_facts = {rec["image"]: rec for rec in read_view_facts(facts_path)} if facts_path.is_file() else None
     # The queries file says where each text came from: "rule", or the backend and its model ("openai:<model>").
+    settings = {"texts": "one per street view"}
     if isinstance(backend, str):
         source = backend if backend == "rule" else f"{backend}:{(backend_options or {}).get('model')}"
-        backend = make_scene_backend(backend, **(backend_options or {}))
+        if backend == "rule":
+            settings["view_facts"] = view_facts is not None
+            backend = make_scene_backend(backend, view_facts)
+        else:
+            backend = make_scene_backend(backend, **(backend_options or {}))
     else:
         source = getattr(backend, "source", backend.name)
     street_map = optional_street_map(city_root, streets)
-    images_of: dict[str, list[Path]] = {}
-    for row in rows:
-        images_of.setdefault(row.location_id, []).append(city_root / row.image)
     path = retrieval_dir(city_root) / SCENE_TEXTS_FILE
     rejected_log = path.with_name(Path(SCENE_TEXTS_FILE).stem + ".rejected.jsonl")
-    with JsonlAppender(path, key="location_id", required=SCENE_TEXT_KEYS, settings={"source": source}) as texts, \
-            JsonlAppender(rejected_log, key="location_id") as rejected:
-        requests = []
-        for row in places:
-            if row.location_id in texts.done:
+    with JsonlAppender(path, key="image", required=SCENE_TEXT_KEYS, settings={"source": source, **settings}) \
+            as texts, JsonlAppender(rejected_log, key="image") as rejected:
+        requests, place_facts = [], {}
+        for row in rows:
+            if row.image in texts.done:
                 continue
             if limit is not None and len(requests) >= limit:
                 break
-            facts = gather_facts(row, city, street_map, radius_m=SCENE_RADIUS_M)
-            requests.append(LabelRequest(row.location_id, images_of[row.location_id], SCENE_PROMPT, facts))
+            # The map around a place is the same for each of its views: looked up once, given each view's heading.
+            if row.location_id not in place_facts:
+                place_facts[row.location_id] = gather_facts(row, city, street_map, radius_m=SCENE_RADIUS_M)
+            facts = dataclasses.replace(place_facts[row.location_id], image=row.image, heading=row.heading)
+            requests.append(LabelRequest(row.image, [city_root / row.image], SCENE_PROMPT, facts))
 
         def record(request, text: str) -> None:
             f = request.facts
             named = names_in_text(text, [f.street, f.cross_street, f.district] + [n for n, _ in f.crossings])
-            rec = {"location_id": request.key, "text": text, "source": source}
+            rec = {"image": request.key, "location_id": f.location_id, "text": text, "source": source}
             if text.strip() and not named:
                 texts.write(rec)
                 report.texts_written += 1
@@ -234,7 +306,7 @@ def _scene_texts(city_root: Path, city: str, rows, places: list[Location], backe
                 report.texts_rejected += 1
 
         report.failed_texts += generate_all(backend, requests, record, f"scene texts ({source})", progress)
-    return {rec["location_id"]: rec for _, rec in read_jsonl(path, SCENE_TEXT_KEYS)}
+    return {rec["image"]: rec for _, rec in read_jsonl(path, SCENE_TEXT_KEYS)}
 
 
 # --------------------------------------------------------------------------------------------- public datasets

@@ -3,8 +3,9 @@
 Everything geographic is real OSM data (streets, district boundaries, addresses, buildings and their levels, shops,
 tram tracks, parks, water, trees); the imagery is rendered from it (``addressvlm.demo.render``) because no street-view
 photos or aerial images can ship with the project. The output is a standard city root (docs/design.md section 2):
-``locations.csv``, ``images/``, ``satellite.tif``, ``streets.geojson``, plus ``districts.geojson`` and
-``ATTRIBUTION.txt``.
+``locations.csv``, ``images/``, ``satellite.tif``, ``streets.geojson``, plus ``districts.geojson``,
+``ATTRIBUTION.txt`` and ``view_facts.jsonl`` (what each street view shows, in words: the rule backend's scene texts
+for retrieval are written from it).
 
 The map comes from ``addressvlm.demo.city_map`` (over the OSM reader ``addressvlm.demo.osm``); this module samples
 the demo's locations on it, describes and renders their views, and writes the city root.
@@ -25,8 +26,10 @@ from shapely.ops import linemerge, unary_union
 
 from addressvlm.demo.city_map import (ADDRESS_HIGHWAYS, ATTRIBUTION, DEFAULT_LEVELS, PROJECTED_CRS, CityMap,
                                       load_city)
-from addressvlm.core.records import DataError, Location, write_atomic, write_locations
-from addressvlm.demo.render import StreetScene, render_satellite, render_street_view, street_colour_code
+from addressvlm.core.records import (VIEW_FACTS_FILE, DataError, Location, write_atomic, write_locations,
+                                     write_view_facts)
+from addressvlm.demo.render import (StreetScene, district_words, render_satellite, render_street_view, road_width_m,
+                                    street_colour_code, street_paving_words)
 
 # ============================================================================================ locations
 @dataclass(frozen=True)
@@ -188,6 +191,21 @@ def describe_view(index: _SceneIndex, loc: DemoLocation, heading: float, street_
                        shops=shops, tram=index.has_tram(loc.point), trees=sum(index.trees_near(p) for p in probes))
 
 
+def view_facts(scene: StreetScene, image: str, location_id: str, road_m: int) -> dict:
+    """The line of ``view_facts.jsonl`` for one rendered view: what it shows, in the words of its colours."""
+    facade, windows = district_words(scene.district_index)
+    return {"image": image, "location_id": location_id, "view": scene.view, "road_m": road_m,
+            "pavement": street_paving_words(scene.street_index), "facade": facade, "windows": windows,
+            "levels": list(scene.levels), "park": list(scene.park), "trees": scene.trees, "tram": scene.tram,
+            "shops": len(scene.shops)}
+
+
+def _road_width_at(city: CityMap, loc: DemoLocation) -> int:
+    """The carriageway width (as the aerial draws it) of the street's way nearest the place."""
+    ways = [s for s in city.streets if s.name == loc.street and s.highway in ADDRESS_HIGHWAYS]
+    return road_width_m(min(ways, key=lambda s: (s.line.distance(loc.point), s.osm_id)).highway)
+
+
 # ============================================================================================ writing the city
 @dataclass
 class BuildSummary:
@@ -282,10 +300,12 @@ def build_demo_city(out: str | Path, seed: int = 0, locations: int = 240, views:
         shutil.rmtree(images_dir)
     scene_index = _SceneIndex(city)
     rows: list[Location] = []
+    facts: list[dict] = []
     bar = tqdm(total=len(places) * views, desc="street views", unit="img", disable=not progress)
     for i, loc in enumerate(places):
         lon, lat = city.to_wgs84(loc.point.x, loc.point.y)
         (images_dir / loc.location_id).mkdir(parents=True)
+        road_m = _road_width_at(city, loc)
         for v in range(views):
             heading = round((loc.bearing + v * 360.0 / views) % 360.0, 1)
             scene = describe_view(scene_index, loc, heading, street_index[loc.street], district_index[loc.district])
@@ -295,9 +315,11 @@ def build_demo_city(out: str | Path, seed: int = 0, locations: int = 240, views:
             rows.append(Location(image=rel, location_id=loc.location_id, lat=round(lat, 7), lon=round(lon, 7),
                                  street=loc.street, district=loc.district, heading=heading,
                                  cross_street=loc.cross_street))
+            facts.append(view_facts(scene, rel, loc.location_id, road_m))
             bar.update(1)
     bar.close()
     write_locations(out / "locations.csv", rows)
+    write_view_facts(out / VIEW_FACTS_FILE, facts)
     write_streets_geojson(out / "streets.geojson", city, demo_streets)
     write_districts_geojson(out / "districts.geojson", city)
     if progress:

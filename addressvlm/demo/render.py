@@ -40,6 +40,17 @@ DISTRICT_STYLES = (
 )
 SKY = (150, 190, 225)
 ASPHALT = (78, 78, 82)
+# The words a person would use for the colours above, as the street views show them: a street's pavement (its sign's
+# frame colour weathered towards grey) and a district's facades and windows. The demo city writes them into its
+# view facts (docs/demo_city.md), from which the retrieval data's rule backend writes scene texts.
+PAVING_WORDS = ("reddish", "orange-tinted", "yellowish", "greenish", "turquoise", "bluish", "purplish", "pinkish",
+                "pale grey", "dark grey")
+FACADE_WORDS = ("ochre", "brick-red", "light blue", "sage green", "pink", "lavender", "cream", "teal")
+WINDOW_WORDS = ("square", "arched", "paired")
+# Carriageway width in metres by OSM highway class, as the aerial draws it (3 m for footways and the rest).
+ROAD_WIDTHS_M = {"primary": 16, "secondary": 14, "tertiary": 12, "residential": 9, "unclassified": 9,
+                 "living_street": 7, "pedestrian": 8, "service": 5}
+PATH_WIDTH_M = 3
 
 
 def street_colour_code(index: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -58,6 +69,19 @@ def district_style(index: int):
 def street_paving(index: int) -> tuple[int, int, int]:
     """The ``index``-th street's pavement colour, seen in its street views and from above."""
     return _mix(street_colour_code(index)[0], (150, 150, 150), 0.55)
+
+
+def street_paving_words(index: int) -> str:
+    return PAVING_WORDS[SIGN_COLOURS.index(street_colour_code(index)[0])]
+
+
+def district_words(index: int) -> tuple[str, str]:
+    """(facade colour, window style) of the ``index``-th district, in words."""
+    return FACADE_WORDS[index % len(DISTRICT_STYLES)], WINDOW_WORDS[district_style(index)[2]]
+
+
+def road_width_m(highway: str) -> int:
+    return ROAD_WIDTHS_M.get(highway, PATH_WIDTH_M)
 
 
 def district_roof(index: int) -> tuple[int, int, int]:
@@ -368,14 +392,13 @@ def render_satellite(city, metres_per_pixel: float, seed: int, extent=None,
         _fill_polygon(draw, poly, px, (82, 118, 60))
     for poly in city.water:
         _fill_polygon(draw, poly, px, (38, 62, 72))
-    road_widths = {"primary": 16, "secondary": 14, "tertiary": 12, "residential": 9, "unclassified": 9,
-                   "living_street": 7, "pedestrian": 8, "service": 5}
-    streets = sorted(city.streets, key=lambda s: road_widths.get(s.highway, 3))
+    streets = sorted(city.streets, key=lambda s: road_width_m(s.highway))
+
     def metres(street) -> int:
-        return road_widths.get(street.highway, 3)
+        return road_width_m(street.highway)
 
     def is_path(street) -> bool:
-        return metres(street) <= 3 or street.highway == "pedestrian"
+        return metres(street) <= PATH_WIDTH_M or street.highway == "pedestrian"
 
     paths = [s for s in streets if is_path(s)]
     roads = [s for s in streets if not is_path(s)]

@@ -179,12 +179,14 @@ def retrieval_section(retrieved: dict) -> list[str]:
     lines = ["## Cross-view retrieval: which satellite tile is this?", "",
              "Two retrievers trained here on the training locations (docs/retrieval.md): the tiny LLaVA-Phi3-mini "
              "turned retriever (the hidden state of a summarising prompt's last token, LoRA, InfoNCE) and a tiny "
-             "random CLIP dual encoder. Each query is a test street view, or a scene text written by the rule "
-             "backend from OpenStreetMap facts (a stand-in for an LVLM's description, naming no street); the gallery "
-             "is the test split's label-free tiles. Percent; p (R@1): one-sided binomial test of R@1 against picking "
-             "a tile at random. The four views of a place share its tile, so their hits are not independent; the "
-             "stricter test counts places: the tiles that at least one of their queries ranks first, against "
-             "chance (p: the Poisson-binomial tail).", "",
+             "random CLIP dual encoder, each on both kinds of query. Each query is a test street view, or the scene "
+             "text of one: what the view shows (road width, pavement and facade colours, storeys, parks, trees, tram "
+             "tracks) and the map around it, written by the rule backend from the city's view facts -- the offline "
+             "stand-in for an LVLM describing the photo, naming no street or district. The gallery is the test "
+             "split's label-free tiles. Percent; p (R@1): one-sided binomial test of R@1 against picking a tile at "
+             "random. The four views of a place (and their four texts) share its tile, so their hits are not "
+             "independent; the stricter test counts places: the tiles that at least one of their queries ranks "
+             "first, against chance (p: the Poisson-binomial tail).", "",
              "| retriever | queries | n | gallery | R@1 | R@5 | R@10 | chance R@1 | p (R@1) | places found first "
              "(chance) | p (places) | top-1 within 100 m |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from addressvlm.answering.retrieval_encoders import load_encoder
 from addressvlm.answering.retrieval_search import evaluate_retrieval
-from addressvlm.core.records import read_retrieval_queries, write_atomic
+from addressvlm.core.records import VIEW_FACTS_FILE, read_retrieval_queries, write_atomic
 from addressvlm.data.retrieval_data import build_city_retrieval
 from addressvlm.runs.engine import RetrievalSettings
 from addressvlm.standins.tiny_clip import make_tiny_clip
@@ -25,10 +25,16 @@ LABELS = {"lvlm_last_token": "LVLM retriever (LLaVA-Phi3-mini, last token)",
 
 
 def build_data(paths, attribution: str) -> str:
-    if (paths.city / "retrieval" / "queries.jsonl").is_file():
-        return "kept the retrieval data built earlier"
-    # One worker: this runs beside stage 1, which has the other core.
-    return build_city_retrieval(paths.city, attribution=attribution, workers=1, progress=False).summary()
+    """The retrieval data, its scene texts written by the rule backend from the city's view facts; a rerun keeps the
+    tiles and texts made earlier (the build resumes) and refuses texts made otherwise."""
+    if not (paths.city / VIEW_FACTS_FILE).is_file():
+        raise SystemExit(f"{paths.city}: no {VIEW_FACTS_FILE} (a city built before the street views' facts were "
+                         "recorded; the scene texts are written from them): remove it to rebuild")
+    try:
+        # One worker: this runs beside stage 1, which has the other core.
+        return build_city_retrieval(paths.city, attribution=attribution, workers=1, progress=False).summary()
+    except ValueError as exc:  # DataError, or tiles cut with other parameters (crop.check_run_params): named, one line
+        raise SystemExit(str(exc)) from None
 
 
 def clip_root(paths) -> Path:
@@ -82,7 +88,8 @@ def train(paths, r: RetrievalSettings, seed: int, bar_row: int = 1) -> dict[str,
 
 def evaluate(paths, r: RetrievalSettings, seed: int) -> dict[str, dict]:
     """R@K of each retriever on the test split (its 24 tiles the gallery), street views and texts; writes
-    ``metrics/retrieval.json`` (street view -> tile, the task the issue's table names) and each one's files."""
+    ``metrics/retrieval.json`` (``<retriever>``: street view -> tile; ``<retriever>/scene_text``: scene text -> tile)
+    and each one's files."""
     results = {}
     for name in RETRIEVERS:
         recipe = str(paths.recipes / RECIPES[name])
@@ -92,7 +99,9 @@ def evaluate(paths, r: RetrievalSettings, seed: int) -> dict[str, dict]:
         encoder = load_encoder(recipe, str(paths.work / "retrieval" / name), options, device="cpu")
         results[name] = evaluate_retrieval(paths.city, paths.out / "retrieval" / name, encoder, name=name,
                                            split="test", figure_queries=3)
-    summary = {name: {key: m["by_kind"]["image"][key] for key in ("R@1", "R@5", "R@10", "gallery_size", "queries")}
-               for name, m in results.items()}
+    summary = {}
+    for name, m in results.items():
+        for kind, label in (("image", name), ("text", f"{name}/scene_text")):
+            summary[label] = {key: m["by_kind"][kind][key] for key in ("R@1", "R@5", "R@10", "gallery_size", "queries")}
     write_atomic(paths.out / "metrics" / "retrieval.json", json.dumps(summary, indent=2) + "\n")
     return results

@@ -24,14 +24,15 @@ from addressvlm.training.recipes import format_option, load_recipe, model_root_o
 
 @dataclass(frozen=True)
 class RetrievalSettings:
-    """Each retriever's demo run: the tiny LLaVA after its warm-up (projector trained too: the tiny model's is
-    random) and a tiny random CLIP (56 px: the roof and pavement colours it matches are coarse, and a step costs a
-    quarter of one at 112 px). Measured on the demo city: street view -> tile R@1 20.8 % and 29.2 % against 4.2 %
-    chance (docs/retrieval.md)."""
+    """Each retriever's demo run, on the training split's street views and their scene texts together: the tiny
+    LLaVA after its warm-up (projector trained too: the tiny model's is random) and a tiny random CLIP (56 px: the
+    roof and pavement colours it matches are coarse, and a step costs a quarter of one at 112 px). CLIP takes 480
+    steps: at 240, once the texts doubled its pairs, a seed's texts found too few places (docs/retrieval.md, the
+    spread over seeds and code paths)."""
     lvlm_iters: int = 80
     lvlm_batch: int = 16
     lvlm_lr: float = 2e-3
-    clip_iters: int = 240
+    clip_iters: int = 480
     clip_batch: int = 8
     clip_lr: float = 5e-4
     clip_image_size: int = 56
