@@ -1,11 +1,13 @@
 """Score predictions against test questions: the paper's Table 2 columns (rules in docs/metrics.md), and optionally
-top-k accuracy of ranked names (eval/rank.py) and the metre-scale error of street answers.
+top-k accuracy of ranked names (eval/rank.py), the metre-scale error of street answers and each answer's
+street-level reward (addressvlm/answering/reward.py).
 
     python eval/score.py --questions data/pitts/vqa/test_questions.jsonl \
         --predictions eval_results/llava_phi3/stage2_pitts/predictions.jsonl \
         --json eval_results/llava_phi3/stage2_pitts/metrics.json --per-sample eval_results/.../per_sample.jsonl
     ... --ranked eval_results/llava_phi3/stage2_pitts/ranked.jsonl \
-        --locations data/pitts/locations.csv --streets data/pitts/streets.geojson
+        --locations data/pitts/locations.csv --streets data/pitts/streets.geojson \
+        --rewards eval_results/llava_phi3/stage2_pitts/rewards.jsonl
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import argparse
 import json
 import sys
 
-from addressvlm.core.records import DataError, refuse_output_over_inputs, writable_output, write_atomic
+from addressvlm.core.records import (DataError, refuse_output_over_inputs, writable_output, write_atomic,
+                                     write_rewards)
 from addressvlm.answering.scoring import (format_table, level_worded, read_ranked_names, score_files, top_k_accuracy,
                                           write_per_sample)
 
@@ -32,14 +35,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--locations", help="the city's locations.csv (true locations; with --streets)")
     parser.add_argument("--streets", help="the city's streets (GeoJSON or .osm.pbf; with --locations): adds the "
                                           "metre error of street generation answers (and of the top-1 ranked street)")
+    parser.add_argument("--rewards", metavar="OUT.jsonl",
+                        help="write each question's street-level reward, {question_id, reward} per line, as GRPO "
+                             "computes it (needs --locations and --streets; docs/eval.md, 'The reward')")
     args = parser.parse_args(argv)
     if bool(args.locations) != bool(args.streets):
         parser.error("--locations and --streets go together (true locations and the streets to measure to)")
+    if args.rewards and not args.streets:
+        parser.error("--rewards needs --locations and --streets (the reward measures wrong streets in metres)")
 
     inputs = [("--questions", args.questions), ("--predictions", args.predictions), ("--ranked", args.ranked),
               ("--locations", args.locations), ("--streets", args.streets)]
     try:
-        for option, path in (("--json", args.json), ("--per-sample", args.per_sample)):
+        for option, path in (("--json", args.json), ("--per-sample", args.per_sample), ("--rewards", args.rewards)):
             if path:  # checked now, not after the scoring: a bad path must not cost the table
                 writable_output(path, option)
                 refuse_output_over_inputs(path, inputs, option)
@@ -57,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
                 answers["street_top1"] = {qid: names[0] for qid, names in rankings.items()}
             errors, _ = street_error_files(args.questions, args.locations, args.streets, answers)
             extra.update(errors)
+        if args.rewards:
+            from addressvlm.answering.reward import reward_files  # like street_error: shapely and pyproj are slow
+
+            rewards = reward_files(args.questions, args.locations, args.streets,
+                                   {s.question["question_id"]: s.prediction for s in scored})
     except (DataError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")
     metrics["counts"].update(extra.pop("counts", {}))
@@ -72,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         write_atomic(args.json, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     if args.per_sample:
         write_per_sample(args.per_sample, scored)
+    if args.rewards:
+        write_rewards(args.rewards, rewards)
 
 
 if __name__ == "__main__":

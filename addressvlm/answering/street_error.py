@@ -73,6 +73,17 @@ class StreetDistances:
         return self.spelling[key], best[0], to_wgs84.transform(best[1].x, best[1].y)
 
 
+def true_location(places: Mapping[str, Location], question: Mapping, questions_path: str | os.PathLike, line: int,
+                  locations_path: str | os.PathLike) -> Location:
+    """The city-table row of the question's image (``places``: image -> row); a ``DataError`` naming the questions
+    line when the image is not in the table."""
+    row = places.get(question["image"])
+    if row is None:
+        raise DataError(questions_path, line, f"image {question['image']!r} is not in {locations_path}: its true "
+                                              "location is unknown")
+    return row
+
+
 def street_errors(numbered_questions: Iterable[tuple[int, dict]], questions_path: str | os.PathLike,
                   answers: Mapping[str, str | None], locations: Iterable[Location],
                   locations_path: str | os.PathLike, street_map: StreetMap) -> list[StreetError]:
@@ -84,10 +95,7 @@ def street_errors(numbered_questions: Iterable[tuple[int, dict]], questions_path
     for line, q in numbered_questions:
         if q["level"] != "street" or q["qtype"] != "generation":
             continue
-        row = where.get(q["image"])
-        if row is None:
-            raise DataError(questions_path, line, f"image {q['image']!r} is not in {locations_path}: its true "
-                                                  "location is unknown")
+        row = true_location(where, q, questions_path, line, locations_path)
         answer = answers.get(q["question_id"])
         found = distances.nearest(answer, row.lat, row.lon) if answer is not None else None
         street, metres, nearest = found if found else (None, None, None)

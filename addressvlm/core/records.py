@@ -12,6 +12,7 @@ Formats (docs/design.md section 2):
 - ``<name>.settings.json`` beside a resumable output or a training run's folder: the settings that made it
   (``read_settings``; a run's also its seconds: ``read_run_record``/``write_run_record``).
 - Cross-view retrieval (docs/retrieval.md): ``gallery.jsonl``, ``queries.jsonl``, ``retrieved.jsonl``.
+- ``rewards.jsonl`` (``eval/score.py --rewards``): ``{"question_id", "reward"}``, the street-level reward in [0, 1].
 
 Errors name the file and the line (1-based, as an editor shows it) so a user can fix the row.
 """
@@ -979,3 +980,28 @@ def read_retrieved(path: str | os.PathLike) -> list[dict]:
 
 def write_retrieved(path: str | os.PathLike, records: Iterable[dict]) -> None:
     _write_checked(path, records, "query_id", _check_retrieved)
+
+
+# --------------------------------------------------------------------------------------------- rewards
+# eval/score.py --rewards: the street-level reward of each question's reply (addressvlm/answering/reward.py).
+REWARD_KEYS = ("question_id", "reward")
+
+
+def _check_reward(rec: dict, path, line: int) -> None:
+    missing = [k for k in REWARD_KEYS if k not in rec]
+    if missing:
+        raise DataError(path, line, f"missing key(s) {', '.join(missing)}")
+    if not isinstance(rec["question_id"], str) or not rec["question_id"]:
+        raise DataError(path, line, "question_id must be a non-empty string")
+    value = rec["reward"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise DataError(path, line, f"reward {value!r} is not a number in [0, 1]")
+
+
+def read_rewards(path: str | os.PathLike) -> dict[str, float]:
+    """``rewards.jsonl``: ``question_id -> reward``, one unique question per line."""
+    return {rec["question_id"]: rec["reward"] for rec in _read_unique(path, "question_id", _check_reward)}
+
+
+def write_rewards(path: str | os.PathLike, rewards: Iterable[dict]) -> None:
+    _write_checked(path, rewards, "question_id", _check_reward)
