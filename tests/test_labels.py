@@ -189,7 +189,6 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(grafted_city):
 
 
 def test_stage1_ids_of_views_differing_only_by_extension_are_distinct(tmp_path):
-
     city = tmp_path / "city"
     images = ["img/x.jpg", "img/x.png", "img/y.jpg"]
     (city / "stage1" / "grafted" / "img").mkdir(parents=True)
