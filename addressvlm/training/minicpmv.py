@@ -24,7 +24,6 @@ from mmengine.model import BaseModel
 from peft import inject_adapter_in_model
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
-from xtuner.model.utils import find_all_linear_names
 from xtuner.registry import BUILDER
 
 from addressvlm.training import xtuner_shims  # noqa: F401
@@ -106,6 +105,10 @@ class AddressMiniCPMV(BaseModel):
     def _inject_lora(part: nn.Module, lora_config) -> None:
         config = BUILDER.build(lora_config) if isinstance(lora_config, dict) else lora_config
         if config.target_modules is None:
+            # lazy: xtuner.model imports bitsandbytes and DeepSpeed, seconds of import and GPU warnings on stderr
+            # before every tool's one-line usage error, for a model that is built here only.
+            from xtuner.model.utils import find_all_linear_names
+
             config.target_modules = find_all_linear_names(part)
         inject_adapter_in_model(config, part)
 

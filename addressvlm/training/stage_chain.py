@@ -14,7 +14,6 @@ from typing import Callable
 import torch
 from mmengine import print_log
 from torch import nn
-from xtuner.model.utils import guess_load_checkpoint
 
 
 class StageChainError(RuntimeError):
@@ -111,6 +110,10 @@ def load_chained_tensors(module: nn.Module, work_dir: str | os.PathLike, parts: 
     Reads and writes the *full* state (``nn.Module.state_dict``), not a subclass's trained subset."""
     plan = chain_plan(parts, stage_chain)
     checkpoint = find_last_checkpoint(work_dir)
+    # lazy: xtuner.model imports bitsandbytes and DeepSpeed, seconds of import and GPU warnings on stderr before
+    # every tool's one-line usage error, for the one function that reads a checkpoint.
+    from xtuner.model.utils import guess_load_checkpoint
+
     state = guess_load_checkpoint(str(checkpoint))
     chained = {k: v for k, v in state.items() if any(selects(k) for selects in parts.values())}
     if not chained:
