@@ -12,7 +12,7 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from addressvlm.training.remote_code import hub_code_names
 
-STANDIN_DIR = Path(__file__).resolve().parent / "minicpmv_code"
+HUB_CODE_DIR = Path(__file__).resolve().parents[1] / "releases" / "minicpmv_code"
 REMOTE_CODE_FILES = ("configuration_minicpm.py", "modeling_minicpmv.py", "resampler.py")
 
 # MiniCPM-V 2.6's token strings: the chat tokens of Qwen2, and the image/slice markers its processor writes.
@@ -74,7 +74,7 @@ def write_tiny_minicpmv(out: str | Path, corpus: Iterable[str] = (), *, hidden: 
     tokenizer.save_pretrained(out)
 
     for name in REMOTE_CODE_FILES:
-        shutil.copyfile(STANDIN_DIR / name, out / name)
+        shutil.copyfile(HUB_CODE_DIR / name, out / name)
     # Built from the copied files, through transformers' remote-code loader, as the release's classes are.
     config_class = get_class_from_dynamic_module("configuration_minicpm.MiniCPMVConfig", str(out))
     with hub_code_names():
