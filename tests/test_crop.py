@@ -99,7 +99,7 @@ def test_reserved_corner_stays_free_of_labels(tmp_path):
     assert changed[:168, 168:].sum() == 0
 
 
-def test_crop_city_batch_resumes_and_reports_uncovered_locations(tmp_path):
+def test_crop_city_batch_resumes_and_reports_uncovered_locations(tmp_path, monkeypatch):
     city = tmp_path / "city"
     city.mkdir()
     here = offset_latlon(LAT, LON, 30.0, -20.0)
@@ -127,6 +127,10 @@ def test_crop_city_batch_resumes_and_reports_uncovered_locations(tmp_path):
 
     again = crop_city(city, out, size_m=100, pixels=200, jitter_m=20, seed=3, progress=False)
     assert (again.written, again.already_done, len(again.failed)) == (0, 2, 1)
+    monkeypatch.chdir(city)  # the same raster named by a relative path is the same run, not another one
+    by_relative_path = crop_city(city, out, size_m=100, pixels=200, jitter_m=20, seed=3, raster="satellite.tif",
+                                 progress=False)
+    assert (by_relative_path.written, by_relative_path.already_done) == (0, 2)
     with pytest.raises(ValueError, match="made with"):
         crop_city(city, out, size_m=120, pixels=200, jitter_m=20, seed=3, progress=False)
     assert crop_file_name("loc/a") != crop_file_name("loc_a")

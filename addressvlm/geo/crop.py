@@ -194,12 +194,18 @@ class CropReport:
         return "\n".join(lines)
 
 
-def check_run_params(out_dir: Path, params: dict) -> None:
-    """A rerun into ``out_dir`` must use the settings of the run that wrote what is there, or data gets mixed."""
+def check_run_params(out_dir: Path, params: dict, input_paths: tuple[str, ...] = ()) -> None:
+    """A rerun into ``out_dir`` must use the settings of the run that wrote what is there, or data gets mixed. The
+    ``input_paths`` keys name files: the same file named by a relative and by an absolute path is the same setting."""
     path = out_dir / RUN_PARAMS
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous != params:
+
+        def comparable(recorded: dict) -> dict:
+            return {key: os.path.realpath(value) if key in input_paths and value else value
+                    for key, value in recorded.items()}
+
+        if comparable(previous) != comparable(params):
             raise ValueError(f"{path}: outputs here were made with {previous}, not {params}; "
                              "use another output folder or delete this one")
     else:
@@ -274,7 +280,7 @@ def crop_city(city_root, out_dir, size_m: float, pixels: int, jitter_m: float = 
     check_run_params(out_dir, {"size_m": size_m, "pixels": pixels, "jitter_m": jitter_m, "labels": labels,
                             "seed": seed, "raster": str(raster_path), "streets": str(street_path or ""),
                             "font_px": font_px, "reserved_box": list(reserved_box) if reserved_box else None,
-                            "attribution": attribution})
+                            "attribution": attribution}, input_paths=("raster", "streets"))
     sources = (str(raster_path), str(street_path) if street_path else None)
     _sources(*sources)  # bad inputs fail here, before any worker starts
     report = CropReport()
