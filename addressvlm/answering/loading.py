@@ -33,7 +33,8 @@ def load_xtuner_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
                       cfg_options: Sequence[str] | dict | None = None, device: str | None = None,
                       dtype: str | torch.dtype | None = None) -> VisionChatModel:
     """The recipe's model with ``checkpoint`` (file, DeepSpeed folder or work_dir) loaded and every tensor checked
-    (``build_trained_model``: LoRA shaped as the run trained it), wrapped for answering with the recipe's chat template and image preprocessing."""
+    (``build_trained_model``: LoRA shaped as the run trained it), wrapped for answering with the recipe's chat
+    template and image preprocessing."""
     cfg, model = build_trained_model(config, checkpoint, cfg_options, default_device_dtype(device, dtype)[1])
     return answering_model(cfg, model, device, dtype)
 
