@@ -169,7 +169,8 @@ def test_chat_template_takes_string_and_list_content(exported):
                 {"role": "assistant", "content": [{"type": "text", "text": "Forbes"}]}]
     rendered = processor.apply_chat_template(as_string)
     assert processor.apply_chat_template(as_parts) == rendered
-    assert rendered == f"{processor.tokenizer.bos_token}<|user|>\n<image>\n{question}<|end|>\n<|assistant|>\nForbes<|end|>\n"
+    bos = processor.tokenizer.bos_token
+    assert rendered == f"{bos}<|user|>\n<image>\n{question}<|end|>\n<|assistant|>\nForbes<|end|>\n"
 
 
 def test_export_takes_the_lora_shape_from_the_run(tiny_llava, tmp_path):

@@ -52,7 +52,8 @@ def check_demo(checkout: Path, limit: int | None) -> bool:
 
     paths = checkout_paths(checkout)
     questions = paths.city / "vqa" / "test_questions.jsonl"
-    needed = [paths.models / "config.json", questions] + [paths.out / "predictions" / f"{run}.jsonl" for run in DEMO_RUNS] \
+    needed = [paths.models / "config.json", questions] \
+        + [paths.out / "predictions" / f"{run}.jsonl" for run in DEMO_RUNS] \
         + [paths.work / run / "last_checkpoint" for run in DEMO_RUNS]
     for path in needed:
         if not path.is_file():
@@ -73,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Serve exported models with vLLM (the modern environment, .venv-modern) and compare its greedy "
                     "answers with eval/infer.py's; exit 1 unless all are equal (docs/serving.md).")
     parser.add_argument("--demo", action="store_true", help="the two models `make demo` trained, on its test questions")
-    parser.add_argument("--demo-root", default=str(CHECKOUT), help="the checkout `make demo` ran in (default: this one)")
+    parser.add_argument("--demo-root", default=str(CHECKOUT),
+                        help="the checkout `make demo` ran in (default: this one)")
     parser.add_argument("--hf", help="a folder tools/export_hf.py wrote")
     parser.add_argument("--questions", help="test_questions.jsonl (with --hf)")
     parser.add_argument("--predictions", help="eval/infer.py's predictions.jsonl for them (with --hf)")
