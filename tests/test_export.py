@@ -184,7 +184,7 @@ def test_export_takes_the_lora_shape_from_the_run(tiny_llava, tmp_path):
     options = model_options(tiny_llava)
     rank_8 = [f"model.{adapter}.{key}={value}" for adapter in ("llm_lora", "visual_encoder_lora")
               for key, value in (("r", 8), ("lora_alpha", 16))]
-    checkpoint = write_synthetic_checkpoint(tmp_path / "work", options + rank_8)
+    write_synthetic_checkpoint(tmp_path / "work", options + rank_8)
     saved = Config.fromfile(RECIPE)
     saved.merge_from_dict(parse_cfg_options(options + rank_8))
     saved.dump(str(tmp_path / "work" / Path(RECIPE).name))
