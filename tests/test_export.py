@@ -157,6 +157,41 @@ def test_processor_and_generate_as_saved(exported):
     assert answer == ours[0] and len(answer) > 3
 
 
+def test_chat_template_takes_string_and_list_content(exported):
+    """A message's content as a string or as OpenAI's list of parts (what vLLM and TRL's VLM path send) renders the
+    same training prompt."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(exported[2])
+    question = "Identify the street in this image, please."
+    as_string = [{"role": "user", "content": "<image>\n" + question}, {"role": "assistant", "content": "Forbes"}]
+    as_parts = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Forbes"}]}]
+    rendered = processor.apply_chat_template(as_string)
+    assert processor.apply_chat_template(as_parts) == rendered
+    bos = processor.tokenizer.bos_token
+    assert rendered == f"{bos}<|user|>\n<image>\n{question}<|end|>\n<|assistant|>\nForbes<|end|>\n"
+
+
+def test_export_takes_the_lora_shape_from_the_run(tiny_llava, tmp_path):
+    """A run trained at another LoRA rank than its recipe's exports with no option given: the work_dir's copy of the
+    recipe, its --cfg-options merged (as XTuner saves it), gives the rank and alpha."""
+    from mmengine.config import Config
+
+    from addressvlm.answering.export import export_hf
+    from addressvlm.training.recipes import parse_cfg_options
+
+    options = model_options(tiny_llava)
+    rank_8 = [f"model.{adapter}.{key}={value}" for adapter in ("llm_lora", "visual_encoder_lora")
+              for key, value in (("r", 8), ("lora_alpha", 16))]
+    write_synthetic_checkpoint(tmp_path / "work", options + rank_8)
+    saved = Config.fromfile(RECIPE)
+    saved.merge_from_dict(parse_cfg_options(options + rank_8))
+    saved.dump(str(tmp_path / "work" / Path(RECIPE).name))
+    out = export_hf(RECIPE, tmp_path / "work", tmp_path / "hf", dtype="float32", model_root=tiny_llava)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]
+
+
 def test_hf_ranks_names_as_the_xtuner_path(exported, tmp_path):
     """The exported folder scores an answer's tokens, its end of turn included, as the XTuner recipe does."""
     from addressvlm.answering.ranking import rank_image_questions

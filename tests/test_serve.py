@@ -555,3 +555,19 @@ def test_minicpmv_served_as_eval_infer_answers(city, tiny_minicpmv, tiny_minicpm
         assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
         assert located["true_location"]["street"] == rows[1].street
         assert httpx.get(server).status_code == 200
+
+
+def test_agreement_takes_an_answer_cut_inside_a_character_as_equal(tmp_path):
+    """Cut by max_tokens inside a character, transformers' decoding ends in U+FFFD where vLLM's leaves the incomplete
+    bytes out: the same tokens. Any other difference still counts."""
+    from addressvlm.checks.endpoint_check import agreement
+    from addressvlm.core.records import open_predictions
+
+    answers = {"reference": ["Mäkel\ufffd", "Annankatu", "Kallio"], "endpoint": ["Mäkel", "Annankatu ", "Kallion"]}
+    for name, texts in answers.items():
+        with open_predictions(tmp_path / f"{name}.jsonl") as out:
+            for i, text in enumerate(texts):
+                out.write({"question_id": f"q{i}", "prediction": text})
+    result = agreement(tmp_path / "reference.jsonl", tmp_path / "endpoint.jsonl")
+    assert (result.compared, result.equal) == (3, 2)
+    assert result.differences == [("q2", "Kallio", "Kallion")]

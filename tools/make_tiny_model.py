@@ -7,6 +7,7 @@ forms, standing in for the language pre-training a real LVLM arrives with (addre
 Example:
     python tools/make_tiny_model.py tiny_models/llava-phi-3-mini-xtuner
     python tools/make_tiny_model.py OUT --hidden 128 --layers 4 --image-size 112 --names data/helsinki/locations.csv
+    python tools/make_tiny_model.py OUT --hidden 64 --heads 2     # head size 32, which vLLM's CPU attention takes
 """
 import argparse
 from pathlib import Path

@@ -27,7 +27,7 @@ import torch
 
 from addressvlm.answering.loading import prompts_itself
 from addressvlm.core.records import refuse_output_over_inputs, replaced_folder, writable_output
-from addressvlm.training.checkpoints import build_recipe_model, load_checked_state, resolve_checkpoint
+from addressvlm.training.checkpoints import build_trained_model, resolve_checkpoint
 from addressvlm.training.image_prompts import IMAGE_TOKEN
 from addressvlm.training.precision import is_quantized
 from addressvlm.training.recipes import load_recipe, model_root_options, model_root_variable, parse_cfg_options
@@ -41,25 +41,34 @@ WEIGHT_FILE_ENDINGS = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.inde
 _PROJECTOR_NAMES = {"model.0.": "multi_modal_projector.linear_1.", "model.2.": "multi_modal_projector.linear_2."}
 
 
+# A message's content as training wrote it: a string as it is; a list of parts (OpenAI's shape, which vLLM and TRL's
+# VLM path send) as its texts in order, each image part as the image token and a newline ("<image>\n" + question).
+_CONTENT = ("{% set content %}{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+            "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+            "{% elif part['type'] in ('image', 'image_url') %}{{ " + json.dumps(IMAGE_TOKEN + "\n") + " }}"
+            "{% endif %}{% endfor %}{% endif %}{% endset %}")
+
+
 def chat_template_from_xtuner(template) -> str:
     """A Jinja chat template producing exactly the text XTuner's template built in training: the system turn, each
     user turn followed by the assistant cue, each answer followed by its suffix and separator. Message content is
-    a string; an image is the ``<image>`` token in it (``"<image>\\n" + question``, as training wrote it)."""
+    a string, an image being the ``<image>`` token in it (``"<image>\\n" + question``, as training wrote it), or a
+    list of text and image parts that renders to the same text."""
     user_before, user_after = template.INSTRUCTION.split("{input}")
     system = template.get("SYSTEM", "")
     suffix = template.get("SUFFIX", "") + template.get("SEP", "")
     quote = json.dumps
-    parts = ["{{ bos_token }}{% for message in messages %}"]
+    parts = ["{{ bos_token }}{% for message in messages %}", _CONTENT]
     if system:
         system_before, system_after = system.split("{system}")
         parts.append("{% if message['role'] == 'system' %}"
-                     f"{{{{ {quote(system_before)} + message['content'] + {quote(system_after)} }}}}"
+                     f"{{{{ {quote(system_before)} + content + {quote(system_after)} }}}}"
                      "{% el")
     else:
         parts.append("{% ")
-    parts.append(f"if message['role'] == 'user' %}}{{{{ {quote(user_before)} + message['content'] + "
+    parts.append(f"if message['role'] == 'user' %}}{{{{ {quote(user_before)} + content + "
                  f"{quote(user_after)} }}}}"
-                 f"{{% elif message['role'] == 'assistant' %}}{{{{ message['content'] + {quote(suffix)} }}}}"
+                 f"{{% elif message['role'] == 'assistant' %}}{{{{ content + {quote(suffix)} }}}}"
                  "{% endif %}{% endfor %}")
     return "".join(parts)
 
@@ -123,8 +132,7 @@ def export_hf(config: str | os.PathLike, checkpoint: str | os.PathLike, out_dir:
         raise ValueError(f"--out {out_dir} is not empty ({', '.join(present[:5])}{', ...' if len(present) > 5 else ''})"
                          ": give a new or empty folder, or --replace to replace it whole")
     # Frozen weights in float32 (the recipes' torch_dtype), so the merge does not round through bf16 first.
-    cfg, model = build_recipe_model(config, options, torch.float32)
-    load_checked_state(model, checkpoint)
+    cfg, model = build_trained_model(config, checkpoint, options, torch.float32)
     model.eval()
     if not prompts_itself(model) and is_quantized(model.llm):
         raise ValueError(f"{config} loads the LLM in 4/8 bits: merging LoRA into it would export rounded weights. "

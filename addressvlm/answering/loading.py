@@ -22,7 +22,7 @@ from PIL import Image
 
 from addressvlm.answering.chat_model import VisionChatModel
 from addressvlm.core.records import file_identity
-from addressvlm.training.checkpoints import build_recipe_model, load_checked_state, resolve_checkpoint, weights_identity
+from addressvlm.training.checkpoints import build_recipe_model, build_trained_model, weights_identity
 from addressvlm.training.image_prompts import image_preprocessor, image_turn, split_at_image
 from addressvlm.training.minicpmv import AddressMiniCPMV
 from addressvlm.training.minicpmv_dataset import encode_question
@@ -32,11 +32,10 @@ from addressvlm.training.recipes import load_recipe, model_root_options
 def load_xtuner_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
                       cfg_options: Sequence[str] | dict | None = None, device: str | None = None,
                       dtype: str | torch.dtype | None = None) -> VisionChatModel:
-    """The recipe's model (``build_recipe_model``) with ``checkpoint`` (file, DeepSpeed folder or work_dir) loaded
-    and every tensor checked, wrapped for answering with the recipe's chat template and image preprocessing."""
-    checkpoint = resolve_checkpoint(checkpoint)
-    cfg, model = build_recipe_model(config, cfg_options, default_device_dtype(device, dtype)[1])
-    load_checked_state(model, checkpoint)
+    """The recipe's model with ``checkpoint`` (file, DeepSpeed folder or work_dir) loaded and every tensor checked
+    (``build_trained_model``: LoRA shaped as the run trained it), wrapped for answering with the recipe's chat
+    template and image preprocessing."""
+    cfg, model = build_trained_model(config, checkpoint, cfg_options, default_device_dtype(device, dtype)[1])
     return answering_model(cfg, model, device, dtype)
 
 

@@ -18,7 +18,7 @@ import torch
 
 from addressvlm.releases.shapes import build_release_model, release_config
 from addressvlm.releases.tokenizer import train_tokenizer
-from addressvlm.training.checkpoints import build_recipe_model, load_checked_state, resolve_checkpoint
+from addressvlm.training.checkpoints import build_recipe_model, build_trained_model
 from addressvlm.training.precision import default_device_dtype
 from addressvlm.training.recipes import parse_cfg_options, read_recipe
 from addressvlm.training.retrieval_dataset import DEFAULT_PROMPTS, collate_inputs
@@ -58,9 +58,8 @@ def load_encoder(config: str, checkpoint: str | None = None, cfg_options=None,
     ``cfg_options``: ``key=value`` strings or a dict, as training took them (e.g. ``recipes.model_root_options``)."""
     read_recipe(config, retrieval=True)  # a recipe of another kind is refused before anything is built
     device, dtype = default_device_dtype(device)
-    cfg, model = build_recipe_model(config, cfg_options, dtype)
-    if checkpoint is not None:
-        load_checked_state(model, resolve_checkpoint(checkpoint))
+    cfg, model = (build_recipe_model(config, cfg_options, dtype) if checkpoint is None
+                  else build_trained_model(config, checkpoint, cfg_options, dtype))
     from xtuner.registry import BUILDER
 
     return _ready(model, BUILDER.build(cfg.train_dataloader.dataset.inputs), device, dtype)

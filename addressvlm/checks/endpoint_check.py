@@ -82,13 +82,20 @@ class Agreement:
         return "\n".join(lines)
 
 
+def _as_compared(answer: str) -> str:
+    """An answer as compared: stripped, and without the replacement characters that end an answer cut by max_tokens
+    inside a character (transformers' decode writes U+FFFD for the incomplete bytes, vLLM's detokenizer leaves them
+    out: the same tokens either way)."""
+    return answer.strip().rstrip("\ufffd").rstrip()
+
+
 def agreement(reference_path: str | os.PathLike, endpoint_path: str | os.PathLike) -> Agreement:
-    """The questions answered in both files, and where their answers differ (exact strings, after stripping)."""
+    """The questions answered in both files, and where their answers differ (exact strings, after ``_as_compared``)."""
     reference = read_predictions(reference_path)
     endpoint = read_predictions(endpoint_path)
     shared = [qid for qid in reference if qid in endpoint]
     differences = [(qid, reference[qid][1], endpoint[qid][1]) for qid in shared
-                   if reference[qid][1].strip() != endpoint[qid][1].strip()]
+                   if _as_compared(reference[qid][1]) != _as_compared(endpoint[qid][1])]
     return Agreement(len(shared), len(shared) - len(differences), differences)
 
 

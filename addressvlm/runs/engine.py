@@ -103,6 +103,12 @@ class Paths:
         self.models = self.out / "models" / "llava-phi-3-mini-xtuner"
 
 
+def checkout_paths(checkout: Path) -> Paths:
+    """Where ``make demo`` run in ``checkout`` keeps its outputs, city and training runs."""
+    return Paths(checkout / "demo_output", checkout / "data" / "helsinki", checkout / "work_dirs" / "demo_helsinki",
+                 recipes=checkout / "recipes")
+
+
 def held_out_questions(paths: Paths) -> Path:
     """The questions the demo answers and scores: the test split's and the validation split's together. Nothing in
     the demo is chosen on the validation split, so both are held out, and three times the test split's questions

@@ -48,7 +48,7 @@ from addressvlm.core.names import normalize_name
 from addressvlm.core.records import DEFAULT_LEVEL_NAMES, DataError, Location, read_level_names, read_locations
 from addressvlm.data.gazetteer import Gazetteer, build_gazetteer
 from addressvlm.geo.streets import StreetMap, find_city_streets, read_street_map
-from addressvlm.runs.engine import DemoSettings, Paths, load_model
+from addressvlm.runs.engine import DemoSettings, checkout_paths, load_model
 from addressvlm.training.checkpoints import CheckpointError
 from addressvlm.training.stage_chain import StageChainError
 
@@ -688,8 +688,7 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 
 def demo_model_and_city(checkout: Path) -> tuple[VisionChatModel, Path]:
     """The AddressVLM model ``make demo`` trained in ``checkout`` (stage 1 then stage 2) and its city root."""
-    paths = Paths(checkout / "demo_output", checkout / "data" / "helsinki", checkout / "work_dirs" / "demo_helsinki",
-                  recipes=checkout / "recipes")
+    paths = checkout_paths(checkout)
     for needed in (paths.models / "projector" / "config.json", paths.work / "stage1_stage2" / "last_checkpoint",
                    paths.city / "locations.csv"):
         if not needed.is_file():

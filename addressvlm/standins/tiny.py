@@ -32,6 +32,8 @@ _BASE_CORPUS = [
 class TinySize:
     hidden: int = 64
     layers: int = 2
+    # The LLM's attention heads; each is hidden / heads wide. vLLM's CPU attention takes head sizes 32, 64, 80, ...
+    # (addressvlm/checks/vllm_check.py): hidden 64 with 2 heads, 96 with 3.
     heads: int = 4
     intermediate: int = 128
     vocab: int = 1024

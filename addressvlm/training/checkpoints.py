@@ -73,3 +73,30 @@ def build_recipe_model(config: str | os.PathLike, cfg_options: Sequence[str] | d
     if "init_from_work_dir" in cfg.model:
         cfg.model.init_from_work_dir = None
     return cfg, BUILDER.build(cfg.model)
+
+
+def run_lora_options(config: str | os.PathLike, checkpoint: Path) -> dict:
+    """The rank and alpha of each LoRA adapter that the run which wrote ``checkpoint`` (a resolved one) trained, as
+    cfg options: read from the copy of the recipe, its --cfg-options merged, that XTuner keeps in the run's work_dir
+    under the recipe's name. So a run trained at another rank than its recipe's (the demo's) loads with no option
+    given by hand. Empty when the work_dir holds no such copy."""
+    from mmengine.config import Config
+
+    saved = checkpoint.parent / Path(config).name
+    if not saved.is_file():
+        return {}
+    model = Config.fromfile(str(saved)).model
+    return {f"model.{adapter}.{key}": model[adapter][key] for adapter in ("llm_lora", "visual_encoder_lora")
+            if isinstance(model.get(adapter), dict) for key in ("r", "lora_alpha") if key in model[adapter]}
+
+
+def build_trained_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
+                        cfg_options: Sequence[str] | dict | None = None, dtype: torch.dtype | None = None):
+    """``(cfg, model)``: the recipe's model (``build_recipe_model``) with ``checkpoint`` (a file, DeepSpeed folder or
+    work_dir) loaded and every tensor checked; its LoRA shapes are the run's (``run_lora_options``) unless
+    ``cfg_options`` set them."""
+    checkpoint = resolve_checkpoint(checkpoint)
+    options = {**run_lora_options(config, checkpoint), **parse_cfg_options(cfg_options)}
+    cfg, model = build_recipe_model(config, options, dtype)
+    load_checked_state(model, checkpoint)
+    return cfg, model

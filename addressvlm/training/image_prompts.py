@@ -27,11 +27,16 @@ def split_at_image(tokenizer, text: str, bos_ids: Sequence[int] = ()) -> tuple[l
     return list(bos_ids) + encode(before), encode(after)
 
 
+def padding_colour(image_mean) -> tuple[int, ...]:
+    """The colour training padded images to a square with: the image processor's mean, as XTuner's LLaVADataset."""
+    return tuple(int(x * 255) for x in image_mean)
+
+
 def image_preprocessor(image_processor, pad_to_square: bool):
     """PIL image or path -> ``[3, H, W]`` pixels, as ``LLaVADataset`` prepares them."""
     from xtuner.dataset.utils import expand2square
 
-    background = tuple(int(x * 255) for x in image_processor.image_mean)
+    background = padding_colour(image_processor.image_mean)
 
     def preprocess(image) -> torch.Tensor:
         if not isinstance(image, Image.Image):
