@@ -214,8 +214,8 @@ def rank_and_measure(paths: Paths, s: DemoSettings, name: str) -> dict:
 
 
 def retrieve_and_restrict(paths: Paths, s: DemoSettings) -> dict:
-    """Both retrievers' R@K on the test split, and AddressVLM's closed-set ranking restricted to the names of the
-    LVLM retriever's top tiles per street view, beside its ranking over every name of the city."""
+    """Both retrievers' R@K on the test split, and AddressVLM's closed-set ranking restricted to the names of one
+    retriever's top tiles per street view (``candidates_retriever``), beside its ranking over every name of the city."""
     results = retrieval.evaluate(paths, s.retrieval, s.seed)
     questions_path = paths.city / "vqa" / "test_questions.jsonl"
     ranked_path = paths.out / "predictions" / "stage1_stage2.ranked_retrieved.jsonl"
@@ -224,7 +224,7 @@ def retrieve_and_restrict(paths: Paths, s: DemoSettings) -> dict:
     rank_questions(load_model(paths, s, "stage1_stage2"), read_questions(questions_path),
                    build_gazetteer(read_locations(paths.city / "locations.csv")), ranked_path,
                    image_folder=paths.city, model_settings=model_settings,
-                   candidates=(paths.out / "retrieval" / "lvlm_last_token" / "retrieved.jsonl", k))
+                   candidates=(paths.out / "retrieval" / s.retrieval.candidates_retriever / "retrieved.jsonl", k))
     questions, restricted_names = read_ranked_names(questions_path, ranked_path)
     restricted = top_k_accuracy(questions, restricted_names)
     # The same questions ranked over every name of the city (rank_and_measure ranked all held-out questions).
@@ -233,7 +233,8 @@ def retrieve_and_restrict(paths: Paths, s: DemoSettings) -> dict:
                                               if q["question_id"] in every_name})
     write_atomic(paths.out / "metrics" / "stage1_stage2.closed_set_retrieved.json",
                  json.dumps({"restricted": restricted, "unrestricted": unrestricted}, indent=2) + "\n")
-    return {"retrievers": results, "restricted": restricted, "unrestricted": unrestricted, "candidates_k": k}
+    return {"retrievers": results, "restricted": restricted, "unrestricted": unrestricted, "candidates_k": k,
+            "candidates_retriever": s.retrieval.candidates_retriever}
 
 
 def street_distribution(paths: Paths, s: DemoSettings) -> list[Path]:

@@ -203,7 +203,8 @@ def retrieval_section(retrieved: dict) -> list[str]:
                          f"{p_cell(m['p_tiles_found_R@1'])} | {_cell(m['within_100m'])} |")
     k, restricted, full = retrieved["candidates_k"], retrieved["restricted"], retrieved["unrestricted"]
     lines += ["", f"Retrieved candidates for AddressVLM: its closed-set ranking of each test street view restricted "
-              f"to the streets and districts of the LVLM retriever's top {k} tiles (eval/rank.py --candidates), "
+              f"to the streets and districts of the top {k} tiles of the "
+              f"{RETRIEVER_LABELS[retrieved['candidates_retriever']]} (eval/rank.py --candidates), "
               "against its ranking over every name of the city. A restriction can only help where the retriever "
               "keeps the truth among its candidates.", "",
               "| AddressVLM ranking among | district top-1 | street top-1 | address top-1 |", "|---|---:|---:|---:|"]

@@ -37,6 +37,10 @@ class RetrievalSettings:
     clip_lr: float = 5e-4
     clip_image_size: int = 56
     candidates_k: int = 5       # the retrieved tiles whose names restrict AddressVLM's closed-set ranking
+    # Whose tiles: the CLIP dual encoder's. Since both retrievers share their steps with scene texts, the LVLM
+    # retriever's 80 steps no longer find a street view's tile among its top 5 often enough to help the ranking
+    # (docs/experiments.md, "Stage 1 at 16 x 1e-3").
+    candidates_retriever: str = "clip_dual_encoder"
 
     @classmethod
     def quick(cls) -> "RetrievalSettings":
