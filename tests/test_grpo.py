@@ -2,6 +2,7 @@
 builds it) on the tiny LLaVA exported from a stage-2 checkpoint, over a small city's training split, and writes
 the trained model back as a folder eval/infer.py --hf answers with."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -130,6 +131,32 @@ def test_the_way_back_refuses_another_model(stage3, tmp_path):
                                          r"'multi_modal_projector\.linear_2\.bias'\)"):
         transformers4_folder(other, export, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_recipes_are_trls_fields_and_variants_differ_by_the_reward():
+    """Every recipe parses into TRL's dataclasses as the trainer parses it (on this CPU: --use_cpu, for the bf16 the
+    GPU recipes ask); a reward variant is its base recipe with another reward_mode and output_dir."""
+    import yaml
+
+    recipes = sorted((REPO / "recipes" / "stage3").glob("*.yaml"))
+    parse = ("import json, sys\n"
+             "from addressvlm.training.grpo import parse_recipe\n"
+             "for path in sys.argv[1:]:\n"
+             "    stage3, config, model = parse_recipe(['--config', path, '--use_cpu', 'true'])\n"
+             "    print(json.dumps([stage3.reward_mode, config.use_vllm, config.vllm_mode, model.use_peft]))\n")
+    done = subprocess.run([str(MODERN_PYTHON), "-c", parse, *map(str, recipes)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    parsed = dict(zip([path.stem for path in recipes], map(json.loads, done.stdout.splitlines()), strict=True))
+    for city in ("pitts", "sf", "tokyo"):
+        assert parsed[city] == ["hierarchical_distance", True, "colocate", True]  # vLLM rollouts on the GPUs
+    assert parsed["helsinki"] == ["hierarchical_distance", False, "colocate", True]  # plain generation on the CPU
+    for base in ("pitts", "helsinki"):
+        recipe = yaml.safe_load((REPO / "recipes" / "stage3" / f"{base}.yaml").read_text())
+        for mode in ("exact", "hierarchical"):
+            variant = yaml.safe_load((REPO / "recipes" / "stage3" / f"{base}_reward_{mode}.yaml").read_text())
+            assert variant == {**recipe, "reward_mode": mode, "output_dir": f"{recipe['output_dir']}_reward_{mode}"}
+            assert parsed[f"{base}_reward_{mode}"][0] == mode
 
 
 def test_help_and_a_bad_recipe_in_one_line(tmp_path):

@@ -1,7 +1,6 @@
 #!/usr/bin/env python
 """Stage 3: GRPO (TRL's GRPOTrainer, in .venv-modern) on a stage-2 model that tools/export_hf.py exported, with the
-street-level reward; then the trained model as a folder eval/infer.py --hf answers with (docs/training.md, "Stage 3:
-GRPO").
+street-level reward; then the trained model as a folder eval/infer.py --hf answers with (README, "Stage 3: GRPO").
 
     python tools/train_stage3.py --config recipes/stage3/pitts.yaml                      # one GPU (or the CPU)
     python tools/train_stage3.py --config recipes/stage3/pitts.yaml --num-processes 8    # eight GPUs of one machine
@@ -99,7 +98,7 @@ def convert(recipe: dict) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Stage 3: GRPO (TRL, in .venv-modern) on a stage-2 model exported by tools/export_hf.py, then the "
-                    "result as <output_dir>/hf for eval/infer.py --hf (docs/training.md, 'Stage 3: GRPO').")
+                    "result as <output_dir>/hf for eval/infer.py --hf (README, 'Stage 3: GRPO').")
     parser.add_argument("--config", required=True, help="a stage-3 recipe: recipes/stage3/*.yaml (TRL's fields)")
     parser.add_argument("--num-processes", type=int, default=1, help="processes (GPUs) on this machine (default 1)")
     parser.add_argument("--accelerate-config", metavar="FILE",
@@ -107,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "machine); replaces --num-processes")
     steps = parser.add_mutually_exclusive_group()
     steps.add_argument("--prepare-only", action="store_true",
-                       help="write the prompts and stop (to launch the trainer yourself: README, 'Stage 3')")
+                       help="write the prompts and stop (to launch the trainer yourself: README, 'Stage 3: GRPO')")
     steps.add_argument("--convert-only", action="store_true",
                        help="only write <output_dir>/hf from <output_dir>/merged (after a training launched "
                             "elsewhere)")

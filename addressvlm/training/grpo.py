@@ -1,7 +1,7 @@
 """Stage 3: GRPO with TRL's ``GRPOTrainer`` on the stage-2 model exported as a Hugging Face folder
 (``tools/export_hf.py``), LoRA on its language model, the street-level reward (``answering/reward.py``) in the
 recipe's mode; run in the modern environment (.venv-modern), started by ``tools/train_stage3.py`` through
-``accelerate launch`` (docs/training.md, "Stage 3: GRPO").
+``accelerate launch`` (README, "Stage 3: GRPO").
 
 A recipe (``recipes/stage3/*.yaml``) is one YAML file of TRL's own fields, read by TRL's parser into
 ``Stage3Arguments`` (this module's: the city and the reward), ``GRPOConfig`` (training, generation, KL) and
@@ -80,12 +80,18 @@ def train(stage3: Stage3Arguments, config, model_config) -> Path:
     return merged
 
 
-def main() -> None:
+def parse_recipe(args: list[str] | None = None) -> tuple:
+    """``(Stage3Arguments, GRPOConfig, ModelConfig)`` from ``--config RECIPE`` (and any field as ``--name value``)
+    in ``args`` (default: the command line); a key of the recipe that none of them has is a ``ValueError``."""
     from trl import GRPOConfig, ModelConfig, TrlParser
 
+    return tuple(TrlParser((Stage3Arguments, GRPOConfig, ModelConfig)).parse_args_and_config(args=args))
+
+
+def main() -> None:
     from addressvlm.answering.reward import check_reward_mode
 
-    stage3, config, model_config = TrlParser((Stage3Arguments, GRPOConfig, ModelConfig)).parse_args_and_config()
+    stage3, config, model_config = parse_recipe()
     check_reward_mode(stage3.reward_mode)
     if not model_config.use_peft:
         raise ValueError("stage 3 trains LoRA on the stage-2 model: set use_peft: true in the recipe")
