@@ -94,7 +94,8 @@ def test_grpo_steps_move_the_lora_and_log_the_reward(stage3):
 def test_prompts_are_the_training_split_padded_to_a_square(stage3):
     export, city, run, _ = stage3
     prompts = read_questions(run / "prompts" / "questions.jsonl")
-    held_out = {q["image"] for name in ("test", "val") for q in read_questions(city / "vqa" / f"{name}_questions.jsonl")}
+    held_out = {q["image"] for name in ("test", "val")
+                for q in read_questions(city / "vqa" / f"{name}_questions.jsonl")}
     assert prompts and {q["qtype"] for q in prompts} == {"judgment"}
     assert not {q["image"] for q in prompts} & held_out
     mean = json.loads((export / "preprocessor_config.json").read_text())["image_mean"]

@@ -69,7 +69,8 @@ def train(stage3: Stage3Arguments, config, model_config) -> Path:
     out = Path(config.output_dir)
     config.model_init_kwargs = {"dtype": model_config.dtype, **(config.model_init_kwargs or {})}
     trainer = GRPOTrainer(model=model_config.model_name_or_path, reward_funcs=grpo_reward(context, stage3.reward_mode),
-                          args=config, train_dataset=grpo_dataset(out / PROMPTS_FOLDER), peft_config=get_peft_config(model_config))
+                          args=config, train_dataset=grpo_dataset(out / PROMPTS_FOLDER),
+                          peft_config=get_peft_config(model_config))
     trainer.train()
     trainer.save_model()  # the LoRA adapter alone, in output_dir
     merged = out / MERGED_FOLDER
@@ -91,10 +92,13 @@ def parse_recipe(args: list[str] | None = None) -> tuple:
 def main() -> None:
     from addressvlm.answering.reward import check_reward_mode
 
-    stage3, config, model_config = parse_recipe()
-    check_reward_mode(stage3.reward_mode)
+    try:
+        stage3, config, model_config = parse_recipe()
+        check_reward_mode(stage3.reward_mode)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if not model_config.use_peft:
-        raise ValueError("stage 3 trains LoRA on the stage-2 model: set use_peft: true in the recipe")
+        raise SystemExit("error: stage 3 trains LoRA on the stage-2 model: set use_peft: true in the recipe")
     train(stage3, config, model_config)
 
 
