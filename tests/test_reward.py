@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from shapely.geometry import LineString
 
-from addressvlm.answering.reward import (DISTRICT_WEIGHT, NEAR_WEIGHT, STREET_WEIGHT, TAU_M, reward,
+from addressvlm.answering.reward import (DISTRICT_WEIGHT, NEAR_WEIGHT, STREET_WEIGHT, TAU_M, grpo_reward, reward,
                                          reward_context)
 from addressvlm.core.records import (DataError, Location, read_locations, read_questions, read_rewards, write_locations,
                                      write_rewards)
@@ -105,6 +105,36 @@ def test_the_address_by_its_parts(context):
     assert got["Ghost Street, Kallio"] == got["Kallio"] == pytest.approx(DISTRICT_WEIGHT)
     assert got["Far Road, Kamppi"] == pytest.approx(STREET_WEIGHT * FAR, abs=1e-4)
     assert got["Near Lane, Kallio"] > got["Kallio"] > got["Near Lane, Kamppi"] > got["Far Road, Kamppi"]
+
+
+def test_reward_modes_drop_the_distance_then_the_hierarchy(context):
+    """The recipes' reward variants: ``hierarchical`` keeps the district tier but gives a wrong street nothing
+    however near; ``exact`` gives 1 or 0 as the accuracy counts."""
+    street, address = question("street"), question("address")
+    replies = [(street, "Main Street"), (street, "Near Lane"), (street, "Far Road"), (street, "Border Street"),
+               (address, "Near Lane, Kallio"), (address, "Main Street, Kamppi"), (address, "Kallio")]
+    got = {mode: [reward(q, reply, context, mode) for q, reply in replies]
+           for mode in ("hierarchical_distance", "hierarchical", "exact")}
+    assert got["hierarchical_distance"] == [reward(q, reply, context) for q, reply in replies]  # the default
+    assert got["hierarchical"] == pytest.approx([1, DISTRICT_WEIGHT, DISTRICT_WEIGHT, 0, DISTRICT_WEIGHT,
+                                                 STREET_WEIGHT, DISTRICT_WEIGHT])
+    assert got["exact"] == [1, 0, 0, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match="reward mode 'distance': choose one of exact, hierarchical, "
+                                         "hierarchical_distance"):
+        reward(street, "Main Street", context, "distance")
+
+
+def test_grpo_reward_is_the_reward_on_trls_arguments(context):
+    """What GRPOTrainer calls: conversational completions and the dataset's columns, one reward each."""
+    street = question("street")
+    completions = [[{"role": "assistant", "content": "Near Lane"}],
+                   [{"role": "assistant", "content": [{"type": "text", "text": "Main "}, {"type": "text",
+                                                                                          "text": "Street"}]}]]
+    function = grpo_reward(context, "hierarchical_distance")
+    got = function(prompts=[[], []], completions=completions, completion_ids=[[], []],
+                   test_question=[json.dumps(street)] * 2, image=[None, None], trainer_state=None)
+    assert got == [reward(street, "Near Lane", context), 1.0]
+    assert function.__name__ == "street_reward_hierarchical_distance"
 
 
 def _score(*args) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from PIL import Image
 from pyproj import Transformer
 
 from addressvlm.answering.error_figures import OTHER, district_confusion
-from addressvlm.geo.raster import local_crs
+from addressvlm.geo.local_frame import local_crs
 from addressvlm.answering.street_error import street_error_files
 from addressvlm.core.records import DataError, Location, write_locations, write_questions
 from addressvlm.answering.scoring import read_ranked_names, top_k_accuracy

@@ -11,7 +11,6 @@ serves each in turn and asks it the demo's test questions. Exit 1 unless every a
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +19,7 @@ from addressvlm.checks.vllm_check import (
     CHECKOUT, MODERN_PYTHON, SERVED_MODEL_NAME, VllmError, is_cpu_build, refuse_unsupported_head_size, vllm_server)
 from addressvlm.core.records import DataError, read_predictions, read_questions
 from addressvlm.training.checkpoints import CheckpointError
-from addressvlm.training.image_prompts import padding_colour
+from addressvlm.training.image_prompts import export_pad_colour
 from addressvlm.training.stage_chain import StageChainError
 
 DEMO_RUNS = ("stage1_stage2", "stage2_only")
@@ -37,10 +36,8 @@ def check_folder(folder: Path, questions_path: Path, predictions: Path, out: Pat
     out.unlink(missing_ok=True)  # answers of an earlier export must not be taken for this one's
     with vllm_server(folder, out.with_suffix(".log")) as base_url:
         # Training padded images to a square; vLLM's processor does not, so they are sent padded.
-        config = json.loads((folder / "config.json").read_text())
-        pad = padding_colour(json.loads((folder / "preprocessor_config.json").read_text())["image_mean"]) \
-            if config.get("image_aspect_ratio") == "pad" else None
-        endpoint_answers(client_for(base_url), SERVED_MODEL_NAME, questions, image_folder, out, pad_colour=pad)
+        endpoint_answers(client_for(base_url), SERVED_MODEL_NAME, questions, image_folder, out,
+                         pad_colour=export_pad_colour(folder))
     result = agreement(predictions, out)
     print(f"{folder}: {result.summary()}", flush=True)
     return result.compared == len(questions) and result.equal == result.compared

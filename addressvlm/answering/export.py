@@ -247,3 +247,51 @@ def _write_llava(cfg, model, out_dir: Path, dtype: str) -> None:
                              for i in tokenizer.encode(w, add_special_tokens=False)]
     GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=sorted(set(stops)),
                      pad_token_id=tokenizer.pad_token_id, do_sample=False).save_pretrained(out_dir)
+
+
+def _tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    shapes = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(path, "pt") as weights:
+            shapes.update({name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()})
+    return shapes
+
+
+def transformers4_folder(trained: str | os.PathLike, stage2_export: str | os.PathLike, out_dir: str | os.PathLike,
+                         *, replace: bool = False) -> Path:
+    """The stage-3 model (``trained``: the folder transformers 5 saved in .venv-modern, LoRA merged; see
+    ``training/grpo.py``) as a folder this environment's transformers 4.48 loads (``eval/infer.py --hf``): its
+    weights, with the config, tokenizer, processor, chat template and generation config of ``stage2_export`` (the
+    folder ``export_hf`` wrote, that GRPO started from). Why not its own: transformers 5 renames config keys
+    (``rope_parameters``, ``dtype``) and writes a tokenizer and processor 4.48 does not read. GRPO changes neither the
+    architecture nor the vocabulary, so the stage-2 files describe the trained weights; that the tensors have the
+    same names and shapes is checked (a ``ValueError`` otherwise). Written whole or not at all, as ``export_hf``."""
+    trained, stage2_export, out_dir = Path(trained), Path(stage2_export), Path(out_dir)
+    for folder, what in ((trained, "the stage-3 model"), (stage2_export, "the stage-2 export")):
+        if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+            raise FileNotFoundError(f"{folder}: no config.json and .safetensors weights: not {what}")
+    refuse_output_over_inputs(out_dir, [("the stage-3 model", trained), ("the stage-2 export", stage2_export)],
+                              "the converted folder")
+    writable_output(out_dir, "the converted folder", folder=True)
+    present = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if present and not replace:
+        raise ValueError(f"{out_dir} is not empty: give a new or empty folder, or replace it")
+    theirs, ours = _tensor_shapes(trained), _tensor_shapes(stage2_export)
+    if theirs != ours:
+        differing = sorted(set(theirs.items()) ^ set(ours.items()))[0][0]
+        raise ValueError(f"{trained} is not the model of {stage2_export}: their tensors differ (first: {differing!r})")
+    trained_config = json.loads((trained / "config.json").read_text())
+    with replaced_folder(out_dir, present) as staging:
+        for path in stage2_export.iterdir():
+            if path.is_file() and not path.name.endswith(WEIGHT_FILE_ENDINGS) and path.name != "xtuner_config.py":
+                shutil.copyfile(path, staging / path.name)
+        for path in trained.iterdir():
+            if path.name.endswith(WEIGHT_FILE_ENDINGS):
+                shutil.copyfile(path, staging / path.name)
+        config = json.loads((staging / "config.json").read_text())
+        config["torch_dtype"] = trained_config.get("dtype") or trained_config["torch_dtype"]
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        _permissions_as_umask_gives(staging)
+    return out_dir

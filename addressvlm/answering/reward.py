@@ -31,13 +31,21 @@ The weights and their reasons:
   metre thresholds ``eval/score.py`` reports (25-250 m): a street 25 m away keeps
   78 % of the near credit, one block (100 m) 37 %, 250 m 8 %, 500 m under 1 %, so naming a long street that
   crosses the district somewhere far off earns next to nothing.
+
+Three modes of the one function (``REWARD_MODES``), so that GRPO recipes can measure what each part contributes
+(``recipes/stage3/``, docs/eval.md, "The reward"): ``exact``, 1 for an answer the accuracy counts right, else 0;
+``hierarchical``, the district and street tiers above with no near credit (a wrong street earns 0, whatever its
+distance); ``hierarchical_distance``, all of the above (the default).
+
+``grpo_reward`` is the same function in the shape TRL's ``GRPOTrainer`` calls a reward with.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from addressvlm.answering.scoring import extract_answer, is_correct
 from addressvlm.answering.street_error import StreetDistances, true_location
@@ -50,6 +58,7 @@ DISTRICT_WEIGHT = 0.4
 STREET_WEIGHT = 0.6
 NEAR_WEIGHT = 0.5
 TAU_M = 100.0
+REWARD_MODES = ("exact", "hierarchical", "hierarchical_distance")
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,12 @@ class RewardContext:
     distances: StreetDistances
     streets: frozenset[str]  # the gazetteer's streets, normalised
     street_districts: Mapping[str, frozenset[str]]  # normalised street -> the normalised districts it runs in
+
+
+def check_reward_mode(mode: str) -> None:
+    """A ``ValueError`` naming the modes unless ``mode`` is one of ``REWARD_MODES``."""
+    if mode not in REWARD_MODES:
+        raise ValueError(f"reward mode {mode!r}: choose one of {', '.join(REWARD_MODES)}")
 
 
 def reward_context(locations: Iterable[Location], street_map: StreetMap) -> RewardContext:
@@ -73,12 +88,12 @@ def reward_context(locations: Iterable[Location], street_map: StreetMap) -> Rewa
                          {street: frozenset(names) for street, names in districts.items()})
 
 
-def street_credit(name: str, question: Mapping, context: RewardContext) -> float:
+def street_credit(name: str, question: Mapping, context: RewardContext, mode: str = "hierarchical_distance") -> float:
     """The street part of the reward for the normalised street ``name``: 1 for the true street, the distance-shaped
-    near credit for another gazetteer street on the map, 0 otherwise."""
+    near credit for another gazetteer street on the map (``hierarchical_distance`` mode only), 0 otherwise."""
     if name == normalize_name(question["street"]):
         return 1.0
-    if name not in context.streets:
+    if mode != "hierarchical_distance" or name not in context.streets:
         return 0.0
     place = context.places[question["image"]]
     found = context.distances.nearest(name, place.lat, place.lon)
@@ -89,31 +104,57 @@ def _hierarchical(district_right: bool, street: float) -> float:
     return DISTRICT_WEIGHT * district_right + STREET_WEIGHT * street
 
 
-def _address_reward(parts: tuple[str, ...], question: Mapping, context: RewardContext) -> float:
+def _address_reward(parts: tuple[str, ...], question: Mapping, context: RewardContext, mode: str) -> float:
     district = normalize_name(question["district"])
     runs = [(i, j, ", ".join(parts[i:j])) for i in range(len(parts)) for j in range(i + 1, len(parts) + 1)]
     district_runs = [(i, j) for i, j, text in runs if text == district]
     best = _hierarchical(bool(district_runs), 0.0)
     for start, end, text in runs:
-        credit = street_credit(text, question, context)
+        credit = street_credit(text, question, context, mode)
         if credit:
             apart = any(stop <= start or end <= first for first, stop in district_runs)
             best = max(best, _hierarchical(apart, credit))
     return best
 
 
-def reward(question: Mapping, prediction: str | None, context: RewardContext) -> float:
-    """The reward of one reply (None: no reply, 0) to one test question (the module's docstring has the formula).
-    A street or address question whose image is not in ``context`` is a KeyError: its true location is unknown."""
+def reward(question: Mapping, prediction: str | None, context: RewardContext,
+           mode: str = "hierarchical_distance") -> float:
+    """The reward of one reply (None: no reply, 0) to one test question in ``mode`` (``REWARD_MODES``; the module's
+    docstring has the formula). A street or address question whose image is not in ``context`` is a KeyError: its
+    true location is unknown."""
+    check_reward_mode(mode)
     extracted = extract_answer(question, prediction)
     if is_correct(question, extracted):
         return 1.0
-    if extracted is None or question["qtype"] != "generation" or question["level"] == "district":
+    if mode == "exact" or extracted is None or question["qtype"] != "generation" or question["level"] == "district":
         return 0.0
     if question["level"] == "address":
-        return _address_reward(extracted, question, context)
+        return _address_reward(extracted, question, context, mode)
     in_district = normalize_name(question["district"]) in context.street_districts.get(extracted, ())
-    return _hierarchical(in_district, street_credit(extracted, question, context))
+    return _hierarchical(in_district, street_credit(extracted, question, context, mode))
+
+
+def grpo_reward(context: RewardContext, mode: str = "hierarchical_distance") -> Callable[..., list[float]]:
+    """``reward`` in ``mode`` as TRL's ``GRPOTrainer`` calls a reward function: with the completions of a batch
+    (conversational: each a list holding the assistant's message) and the dataset's columns, of which
+    ``test_question`` holds each prompt's question record as JSON (``training.grpo.grpo_dataset``)."""
+    check_reward_mode(mode)
+
+    def street_reward(completions: list, test_question: list[str], **_columns) -> list[float]:
+        return [reward(json.loads(record), _completion_text(completion), context, mode)
+                for completion, record in zip(completions, test_question, strict=True)]
+
+    street_reward.__name__ = f"street_reward_{mode}"  # TRL logs each reward function's mean under its name
+    return street_reward
+
+
+def _completion_text(completion) -> str:
+    """The text of a completion: a string, or a conversational completion's last message (its content a string or
+    a list of text parts)."""
+    if isinstance(completion, str):
+        return completion
+    content = completion[-1]["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
 
 
 def reward_files(questions_path: str | os.PathLike, locations_path: str | os.PathLike,

@@ -22,7 +22,7 @@ from shapely.ops import nearest_points
 from addressvlm.answering.scoring import extract_generation, percent
 from addressvlm.core.names import normalize_name
 from addressvlm.core.records import DataError, Location, read_locations, read_numbered_questions
-from addressvlm.geo.raster import local_crs
+from addressvlm.geo.local_frame import local_crs
 from addressvlm.geo.streets import StreetMap, read_street_map
 
 THRESHOLDS_M = (25, 50, 100, 250)

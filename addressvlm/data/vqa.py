@@ -19,9 +19,9 @@ from typing import Sequence
 from addressvlm.core import templates
 from addressvlm.core.names import normalize_name
 from addressvlm.core.records import (DEFAULT_LEVEL_NAMES, DataError, Location, location_centroids, read_level_names,
-                                     read_llava_json, read_locations, read_questions, refuse_output_over_inputs,
-                                     replaced_folder, write_atomic, write_level_names, write_llava_json,
-                                     write_locations, write_questions)
+                                     read_llava_json, read_locations, read_questions, read_text,
+                                     refuse_output_over_inputs, replaced_folder, write_atomic, write_level_names,
+                                     write_llava_json, write_locations, write_questions)
 from addressvlm.data.retrieval_hints import RetrievedHints
 
 SPLITS = ("train", "val", "test")
@@ -447,6 +447,30 @@ def build_vqa(locations_csv: str | Path, out_dir: str | Path, seed: int = 0, spl
     if chosen_level_names is not None:
         write_level_names(locations_csv.parent, chosen_level_names)
     return stats
+
+
+def train_split_questions(locations_csv: str | Path, vqa_dir: str | Path) -> list[dict]:
+    """Single-turn questions in the test questions' format (nine per image) for the images of the training split of
+    ``vqa_dir``: the prompts of stage 3's GRPO (tools/train_stage3.py). The split, seed, distractors and level words
+    are those ``build_vqa`` recorded in the folder's stats.json, so the images are the ones stage 2 trained on and
+    never a validation or test image."""
+    locations_csv, stats_path = Path(locations_csv), Path(vqa_dir) / "stats.json"
+    stats = json.loads(read_text(stats_path))
+    missing = [key for key in ("city", "seed", "split", "distractors") if key not in stats]
+    if missing:
+        raise DataError(stats_path, None, f"no {', '.join(missing)}: not a folder build_vqa wrote for one city "
+                                          "(datasets_prep/build_vqa.py)")
+    rows = read_locations(locations_csv)
+    assignment = assign_splits(rows, stats["seed"], parse_split(stats["split"]), locations_csv)
+    level_names = stats.get("level_names") or read_level_names(locations_csv.parent)
+    index = Distractors(rows, stats["distractors"], locations_csv)
+    views = view_names(rows)
+    questions = []
+    for row in sorted(rows, key=lambda r: r.image):
+        if assignment[row.location_id] == "train":
+            questions += single_turn_questions(row, f"{stats['city']}/{row.location_id}/{views[row.image]}", index,
+                                               stats["seed"], level_names)
+    return questions
 
 
 def _progress(items, desc: str, enabled: bool):

@@ -25,7 +25,8 @@ from shapely.ops import linemerge
 from addressvlm.core.processes import default_workers, worker_pool
 from addressvlm.core.records import (DataError, JsonlAppender, location_centroids, read_jsonl, read_locations,
                                      refuse_output_over_inputs)
-from addressvlm.geo.raster import GeoTiffRaster, RasterError, TileFolderRaster, find_city_raster, local_crs, open_raster
+from addressvlm.geo.local_frame import local_crs
+from addressvlm.geo.raster import GeoTiffRaster, RasterError, TileFolderRaster, find_city_raster, open_raster
 from addressvlm.geo.streets import StreetMap, find_city_streets, read_street_map
 
 HALO_FILL = (20, 20, 20)

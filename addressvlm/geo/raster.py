@@ -21,6 +21,8 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
+from addressvlm.geo.local_frame import local_crs
+
 WEB_MERCATOR = CRS.from_epsg(3857)
 WEB_MERCATOR_HALF_WORLD = 20037508.342789244  # metres from the centre to the edge of the EPSG:3857 square
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -29,11 +31,6 @@ BOUNDARY_SAMPLES = 16  # points per side when projecting the crop outline (edges
 
 class RasterError(ValueError):
     """A raster that cannot serve a crop; the message names the file or folder."""
-
-
-def local_crs(lat: float, lon: float) -> CRS:
-    """Azimuthal equidistant CRS centred on (lat, lon), in metres: true distances from the centre."""
-    return CRS.from_proj4(f"+proj=aeqd +lat_0={lat} +lon_0={lon} +datum=WGS84 +units=m +no_defs")
 
 
 def _crop_outline(size_m: float) -> tuple[np.ndarray, np.ndarray]:

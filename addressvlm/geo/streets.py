@@ -17,7 +17,7 @@ from pyproj import Transformer
 from shapely.geometry import LineString, MultiLineString, Point, shape
 from shapely.strtree import STRtree
 
-from addressvlm.geo.raster import local_crs
+from addressvlm.geo.local_frame import local_crs
 from addressvlm.core.records import DataError
 
 METRES_PER_DEGREE_LAT = 111_320.0

@@ -3,6 +3,9 @@ answering, the retrieval datasets and the tokenization check.
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -30,6 +33,15 @@ def split_at_image(tokenizer, text: str, bos_ids: Sequence[int] = ()) -> tuple[l
 def padding_colour(image_mean) -> tuple[int, ...]:
     """The colour training padded images to a square with: the image processor's mean, as XTuner's LLaVADataset."""
     return tuple(int(x * 255) for x in image_mean)
+
+
+def export_pad_colour(folder: str | os.PathLike) -> tuple[int, ...] | None:
+    """The colour to pad images to a square with before a folder ``tools/export_hf.py`` wrote sees them (its
+    processor does not pad; training did, where the config says ``image_aspect_ratio="pad"``), or None."""
+    folder = Path(folder)
+    if json.loads((folder / "config.json").read_text()).get("image_aspect_ratio") != "pad":
+        return None
+    return padding_colour(json.loads((folder / "preprocessor_config.json").read_text())["image_mean"])
 
 
 def image_preprocessor(image_processor, pad_to_square: bool):
