@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from addressvlm.checks.vllm_check import MODERN_PYTHON
+from addressvlm.checks.vllm_check import MODERN_PYTHON, modern_environment
 from addressvlm.core.records import read_predictions, read_questions, write_locations
 from addressvlm.data.vqa import build_vqa
 from addressvlm.training.image_prompts import padding_colour
@@ -41,8 +41,10 @@ def write_city(root):
 
 
 def train_stage3(*arguments):
+    """Run as from a process where XTuner trained before (its train entry point leaves LOCAL_RANK set), which must
+    not make the one trainer process wait for a rendezvous."""
     return subprocess.run([sys.executable, str(REPO / "tools" / "train_stage3.py"), *map(str, arguments)],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+                          capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "LOCAL_RANK": "0"})
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +143,12 @@ def test_recipes_are_trls_fields_and_variants_differ_by_the_reward():
 
     recipes = sorted((REPO / "recipes" / "stage3").glob("*.yaml"))
     parse = ("import json, sys\n"
-             "from addressvlm.training.grpo import parse_recipe\n"
+             "from addressvlm.runs.grpo import parse_recipe\n"
              "for path in sys.argv[1:]:\n"
              "    stage3, config, model = parse_recipe(['--config', path, '--use_cpu', 'true'])\n"
              "    print(json.dumps([stage3.reward_mode, config.use_vllm, config.vllm_mode, model.use_peft]))\n")
     done = subprocess.run([str(MODERN_PYTHON), "-c", parse, *map(str, recipes)], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+                          cwd=REPO, env=modern_environment(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     parsed = dict(zip([path.stem for path in recipes], map(json.loads, done.stdout.splitlines()), strict=True))
     for city in ("pitts", "sf", "tokyo"):

@@ -282,6 +282,8 @@ def test_eval_retrieve_as_the_readme_writes_it_names_what_is_missing(retrieval_c
     monkeypatch.chdir(tmp_path)  # where no ./models/ is
     with pytest.raises(SystemExit, match=r"^error: model folder \./models/clip-vit-large-patch14 not found: download "
                                          r"openai/clip-vit-large-patch14 first"):
+        main([*common, "--config", clip])
+    with pytest.raises(SystemExit, match=r"^error: checkpoint work_dirs/retrieval/clip_pitts not found \(an iter_N"):
         main([*common, "--config", clip, "--checkpoint", "work_dirs/retrieval/clip_pitts"])
     with pytest.raises(SystemExit, match=r"^error: model folder \./models/llava-phi-3-mini-xtuner.* not found"):
         main([*common, "--config", str(RECIPES / "lvlm_pitts.py")])

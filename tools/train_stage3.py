@@ -7,13 +7,12 @@ street-level reward; then the trained model as a folder eval/infer.py --hf answe
     python eval/infer.py --hf work_dirs/stage3/pitts/hf --questions data/pitts/vqa/test_questions.jsonl \
         --out eval_results/stage3/pitts/predictions.jsonl
 Three steps: the prompts (the training split's questions in the test format, images padded to a square) into
-<output_dir>/prompts/; `accelerate launch -m addressvlm.training.grpo` from .venv-modern; the merged model
+<output_dir>/prompts/; `accelerate launch -m addressvlm.runs.grpo` from .venv-modern; the merged model
 (<output_dir>/merged/, transformers 5's layout) as <output_dir>/hf/, which transformers 4.48 loads.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 from pathlib import Path
 from typing import Sequence
@@ -46,7 +45,7 @@ def prepare_prompts(recipe: dict) -> int:
     from addressvlm.answering.reward import check_reward_mode
     from addressvlm.core.records import write_questions
     from addressvlm.data.vqa import train_split_questions
-    from addressvlm.training.grpo import PROMPTS_FOLDER, QUESTION_TYPES, prompt_image_path
+    from addressvlm.runs.grpo import PROMPTS_FOLDER, QUESTION_TYPES, prompt_image_path
     from addressvlm.training.image_prompts import export_pad_colour
 
     check_reward_mode(recipe.get("reward_mode", "hierarchical_distance"))
@@ -73,23 +72,21 @@ def prepare_prompts(recipe: dict) -> int:
 
 def launch(config: Path, num_processes: int, accelerate_config: str | None) -> int:
     """``accelerate launch`` of the trainer from .venv-modern; its exit status."""
-    from addressvlm.checks.vllm_check import CHECKOUT, MODERN_PYTHON
+    from addressvlm.checks.vllm_check import MODERN_PYTHON, modern_environment
 
     if not MODERN_PYTHON.is_file():
         raise FileNotFoundError(f"{MODERN_PYTHON} not found: build the modern environment first (make modern-env)")
     machines = ["--config_file", accelerate_config] if accelerate_config else \
         ["--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
          "--dynamo_backend", "no"]
-    # Nothing of this checkout is installed in .venv-modern: the trainer imports it from here.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))}
     command = [str(MODERN_PYTHON), "-m", "accelerate.commands.launch", *machines,
-               "-m", "addressvlm.training.grpo", "--config", str(config)]
-    return subprocess.run(command, env=env).returncode
+               "-m", "addressvlm.runs.grpo", "--config", str(config)]
+    return subprocess.run(command, env=modern_environment()).returncode
 
 
 def convert(recipe: dict) -> Path:
     from addressvlm.answering.export import transformers4_folder
-    from addressvlm.training.grpo import MERGED_FOLDER
+    from addressvlm.runs.grpo import MERGED_FOLDER
 
     out = Path(recipe["output_dir"])
     return transformers4_folder(out / MERGED_FOLDER, recipe["model_name_or_path"], out / "hf", replace=True)

@@ -262,7 +262,7 @@ def _tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 def transformers4_folder(trained: str | os.PathLike, stage2_export: str | os.PathLike, out_dir: str | os.PathLike,
                          *, replace: bool = False) -> Path:
     """The stage-3 model (``trained``: the folder transformers 5 saved in .venv-modern, LoRA merged; see
-    ``training/grpo.py``) as a folder this environment's transformers 4.48 loads (``eval/infer.py --hf``): its
+    ``runs/grpo.py``) as a folder this environment's transformers 4.48 loads (``eval/infer.py --hf``): its
     weights, with the config, tokenizer, processor, chat template and generation config of ``stage2_export`` (the
     folder ``export_hf`` wrote, that GRPO started from). Why not its own: transformers 5 renames config keys
     (``rope_parameters``, ``dtype``) and writes a tokenizer and processor 4.48 does not read. GRPO changes neither the

@@ -137,7 +137,7 @@ def reward(question: Mapping, prediction: str | None, context: RewardContext,
 def grpo_reward(context: RewardContext, mode: str = "hierarchical_distance") -> Callable[..., list[float]]:
     """``reward`` in ``mode`` as TRL's ``GRPOTrainer`` calls a reward function: with the completions of a batch
     (conversational: each a list holding the assistant's message) and the dataset's columns, of which
-    ``test_question`` holds each prompt's question record as JSON (``training.grpo.grpo_dataset``)."""
+    ``test_question`` holds each prompt's question record as JSON (``runs.grpo.grpo_dataset``)."""
     check_reward_mode(mode)
 
     def street_reward(completions: list, test_question: list[str], **_columns) -> list[float]:

@@ -27,6 +27,21 @@ CPU_MEMORY_SHARE = 0.1
 STARTUP_TIMEOUT_S = 600
 
 
+# accelerate and torchrun set these for the processes they start; inherited ones (XTuner's train entry point leaves
+# LOCAL_RANK set in the process that called it; an outer torchrun sets them all) make one process of the modern
+# environment wait for a rendezvous that never comes.
+PROCESS_GROUP_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+                           "MASTER_PORT")
+
+
+def modern_environment() -> dict[str, str]:
+    """The environment of a process of .venv-modern: this checkout importable (nothing of it is installed there),
+    without the inherited process-group variables."""
+    env = {name: value for name, value in os.environ.items() if name not in PROCESS_GROUP_VARIABLES}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
+    return env
+
+
 class VllmError(RuntimeError):
     """vLLM cannot serve the folder, or its server did not start; the message is one line naming why."""
 
@@ -94,7 +109,7 @@ def vllm_server(folder: str | os.PathLike, log_path: Path, python: Path = MODERN
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+                                   env=modern_environment(), start_new_session=True)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not _answers(f"http://127.0.0.1:{port}/v1/models"):

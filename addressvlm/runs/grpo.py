@@ -10,13 +10,17 @@ A recipe (``recipes/stage3/*.yaml``) is one YAML file of TRL's own fields, read 
 and their images padded to a square with CLIP's mean colour as training padded them (the processor centre-crops);
 the merged model goes to ``<output_dir>/merged/`` (``MERGED_FOLDER``), in transformers 5's layout.
 
-    .venv-modern/bin/accelerate launch -m addressvlm.training.grpo --config recipes/stage3/pitts.yaml
+    .venv-modern/bin/accelerate launch -m addressvlm.runs.grpo --config recipes/stage3/pitts.yaml
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from addressvlm.answering.reward import check_reward_mode, grpo_reward, reward_context
+from addressvlm.core.records import read_locations, read_questions
+from addressvlm.geo.streets import read_street_map
 
 PROMPTS_FOLDER = "prompts"  # questions.jsonl and images/ (each image padded, saved as <image>.png)
 MERGED_FOLDER = "merged"
@@ -47,7 +51,6 @@ def grpo_dataset(prompts: Path):
     ``test_question`` for the reward."""
     from datasets import Dataset, Image
 
-    from addressvlm.core.records import read_questions
 
     questions = read_questions(prompts / "questions.jsonl")
     return Dataset.from_dict({
@@ -61,9 +64,6 @@ def train(stage3: Stage3Arguments, config, model_config) -> Path:
     """GRPO as the recipe says; returns the folder of the merged model (written by the main process)."""
     from trl import GRPOTrainer, get_peft_config
 
-    from addressvlm.answering.reward import grpo_reward, reward_context
-    from addressvlm.core.records import read_locations
-    from addressvlm.geo.streets import read_street_map
 
     context = reward_context(read_locations(Path(stage3.city) / "locations.csv"), read_street_map(stage3.streets))
     out = Path(config.output_dir)
@@ -90,7 +90,6 @@ def parse_recipe(args: list[str] | None = None) -> tuple:
 
 
 def main() -> None:
-    from addressvlm.answering.reward import check_reward_mode
 
     try:
         stage3, config, model_config = parse_recipe()
