@@ -59,7 +59,7 @@ test: install modern-env
 demo: install
 	$(PY) tools/run_demo.py --out demo_output
 
-# The demo over seeds 0-2 and the CPU code paths this machine has (about 12 minutes a run): each metric's mean, min
+# The demo over seeds 0-2 and the CPU code paths this machine has (15-26 minutes a run on 2 cores): each metric's mean, min
 # and max per model, in work_dirs/demo_spread/spread.md (docs/experiments.md, "Evidence that holds").
 spread: install
 	$(PY) tools/demo_spread.py --root work_dirs/demo_spread
