@@ -90,9 +90,8 @@ class DemoSettings:
     def quick(cls) -> "DemoSettings":
         """A few steps of everything: for the test that checks every artefact."""
         return cls(locations=24, views=2, image_size=56, hidden=64, layers=2, batch_size=8, stage1_batch_size=8,
-                   reading_max_steps=20,
-                   stage1_epochs=1, stage2_epochs=1, warmup_iters=2, street_samples=6, street_images=1,
-                   retrieval=RetrievalSettings.quick())
+                   reading_max_steps=20, stage1_epochs=1, stage2_epochs=1, warmup_iters=2, street_samples=6,
+                   street_images=1, retrieval=RetrievalSettings.quick())
 
 
 @dataclass
