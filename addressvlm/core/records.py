@@ -723,6 +723,17 @@ def open_ranked(path: str | os.PathLike, settings: dict | None = None) -> JsonlA
     return JsonlAppender(path, key="question_id", required=RANKED_KEYS, settings=settings)
 
 
+def _next_best_first(entry: dict, key: str, previous: float, entry_name: str, order: str, path, line: int) -> float:
+    """``entry[key]``, checked to be a number no higher than ``previous`` (the entry before it in a list kept best
+    first), for the next entry's check."""
+    score = entry.get(key)
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
+        raise DataError(path, line, f"{entry_name} needs a number '{key}'")
+    if score > previous:
+        raise DataError(path, line, f"{entry_name} scores higher than the one before it: {order}")
+    return score
+
+
 def _check_ranking(ranking: Any, path, line: int) -> None:
     if not isinstance(ranking, list) or not ranking:
         raise DataError(path, line, "'ranking' must be a non-empty list of {name, logprob}")
@@ -730,16 +741,11 @@ def _check_ranking(ranking: Any, path, line: int) -> None:
     for position, entry in enumerate(ranking, start=1):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
             raise DataError(path, line, f"ranking entry {position} needs a non-empty string 'name'")
-        logprob = entry.get("logprob")
-        if isinstance(logprob, bool) or not isinstance(logprob, (int, float)) or math.isnan(logprob):
-            raise DataError(path, line, f"ranking entry {position} ({entry['name']!r}) needs a number 'logprob'")
         # The list's order is the ranking; a list sorted the wrong way would silently score as another model.
-        if logprob > previous:
-            raise DataError(path, line, f"ranking entry {position} ({entry['name']!r}) scores higher than the one "
-                                        "before it: rankings are best first")
+        previous = _next_best_first(entry, "logprob", previous, f"ranking entry {position} ({entry['name']!r})",
+                                    "rankings are best first", path, line)
         if entry["name"] in seen:
             raise DataError(path, line, f"ranking names {entry['name']!r} twice")
-        previous = logprob
         seen.add(entry["name"])
 
 
@@ -964,13 +970,8 @@ def _check_retrieved(rec: dict, path, line: int) -> None:
         if not isinstance(entry, dict) or not isinstance(entry.get("tile"), str) or \
                 not all(isinstance(entry.get(k), str) for k in ("street", "district")):
             raise DataError(path, line, f"top entry {position} needs string 'tile', 'street' and 'district'")
-        score = entry.get("score")
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
-            raise DataError(path, line, f"top entry {position} ({entry['tile']!r}) needs a number 'score'")
-        if score > previous:
-            raise DataError(path, line, f"top entry {position} ({entry['tile']!r}) scores higher than the one "
-                                        "before it: best first")
-        previous = score
+        previous = _next_best_first(entry, "score", previous, f"top entry {position} ({entry['tile']!r})",
+                                    "best first", path, line)
 
 
 def read_retrieved(path: str | os.PathLike) -> list[dict]:
