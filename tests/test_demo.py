@@ -5,7 +5,8 @@ import re
 import pytest
 from PIL import Image
 
-from addressvlm.demo.pipeline import MODELS, RUN_NAMES, read_targets, run_demo, train_side_by_side
+from addressvlm.checks.vllm_check import CPU_HEAD_SIZES, head_size
+from addressvlm.demo.pipeline import MODELS, RUN_NAMES, read_targets, run_demo, tiny_size, train_side_by_side
 from addressvlm.runs.engine import DemoSettings, Paths, answer_and_score
 from addressvlm.standins.reading_warmup import read_warmup_result
 from addressvlm.data.graft import reserved_fraction
@@ -160,3 +161,13 @@ def test_a_spread_run_refused_by_a_demo_holding_its_folders_fails_naming_its_log
         with pytest.raises(SystemExit, match=r"seed0_avx2/demo.log: the demo under seed 0, code path avx2 failed \(exit 1\)"):
             run_one(tmp_path, 0, "avx2", city, quick=True)
     assert "another demo is running" in (run_folder(tmp_path, 0, "avx2") / "demo.log").read_text()
+
+
+@pytest.mark.parametrize("settings", [DemoSettings(), DemoSettings.quick()], ids=["full", "quick"])
+def test_the_demo_model_has_a_head_size_vllm_serves(settings):
+    size = tiny_size(settings)
+    assert size.hidden // size.heads in CPU_HEAD_SIZES
+
+
+def test_the_quick_demo_model_is_one_vllm_serves(quick_demo):
+    assert head_size(quick_demo.model) in CPU_HEAD_SIZES

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from addressvlm.standins.reading_warmup import (KINDS, RESULT_FILE, CityNames, ReadingExamples, ReadingWarmup,
-                                                held_out, length_grouped_batches, read_warmup_result,
-                                                reading_accuracy, reading_record, warm_up_reading)
+                                                Workers, answer_gradients, held_out, length_grouped_batches,
+                                                prefetched, read_warmup_result, reading_accuracy, reading_record,
+                                                warm_up_reading)
 from synthetic_city import DISTRICT_NAMES, street_names
 
 NAMES = CityNames(tuple(street_names(5)), tuple(DISTRICT_NAMES[:4]))
@@ -79,6 +80,63 @@ def test_every_answer_can_be_read_from_the_passage():
     assert len(kinds) == 7  # both levels x three types, and the address
 
 
+def test_prefetched_batches_come_in_order_and_an_error_reaches_the_trainer(tokenizer):
+    examples = ReadingExamples(tokenizer, NAMES, passage_tokens=8)
+    drawn = list(length_grouped_batches(examples, random.Random(2), batch_size=4, steps=9, pool=3))
+    for (ids, labels, mask), batch in zip(prefetched(iter(drawn), tokenizer.pad_token_id), drawn, strict=True):
+        assert [row[:len(x)].tolist() for row, (x, _, _) in zip(ids, batch)] == [x for x, _, _ in batch]
+        assert mask.sum(1).tolist() == [len(x) for x, _, _ in batch]
+
+    def failing():
+        yield drawn[0]
+        raise ValueError("no more passages")
+
+    with pytest.raises(ValueError, match="no more passages"):
+        list(prefetched(failing(), tokenizer.pad_token_id))
+
+
+def _worker_gradients(rank, world, meeting, llm_dir, batches, out):
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{meeting}", rank=rank, world_size=world)
+    model = AutoModelForCausalLM.from_pretrained(llm_dir)
+    parameters = list(model.parameters())
+    answer_gradients(model, parameters, *batches[rank], Workers(rank, world))
+    torch.save([p.grad for p in parameters], out / f"{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_workers_compute_the_gradient_of_the_whole_batch(tiny_llava, tokenizer, tmp_path):
+    """Each worker's gradient, summed over the workers, is the one a single process gets on both batches at once,
+    though the batches hold different numbers of answer tokens (the loss is the mean over all of them)."""
+    from transformers import AutoModelForCausalLM
+
+    from addressvlm.standins.reading_warmup import _batch
+
+    examples = ReadingExamples(tokenizer, NAMES, passage_tokens=8)
+    rng = random.Random(4)
+    halves = [[examples.sample(rng) for _ in range(3)], [examples.sample(rng) for _ in range(5)]]
+    model = AutoModelForCausalLM.from_pretrained(tiny_llava)
+    parameters = list(model.parameters())
+    answer_gradients(model, parameters, *_batch(halves[0] + halves[1], tokenizer.pad_token_id))
+    whole = [p.grad.clone() for p in parameters]
+    torch.multiprocessing.spawn(_worker_gradients, nprocs=2, args=(
+        2, tmp_path / "group", tiny_llava, [_batch(h, tokenizer.pad_token_id) for h in halves], tmp_path))
+    for rank in (0, 1):
+        shared = torch.load(tmp_path / f"{rank}.pt")
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(shared, whole))
+    # One worker's batch alone has another gradient: the comparison above can fail.
+    answer_gradients(model, parameters, *_batch(halves[0], tokenizer.pad_token_id))
+    assert not all(torch.allclose(p.grad, b, atol=1e-6) for p, b in zip(parameters, whole))
+
+
+def test_a_batch_that_does_not_split_over_the_workers_is_refused(tiny_llava, tmp_path):
+    with pytest.raises(ValueError, match="batch of 5 does not split over 2 workers"):
+        warm_up_reading(tmp_path, NAMES, ReadingWarmup(batch_size=5, processes=2))
+
+
 def test_a_city_with_too_few_names_is_refused(tokenizer):
     with pytest.raises(ValueError, match="4 names per level"):
         ReadingExamples(tokenizer, CityNames(("A street", "B street"), DISTRICT_NAMES[:4]), 4)
@@ -108,9 +166,10 @@ def test_warm_up_trains_until_every_kind_reads_and_then_stops(tiny_llava, tokeni
     examples = ReadingExamples(tokenizer, NAMES, passage_tokens=6)
     before = reading_accuracy(AutoModelForCausalLM.from_pretrained(llm_dir), held_out(examples, 50, "eval"),
                               tokenizer.pad_token_id)
-    # A target the tiny model reaches in a few hundred steps (choosing among 4 options at 80 % takes over 1,000).
+    # A target the tiny model reaches in a few hundred steps (choosing among 4 options at 80 % takes over 1,000), in
+    # the demo's two workers.
     settings = ReadingWarmup(max_steps=1500, target=30.0, check_every=50, checks_in_a_row=2, probe_per_kind=30,
-                             batch_size=32, lr=3e-3, passage_tokens=6)
+                             batch_size=32, lr=3e-3, passage_tokens=6, processes=2)
     result = warm_up_reading(llm_dir, NAMES, settings, eval_per_kind=50, progress=False)
     # It stopped at the first check that made two in a row at the target on every kind, and says so.
     weakest = [min(check["accuracy"].values()) for check in result["curve"]]
@@ -129,7 +188,8 @@ def test_a_warm_up_that_cannot_reach_its_target_stops_at_the_cap_and_says_so(tin
     llm_dir = tmp_path / "llm"
     shutil.copytree(tiny_llava, llm_dir)
     result = warm_up_reading(llm_dir, NAMES, ReadingWarmup(max_steps=7, target=100.1, check_every=5,
-                                                           probe_per_kind=2, batch_size=4, passage_tokens=6),
+                                                           probe_per_kind=2, batch_size=4, passage_tokens=6,
+                                                           processes=1),
                              eval_per_kind=2, progress=False)
     assert (result["steps"], result["reached_target"]) == (7, False)
     assert [check["step"] for check in result["curve"]] == [5, 7]

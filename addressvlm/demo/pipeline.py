@@ -135,6 +135,12 @@ def build_stage1_data(paths: Paths, s: DemoSettings):
     return report
 
 
+def tiny_size(s: DemoSettings) -> TinySize:
+    # Heads 32 wide, the narrowest vLLM's CPU attention takes: `make check-vllm` serves the demo's own models.
+    return TinySize(hidden=s.hidden, layers=s.layers, heads=s.hidden // 32, intermediate=2 * s.hidden, vocab=2048,
+                    image_size=s.image_size, vision_hidden=s.hidden, vision_layers=2)
+
+
 def make_model(paths: Paths, s: DemoSettings):
     """The tiny LLaVA-Phi3-mini, its tokenizer trained on the city's own questions and answers, its LLM warmed up
     on reading the city's names."""
@@ -142,9 +148,9 @@ def make_model(paths: Paths, s: DemoSettings):
         return "kept the model made earlier"
     corpus = [turn["value"] for name in ("vqa/train.json", "stage1/train.json")
               for record in read_llava_json(paths.city / name) for turn in record["conversations"]]
-    size = TinySize(hidden=s.hidden, layers=s.layers, heads=4, intermediate=2 * s.hidden, vocab=2048,
-                    image_size=s.image_size, vision_hidden=s.hidden, vision_layers=2)
-    warmup = ReadingWarmup(max_steps=s.reading_max_steps, passage_tokens=(s.image_size // size.patch_size) ** 2, seed=s.seed)
+    size = tiny_size(s)
+    warmup = ReadingWarmup(max_steps=s.reading_max_steps, passage_tokens=(s.image_size // size.patch_size) ** 2,
+                           seed=s.seed, processes=s.reading_processes)
     return make_tiny_llava(paths.models, size, corpus, seed=s.seed,
                            names=names_from_locations([paths.city / "locations.csv"]), warmup=warmup)
 
@@ -341,7 +347,7 @@ def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki"
     import torch
 
     paths = Paths(Path(out), Path(city), Path(work))
-    torch.set_num_threads(settings.threads)  # the warm-up and the answers; training runs set their own
+    torch.set_num_threads(settings.threads)  # the answers; training runs and the warm-up's workers set their own
     with held_alone([paths.out, paths.city, paths.work]):
         return _run_steps(paths, settings)
 

@@ -70,6 +70,8 @@ class DemoSettings:
     # The cap on the tiny LLM's reading warm-up, its stand-in for language pre-training: it stops as soon as every
     # question kind reaches its target (addressvlm/standins/reading_warmup.py).
     reading_max_steps: int = 3000
+    # Its data-parallel workers, one thread each (ReadingWarmup.processes).
+    reading_processes: int = 2
     stage1_epochs: int = 2
     stage2_epochs: int = 8
     # The paper's multi-turn conversations, in shuffled turn order. Single-turn records match the test format but,
@@ -79,8 +81,8 @@ class DemoSettings:
     crop_metres: float = 240.0
     street_samples: int = 100      # Fig. 5: 100 answers at temperature 0.8
     street_images: int = 2
-    # Threads of the warm-up and of stage 1, which run alone, and of each of the two stage-2 runs, which train side
-    # by side (train_side_by_side). Fixed counts keep the figures independent of the machine's core count.
+    # Threads of the answering steps, which run alone, and of each training run, two of which train side by side
+    # (train_side_by_side). Fixed counts keep the figures independent of the machine's core count.
     threads: int = 2
     threads_per_run: int = 1
     # The two cross-view retrievers (addressvlm/demo/retrieval.py), trained beside stage 1.
@@ -90,8 +92,8 @@ class DemoSettings:
     def quick(cls) -> "DemoSettings":
         """A few steps of everything: for the test that checks every artefact."""
         return cls(locations=24, views=2, image_size=56, hidden=64, layers=2, batch_size=8, stage1_batch_size=8,
-                   reading_max_steps=20, stage1_epochs=1, stage2_epochs=1, warmup_iters=2, street_samples=6,
-                   street_images=1, retrieval=RetrievalSettings.quick())
+                   reading_max_steps=20, reading_processes=1, stage1_epochs=1, stage2_epochs=1, warmup_iters=2,
+                   street_samples=6, street_images=1, retrieval=RetrievalSettings.quick())
 
 
 @dataclass

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import copy
 import json
+import queue
 import random
+import tempfile
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
+import torch.distributed as dist
 
 from addressvlm.core import templates
 from addressvlm.core.records import read_locations, write_atomic
@@ -56,6 +60,11 @@ class ReadingWarmup:
     # Up to the image's token count: the passage stands where the image's tokens go.
     passage_tokens: int = 64
     seed: int = 0
+    # Data-parallel workers of one thread each, their gradients summed every step, so a step is still one update
+    # on ``batch_size`` examples: a model this small keeps one core busier than it keeps two, and two one-thread
+    # workers took a step in about 0.6 of the time one two-thread process took (docs/experiments.md, "A warm-up in
+    # two workers"). A fixed count, not the machine's cores, so the figures do not depend on the machine.
+    processes: int = 2
 
 
 @dataclass(frozen=True)
@@ -152,17 +161,52 @@ def length_grouped_batches(examples: ReadingExamples, rng: random.Random, batch_
         done += min(pool, steps - done)
 
 
-def answer_loss(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The causal-LM loss over the answer tokens, as ``model(..., labels=labels).loss`` computes it, with the output
-    layer applied at those positions only: a reading conversation's answer is a few of its tokens, and the logits
-    of all the others were a sixth of a warm-up step's work."""
+def answer_loss(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The causal-LM loss summed over the answer tokens, and their count (``model(..., labels=labels).loss`` is the
+    one over the other), with the output layer applied at those positions only: a reading conversation's answer is
+    a few of its tokens, and the logits of all the others were a sixth of a warm-up step's work."""
     from xtuner.utils import IGNORE_INDEX
 
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
     targets = labels[:, 1:]
     scored = targets != IGNORE_INDEX
     logits = model.lm_head(hidden[:, :-1][scored]).float()
-    return torch.nn.functional.cross_entropy(logits, targets[scored])
+    return torch.nn.functional.cross_entropy(logits, targets[scored], reduction="sum"), int(scored.sum())
+
+
+def prefetched(batches: Iterable[list], pad_id: int, depth: int = 2) -> Iterator[tuple[torch.Tensor, ...]]:
+    """``batches`` as padded tensors, drawn and encoded in a thread while the steps before them train: drawing and
+    encoding a batch (the tokenizer's Python) took about a fifth of a step, and the step's kernels release the GIL.
+    The order is ``batches``'s, so a seed gives the same steps however the two threads interleave."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def fill():
+        try:
+            for batch in batches:
+                item = _batch(batch, pad_id)
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(done)
+        except BaseException as error:  # raised again in the training thread, which would otherwise wait forever
+            ready.put(error)
+
+    thread = threading.Thread(target=fill, daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def _batch(examples, pad_id: int):
@@ -192,24 +236,57 @@ def held_out(examples: ReadingExamples, per_kind: int, salt: str) -> list[tuple[
     return drawn
 
 
+@dataclass(frozen=True)
+class Workers:
+    """This process's place among the warm-up's data-parallel workers."""
+    rank: int = 0
+    world: int = 1
+
+    def summed(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the workers, in place (every worker gets the same sum)."""
+        if self.world > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+
 @torch.no_grad()
-def reading_accuracy(model, held: list[tuple[list[int], int, str]], pad_id: int, batch_size: int = 64
-                     ) -> dict[str, float]:
+def reading_accuracy(model, held: list[tuple[list[int], int, str]], pad_id: int, batch_size: int = 64,
+                     workers: Workers = Workers()) -> dict[str, float]:
     """Per kind, the share of ``held`` examples whose answer's first token is the model's top token (batched,
-    right-padded: a causal model's last real position does not see the padding)."""
-    hits: dict[str, list[bool]] = {}
+    right-padded: a causal model's last real position does not see the padding). Each of ``workers`` answers its
+    share of ``held``; all of them get the whole figures."""
+    kinds = sorted({kind for _, _, kind in held})
+    counts = torch.zeros(len(kinds), 2)  # hits, examples
     was_training = model.training
     model.eval()
-    ordered = sorted(held, key=lambda e: len(e[0]))
+    ordered = sorted(held, key=lambda e: len(e[0]))[workers.rank::workers.world]
     for i in range(0, len(ordered), batch_size):
         batch = ordered[i:i + batch_size]
         ids, _, mask = _batch([(prefix, prefix, kind) for prefix, _, kind in batch], pad_id)
         hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
         last = hidden[torch.arange(len(batch)), mask.sum(1) - 1]
         for (_, answer, kind), top in zip(batch, model.lm_head(last).argmax(-1).tolist()):
-            hits.setdefault(kind, []).append(top == answer)
+            counts[kinds.index(kind)] += torch.tensor([float(top == answer), 1.0])
     model.train(was_training)
-    return {kind: round(100.0 * sum(h) / len(h), 1) for kind, h in sorted(hits.items())}
+    hits, examples = workers.summed(counts).T.tolist()
+    return {kind: round(100.0 * h / n, 1) for kind, h, n in zip(kinds, hits, examples)}
+
+
+def answer_gradients(model, parameters: list[torch.nn.Parameter], ids: torch.Tensor, labels: torch.Tensor,
+                     mask: torch.Tensor, workers: Workers = Workers()) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of the mean loss over the answer tokens of every worker's batch together, in ``parameters``'
+    ``.grad`` on every worker: what one process computes on all the batches at once. Returns this worker's loss sum
+    and the answer tokens of all."""
+    loss_sum, count = answer_loss(model, ids, labels, mask)
+    answer_tokens = workers.summed(torch.tensor(float(count)))
+    for p in parameters:
+        p.grad = None
+    (loss_sum / answer_tokens).backward()
+    if workers.world > 1:  # summed in one message
+        flat = workers.summed(torch.cat([p.grad.reshape(-1) for p in parameters]))
+        for p, summed in zip(parameters, flat.split([p.numel() for p in parameters])):
+            p.grad.copy_(summed.view_as(p))
+    return loss_sum.detach(), answer_tokens
 
 
 def warm_up_reading(llm_dir: str | Path, names: CityNames, settings: ReadingWarmup = ReadingWarmup(),
@@ -217,50 +294,82 @@ def warm_up_reading(llm_dir: str | Path, names: CityNames, settings: ReadingWarm
     """Train the LLM saved in ``llm_dir`` (all of it) on reading conversations until every question kind reaches
     ``settings.target`` on the probe at ``settings.checks_in_a_row`` checks in a row (or ``settings.max_steps``), and
     save it back, with ``reading_warmup.json``: the settings, the steps taken, whether the target was reached, the
-    probe's curve, and the accuracy per kind on a second held-out set that played no part in stopping."""
+    probe's curve, and the accuracy per kind on a second held-out set that played no part in stopping. With
+    ``settings.processes`` above 1 the steps are shared by that many worker processes of one thread each."""
+    llm_dir = Path(llm_dir)
+    if settings.batch_size % settings.processes:
+        raise ValueError(f"the warm-up's batch of {settings.batch_size} does not split over {settings.processes} "
+                         "workers")
+    if settings.processes == 1:
+        _warm_up(0, 1, None, llm_dir, names, settings, eval_per_kind, progress)
+    else:
+        import torch.multiprocessing
+
+        with tempfile.TemporaryDirectory() as meeting:
+            torch.multiprocessing.spawn(
+                _warm_up, nprocs=settings.processes,
+                args=(settings.processes, Path(meeting) / "group", llm_dir, names, settings, eval_per_kind, progress))
+    return read_warmup_result(llm_dir)
+
+
+def _warm_up(rank: int, world: int, meeting: Path | None, llm_dir: Path, names: CityNames,
+             settings: ReadingWarmup, eval_per_kind: int, progress: bool) -> None:
+    if world > 1:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{meeting}", rank=rank, world_size=world)
+    try:
+        _train(Workers(rank, world), llm_dir, names, settings, eval_per_kind, progress and rank == 0)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _train(workers: Workers, llm_dir: Path, names: CityNames, settings: ReadingWarmup, eval_per_kind: int,
+           progress: bool) -> None:
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    llm_dir = Path(llm_dir)
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     model = AutoModelForCausalLM.from_pretrained(llm_dir)
     examples = ReadingExamples(tokenizer, names, settings.passage_tokens, settings.seed)
     probe = held_out(examples, settings.probe_per_kind, "probe")
-    rng = random.Random(f"reading:{settings.seed}")
+    # Each worker draws its own share of every batch from its own stream.
+    rng = random.Random(f"reading:{settings.seed}:{workers.rank}")
     torch.manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=0.0)
     warmup = max(1, settings.max_steps // 90)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: min(1.0, (t + 1) / warmup) * max(0.05, 1.0 - t / settings.max_steps))
     model.train()
-    batches = length_grouped_batches(examples, rng, settings.batch_size, settings.max_steps)
+    batches = prefetched(length_grouped_batches(examples, rng, settings.batch_size // workers.world,
+                                                settings.max_steps), tokenizer.pad_token_id)
     bar = tqdm(batches, total=settings.max_steps, desc="reading warm-up", disable=not progress, mininterval=5)
     curve, reached, step, passed = [], False, 0, 0
-    for step, batch in enumerate(bar, start=1):
-        ids, labels, mask = _batch(batch, tokenizer.pad_token_id)
-        loss = answer_loss(model, ids, labels, mask)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    for step, (ids, labels, mask) in enumerate(bar, start=1):
+        loss_sum, answer_tokens = answer_gradients(model, parameters, ids, labels, mask, workers)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
         if step % settings.check_every == 0 or step == settings.max_steps:
-            accuracy = reading_accuracy(model, probe, tokenizer.pad_token_id)
-            curve.append({"step": step, "loss": round(loss.item(), 4), "accuracy": accuracy})
+            loss = (workers.summed(loss_sum) / answer_tokens).item()
+            accuracy = reading_accuracy(model, probe, tokenizer.pad_token_id, workers=workers)
+            curve.append({"step": step, "loss": round(loss, 4), "accuracy": accuracy})
             weakest = min(accuracy, key=accuracy.get)
-            bar.set_postfix(loss=f"{loss.item():.3f}", weakest=f"{weakest} {accuracy[weakest]:.0f}%", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", weakest=f"{weakest} {accuracy[weakest]:.0f}%", refresh=False)
             passed = passed + 1 if min(accuracy.values()) >= settings.target else 0
             if passed >= settings.checks_in_a_row:
                 reached = True
                 break
     bar.close()
-    result = {"settings": asdict(settings), "steps": step, "reached_target": reached,
-              "final_loss": round(loss.item(), 4), "curve": curve,
-              "accuracy": reading_accuracy(model, held_out(examples, eval_per_kind, "eval"),
-                                           tokenizer.pad_token_id)}
-    model.save_pretrained(llm_dir)
-    write_atomic(llm_dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
-    return result
+    batches.close()
+    accuracy = reading_accuracy(model, held_out(examples, eval_per_kind, "eval"), tokenizer.pad_token_id,
+                                workers=workers)
+    if workers.rank == 0:
+        result = {"settings": asdict(settings), "steps": step, "reached_target": reached,
+                  "final_loss": curve[-1]["loss"], "curve": curve, "accuracy": accuracy}
+        model.save_pretrained(llm_dir)
+        write_atomic(llm_dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
 
 
 def read_warmup_result(model_dir: str | Path) -> dict | None:
