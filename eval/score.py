@@ -38,11 +38,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rewards", metavar="OUT.jsonl",
                         help="write each question's street-level reward, {question_id, reward} per line, as GRPO "
                              "computes it (needs --locations and --streets; docs/eval.md, 'The reward')")
+    parser.add_argument("--reward-mode", default="hierarchical_distance",
+                        help="the reward's mode for --rewards, as a stage-3 recipe's reward_mode: exact, hierarchical "
+                             "or hierarchical_distance (default)")
     args = parser.parse_args(argv)
     if bool(args.locations) != bool(args.streets):
         parser.error("--locations and --streets go together (true locations and the streets to measure to)")
     if args.rewards and not args.streets:
         parser.error("--rewards needs --locations and --streets (the reward measures wrong streets in metres)")
+    if args.rewards:
+        from addressvlm.answering.reward import check_reward_mode  # like street_error: shapely and pyproj are slow
+
+        try:
+            check_reward_mode(args.reward_mode)
+        except ValueError as exc:
+            parser.error(f"--reward-mode: {exc}")
 
     inputs = [("--questions", args.questions), ("--predictions", args.predictions), ("--ranked", args.ranked),
               ("--locations", args.locations), ("--streets", args.streets)]
@@ -66,10 +76,10 @@ def main(argv: list[str] | None = None) -> None:
             errors, _ = street_error_files(args.questions, args.locations, args.streets, answers)
             extra.update(errors)
         if args.rewards:
-            from addressvlm.answering.reward import reward_files  # like street_error: shapely and pyproj are slow
+            from addressvlm.answering.reward import reward_files
 
             rewards = reward_files(args.questions, args.locations, args.streets,
-                                   {s.question["question_id"]: s.prediction for s in scored})
+                                   {s.question["question_id"]: s.prediction for s in scored}, args.reward_mode)
     except (DataError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")
     metrics["counts"].update(extra.pop("counts", {}))

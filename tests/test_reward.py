@@ -163,12 +163,24 @@ def test_score_cli_writes_the_functions_rewards(metric_city, tmp_path):
     # Harbour Road 20 m off in the right district, Ash Street 75 m off in the right one, Harbour Rd. 300 m off in
     # another: each a near credit.
     assert len(set(read_rewards(out).values()) - {0.0, 1.0}) == 3
+    # Another of the function's modes, as a reward-variant recipe trains with it.
+    exact = tmp_path / "exact.jsonl"
+    done = _score("--questions", metric_city["questions"], "--predictions", metric_city["predictions"],
+                  "--locations", metric_city["locations"], "--streets", metric_city["streets"], "--rewards", exact,
+                  "--reward-mode", "exact")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert read_rewards(exact) == {q["question_id"]: reward(q, predictions[q["question_id"]], context, "exact")
+                                   for q in questions} != read_rewards(out)
 
 
 def test_score_cli_refuses_bad_reward_outputs(metric_city):
     base = ["--questions", metric_city["questions"], "--predictions", metric_city["predictions"]]
     alone = _score(*base, "--rewards", metric_city["questions"].parent / "r.jsonl")
     assert alone.returncode == 2 and "--rewards needs --locations and --streets" in alone.stderr
+    mode = _score(*base, "--locations", metric_city["locations"], "--streets", metric_city["streets"],
+                  "--rewards", metric_city["questions"].parent / "r.jsonl", "--reward-mode", "metres")
+    assert mode.returncode == 2 and mode.stderr.strip().endswith(
+        "--reward-mode: reward mode 'metres': choose one of exact, hierarchical, hierarchical_distance")
     over = _score(*base, "--locations", metric_city["locations"], "--streets", metric_city["streets"],
                   "--rewards", metric_city["predictions"])
     assert over.returncode == 1 and over.stderr.strip() == (

@@ -158,13 +158,15 @@ def _completion_text(completion) -> str:
 
 
 def reward_files(questions_path: str | os.PathLike, locations_path: str | os.PathLike,
-                 streets_path: str | os.PathLike, predictions: Mapping[str, str | None]) -> list[dict]:
-    """``{"question_id", "reward"}`` of every question of the file, in its order (``predictions``: question id ->
-    reply, a missing id scoring 0); a question whose image is not in the city table is a ``DataError`` naming the
-    questions line."""
+                 streets_path: str | os.PathLike, predictions: Mapping[str, str | None],
+                 mode: str = "hierarchical_distance") -> list[dict]:
+    """``{"question_id", "reward"}`` of every question of the file in ``mode``, in its order (``predictions``:
+    question id -> reply, a missing id scoring 0); a question whose image is not in the city table is a
+    ``DataError`` naming the questions line."""
+    check_reward_mode(mode)
     numbered = read_numbered_questions(questions_path)
     context = reward_context(read_locations(locations_path), read_street_map(streets_path))
     for line, q in numbered:
         true_location(context.places, q, questions_path, line, locations_path)
-    return [{"question_id": q["question_id"], "reward": reward(q, predictions.get(q["question_id"]), context)}
+    return [{"question_id": q["question_id"], "reward": reward(q, predictions.get(q["question_id"]), context, mode)}
             for _, q in numbered]
