@@ -132,6 +132,41 @@ def test_two_workers_compute_the_gradient_of_the_whole_batch(tiny_llava, tokeniz
     assert not all(torch.allclose(p.grad, b, atol=1e-6) for p, b in zip(parameters, whole))
 
 
+KILLED_SCRIPT = """
+import sys
+from addressvlm.standins.reading_warmup import CityNames, ReadingWarmup, warm_up_reading
+if __name__ == "__main__":
+    warm_up_reading(sys.argv[1], CityNames(tuple(sys.argv[2].split("|")), tuple(sys.argv[3].split("|"))),
+                    ReadingWarmup(max_steps=100000, batch_size=4, passage_tokens=6, processes=2), progress=False)
+"""
+
+
+def test_killing_the_warm_up_stops_its_workers(tiny_llava, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    llm_dir = tmp_path / "llm"
+    shutil.copytree(tiny_llava, llm_dir)
+    script = tmp_path / "warm.py"
+    script.write_text(KILLED_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), str(llm_dir), "|".join(NAMES.streets),
+                               "|".join(NAMES.districts)])
+    deadline = time.time() + 120
+    workers: list = []
+    while len(workers) < 2 and parent.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+        workers = [p for p in psutil.Process(parent.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) == 2, "the warm-up's two workers must be running when it is killed"
+    parent.kill()
+    parent.wait(timeout=30)
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, f"workers still running after the warm-up was killed: {[p.pid for p in alive]}"
+
+
 def test_a_batch_that_does_not_split_over_the_workers_is_refused(tiny_llava, tmp_path):
     with pytest.raises(ValueError, match="batch of 5 does not split over 2 workers"):
         warm_up_reading(tmp_path, NAMES, ReadingWarmup(batch_size=5, processes=2))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import queue
 import random
 import tempfile
@@ -28,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from addressvlm.core import templates
+from addressvlm.core.processes import die_with_parent
 from addressvlm.core.records import read_locations, write_atomic
 from addressvlm.data.vqa import IMAGE_TOKEN, level_qa
 
@@ -301,20 +303,21 @@ def warm_up_reading(llm_dir: str | Path, names: CityNames, settings: ReadingWarm
         raise ValueError(f"the warm-up's batch of {settings.batch_size} does not split over {settings.processes} "
                          "workers")
     if settings.processes == 1:
-        _warm_up(0, 1, None, llm_dir, names, settings, eval_per_kind, progress)
+        _warm_up(0, 1, None, os.getpid(), llm_dir, names, settings, eval_per_kind, progress)
     else:
         import torch.multiprocessing
 
         with tempfile.TemporaryDirectory() as meeting:
             torch.multiprocessing.spawn(
-                _warm_up, nprocs=settings.processes,
-                args=(settings.processes, Path(meeting) / "group", llm_dir, names, settings, eval_per_kind, progress))
+                _warm_up, nprocs=settings.processes, args=(settings.processes, Path(meeting) / "group", os.getpid(),
+                                                           llm_dir, names, settings, eval_per_kind, progress))
     return read_warmup_result(llm_dir)
 
 
-def _warm_up(rank: int, world: int, meeting: Path | None, llm_dir: Path, names: CityNames,
+def _warm_up(rank: int, world: int, meeting: Path | None, parent: int, llm_dir: Path, names: CityNames,
              settings: ReadingWarmup, eval_per_kind: int, progress: bool) -> None:
     if world > 1:
+        die_with_parent(parent)  # a killed demo must not leave its workers training on
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=f"file://{meeting}", rank=rank, world_size=world)
     try:
