@@ -20,8 +20,8 @@ import torch
 from addressvlm.standins.reading_warmup import CityNames, ReadingWarmup, warm_up_reading
 from addressvlm.standins.tiny import TinySize, make_tiny_llava
 
-STREETS = tuple(f"{word} {kind}" for kind in ("katu", "tie", "kuja") for word in
-                ("Mannerheimin", "Aleksanterin", "Bulevardi", "Runeberg", "Fredrikin", "Albertin", "Annan", "Iso Robertin"))
+STREETS = tuple(f"{word}{kind}" for kind in ("katu", "tie", "kuja") for word in
+                ("Mannerheimin", "Aleksanterin", "Bulevardin", "Runebergin", "Fredrikin", "Albertin", "Annan"))
 DISTRICTS = ("Kamppi", "Kluuvi", "Punavuori", "Ullanlinna", "Kruununhaka", "Etu-Töölö")
 
 
