@@ -1,6 +1,6 @@
 """Steps/s of the tiny LLM's reading warm-up (addressvlm/standins/reading_warmup.py): two data-parallel workers of
 one thread each, against one process on two threads (how it ran before), on the demo's model shape (96 wide, 4
-layers, heads of 32, 64-token passages) built here, nothing downloaded.
+layers, 4 heads of 32, 64-token passages) built here, nothing downloaded.
 
     python benchmarks/bench_warmup.py                  # about 2 minutes on a quiet 2-core machine
 The last line is `ratio: X` (workers / one process, steps/s). Both runs take the same steps on the same batch size;
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     # A target no run reaches, checked once at the end: every run takes exactly --steps steps.
     settings = ReadingWarmup(max_steps=args.steps, target=101.0, check_every=args.steps, probe_per_kind=20)
     with tempfile.TemporaryDirectory() as tmp:
-        base = make_tiny_llava(Path(tmp) / "base", TinySize(hidden=96, layers=4, heads=3, intermediate=192),
+        base = make_tiny_llava(Path(tmp) / "base", TinySize(hidden=96, layers=4, heads=4, head_dim=32,
+                                                           intermediate=192),
                                corpus, seed=0)
         rates = {}
         for label, processes in (("one process", 1), ("workers", args.workers)):

@@ -32,9 +32,11 @@ _BASE_CORPUS = [
 class TinySize:
     hidden: int = 64
     layers: int = 2
-    # The LLM's attention heads; each is hidden / heads wide. vLLM's CPU attention takes head sizes 32, 64, 80, ...
-    # (addressvlm/checks/vllm_check.py): hidden 64 with 2 heads, 96 with 3.
+    # The LLM's attention heads, each ``head_dim`` wide (None: hidden / heads, as the releases). vLLM's CPU attention
+    # takes head sizes 32, 64, 80, ... (addressvlm/checks/vllm_check.py): hidden 64 with 2 heads, or any hidden with
+    # head_dim 32.
     heads: int = 4
+    head_dim: int | None = None
     intermediate: int = 128
     vocab: int = 1024
     image_size: int = 56
@@ -71,6 +73,7 @@ def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterab
     llm_config = Phi3Config(
         vocab_size=len(tokenizer), hidden_size=size.hidden, intermediate_size=size.intermediate,
         num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.heads,
+        **({"head_dim": size.head_dim} if size.head_dim else {}),
         max_position_embeddings=4096, original_max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=size.initializer_range,
