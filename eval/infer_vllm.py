@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                          "environment's python (.venv/bin/python), which starts vLLM from .venv-modern itself")
     # Imported once the environment is known to be XTuner's (the modern one lacks XTuner).
     from addressvlm.answering.loading import image_folder_of
-    from addressvlm.answering.vllm_batch import answer_with_vllm
+    from addressvlm.runs.vllm_batch import answer_with_vllm
     from addressvlm.checks.vllm_check import VllmError
     from addressvlm.core.records import DataError, read_questions
 

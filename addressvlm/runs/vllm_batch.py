@@ -1,6 +1,6 @@
 """Batch answering with vLLM's offline engine (``eval/infer_vllm.py``; docs/serving.md, "Batch answering with vLLM"):
 the test questions of a folder ``tools/export_hf.py`` wrote, answered greedily by one engine per GPU
-(``addressvlm.answering.vllm_worker``, started in the modern environment, .venv-modern), into the predictions file
+(``addressvlm.runs.vllm_worker``, started in the modern environment, .venv-modern), into the predictions file
 ``eval/infer.py`` writes (``records.open_predictions``: one flushed line per answer, resumable, its settings beside
 it).
 
@@ -85,7 +85,7 @@ def start_engines(folder: Path, out_path: Path, devices: Sequence[str | None], d
         env = modern_environment()
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
-        command = [str(MODERN_PYTHON), "-m", "addressvlm.answering.vllm_worker", "--model", str(folder),
+        command = [str(MODERN_PYTHON), "-m", "addressvlm.runs.vllm_worker", "--model", str(folder),
                    "--dtype", dtype, "--max-new-tokens", str(max_new_tokens), "--batch-size", str(batch_size)]
         with open(engine_log(out_path, index), "w") as log:
             engines.append(subprocess.Popen(command + (["--cpu"] if device is None else []), stdin=subprocess.PIPE,

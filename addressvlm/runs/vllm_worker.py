@@ -1,6 +1,6 @@
-"""One vLLM engine of ``eval/infer_vllm.py`` (``addressvlm.answering.vllm_batch`` starts it): vLLM's offline ``LLM``
+"""One vLLM engine of ``eval/infer_vllm.py`` (``addressvlm.runs.vllm_batch`` starts it): vLLM's offline ``LLM``
 on a folder ``tools/export_hf.py`` wrote, answering greedily; run in the modern environment (.venv-modern) as
-``python -m addressvlm.answering.vllm_worker``, so it imports nothing of the XTuner environment.
+``python -m addressvlm.runs.vllm_worker``, so it imports nothing of the XTuner environment.
 
 Questions come on stdin, one image per line: ``{"image": DATA_URL, "questions": [[question_id, text], ...]}`` (the
 image already padded as training padded it). Answers go to stdout, one question per line, as the tokens the model
