@@ -38,6 +38,16 @@ QUESTIONS = [
 ]
 
 
+def street_views(count: int) -> list[Image.Image]:
+    """``count`` distinct 640 x 480 pictures (not square: the padding is part of the work)."""
+    pictures = []
+    for i in range(count):
+        picture = Image.new("RGB", (640, 480), (30 * i % 256, 120, 200 - 20 * i % 200))
+        picture.paste((240, 240, 240), (40 * i, 100, 40 * i + 120, 300))
+        pictures.append(picture)
+    return pictures
+
+
 def timed_pass(model, groups, prefix, generate, args) -> tuple[float, list]:
     per_batch = max(1, args.batch_size // len(QUESTIONS))
 
@@ -77,11 +87,8 @@ def main(argv: list[str] | None = None) -> None:
                                   args.dtype)
     pieces = [model.prompt_pieces(q) for q in QUESTIONS]
     prefix = pieces[0][0]
-    groups = []
-    for i in range(args.images):
-        picture = Image.new("RGB", (640, 480), (30 * i % 256, 120, 200 - 20 * i % 200))
-        picture.paste((240, 240, 240), (40 * i, 100, 40 * i + 120, 300))
-        groups.append(ImageQuestions(model.preprocess_image(picture), [s for _, s in pieces]))
+    groups = [ImageQuestions(model.preprocess_image(picture), [s for _, s in pieces])
+              for picture in street_views(args.images)]
     questions = args.images * len(QUESTIONS)
     print(f"{args.images} images x {len(QUESTIONS)} questions, {groups[0].pixel_values.shape[-1]} px, "
           f"prefix {len(prefix)} + image tokens, up to {args.max_new_tokens} new tokens, batch {args.batch_size}, "

@@ -26,14 +26,18 @@ def add_tiny_model_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
 
 
+def release_shaped(hidden: int, layers: int, head_size: int = 16) -> TinySize:
+    """A tiny LLaVA-Phi3 of the release's image shape: a 336 px CLIP with 14 px patches (576 image tokens)."""
+    return TinySize(hidden=hidden, layers=layers, intermediate=2 * hidden, heads=hidden // head_size, image_size=336,
+                    patch_size=14, vision_hidden=hidden, vision_layers=layers)
+
+
 def tiny_recipe_model(folder: Path, corpus: Iterable[str], hidden: int, layers: int, device: str | None,
                       dtype: str | None) -> VisionChatModel:
     """The reference recipe's model (LoRA on LLM and CLIP, projector) over a tiny LLaVA-Phi3 written to ``folder``,
     its tokenizer trained on ``corpus``: a 336 px CLIP with 14 px patches, so 576 image tokens precede every question
     as in the release, at a width and depth a CPU runs."""
-    size = TinySize(hidden=hidden, layers=layers, intermediate=2 * hidden, heads=hidden // 16, image_size=336,
-                    patch_size=14, vision_hidden=hidden, vision_layers=layers)
-    make_tiny_llava(folder, size, corpus=list(corpus))
+    make_tiny_llava(folder, release_shaped(hidden, layers), corpus=list(corpus))
     cfg, model = build_recipe_model(RECIPE, model_root_options(load_recipe(str(RECIPE)), str(folder)))
     return wrap_xtuner_model(cfg, model, device, dtype)
 

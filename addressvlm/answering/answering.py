@@ -28,6 +28,15 @@ def group_by_image(questions: Iterable[dict]) -> "OrderedDict[str, list[dict]]":
     return groups
 
 
+def refuse_missing_images(groups: "OrderedDict[str, list[dict]]", image_folder: Path) -> None:
+    """``FileNotFoundError`` naming the first question whose image is not under ``image_folder``, before any
+    answering."""
+    missing = [(qs[0]["question_id"], image) for image, qs in groups.items() if not (image_folder / image).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) missing under {image_folder}; first: question "
+                                f"{missing[0][0]!r} names {missing[0][1]!r}")
+
+
 def chunk_questions(questions: Sequence[dict], num_chunks: int, chunk_idx: int) -> list[dict]:
     """Share ``chunk_idx`` of ``num_chunks``: whole images (in order of first appearance), contiguous and near-equal
     in image count, so the shares are disjoint and together hold every question."""
@@ -89,11 +98,7 @@ def answer_questions(model: VisionChatModel, questions: Sequence[dict], out_path
     with open_predictions(out_path, settings) as out:
         pending = [q for q in questions if q["question_id"] not in out.done]
         groups = group_by_image(pending)
-        missing = [(qs[0]["question_id"], image) for image, qs in groups.items()
-                   if not (image_folder / image).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} image(s) missing under {image_folder}; first: question "
-                                    f"{missing[0][0]!r} names {missing[0][1]!r}")
+        refuse_missing_images(groups, image_folder)
         bar = tqdm(total=len(pending), unit="question", desc="answering", disable=not progress, smoothing=0.1)
         if isinstance(model, PerQuestionModel):
             if temperature > 0:

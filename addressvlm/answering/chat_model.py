@@ -13,6 +13,11 @@ from torch import nn
 _VISION_BATCH = 32
 
 
+def decode_answer(tokenizer, ids: Sequence[int]) -> str:
+    """An answer's text from the token ids generated (the stop token left out), as every answering path writes it."""
+    return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+
 @dataclass
 class VisionChatModel:
     """What answering needs from a LLaVA-style model, whichever framework built it.
@@ -39,7 +44,7 @@ class VisionChatModel:
         return self.language_model.get_input_embeddings()(ids.to(self.device))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+        return decode_answer(self.tokenizer, ids)
 
     def decode_groups(self, groups: Sequence[Sequence[Sequence[int]]]) -> list[list[str]]:
         return [[self.decode(ids) for ids in group] for group in groups]

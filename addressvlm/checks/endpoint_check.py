@@ -46,6 +46,12 @@ def padded_data_url(path: Path, colour: tuple[int, int, int]) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def image_data_url(path: Path, pad_colour: tuple[int, int, int] | None) -> str:
+    """The image as a data URL for an engine that answers an exported folder: padded to a square with
+    ``pad_colour`` (``image_prompts.export_pad_colour``), or the file as it is when the folder does not pad."""
+    return padded_data_url(path, pad_colour) if pad_colour else data_url(path)
+
+
 def endpoint_answers(client, model: str, questions: Sequence[dict], image_folder: Path, out_path: Path,
                      max_tokens: int = 32, concurrency: int = 8, pad_colour: tuple[int, int, int] | None = None) -> int:
     """Answer the questions not yet in ``out_path`` through the endpoint, ``concurrency`` requests at a time, and
@@ -53,10 +59,9 @@ def endpoint_answers(client, model: str, questions: Sequence[dict], image_folder
     padded to a square with it."""
     settings = {"endpoint_model": model, "max_new_tokens": max_tokens, "temperature": 0.0,
                 "pad_colour": list(pad_colour) if pad_colour else None}
-    encode = (lambda path: padded_data_url(path, pad_colour)) if pad_colour else data_url
     with open_predictions(out_path, settings) as out:
         pending = [q for q in questions if q["question_id"] not in out.done]
-        urls = {image: encode(image_folder / image) for image in {q["image"] for q in pending}}
+        urls = {image: image_data_url(image_folder / image, pad_colour) for image in {q["image"] for q in pending}}
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
             futures = {pool.submit(ask, client, model, urls[q["image"]], q["question"], max_tokens): q
                        for q in pending}

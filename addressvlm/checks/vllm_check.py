@@ -82,7 +82,8 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _log_tail(log_path: Path, lines: int = 5) -> str:
+def log_tail(log_path: Path, lines: int = 5) -> str:
+    """The last ``lines`` lines of a log, joined into one line (for a one-line error)."""
     tail = log_path.read_text(errors="replace").strip().splitlines()[-lines:]
     return " | ".join(line.strip() for line in tail)
 
@@ -115,17 +116,18 @@ def vllm_server(folder: str | os.PathLike, log_path: Path, python: Path = MODERN
         while not _answers(f"http://127.0.0.1:{port}/v1/models"):
             if process.poll() is not None:
                 raise VllmError(f"vLLM stopped while starting (exit {process.returncode}; log {log_path}): "
-                                f"{_log_tail(log_path)}")
+                                f"{log_tail(log_path)}")
             if time.monotonic() > deadline:
                 raise VllmError(f"vLLM did not answer within {STARTUP_TIMEOUT_S} s (log {log_path})")
             time.sleep(2)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        _stop(process)
+        stop_process_group(process)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (its engine core and workers are its children), SIGKILL after 30 s."""
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group of a vLLM process started in a session of its own (its engine core and workers
+    are its children), SIGKILL after 30 s."""
     for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
         try:
             os.killpg(process.pid, sig)

@@ -15,9 +15,14 @@ from PIL import Image
 IMAGE_TOKEN = "<image>"
 
 
+def question_text(question: str) -> str:
+    """A question's text as it follows the image in a prompt: stripped, any image token of its own removed."""
+    return question.replace(IMAGE_TOKEN, "").strip()
+
+
 def image_turn(question: str) -> str:
     """The user turn as training wrote it (XTuner's ``llava_map_fn``): the image token, a newline, the text."""
-    return IMAGE_TOKEN + "\n" + question.replace(IMAGE_TOKEN, "").strip()
+    return IMAGE_TOKEN + "\n" + question_text(question)
 
 
 def split_at_image(tokenizer, text: str, bos_ids: Sequence[int] = ()) -> tuple[list[int], list[int]]:
