@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from addressvlm.training.recipes import load_recipe
@@ -145,6 +146,9 @@ def test_folder_image_processor_is_the_prompts_slicing(tiny_minicpmv):
     assert processor.get_slice_image_placeholder(wide.size, max_slice_nums=1, use_image_id=False) == \
         "<image>" + "<unk>" * settings.query_num + "</image>"
     assert processor.image_feature_size == settings.query_num and processor.max_slice_nums == settings.max_slice_nums
+    frames = processor([np.stack([np.asarray(wide)] * 2)])["pixel_values"][0]  # a video's frames, as vLLM passes them
+    pictures = processor([[wide, wide]])["pixel_values"][0]
+    assert len(frames) == len(pictures) == 10 and all(torch.equal(a, b) for a, b in zip(frames, pictures))
 
 
 def test_stand_in_without_a_resampler_head_refused(tmp_path):

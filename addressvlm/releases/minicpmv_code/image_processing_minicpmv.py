@@ -147,6 +147,15 @@ def encode_image(image: Image.Image, settings: ImageSettings, image_index: int =
             torch.tensor([size for _, size in encoded], dtype=torch.int32))
 
 
+def _is_one_image(item) -> bool:
+    return isinstance(item, Image.Image) or (isinstance(item, np.ndarray) and item.ndim == 3)
+
+
+def _as_pil(image) -> Image.Image:
+    """A PIL image as it is; an ``H x W x 3`` uint8 array (a video frame, as engines pass them) as a PIL image."""
+    return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+
+
 class MiniCPMVImageProcessor(BaseImageProcessor):
     """The settings of ``preprocessor_config.json`` as attributes (``max_slice_nums``, ``image_feature_size``, ...,
     as the release's processor keeps them), and the calls an engine makes on them."""
@@ -177,17 +186,19 @@ class MiniCPMVImageProcessor(BaseImageProcessor):
 
     def preprocess(self, images, do_pad: bool = True, max_slice_nums: int | None = None, return_tensors=None,
                    **kwargs) -> BatchFeature:
-        """``images``: one image, a list of them (one prompt's) or a list of such lists (one per prompt). Per prompt:
+        """``images``: one image, a list of them (one prompt's) or a list of such lists (one per prompt; a video's
+        frames may come as one ``T x H x W x 3`` array); PIL images or ``H x W x 3`` uint8 arrays. Per prompt:
         ``pixel_values`` its views' patch tensors (each image's source, then its slices), ``tgt_sizes`` their patch
         grids (int32 ``[views, 2]``) and ``image_sizes`` its images' (width, height) (``[images, 2]``). Views are not
         padded (``do_pad`` and ``return_tensors`` are taken for the engines' calls and change nothing)."""
-        if isinstance(images, Image.Image):
+        if _is_one_image(images):
             images = [[images]]
-        elif images and isinstance(images[0], Image.Image):
+        elif len(images) and _is_one_image(images[0]):
             images = [images]
         settings = self._settings_for(max_slice_nums)
         pixel_values, tgt_sizes, image_sizes = [], [], []
         for prompt_images in images:
+            prompt_images = [_as_pil(image) for image in prompt_images]
             encoded = [encode_image(image, settings) for image in prompt_images]
             pixel_values.append([view for _, views, _ in encoded for view in views])
             tgt_sizes.append(torch.cat([sizes for _, _, sizes in encoded]) if encoded
