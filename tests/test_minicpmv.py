@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from addressvlm.training.recipes import load_recipe
@@ -68,7 +69,7 @@ def test_local_run_options_relocate_model_root(tiny_minicpmv):
 
 
 def test_slicing_follows_the_release_settings():
-    from addressvlm.training.minicpmv_dataset import ImageSettings, choose_grid, slice_image
+    from addressvlm.releases.minicpmv_code.image_processing_minicpmv import ImageSettings, choose_grid, slice_image
 
     release = ImageSettings()  # 448 px, patch 14, up to 9 slices
     assert choose_grid((336, 336), release) is None  # stage-1 grafts: one view
@@ -86,10 +87,6 @@ def test_example_has_placeholders_bounds_and_answer_labels(tiny_minicpmv):
     from transformers import AutoTokenizer
 
     from addressvlm.training.minicpmv_dataset import IGNORE_INDEX, ImageSettings, encode_record, minicpmv_collate_fn
-    from addressvlm.training.remote_code import hub_code_names
-
-    with hub_code_names():
-        from addressvlm.releases.minicpmv_code.modeling_minicpmv import patches_to_image
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_minicpmv, trust_remote_code=True)
     settings = ImageSettings.from_model_dir(tiny_minicpmv)
@@ -112,7 +109,8 @@ def test_example_has_placeholders_bounds_and_answer_labels(tiny_minicpmv):
     unk = tokenizer.convert_tokens_to_ids("<unk>")
     for start, end in example["image_bound"].tolist():
         assert end - start == settings.query_num and (example["input_ids"][start:end] == unk).all()
-    source = patches_to_image(example["pixel_values"][0], example["tgt_sizes"][0], settings.patch_size)
+    p, (rows, cols) = settings.patch_size, example["tgt_sizes"][0].tolist()  # patches side by side, row-major
+    source = example["pixel_values"][0].reshape(3, p, rows, cols, p).permute(0, 2, 1, 3, 4).reshape(3, rows * p, -1)
     assert source.shape == (3, 28, 28)
     assert torch.allclose(source.mean(dim=(1, 2)), (torch.tensor(COLOURS["red"]) / 255 - 0.5) / 0.5, atol=0.02)
 
@@ -122,6 +120,44 @@ def test_example_has_placeholders_bounds_and_answer_labels(tiny_minicpmv):
     short = int(data["attention_mask"][1].sum())
     assert short < data["input_ids"].shape[1] and (data["labels"][1, short:] == IGNORE_INDEX).all()
     assert len(data["pixel_values"][1]) == 1  # 28x28 at 28 px: not sliced
+
+
+def test_folder_image_processor_is_the_prompts_slicing(tiny_minicpmv):
+    """The image processor the folder ships, loaded as engines load it (auto_map, remote code), cuts and marks an
+    image as the project's prompts do, in the calls vLLM makes on it."""
+    from transformers import AutoImageProcessor
+
+    from addressvlm.training.minicpmv_dataset import ImageSettings, encode_image
+
+    processor = AutoImageProcessor.from_pretrained(tiny_minicpmv, trust_remote_code=True)
+    assert type(processor).__module__.startswith("transformers_modules.")
+    settings = ImageSettings.from_model_dir(tiny_minicpmv)
+    wide, small = Image.new("RGB", (64, 40), COLOURS["blue"]), Image.new("RGB", (20, 20), COLOURS["red"])
+    out = processor([[wide, small], [small]], return_tensors="pt")
+    for images, views, sizes, image_sizes in zip([[wide, small], [small]], out["pixel_values"], out["tgt_sizes"],
+                                                 out["image_sizes"]):
+        encoded = [encode_image(image, settings) for image in images]
+        ours = [view for _, image_views, _ in encoded for view in image_views]
+        assert len(views) == len(ours) and all(torch.equal(a, b) for a, b in zip(views, ours))
+        assert torch.equal(sizes, torch.cat([grids for _, _, grids in encoded]))
+        assert image_sizes.tolist() == [list(image.size) for image in images]
+    assert processor.get_sliced_grid(wide.size) == (2, 2) and processor.get_sliced_grid(small.size) is None
+    assert processor.get_slice_image_placeholder(wide.size, image_idx=3) == encode_image(wide, settings, 3)[0]
+    assert processor.get_slice_image_placeholder(wide.size, max_slice_nums=1, use_image_id=False) == \
+        "<image>" + "<unk>" * settings.query_num + "</image>"
+    assert processor.image_feature_size == settings.query_num and processor.max_slice_nums == settings.max_slice_nums
+    frames = processor([np.stack([np.asarray(wide)] * 2)])["pixel_values"][0]  # a video's frames, as vLLM passes them
+    pictures = processor([[wide, wide]])["pixel_values"][0]
+    assert len(frames) == len(pictures) == 10 and all(torch.equal(a, b) for a, b in zip(frames, pictures))
+
+
+def test_stand_in_without_a_resampler_head_refused(tmp_path):
+    """The release's resampler has hidden // 128 heads: a stand-in of hidden 64 would have none."""
+    done = subprocess.run([sys.executable, "tools/make_tiny_minicpmv.py", str(tmp_path / "m"), "--hidden", "64"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and not (tmp_path / "m").exists()
+    assert done.stderr.splitlines()[-1].endswith("error: hidden 64: MiniCPM-V's resampler has one head per 128 "
+                                                 "channels, so hidden must be a multiple of 128")
 
 
 def test_wrapper_trains_lora_and_resampler_only(tiny_minicpmv):
@@ -185,14 +221,14 @@ def test_two_stages_train_then_answer(tiny_minicpmv, tmp_path):
     city = write_colour_city(tmp_path / "city")
     common = {"train_dataloader.batch_size": 2, "train_dataloader.sampler.per_device_batch_size": 2,
               "optim_wrapper.accumulative_counts": 1, "optim_wrapper.optimizer.lr": 3e-3,
-              "train_cfg.max_epochs": 2, "param_scheduler.0.end": 0.25, "param_scheduler.1.begin": 0.25,
-              "param_scheduler.1.end": 2, "default_hooks.logger.interval": 1,
+              "train_cfg.max_epochs": 3, "param_scheduler.0.end": 0.25, "param_scheduler.1.begin": 0.25,
+              "param_scheduler.1.end": 3, "default_hooks.logger.interval": 1,
               "default_hooks.checkpoint.interval": 16, "randomness.seed": 0,
               "train_dataloader.dataset.image_folder": str(city)}
     stage1 = train(str(RECIPES / "stage1_pitts.py"), tmp_path / "stage1", str(tiny_minicpmv), overrides={
         **common, "train_dataloader.dataset.data_path": str(city / "stage1" / "train.json")})
     losses1 = read_losses(stage1)
-    assert len(losses1) == 16 and losses1[16] < 0.5 * losses1[1]
+    assert len(losses1) == 24 and losses1[24] < 0.5 * losses1[1]
 
     stage2 = train(str(RECIPES / "stage2_pitts.py"), tmp_path / "stage2", str(tiny_minicpmv), overrides={
         **common, "train_dataloader.dataset.data_path": str(city / "vqa" / "train.json"),

@@ -114,8 +114,9 @@ def test_preflight_names_a_missing_projector(tiny_llava, tmp_path):
 def test_preflight_names_remote_code_that_does_not_import(tiny_minicpmv, tmp_path):
     release = shutil.copytree(tiny_minicpmv, tmp_path / "MiniCPM-V-2_6")
     resampler = release / "resampler.py"
-    resampler.write_text(resampler.read_text() + "\nfrom .modeling_navit_siglip import SiglipVisionTransformer\n")
-    with pytest.raises(PreflightError, match="the model does not build.*modeling_navit_siglip"):
+    # A file of the release that the stand-in does not ship.
+    resampler.write_text(resampler.read_text() + "\nfrom .tokenization_minicpmv_fast import MiniCPMVTokenizerFast\n")
+    with pytest.raises(PreflightError, match="the model does not build.*tokenization_minicpmv_fast"):
         run_preflight(MINICPMV, str(release), report=quiet)
 
 

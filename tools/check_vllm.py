@@ -35,9 +35,14 @@ def check_folder(folder: Path, questions_path: Path, predictions: Path, out: Pat
         raise DataError(predictions, None, f"{len(missing)} question(s) unanswered, first {missing[0]!r}")
     out.unlink(missing_ok=True)  # answers of an earlier export must not be taken for this one's
     with vllm_server(folder, out.with_suffix(".log")) as base_url:
-        # Training padded images to a square; vLLM's processor does not, so they are sent padded.
+        # lazy: answering.loading imports XTuner, seconds that would come before vllm_server's one-line refusals
+        from addressvlm.answering.loading import is_minicpmv_folder
+
+        # Where training padded images to a square (LLaVA), they are sent padded: vLLM's processor does not pad.
+        # eval/infer.py decodes MiniCPM-V's answers with their special tokens (as the release's chat does), LLaVA's
+        # without.
         endpoint_answers(client_for(base_url), SERVED_MODEL_NAME, questions, image_folder, out,
-                         pad_colour=export_pad_colour(folder))
+                         pad_colour=export_pad_colour(folder), keep_special_tokens=is_minicpmv_folder(folder))
     result = agreement(predictions, out)
     print(f"{folder}: {result.summary()}", flush=True)
     return result.compared == len(questions) and result.equal == result.compared

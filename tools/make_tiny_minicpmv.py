@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Write a tiny random MiniCPM-V-2_6-shaped folder: remote code (config.json auto_map -> modeling_minicpmv.py),
-weights, a locally trained Qwen2-style tokenizer and preprocessor_config.json. The MiniCPM-V recipes take it as their
-model_root on a CPU (see docs/minicpmv.md).
+"""Write a tiny random MiniCPM-V-2_6-shaped folder in the release's layout: remote code (config.json auto_map ->
+modeling_minicpmv.py; preprocessor_config.json auto_map -> image_processing_minicpmv.py), weights, a locally trained
+Qwen2-style tokenizer and the generation config. The MiniCPM-V recipes take it as their model_root on a CPU, and vLLM
+serves it (see docs/minicpmv.md). --hidden must be a multiple of 128 (the resampler's head width).
 
 Example:
     python tools/make_tiny_minicpmv.py tiny_models/MiniCPM-V-2_6
@@ -25,7 +26,10 @@ def main() -> None:
                         help="text file(s) whose lines join the tokenizer's training corpus (e.g. a city's names)")
     args = parser.parse_args()
     corpus = [line for path in args.corpus for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    out = write_tiny_minicpmv(args.out, corpus, **{name: getattr(args, name) for name in sizes})
+    try:
+        out = write_tiny_minicpmv(args.out, corpus, **{name: getattr(args, name) for name in sizes})
+    except ValueError as exc:
+        parser.error(str(exc))
     print(f"tiny MiniCPM-V 2.6 stand-in written to {out}")
 
 

@@ -26,13 +26,19 @@ def client_for(base_url: str, api_key: str | None = None, timeout_s: float = 600
                          timeout=timeout_s, max_retries=0)
 
 
-def ask(client, model: str, image: str, question: str, max_tokens: int) -> str:
+# vLLM's sampling options for an answer decoded with the special tokens it holds, written as they are.
+KEEP_SPECIAL_TOKENS = {"skip_special_tokens": False, "spaces_between_special_tokens": False}
+
+
+def ask(client, model: str, image: str, question: str, max_tokens: int, keep_special_tokens: bool = False) -> str:
     """One greedy answer: the image (a data URL) and the question in one user message, as eval/infer.py prompts
-    (the server's chat template adds the rest)."""
+    (the server's chat template adds the rest). ``keep_special_tokens``: ask vLLM for the answer's special tokens
+    too, as eval/infer.py decodes MiniCPM-V's answers (its generate decodes as the release's chat does)."""
     response = client.chat.completions.create(
         model=model, temperature=0, max_tokens=max_tokens,
         messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
-                                               {"type": "text", "text": question}]}])
+                                               {"type": "text", "text": question}]}],
+        extra_body=KEEP_SPECIAL_TOKENS if keep_special_tokens else None)
     return (response.choices[0].message.content or "").strip()
 
 
@@ -53,17 +59,21 @@ def image_data_url(path: Path, pad_colour: tuple[int, int, int] | None) -> str:
 
 
 def endpoint_answers(client, model: str, questions: Sequence[dict], image_folder: Path, out_path: Path,
-                     max_tokens: int = 32, concurrency: int = 8, pad_colour: tuple[int, int, int] | None = None) -> int:
+                     max_tokens: int = 32, concurrency: int = 8, pad_colour: tuple[int, int, int] | None = None,
+                     keep_special_tokens: bool = False) -> int:
     """Answer the questions not yet in ``out_path`` through the endpoint, ``concurrency`` requests at a time, and
     append them (a predictions file: resumable); return how many were answered. ``pad_colour``: send the images
-    padded to a square with it."""
+    padded to a square with it; ``keep_special_tokens``: as ``ask``."""
     settings = {"endpoint_model": model, "max_new_tokens": max_tokens, "temperature": 0.0,
-                "pad_colour": list(pad_colour) if pad_colour else None}
+                "pad_colour": list(pad_colour) if pad_colour else None,
+                # recorded only when set, so that answers written before it existed still resume
+                **({"keep_special_tokens": True} if keep_special_tokens else {})}
     with open_predictions(out_path, settings) as out:
         pending = [q for q in questions if q["question_id"] not in out.done]
         urls = {image: image_data_url(image_folder / image, pad_colour) for image in {q["image"] for q in pending}}
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
-            futures = {pool.submit(ask, client, model, urls[q["image"]], q["question"], max_tokens): q
+            futures = {pool.submit(ask, client, model, urls[q["image"]], q["question"], max_tokens,
+                                   keep_special_tokens): q
                        for q in pending}
             for future in as_completed(futures):
                 out.write({"question_id": futures[future]["question_id"], "prediction": future.result()})

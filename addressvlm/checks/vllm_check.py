@@ -25,6 +25,9 @@ CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 # there too); its default, 0.92, fails to start wherever anything else holds memory.
 CPU_MEMORY_SHARE = 0.1
 STARTUP_TIMEOUT_S = 600
+# Leads the PYTHONPATH of the server on the CPU build: its sitecustomize.py keeps torch's CUDA build from asking a driver
+# that is not there (that file says where vLLM does).
+CPU_SITE = Path(__file__).resolve().parent / "vllm_cpu_site"
 
 
 # accelerate and torchrun set these for the processes they start; inherited ones (XTuner's train entry point leaves
@@ -57,6 +60,12 @@ def head_size(folder: str | os.PathLike) -> int:
     config = json.loads((Path(folder) / "config.json").read_text())
     text = config.get("text_config", config)
     return text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+
+
+def ships_its_code(folder: str | os.PathLike) -> bool:
+    """Whether the model in ``folder`` is defined by Python files it holds (its config's ``auto_map``: MiniCPM-V's
+    release and its exports), which vLLM runs only when trusted."""
+    return "auto_map" in json.loads((Path(folder) / "config.json").read_text())
 
 
 def refuse_unsupported_head_size(folder: str | os.PathLike) -> None:
@@ -94,7 +103,8 @@ def vllm_server(folder: str | os.PathLike, log_path: Path, python: Path = MODERN
     """vLLM's OpenAI-compatible server on ``folder`` (served as ``SERVED_MODEL_NAME``, greedy answers in ``dtype``),
     its output in ``log_path``; yields its base URL once it answers, and stops it (its whole process group) on the way
     out. Started as ``python -m vllm.entrypoints.openai.api_server``: the ``vllm`` command looks up the package's
-    metadata under the name ``vllm``, which the CPU build (distribution ``vllm-cpu``) does not have."""
+    metadata under the name ``vllm``, which the CPU build (distribution ``vllm-cpu``) does not have. The folder's own
+    code is trusted where it ships some (``ships_its_code``); on the CPU build ``CPU_SITE`` leads the PYTHONPATH."""
     if not python.is_file():
         raise VllmError(f"{python} not found: build the modern environment first (make modern-env)")
     cpu = is_cpu_build(python)
@@ -105,12 +115,16 @@ def vllm_server(folder: str | os.PathLike, log_path: Path, python: Path = MODERN
                "--served-model-name", SERVED_MODEL_NAME, "--dtype", dtype, "--host", "127.0.0.1", "--port", str(port),
                # Eager: compiling the model's graph costs more start-up than a check's few hundred requests gain.
                "--enforce-eager"]
+    env = modern_environment()
     if cpu:
         command += ["--gpu-memory-utilization", str(CPU_MEMORY_SHARE)]
+        env["PYTHONPATH"] = os.pathsep.join([str(CPU_SITE), env["PYTHONPATH"]])
+    if ships_its_code(folder):
+        command.append("--trust-remote-code")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=modern_environment(), start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                   start_new_session=True)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not _answers(f"http://127.0.0.1:{port}/v1/models"):

@@ -1,19 +1,26 @@
-"""Write a tiny stand-in folder for ``openbmb/MiniCPM-V-2_6``: its remote code (``addressvlm/releases/minicpmv_code/``),
-a config whose ``auto_map`` names it, random weights, a Qwen2-style tokenizer and the processor settings."""
+"""Write a tiny stand-in folder for ``openbmb/MiniCPM-V-2_6`` in the release's layout: its remote code
+(``addressvlm/releases/minicpmv_code/``: config, model, NaViT SigLIP, resampler, image processor), a config whose
+``auto_map`` names it, random weights, a Qwen2-style tokenizer, the processor settings whose ``auto_map`` names the image
+processor, and a generation config; what vLLM's ``MiniCPMV`` needs to serve it, at sizes its CPU build takes."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Iterable
 
 import torch
+from transformers import GenerationConfig
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from addressvlm.training.remote_code import hub_code_names
 
 HUB_CODE_DIR = Path(__file__).resolve().parents[1] / "releases" / "minicpmv_code"
-REMOTE_CODE_FILES = ("configuration_minicpm.py", "modeling_minicpmv.py", "resampler.py")
+REMOTE_CODE_FILES = ("configuration_minicpm.py", "modeling_minicpmv.py", "modeling_navit_siglip.py", "resampler.py",
+                     "image_processing_minicpmv.py")
+# The release's resampler has one attention head per this many channels of the LLM.
+RESAMPLER_HEAD_WIDTH = 128
 
 # MiniCPM-V 2.6's token strings: the chat tokens of Qwen2, and the image/slice markers its processor writes.
 CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
@@ -53,20 +60,28 @@ def train_qwen2_style_tokenizer(corpus: Iterable[str], vocab_size: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(list(corpus), trainer=trainer)
+    # <|im_start|> is also the bos token, which encoding never adds: vLLM's MiniCPM-V processor reads its id.
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token=PAD, unk_token="<unk>",
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token=PAD, unk_token="<unk>",
         additional_special_tokens=[t for t in specials if t not in (PAD, "<|im_end|>", "<unk>")],
         model_max_length=8192, padding_side="right")
     tokenizer.chat_template = QWEN2_CHAT_TEMPLATE
     return tokenizer
 
 
-def write_tiny_minicpmv(out: str | Path, corpus: Iterable[str] = (), *, hidden: int = 64, layers: int = 2,
+def write_tiny_minicpmv(out: str | Path, corpus: Iterable[str] = (), *, hidden: int = 128, layers: int = 2,
                         heads: int = 4, kv_heads: int = 2, vision_hidden: int = 32, vision_layers: int = 2,
                         patch_size: int = 14, scale_resolution: int = 28, query_num: int = 8,
                         max_slice_nums: int = 9, vocab: int = 1024, seed: int = 0) -> Path:
     """Write a tiny random MiniCPM-V-2_6-shaped folder (remote code, config with ``auto_map``, weights, tokenizer,
-    ``preprocessor_config.json``) to ``out`` and return ``out``. Deterministic for a seed."""
+    ``preprocessor_config.json``, ``generation_config.json``) to ``out`` and return ``out``. Deterministic for a seed.
+
+    The defaults are what vLLM's CPU build serves: LLM heads 128 / 4 = 32 wide (a size its attention takes), one
+    resampler head. ``ValueError`` when ``hidden`` is not a multiple of 128 (the resampler would have no head, or heads
+    that do not divide it)."""
+    if hidden % RESAMPLER_HEAD_WIDTH:
+        raise ValueError(f"hidden {hidden}: MiniCPM-V's resampler has one head per {RESAMPLER_HEAD_WIDTH} channels, so "
+                         f"hidden must be a multiple of {RESAMPLER_HEAD_WIDTH}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -89,8 +104,10 @@ def write_tiny_minicpmv(out: str | Path, corpus: Iterable[str] = (), *, hidden: 
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=8192,
         tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         # Frozen random weights at the usual 0.02 leave lm_head's logits within about +-1 of each other, which no LoRA
-        # on the attention can overcome: wider weights let the tiny model answer confidently once trained.
-        initializer_range=0.2,
+        # on the attention can overcome: wider weights let the tiny model answer confidently once trained. 0.2 was
+        # tuned at hidden 64; scaled by sqrt(64 / hidden), lm_head's logits and the attention scores keep that scale
+        # at any width.
+        initializer_range=0.2 * math.sqrt(64 / hidden),
         bos_token_id=None,
         auto_map={"AutoConfig": "configuration_minicpm.MiniCPMVConfig",
                   "AutoModel": "modeling_minicpmv.MiniCPMV",
@@ -103,9 +120,15 @@ def write_tiny_minicpmv(out: str | Path, corpus: Iterable[str] = (), *, hidden: 
     saved["auto_map"] = config.auto_map
     saved["architectures"] = ["MiniCPMV"]
     config_path.write_text(json.dumps(saved, indent=2) + "\n")
-    # The release's processor settings (image_processing_minicpmv.py reads the same keys).
+    # The model's generate stops at <|im_end|> and at <|endoftext|> (its terminators, as the release's chat does); an
+    # engine stops where the generation config tells it.
+    GenerationConfig(eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+                     pad_token_id=tokenizer.pad_token_id).save_pretrained(out)
+    # The release's processor settings (image_processing_minicpmv.py reads the same keys); engines load the image
+    # processor through auto_map and pair it with the tokenizer in a processor of the class named.
     (out / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "MiniCPMVImageProcessor",
+        "image_processor_type": "MiniCPMVImageProcessor", "processor_class": "MiniCPMVProcessor",
+        "auto_map": {"AutoImageProcessor": "image_processing_minicpmv.MiniCPMVImageProcessor"},
         "max_slice_nums": max_slice_nums, "scale_resolution": scale_resolution, "patch_size": patch_size,
         "use_image_id": True, "image_feature_size": query_num, "slice_mode": True,
         "im_start": "<image>", "im_end": "</image>", "slice_start": "<slice>", "slice_end": "</slice>",

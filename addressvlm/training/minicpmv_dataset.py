@@ -14,17 +14,15 @@ becomes what MiniCPM-V's ``forward(data)`` reads:
   ``image_bound`` (the ``<unk>`` spans the resampled image features replace).
 
 The image settings are read from the model folder's ``preprocessor_config.json`` (the release's processor keys), so a
-recipe names one model folder; ``max_slice_nums`` may be overridden per recipe.
+recipe names one model folder; ``max_slice_nums`` may be overridden per recipe. Slicing, placeholders and patch layout
+are those of ``addressvlm/releases/minicpmv_code/image_processing_minicpmv.py``, the processor code of the tiny
+stand-in, which the engines serving the stand-in run too.
 """
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
@@ -32,124 +30,12 @@ from torch.utils.data import Dataset
 from xtuner.registry import BUILDER
 
 from addressvlm.core.records import DataError, read_llava_json
+from addressvlm.releases.minicpmv_code.image_processing_minicpmv import ImageSettings, encode_image
 from addressvlm.training import xtuner_shims  # noqa: F401
 from addressvlm.training.dataset import check_llava_inputs
 
 IGNORE_INDEX = -100
 ROLES = {"human": "user", "gpt": "assistant"}
-
-
-@dataclass(frozen=True)
-class ImageSettings:
-    """MiniCPM-V's processor settings (``preprocessor_config.json`` of the model folder)."""
-
-    query_num: int = 64
-    patch_size: int = 14
-    scale_resolution: int = 448
-    max_slice_nums: int = 9
-    slice_mode: bool = True
-    use_image_id: bool = True
-    norm_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    norm_std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    im_start: str = "<image>"
-    im_end: str = "</image>"
-    slice_start: str = "<slice>"
-    slice_end: str = "</slice>"
-    unk: str = "<unk>"
-    im_id_start: str = "<image_id>"
-    im_id_end: str = "</image_id>"
-
-    @classmethod
-    def from_model_dir(cls, model_path: str | Path, max_slice_nums: int | None = None) -> "ImageSettings":
-        path = Path(model_path) / "preprocessor_config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: is {model_path} a MiniCPM-V-2_6 folder?")
-        raw = json.loads(path.read_text())
-        keys = {"image_feature_size": "query_num", **{f: f for f in cls.__dataclass_fields__ if f != "query_num"}}
-        values = {ours: raw[theirs] for theirs, ours in keys.items() if theirs in raw}
-        for name in ("norm_mean", "norm_std"):
-            if name in values:
-                values[name] = tuple(values[name])
-        settings = cls(**values)
-        return replace(settings, max_slice_nums=max_slice_nums) if max_slice_nums is not None else settings
-
-    def marker_tokens(self) -> list[str]:
-        return [self.im_start, self.im_end, self.slice_start, self.slice_end, self.unk, self.im_id_start,
-                self.im_id_end]
-
-
-def _multiple_of(length: float, unit: int) -> int:
-    return max(round(length / unit) * unit, unit)
-
-
-def _resize_to_area(size: tuple[float, float], settings: ImageSettings, allow_upscale: bool) -> tuple[int, int]:
-    """Scale ``size`` (keeping its aspect ratio) to about ``scale_resolution**2`` pixels - only down unless
-    ``allow_upscale`` - with both sides multiples of the patch size."""
-    width, height = size
-    if allow_upscale or width * height > settings.scale_resolution ** 2:
-        aspect = width / height
-        height = int(settings.scale_resolution / math.sqrt(aspect))
-        width = int(height * aspect)
-    return _multiple_of(width, settings.patch_size), _multiple_of(height, settings.patch_size)
-
-
-def choose_grid(size: tuple[int, int], settings: ImageSettings) -> tuple[int, int] | None:
-    """``(columns, rows)`` of slices for an image of ``size`` (width, height), or None when it is not sliced: the
-    slice count follows the image's area over ``scale_resolution**2`` (capped by ``max_slice_nums``), and among
-    the grids of one fewer, that many or one more slices, the one whose aspect ratio is closest (in log) wins."""
-    width, height = size
-    wanted = min(math.ceil(width * height / settings.scale_resolution ** 2), settings.max_slice_nums)
-    if wanted <= 1 or not settings.slice_mode:
-        return None
-    counts = [n for n in (wanted - 1, wanted, wanted + 1) if 1 < n <= settings.max_slice_nums]
-    grids = [(cols, n // cols) for n in counts for cols in range(1, n + 1) if n % cols == 0]
-    log_aspect = math.log(width / height)
-    return min(grids, key=lambda grid: abs(log_aspect - math.log(grid[0] / grid[1])))
-
-
-def slice_image(image: Image.Image, settings: ImageSettings) -> tuple[Image.Image, list[list[Image.Image]]]:
-    """The source image and the slice grid (rows of slices, empty when not sliced)."""
-    grid = choose_grid(image.size, settings)
-    source = image.resize(_resize_to_area(image.size, settings, allow_upscale=grid is None), Image.Resampling.BICUBIC)
-    if grid is None:
-        return source, []
-    cols, rows = grid
-    cell = _resize_to_area((_multiple_of(image.width, cols) / cols, _multiple_of(image.height, rows) / rows),
-                           settings, allow_upscale=True)
-    refined = image.resize((cell[0] * cols, cell[1] * rows), Image.Resampling.BICUBIC)
-    return source, [[refined.crop((c * cell[0], r * cell[1], (c + 1) * cell[0], (r + 1) * cell[1]))
-                     for c in range(cols)] for r in range(rows)]
-
-
-def image_placeholder(settings: ImageSettings, slice_rows: Sequence[Sequence[object]], image_index: int = 0) -> str:
-    """The text the processor puts where an image goes: image id, source span, then the slice grid."""
-    features = settings.unk * settings.query_num
-    text = f"{settings.im_id_start}{image_index}{settings.im_id_end}" if settings.use_image_id else ""
-    text += settings.im_start + features + settings.im_end
-    if slice_rows:
-        text += "\n".join("".join(settings.slice_start + features + settings.slice_end for _ in row)
-                          for row in slice_rows)
-    return text
-
-
-def to_patch_layout(image: Image.Image, settings: ImageSettings) -> tuple[torch.Tensor, list[int]]:
-    """Normalise an image and lay its ``patch x patch`` squares side by side (row-major): ``[3, p, L * p]``, plus its
-    patch grid ``[rows, cols]``."""
-    p = settings.patch_size
-    mean, std = (np.asarray(v, dtype=np.float32) for v in (settings.norm_mean, settings.norm_std))
-    array = (np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 - mean) / std
-    pixels = torch.from_numpy(array).permute(2, 0, 1)  # 3, H, W
-    rows, cols = pixels.shape[1] // p, pixels.shape[2] // p
-    grid = pixels[:, :rows * p, :cols * p].reshape(3, rows, p, cols, p)  # c, gy, row-in-patch, gx, col-in-patch
-    return grid.permute(0, 2, 1, 3, 4).reshape(3, p, rows * cols * p).contiguous(), [rows, cols]
-
-
-def encode_image(image: Image.Image, settings: ImageSettings, image_index: int = 0):
-    """``(placeholder text, [patch tensors], tgt_sizes int32 [n, 2])`` for one image: source first, then slices."""
-    source, slice_rows = slice_image(image.convert("RGB"), settings)
-    encoded = [to_patch_layout(view, settings) for view in [source, *[s for row in slice_rows for s in row]]]
-    return (image_placeholder(settings, slice_rows, image_index), [t for t, _ in encoded],
-            torch.tensor([size for _, size in encoded], dtype=torch.int32))
 
 
 def check_marker_tokens(tokenizer, settings: ImageSettings) -> None:

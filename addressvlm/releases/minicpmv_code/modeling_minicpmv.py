@@ -4,39 +4,32 @@ The real model's Python lives on the Hugging Face hub (``modeling_minicpmv.py``,
 ``modeling_navit_siglip.py``, ``image_processing_minicpmv.py``, ...) and cannot be fetched here. This module is written
 into a model folder as its ``modeling_minicpmv.py`` (``write_tiny_minicpmv``), with a ``config.json`` whose ``auto_map``
 names it, so ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` takes the same road it takes for the real
-model. It follows the part of the real model's interface that ``addressvlm.training.minicpmv`` uses:
+model. It computes what the release computes, with the release's parameter names, so that an engine that runs the
+release (vLLM's ``MiniCPMV``) runs the stand-in and answers as it does here:
 
 - ``model.llm``: a ``Qwen2ForCausalLM`` built from the top-level config (a ``Qwen2Config`` subclass), as in the release;
-- ``model.vpm``: a SigLIP vision transformer (transformers' ``SiglipVisionTransformer``, the module ``SiglipVisionModel``
-  wraps, so parameter names read ``vpm.encoder.layers.N.self_attn.q_proj`` like the release's);
-- ``model.resampler``: learned queries cross-attending to the vision features (``query``, ``kv_proj``, ``attn``,
-  ``ln_q``, ``ln_kv``, ``ln_post``, ``proj``, 2-D sin-cos key positions for each image's patch grid);
+- ``model.vpm``: SigLIP run NaViT-style (``modeling_navit_siglip.py``: every view of a batch in one padded batch with a
+  patch attention mask, positions bucketed from each view's own patch grid), its last layer dropped;
+- ``model.resampler``: learned queries cross-attending to each view's patch features with 2-D sine-cosine key
+  positions, one head per 128 channels (``resampler.py``);
 - ``get_vllm_embedding(data)`` / ``forward(data, **kwargs)`` / ``generate(input_ids, pixel_values, tgt_sizes,
   image_bound, attention_mask, tokenizer, decode_text, **kwargs)`` with the release's batch layout: ``pixel_values`` a
-  list (per sample) of lists of ``[3, patch, L * patch]`` tensors (images cut into patches and laid side by side),
+  list (per sample) of lists of ``[3, patch, L * patch]`` tensors (views cut into patches and laid side by side),
   ``tgt_sizes`` the patch grid of each, ``image_bound`` the ``[start, end)`` token spans the resampled features replace.
 
-What it does not reproduce (docs/minicpmv.md): the NaViT SigLIP (one padded batch with a patch attention mask and
-bucketed positions; here each image runs alone with interpolated positions), the exact resampler, the hub processor
-and ``chat()`` (the wrapper builds prompts itself and calls ``generate``), streaming, and the 7B memory/bf16 behaviour.
-It is copied into model folders beside ``configuration_minicpm.py`` and ``resampler.py`` and imports them as the
-release does.
+What it does not reproduce (docs/minicpmv.md): ``chat()`` (the wrapper builds prompts itself and calls ``generate``),
+streaming, and the 7B memory/bf16 behaviour. It is copied into model folders beside ``configuration_minicpm.py``,
+``modeling_navit_siglip.py``, ``resampler.py`` and ``image_processing_minicpmv.py``, and imports them as the release
+does.
 """
 
 import torch
+from torch import nn
 from transformers import Qwen2ForCausalLM, Qwen2PreTrainedModel
-from transformers.models.siglip.modeling_siglip import SiglipVisionTransformer
 
 from .configuration_minicpm import MiniCPMVConfig
+from .modeling_navit_siglip import NaViTSiglipVisionTransformer
 from .resampler import Resampler
-
-
-def patches_to_image(flat: torch.Tensor, tgt_size: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Undo the processor's patch layout: ``[3, p, (h*w)*p]`` (patches side by side, row-major) -> ``[3, h*p, w*p]``."""
-    height, width = (int(v) for v in tgt_size)
-    channels = flat.shape[0]
-    grid = flat.reshape(channels, patch_size, height, width, patch_size)  # c, row-in-patch, gy, gx, col-in-patch
-    return grid.permute(0, 2, 1, 3, 4).reshape(channels, height * patch_size, width * patch_size)
 
 
 class MiniCPMVPreTrainedModel(Qwen2PreTrainedModel):
@@ -47,11 +40,11 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
     def __init__(self, config: MiniCPMVConfig):
         super().__init__(config)
         self.llm = Qwen2ForCausalLM(config)
-        self.vpm = SiglipVisionTransformer(config.vision_config)
+        self.vpm = NaViTSiglipVisionTransformer(config.vision_config)
         if config.drop_vision_last_layer:  # as the release: the resampler reads the next-to-last layer's output
             self.vpm.encoder.layers = self.vpm.encoder.layers[:-1]
         self.embed_dim = config.hidden_size
-        self.resampler = Resampler(config.query_num, self.embed_dim, max(1, self.embed_dim // 128),
+        self.resampler = Resampler(config.query_num, self.embed_dim, self.embed_dim // 128,
                                    config.vision_config.hidden_size)
         self.terminators = ["<|im_end|>", "<|endoftext|>"]
         self.post_init()
@@ -65,19 +58,16 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
     def get_output_embeddings(self):
         return self.llm.lm_head
 
-    def _encode_images(self, flats: list[torch.Tensor], tgt_sizes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Resampled features of each image; images of one patch grid go through SigLIP as one batch."""
-        dtype = self.vpm.embeddings.patch_embedding.weight.dtype
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, size in enumerate(tgt_sizes):
-            by_size.setdefault(tuple(int(v) for v in size), []).append(i)
-        encoded: list[torch.Tensor] = [None] * len(flats)
-        for indices in by_size.values():
-            images = torch.stack([patches_to_image(flats[i], tgt_sizes[i], self.config.patch_size) for i in indices])
-            features = self.vpm(images.to(dtype), interpolate_pos_encoding=True).last_hidden_state
-            for i, feature in zip(indices, features):
-                encoded[i] = self.resampler(feature, tgt_sizes[i])
-        return encoded
+    def _encode_views(self, views: list[torch.Tensor], tgt_sizes: torch.Tensor) -> torch.Tensor:
+        """``[views, queries, hidden]``: the resampled features of views in the patch layout, as one padded batch."""
+        weight = self.vpm.embeddings.patch_embedding.weight
+        width = max(view.shape[-1] for view in views)
+        pixels = torch.stack([nn.functional.pad(view, (0, width - view.shape[-1])) for view in views])
+        pixels, tgt_sizes = pixels.to(weight.device, weight.dtype), tgt_sizes.to(weight.device)
+        patches = torch.arange(width // self.config.patch_size, device=weight.device)[None]
+        own_patches = patches < (tgt_sizes[:, 0] * tgt_sizes[:, 1])[:, None]
+        features = self.vpm(pixels, patch_attention_mask=own_patches[:, None], tgt_sizes=tgt_sizes)
+        return self.resampler(features, tgt_sizes)
 
     def get_vllm_embedding(self, data: dict) -> tuple[torch.Tensor, list]:
         """Token embeddings with each sample's image spans (``image_bound``) replaced by its resampled images."""
@@ -86,11 +76,11 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
             vision_hidden_states = data["vision_hidden_states"]
         else:
             counts = [len(images) for images in data["pixel_values"]]
-            encoded = self._encode_images([flat for images in data["pixel_values"] for flat in images],
-                                          [size for sizes in data["tgt_sizes"] for size in sizes])
+            views = [view for images in data["pixel_values"] for view in images]
+            encoded = self._encode_views(views, torch.cat(list(data["tgt_sizes"]))) if views else None
             vision_hidden_states, start = [], 0
             for count in counts:
-                vision_hidden_states.append(torch.stack(encoded[start:start + count]) if count else [])
+                vision_hidden_states.append(encoded[start:start + count] if count else [])
                 start += count
         rows = []
         for row, states, bounds in zip(embeddings, vision_hidden_states, data["image_bound"]):

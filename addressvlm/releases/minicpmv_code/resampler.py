@@ -12,20 +12,25 @@ from torch import nn
 from torch.nn.functional import *  # noqa: F401,F403
 
 
-def sincos_2d(dim: int, height: int, width: int, device: Optional[torch.device] = None) -> torch.Tensor:
-    """``[height * width, dim]`` fixed 2-D sine-cosine positions (half the channels per axis), row-major."""
+def sincos_grid(dim: int, height: int, width: int, device: Optional[torch.device] = None) -> torch.Tensor:
+    """``[height, width, dim]`` fixed 2-D sine-cosine positions, as the release's resampler builds them: the first half
+    of the channels encodes the column, the second the row, each as the sines then the cosines of the position times
+    ``dim / 4`` geometric frequencies (``dim`` a multiple of 4)."""
     quarter = dim // 4
-    frequencies = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32, device=device) / quarter))
-    rows = torch.arange(height, dtype=torch.float32, device=device)[:, None] * frequencies
-    cols = torch.arange(width, dtype=torch.float32, device=device)[:, None] * frequencies
-    row_part = torch.cat([rows.sin(), rows.cos()], dim=1)[:, None, :].expand(height, width, 2 * quarter)
-    col_part = torch.cat([cols.sin(), cols.cos()], dim=1)[None, :, :].expand(height, width, 2 * quarter)
-    positions = torch.cat([row_part, col_part], dim=-1).reshape(height * width, 4 * quarter)
-    return nn.functional.pad(positions, (0, dim - 4 * quarter))
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
+
+    def encoded(length: int) -> torch.Tensor:
+        angles = torch.arange(length, dtype=torch.float32, device=device)[:, None] * frequencies
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+    columns, rows = encoded(width), encoded(height)
+    return torch.cat([columns[None].expand(height, width, 2 * quarter),
+                      rows[:, None].expand(height, width, 2 * quarter)], dim=-1)
 
 
 class Resampler(nn.Module):
-    """``num_queries`` learned queries attend to one image's patch features (keys carry their 2-D positions)."""
+    """``num_queries`` learned queries attend to each view's patch features (keys carry their 2-D positions); the
+    release's parameters, and its one head per 128 channels."""
 
     def __init__(self, num_queries: int, embed_dim: int, num_heads: int, kv_dim: int):
         super().__init__()
@@ -37,11 +42,16 @@ class Resampler(nn.Module):
         self.ln_post = nn.LayerNorm(embed_dim, eps=1e-6)
         self.proj = nn.Parameter(torch.randn(embed_dim, embed_dim) * embed_dim ** -0.5)
 
-    def forward(self, features: torch.Tensor, tgt_size: List[int]) -> torch.Tensor:  # noqa: F405
-        """``features`` ``[patches, kv_dim]`` of one image whose patch grid is ``tgt_size`` -> ``[queries, dim]``."""
+    def forward(self, features: torch.Tensor, tgt_sizes: List[torch.Tensor]) -> torch.Tensor:  # noqa: F405
+        """``features`` ``[views, L, kv_dim]`` (each view's ``rows * cols`` patches first, then padding), ``tgt_sizes``
+        the views' patch grids -> ``[views, queries, dim]``."""
         keys = self.ln_kv(self.kv_proj(features))
-        height, width = (int(v) for v in tgt_size)
-        positions = sincos_2d(keys.shape[-1], height, width, keys.device).to(keys.dtype)
-        query = self.ln_q(self.query)
-        out, _ = self.attn(query[None], (keys + positions)[None], keys[None], need_weights=False)
-        return self.ln_post(out[0]) @ self.proj
+        positions = torch.zeros_like(keys)
+        padding = torch.ones(keys.shape[:2], dtype=torch.bool, device=keys.device)
+        for view, (height, width) in enumerate((int(h), int(w)) for h, w in tgt_sizes):
+            grid = sincos_grid(keys.shape[-1], height, width, keys.device)
+            positions[view, :height * width] = grid.reshape(height * width, -1).to(keys.dtype)
+            padding[view, :height * width] = False
+        query = self.ln_q(self.query)[None].expand(len(keys), -1, -1)
+        out, _ = self.attn(query, keys + positions, keys, key_padding_mask=padding, need_weights=False)
+        return self.ln_post(out) @ self.proj
