@@ -52,9 +52,11 @@ endif
 modern-env: $(MODERN_STAMP)
 
 # pytest exits 5 when it collects no test; make treats that as a failure, as it should. The modern environment is
-# built first so that the vLLM check runs (tests/test_vllm.py).
+# built first so that the vLLM check runs (tests/test_vllm.py). Two workers (TEST_WORKERS), each given whole files so
+# that a file's module fixtures are built once.
+TEST_WORKERS ?= 2
 test: install modern-env
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: install
 	$(PY) tools/run_demo.py --out demo_output

@@ -26,6 +26,16 @@ def check_vllm(*arguments: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=REPO, timeout=900)
 
 
+def questions_and_answers(root, recipe, checkpoint, options):
+    """Two pictures' questions in a city under ``root`` and the XTuner path's greedy answers to them (eval/infer.py's):
+    (questions file, predictions file)."""
+    questions = write_city_questions(root / "city", images=2)
+    reference = root / "infer.jsonl"
+    answer_questions(load_xtuner_model(recipe, checkpoint, options), read_questions(questions), reference,
+                     root / "city", progress=False)
+    return questions, reference
+
+
 @pytest.fixture(scope="module")
 def head_size_32(tmp_path_factory):
     """A tiny LLaVA of head size 32 (hidden 64, 2 heads), a checkpoint whose trained tensors are moved by seeded
@@ -39,11 +49,7 @@ def head_size_32(tmp_path_factory):
                            "--checkpoint", str(checkpoint), "--model-root", str(model), "--out", str(export),
                            "--dtype", "float32"], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    questions = write_city_questions(root / "city", images=2)
-    reference = root / "infer.jsonl"
-    answer_questions(load_xtuner_model(RECIPE, checkpoint, options), read_questions(questions), reference,
-                     root / "city", progress=False)
-    return export, questions, reference
+    return (export, *questions_and_answers(root, RECIPE, checkpoint, options))
 
 
 def test_vllm_answers_as_eval_infer(head_size_32, tmp_path):
@@ -65,11 +71,7 @@ def minicpmv_export(tiny_minicpmv_checkpoint, tiny_minicpmv, tmp_path_factory):
     root = tmp_path_factory.mktemp("vllm_minicpmv")
     # tools/export_hf.py's function, in this process: a second one would spend half a minute importing.
     export = export_hf(recipe, checkpoint, root / "hf", dtype="float32", model_root=tiny_minicpmv)
-    questions = write_city_questions(root / "city", images=2)
-    reference = root / "infer.jsonl"
-    answer_questions(load_xtuner_model(recipe, checkpoint, options), read_questions(questions), reference,
-                     root / "city", progress=False)
-    return export, questions, reference
+    return (export, *questions_and_answers(root, recipe, checkpoint, options))
 
 
 def test_vllm_answers_minicpmv_as_eval_infer(minicpmv_export, tmp_path):
