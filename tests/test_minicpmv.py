@@ -69,7 +69,7 @@ def test_local_run_options_relocate_model_root(tiny_minicpmv):
 
 
 def test_slicing_follows_the_release_settings():
-    from addressvlm.releases.minicpmv_code.image_processing_minicpmv import ImageSettings, choose_grid, slice_image
+    from addressvlm.training.minicpmv_code.image_processing_minicpmv import ImageSettings, choose_grid, slice_image
 
     release = ImageSettings()  # 448 px, patch 14, up to 9 slices
     assert choose_grid((336, 336), release) is None  # stage-1 grafts: one view

@@ -79,8 +79,8 @@ def build_release_model(cfg, device: torch.device, dtype: torch.dtype) -> nn.Mod
         if model_type == "AddressMiniCPMV":
             with hub_code_names():
                 # lazy: the hub code's own imports resolve only inside hub_code_names, under the release's module names.
-                from addressvlm.releases.minicpmv_code.configuration_minicpm import MiniCPMVConfig
-                from addressvlm.releases.minicpmv_code.modeling_minicpmv import MiniCPMV
+                from addressvlm.training.minicpmv_code.configuration_minicpm import MiniCPMVConfig
+                from addressvlm.training.minicpmv_code.modeling_minicpmv import MiniCPMV
             release = MiniCPMV(MiniCPMVConfig(**release_config("minicpm_v_2_6"))).to(torch.bfloat16)
             model_cfg["model_path"] = release
             return AddressMiniCPMV(**model_cfg)

@@ -1,5 +1,5 @@
 """Write a tiny stand-in folder for ``openbmb/MiniCPM-V-2_6`` in the release's layout: its remote code
-(``addressvlm/releases/minicpmv_code/``: config, model, NaViT SigLIP, resampler, image processor), a config whose
+(``addressvlm/training/minicpmv_code/``: config, model, NaViT SigLIP, resampler, image processor), a config whose
 ``auto_map`` names it, random weights, a Qwen2-style tokenizer, the processor settings whose ``auto_map`` names the image
 processor, and a generation config; what vLLM's ``MiniCPMV`` needs to serve it, at sizes its CPU build takes."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from addressvlm.training.remote_code import hub_code_names
 
-HUB_CODE_DIR = Path(__file__).resolve().parents[1] / "releases" / "minicpmv_code"
+HUB_CODE_DIR = Path(__file__).resolve().parents[1] / "training" / "minicpmv_code"
 REMOTE_CODE_FILES = ("configuration_minicpm.py", "modeling_minicpmv.py", "modeling_navit_siglip.py", "resampler.py",
                      "image_processing_minicpmv.py")
 # The release's resampler has one attention head per this many channels of the LLM.

@@ -15,7 +15,7 @@ becomes what MiniCPM-V's ``forward(data)`` reads:
 
 The image settings are read from the model folder's ``preprocessor_config.json`` (the release's processor keys), so a
 recipe names one model folder; ``max_slice_nums`` may be overridden per recipe. Slicing, placeholders and patch layout
-are those of ``addressvlm/releases/minicpmv_code/image_processing_minicpmv.py``, the processor code of the tiny
+are those of ``addressvlm/training/minicpmv_code/image_processing_minicpmv.py``, the processor code of the tiny
 stand-in, which the engines serving the stand-in run too.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from xtuner.registry import BUILDER
 
 from addressvlm.core.records import DataError, read_llava_json
-from addressvlm.releases.minicpmv_code.image_processing_minicpmv import ImageSettings, encode_image
+from addressvlm.training.minicpmv_code.image_processing_minicpmv import ImageSettings, encode_image
 from addressvlm.training import xtuner_shims  # noqa: F401
 from addressvlm.training.dataset import check_llava_inputs
 
