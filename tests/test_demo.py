@@ -171,3 +171,68 @@ def test_the_demo_model_has_a_head_size_vllm_serves(settings):
 
 def test_the_quick_demo_model_is_one_vllm_serves(quick_demo):
     assert head_size(quick_demo.model) in CPU_HEAD_SIZES
+
+
+def test_the_shipped_llm_fits_the_demo_and_reads_every_question_kind():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from addressvlm.demo.pipeline import PRETRAINED_LLM, reading_warmup
+    from addressvlm.standins.reading_warmup import CityNames, ReadingExamples, held_out, reading_accuracy
+    from addressvlm.standins.tiny import llm_differences
+
+    result = read_warmup_result(PRETRAINED_LLM)
+    names = CityNames(tuple(result["names"]["streets"]), tuple(result["names"]["districts"]))
+    settings = DemoSettings()
+    assert llm_differences(PRETRAINED_LLM, tiny_size(settings), names, reading_warmup(settings)) == []
+    assert result["reached_target"] and len(names.streets) == 16 and len(names.districts) == 6
+    # On passages it never saw (drawn apart from its probe and its own held-out set), every kind is read far above
+    # guessing (a quarter for choices, a half for judgments).
+    tokenizer = AutoTokenizer.from_pretrained(PRETRAINED_LLM)
+    examples = ReadingExamples(tokenizer, names, result["settings"]["passage_tokens"], seed=7)
+    accuracy = reading_accuracy(AutoModelForCausalLM.from_pretrained(PRETRAINED_LLM),
+                                held_out(examples, 100, "shipped-check"), tokenizer.pad_token_id)
+    assert len(accuracy) == 7 and min(accuracy.values()) >= 70.0, accuracy
+
+
+def test_the_demo_starts_from_the_shipped_llm_and_refuses_it_where_it_does_not_fit(quick_demo, tmp_path):
+    from dataclasses import replace
+
+    from transformers import AutoConfig
+
+    from addressvlm.demo.pipeline import PRETRAINED_LLM, make_model, reading_warmup
+    from addressvlm.standins.reading_warmup import CityNames
+    from addressvlm.standins.tiny import llm_differences
+
+    settings = DemoSettings()
+    paths = Paths(tmp_path / "out", quick_demo.city, tmp_path / "work")
+    make_model(paths, settings)
+    assert (paths.models / "model.safetensors").read_bytes() == (PRETRAINED_LLM / "model.safetensors").read_bytes()
+    assert AutoConfig.from_pretrained(paths.models / "visual_encoder").hidden_size == settings.hidden
+    assert json.loads((paths.models / "projector" / "config.json").read_text())["llm_hidden_size"] == settings.hidden
+
+    for other, says in ((replace(settings, hidden=64), r"hidden_size 96 \(asked 64\)"),
+                        (replace(settings, reading_max_steps=100), r"warm-up max_steps 3000 \(asked 100\)")):
+        with pytest.raises(SystemExit, match=f"{PRETRAINED_LLM}: the shipped LLM does not fit .*{says}.*--warm-up-here"):
+            make_model(Paths(tmp_path / "other", quick_demo.city, tmp_path / "work"), other)
+    assert not (tmp_path / "other" / "models" / "llava-phi-3-mini-xtuner" / "model.safetensors").exists()
+    read = read_warmup_result(PRETRAINED_LLM)["names"]
+    city = CityNames((*read["streets"], "Runeberginkatu"), tuple(read["districts"]))
+    assert llm_differences(PRETRAINED_LLM, tiny_size(settings), city, reading_warmup(settings)) == [
+        "its warm-up never read Runeberginkatu"]
+
+
+def test_making_the_demo_llm_leaves_the_old_one_unless_the_new_one_reached_its_target(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "llm"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    tool = [sys.executable, "tools/make_demo_llm.py", "--out", str(out), "--city", str(tmp_path / "city"), "--quick"]
+    refused = subprocess.run(tool, capture_output=True, text=True)
+    assert refused.returncode == 2 and f"--out {out}: not empty; pass --replace" in refused.stderr
+    short = subprocess.run([*tool, "--replace"], capture_output=True, text=True)
+    # 20 steps do not teach the quick model to read: the new LLM stays beside the old one, which is kept
+    assert short.returncode == 1 and "short of its target" in short.stderr and "llm is left as it was" in short.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    assert (tmp_path / "llm.partial" / "model.safetensors").is_file()

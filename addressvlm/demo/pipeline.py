@@ -34,12 +34,14 @@ from addressvlm.geo.streets import read_street_map
 from addressvlm.runs.engine import (DemoSettings, Paths, answer_and_score, drop_stale,
                                     held_out_questions, load_model, train_recipe)
 from addressvlm.standins.reading_warmup import ReadingWarmup, names_from_locations, read_warmup_result
-from addressvlm.standins.tiny import TinySize, make_tiny_llava
+from addressvlm.standins.tiny import TinySize, add_tiny_vision, copy_llm, llm_differences, make_tiny_llm
 
 ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
 MODELS = ("zero_shot", "stage2_only", "stage1_stage2")
 TUNED = MODELS[1:]
 TARGETS_FILE = "targets.json"
+# The demo's warmed-up tiny LLM and its tokenizer (tools/make_demo_llm.py made it; its README says how and where).
+PRETRAINED_LLM = Path(__file__).resolve().parent / "pretrained_llm"
 # The exit status of a demo that finished but missed a learning target: apart from 1, which a refusal (another
 # demo holding the folders, other settings) exits with before anything ran.
 MISSED_TARGETS_EXIT = 3
@@ -84,17 +86,22 @@ def held_alone(folders: list[Path]):
         yield
 
 
-def claim_folders(paths: Paths, s: DemoSettings) -> None:
-    """Refuse to resume into folders that a demo with other settings (another --seed, or a version of the demo
-    whose defaults changed) filled: its city, models and runs would be kept and reported as this run's."""
-    wanted = json.loads(json.dumps(asdict(s)))
+def claim_city(paths: Paths, s: DemoSettings) -> None:
+    """Refuse a city folder that holds a city built with another seed, location count or view count."""
     city_json = paths.city / "city.json"
     if city_json.is_file():
         city = json.loads(city_json.read_text(encoding="utf-8"))
         made = {key: city.get(key) for key in ("seed", "locations", "views")}
-        if made != {key: wanted[key] for key in made}:
+        if made != {"seed": s.seed, "locations": s.locations, "views": s.views}:
             raise SystemExit(f"{city_json}: the city was built with {made}, this demo asks for seed {s.seed}, "
                              f"{s.locations} locations, {s.views} views: give another --city or remove it")
+
+
+def claim_folders(paths: Paths, s: DemoSettings) -> None:
+    """Refuse to resume into folders that a demo with other settings (another --seed, or a version of the demo
+    whose defaults changed) filled: its city, models and runs would be kept and reported as this run's."""
+    wanted = json.loads(json.dumps(asdict(s)))
+    claim_city(paths, s)
     for folder in (paths.out, paths.work):
         recorded = folder / SETTINGS_FILE
         if not recorded.is_file() and any(entry.name != ".demo.lock" for entry in folder.iterdir()):
@@ -144,17 +151,33 @@ def tiny_size(s: DemoSettings) -> TinySize:
 
 
 def make_model(paths: Paths, s: DemoSettings):
-    """The tiny LLaVA-Phi3-mini, its tokenizer trained on the city's own questions and answers, its LLM warmed up
-    on reading the city's names."""
+    """The tiny LLaVA-Phi3-mini: the shipped warmed-up LLM (``s.pretrained_llm``) or one made and warmed up here on
+    reading the city's names, and a random vision tower and projector of the seed."""
     if (paths.models / "projector" / "config.json").is_file():
         return "kept the model made earlier"
-    corpus = [turn["value"] for name in ("vqa/train.json", "stage1/train.json")
-              for record in read_llava_json(paths.city / name) for turn in record["conversations"]]
-    size = tiny_size(s)
-    warmup = ReadingWarmup(max_steps=s.reading_max_steps, passage_tokens=(s.image_size // size.patch_size) ** 2,
-                           seed=s.seed, processes=s.reading_processes)
-    return make_tiny_llava(paths.models, size, corpus, seed=s.seed,
-                           names=names_from_locations([paths.city / "locations.csv"]), warmup=warmup)
+    size, warmup = tiny_size(s), reading_warmup(s)
+    names = names_from_locations([paths.city / "locations.csv"])
+    if s.pretrained_llm:
+        differences = llm_differences(PRETRAINED_LLM, size, names, warmup)
+        if differences:
+            raise SystemExit(f"{PRETRAINED_LLM}: the shipped LLM does not fit this demo's settings ("
+                             f"{'; '.join(differences)}): pass --warm-up-here to make one")
+        copy_llm(PRETRAINED_LLM, paths.models)
+    else:
+        make_tiny_llm(paths.models, size, city_corpus(paths), seed=s.seed, names=names, warmup=warmup)
+    return add_tiny_vision(paths.models, size, seed=s.seed)
+
+
+def reading_warmup(s: DemoSettings) -> ReadingWarmup:
+    # The passage stands where the image's tokens go, as many as the tiny CLIP's patches.
+    return ReadingWarmup(max_steps=s.reading_max_steps, passage_tokens=(s.image_size // tiny_size(s).patch_size) ** 2,
+                         seed=s.seed, processes=s.reading_processes)
+
+
+def city_corpus(paths: Paths) -> list[str]:
+    """The texts of the city's training conversations, which the tiny tokenizer is trained on."""
+    return [turn["value"] for name in ("vqa/train.json", "stage1/train.json")
+            for record in read_llava_json(paths.city / name) for turn in record["conversations"]]
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -354,14 +377,20 @@ def run_demo(out: str | Path = "demo_output", city: str | Path = "data/helsinki"
         return _run_steps(paths, settings)
 
 
-def _run_steps(paths: Paths, settings: DemoSettings) -> Path:
-    steps = Steps(12 + len(TUNED))
-    s = settings
-    claim_folders(paths, s)
+def build_data(paths: Paths, s: DemoSettings, steps: Steps):
+    """The city and both stages' training data, as ``steps`` 1-4; returns the city's summary."""
     summary = steps.run("build the Helsinki demo city", build_city, paths, s)
     steps.run("pin location-disjoint splits (7:2:1)", pin_splits, paths.city / "locations.csv", s.seed)
     steps.run("stage-2 VQA (templates of Tables B4/B5)", build_stage2_data, paths, s)
     steps.run("stage-1 data: labelled crops, grafts, rule reasons", build_stage1_data, paths, s)
+    return summary
+
+
+def _run_steps(paths: Paths, settings: DemoSettings) -> Path:
+    steps = Steps(12 + len(TUNED))
+    s = settings
+    claim_folders(paths, s)
+    summary = build_data(paths, s, steps)
     steps.run("tiny LLaVA-Phi3-mini", make_model, paths, s)
     runs = steps.run("train stage 1, then stage 2 (AddressVLM) beside stage 2 only (Baseline)", train_side_by_side,
                      paths, s)

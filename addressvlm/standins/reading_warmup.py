@@ -295,8 +295,8 @@ def warm_up_reading(llm_dir: str | Path, names: CityNames, settings: ReadingWarm
                     eval_per_kind: int = 100, progress: bool = True) -> dict:
     """Train the LLM saved in ``llm_dir`` (all of it) on reading conversations until every question kind reaches
     ``settings.target`` on the probe at ``settings.checks_in_a_row`` checks in a row (or ``settings.max_steps``), and
-    save it back, with ``reading_warmup.json``: the settings, the steps taken, whether the target was reached, the
-    probe's curve, and the accuracy per kind on a second held-out set that played no part in stopping. With
+    save it back, with ``reading_warmup.json``: the settings, the names, the steps taken, whether the target was
+    reached, the probe's curve, and the accuracy per kind on a second held-out set that played no part in stopping. With
     ``settings.processes`` above 1 the steps are shared by that many worker processes of one thread each."""
     llm_dir = Path(llm_dir)
     if settings.batch_size % settings.processes:
@@ -369,7 +369,7 @@ def _train(workers: Workers, llm_dir: Path, names: CityNames, settings: ReadingW
     accuracy = reading_accuracy(model, held_out(examples, eval_per_kind, "eval"), tokenizer.pad_token_id,
                                 workers=workers)
     if workers.rank == 0:
-        result = {"settings": asdict(settings), "steps": step, "reached_target": reached,
+        result = {"settings": asdict(settings), "names": asdict(names), "steps": step, "reached_target": reached,
                   "final_loss": curve[-1]["loss"], "curve": curve, "accuracy": accuracy}
         model.save_pretrained(llm_dir)
         write_atomic(llm_dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
@@ -382,7 +382,7 @@ def read_warmup_result(model_dir: str | Path) -> dict | None:
     if not path.is_file():
         return None
     result = json.loads(path.read_text(encoding="utf-8"))
-    missing = sorted({"settings", "steps", "reached_target", "final_loss", "accuracy"} - set(result))
+    missing = sorted({"settings", "names", "steps", "reached_target", "final_loss", "accuracy"} - set(result))
     if missing:
         raise ValueError(f"{path}: not a reading warm-up result, it lacks {', '.join(missing)}")
     return result

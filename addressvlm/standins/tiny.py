@@ -6,14 +6,16 @@ weights and a locally trained tokenizer means pointing a recipe at it changes mo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 import torch
 
 from addressvlm.releases.tokenizer import train_tokenizer
-from addressvlm.standins.reading_warmup import warm_up_reading
+from addressvlm.standins.reading_warmup import RESULT_FILE, read_warmup_result, warm_up_reading
 
 if TYPE_CHECKING:
     from addressvlm.standins.reading_warmup import CityNames, ReadingWarmup
@@ -62,8 +64,15 @@ def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterab
     With ``names`` and ``warmup``, the LLM is warmed up on reading those names (``addressvlm.standins.reading_warmup``).
     The projector is written last, so its config marks a finished model set.
     """
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, Phi3Config, Phi3ForCausalLM
-    from xtuner.model.modules import ProjectorConfig, ProjectorModel
+    make_tiny_llm(out, size, corpus, seed, names, warmup)
+    return add_tiny_vision(out, size, seed)
+
+
+def make_tiny_llm(out: str | Path, size: TinySize = TinySize(), corpus: Iterable[str] = (), seed: int = 0,
+                  names: "CityNames | None" = None, warmup: "ReadingWarmup | None" = None) -> Path:
+    """The model set's LLM and its tokenizer (trained on ``corpus``), at the root of ``out``, warmed up on reading
+    ``names`` when ``warmup`` is given."""
+    from transformers import Phi3Config, Phi3ForCausalLM
 
     out = Path(out)
     torch.manual_seed(seed)
@@ -89,7 +98,17 @@ def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterab
         if names is None:
             raise ValueError("the reading warm-up needs the city's names")
         warm_up_reading(out, names, warmup)
+    return out
 
+
+def add_tiny_vision(out: str | Path, size: TinySize = TinySize(), seed: int = 0) -> Path:
+    """The model set's random CLIP vision tower (``visual_encoder/``) and projector (``projector/``, written last),
+    beside the LLM already in ``out``."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    from xtuner.model.modules import ProjectorConfig, ProjectorModel
+
+    out = Path(out)
+    torch.manual_seed(seed)
     vision_config = CLIPVisionConfig(
         image_size=size.image_size, patch_size=size.patch_size, hidden_size=size.vision_hidden,
         intermediate_size=size.vision_hidden * 2, num_hidden_layers=size.vision_layers,
@@ -104,4 +123,47 @@ def make_tiny_llava(out: str | Path, size: TinySize = TinySize(), corpus: Iterab
     projector = ProjectorModel(ProjectorConfig(
         visual_hidden_size=size.vision_hidden, llm_hidden_size=size.hidden, depth=2))
     projector.save_pretrained(out / "projector")
+    return out
+
+
+# What a model set's LLM is: its weights, shape, generation settings, tokenizer and warm-up result.
+LLM_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json")
+
+
+def llm_differences(llm_dir: str | Path, size: TinySize, names: "CityNames", warmup: "ReadingWarmup") -> list[str]:
+    """How the warmed-up LLM in ``llm_dir`` differs from one ``make_tiny_llm`` would make with these settings to read
+    ``names``, its seed and its workers aside (empty: it is such a model, and read every one of ``names``); each
+    entry names a setting, what the folder has and what was asked."""
+    llm_dir = Path(llm_dir)
+    missing = [name for name in LLM_FILES if not (llm_dir / name).is_file()]
+    if missing:
+        return [f"no {', '.join(missing)}"]
+    config = json.loads((llm_dir / "config.json").read_text(encoding="utf-8"))
+    head_dim = size.head_dim or size.hidden // size.heads
+    shape = {"hidden_size": size.hidden, "num_hidden_layers": size.layers, "num_attention_heads": size.heads,
+             "head_dim": head_dim, "intermediate_size": size.intermediate}
+    found = {**config, "head_dim": config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]}
+    differences = [f"{key} {found.get(key)} (asked {value})" for key, value in shape.items() if found.get(key) != value]
+    result = read_warmup_result(llm_dir)
+    if result is None:
+        return [*differences, "no reading warm-up"]
+    asked = {key: value for key, value in asdict(warmup).items() if key not in ("seed", "processes")}
+    differences += [f"warm-up {key} {result['settings'].get(key)} (asked {value})" for key, value in asked.items()
+                    if result["settings"].get(key) != value]
+    unread = sorted(set(names.streets) - set(result["names"]["streets"])) + \
+        sorted(set(names.districts) - set(result["names"]["districts"]))
+    if unread:
+        differences.append(f"its warm-up never read {', '.join(unread)}")
+    if not result["reached_target"]:
+        differences.append(f"its warm-up stopped at {result['steps']} steps short of its target")
+    return differences
+
+
+def copy_llm(llm_dir: str | Path, out: str | Path) -> Path:
+    """The LLM of ``llm_dir`` (``LLM_FILES`` and its warm-up result) copied to the root of ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (*LLM_FILES, RESULT_FILE):
+        shutil.copyfile(Path(llm_dir) / name, out / name)
     return out
