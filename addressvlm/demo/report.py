@@ -238,9 +238,11 @@ def render_report(metrics: dict[str, dict], times: dict[str, float], pictures: d
             "",
             f"Before any image, the tiny LLM trained on text-only conversations in the stage-2 question forms, with "
             "a street and a district name, paired at random, in a passage of random tokens where the image goes: "
-            "the stand-in for the language a real LVLM arrives with (addressvlm/standins/reading_warmup.py). It "
-            f"trains until every question kind reaches {reading['settings']['target']:g} % on a held-out probe "
-            f"(at most {reading['settings']['max_steps']} steps): here {reading['steps']} steps, target "
+            "the stand-in for the language a real LVLM arrives with (addressvlm/standins/reading_warmup.py). The "
+            "demo starts from the one the repository ships (addressvlm/demo/pretrained_llm, the same on every "
+            "machine and seed, as a released model is) unless run with --warm-up-here. It trained until every "
+            f"question kind reached {reading['settings']['target']:g} % on a held-out probe (at most "
+            f"{reading['settings']['max_steps']} steps): {reading['steps']} steps, target "
             f"{'reached' if reading['reached_target'] else 'NOT reached'}. Its accuracy % on a second held-out set "
             "of passages, first answer token:",
             "",
