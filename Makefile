@@ -58,12 +58,13 @@ TEST_WORKERS ?= 2
 test: install modern-env
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
-demo: install
+# The modern environment too: the demo's stage 3 trains with TRL there.
+demo: install modern-env
 	$(PY) tools/run_demo.py --out demo_output
 
 # The demo over seeds 0-2 and the CPU code paths this machine has (15-26 minutes a run on 2 cores): each metric's mean, min
 # and max per model, in work_dirs/demo_spread/spread.md (docs/experiments.md, "Evidence that holds").
-spread: install
+spread: install modern-env
 	$(PY) tools/demo_spread.py --root work_dirs/demo_spread
 
 # The model `make demo` trained, behind an OpenAI-compatible API and a page with the city map: http://127.0.0.1:8000/

@@ -6,11 +6,12 @@ import pytest
 from PIL import Image
 
 from addressvlm.checks.vllm_check import CPU_HEAD_SIZES, head_size
-from addressvlm.demo.pipeline import MODELS, RUN_NAMES, read_targets, run_demo, tiny_size, train_side_by_side
-from addressvlm.runs.engine import DemoSettings, Paths, answer_and_score
+from addressvlm.demo.pipeline import (MODELS, RUN_NAMES, read_targets, run_demo, tiny_size, train_side_by_side,
+                                      train_stage3)
+from addressvlm.runs.engine import STAGE3, DemoSettings, Paths, answer_and_score
 from addressvlm.standins.reading_warmup import read_warmup_result
 from addressvlm.data.graft import reserved_fraction
-from addressvlm.core.records import read_locations, read_predictions, read_questions
+from addressvlm.core.records import read_locations, read_predictions, read_questions, read_reward_curve
 from addressvlm.answering.scoring import METRICS
 
 
@@ -38,7 +39,7 @@ def test_quick_demo_writes_every_artefact(quick_demo):
         metrics = json.loads((out / "metrics" / f"{name}.json").read_text())
         assert set(METRICS) <= set(metrics)
         assert metrics["counts"]["A"]["total"] == sum(q["level"] != "address" for q in questions)
-        assert (work / name / "last_checkpoint").is_file() or name == "zero_shot"
+        assert (work / name / "last_checkpoint").is_file() or name in ("zero_shot", STAGE3)
 
     text = report.read_text()
     assert "| AddressVLM (stage 1 + stage 2) |" in text and "binomial" in text
@@ -87,18 +88,30 @@ def test_quick_demo_writes_every_artefact(quick_demo):
         assert first["counts"][key]["total"] == c["questions"]
         assert first["counts"][key]["correct"] - second["counts"][key]["correct"] == c["only_first"] - c["only_second"]
     assert "exact McNemar p" in text
+    # Stage 3 from AddressVLM: GRPO's model (a folder transformers 4.48 loads) answered as the others, paired with
+    # AddressVLM, its reward curve drawn from the run's own log.
+    assert (work / STAGE3 / "hf" / "model.safetensors").is_file()
+    curve = read_reward_curve(work / STAGE3 / "reward_curve.jsonl")
+    assert [row["step"] for row in curve] == [1, 2] and all(0 <= row["reward"] <= 1 for row in curve)
+    paired3 = json.loads((out / "metrics" / "paired_stage3.json").read_text())
+    third = json.loads((out / "metrics" / f"{STAGE3}.json").read_text())
+    for key, c in paired3.items():
+        assert third["counts"][key]["correct"] - first["counts"][key]["correct"] == c["only_first"] - c["only_second"]
+    assert "## What stage 3 adds: GRPO with the street-level reward" in text
+    assert "| AddressVLM + stage 3 (GRPO) |" in text and "only stage 3 right | only AddressVLM right" in text
     # The learning targets were checked, printed in the report, and the quick run's misses named there.
     targets = read_targets(out)
-    assert len(targets) == 1 + 2 * 6 and "## Learning targets" in text
+    assert len(targets) == 1 + 3 * 6 and "## Learning targets" in text
     assert all(t["target"] in text for t in targets)
 
     # A rerun keeps every finished step: its training and answering steps, run again as the demo runs them, train
     # and answer nothing (the whole demo again would double the suite's longest fixture).
     kept = [work / name / "last_checkpoint" for name in RUN_NAMES if name != "retrieval"] + \
-        [out / "predictions" / f"{name}.jsonl" for name in MODELS]
+        [work / STAGE3 / "hf" / "model.safetensors"] + [out / "predictions" / f"{name}.jsonl" for name in MODELS]
     stamps = [path.stat().st_mtime_ns for path in kept]
     paths, settings = Paths(out, city, work), DemoSettings.quick()
     train_side_by_side(paths, settings)
+    train_stage3(paths, settings)
     assert [answer_and_score(paths, settings, name)[0] for name in MODELS] == [
         json.loads((out / "metrics" / f"{name}.json").read_text()) for name in MODELS]
     assert [path.stat().st_mtime_ns for path in kept] == stamps

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from addressvlm.checks.vllm_check import MODERN_PYTHON, modern_environment
-from addressvlm.core.records import read_predictions, read_questions, write_locations
+from addressvlm.core.records import read_predictions, read_questions, read_reward_curve, write_locations
 from addressvlm.data.vqa import build_vqa
 from addressvlm.training.image_prompts import padding_colour
 from helpers import RECIPE, REPO
@@ -82,6 +82,12 @@ def test_grpo_steps_move_the_lora_and_log_the_reward(stage3):
     logged = [float(value) for value in re.findall(r"'rewards/street_reward_hierarchical_distance/mean': '([^']+)'",
                                                    output)]
     assert len(logged) == 2 and all(0 <= value <= 1 for value in logged), output[-3000:]
+    # the curve beside the run holds what TRL logged, one line a step, and its picture was drawn
+    curve = read_reward_curve(run / "reward_curve.jsonl")
+    assert [row["step"] for row in curve] == [1, 2]
+    assert [round(row["reward"], 4) for row in curve] == [round(value, 4) for value in logged]
+    Image.open(run / "reward_curve.png").verify()
+    assert f"reward curve -> {run / 'reward_curve.png'}" in output
     adapter = load_file(run / "adapter_model.safetensors")
     moved = [name for name, tensor in adapter.items() if "lora_B" in name and tensor.abs().max() > 0]
     assert moved and all("language_model" in name for name in moved)  # lora_B starts at zero

@@ -197,3 +197,24 @@ def test_rewards_file_schema(tmp_path):
     path.write_text('{"question_id": "a", "reward": 0.5}\n{"question_id": "a", "reward": 0.5}\n')
     with pytest.raises(DataError, match="rewards.jsonl:2: duplicate question_id 'a'"):
         read_rewards(path)
+
+
+def test_reward_curve_file_schema(tmp_path):
+    from addressvlm.core.records import read_reward_curve, write_reward_curve
+    from addressvlm.runs.grpo import reward_curve
+
+    # TRL's log entries: the training steps' (with a reward) become the curve, the final summary does not
+    logged = [{"step": 5, "reward": 0.4, "reward_std": 0.2, "kl": 0.001, "loss": 0.0, "epoch": 0.1},
+              {"step": 10, "reward": 0.5, "epoch": 0.2}, {"step": 10, "train_runtime": 12.5, "epoch": 0.2}]
+    path = tmp_path / "reward_curve.jsonl"
+    write_reward_curve(path, reward_curve(logged))
+    assert read_reward_curve(path) == [{"step": 5, "reward": 0.4, "reward_std": 0.2, "kl": 0.001},
+                                       {"step": 10, "reward": 0.5}]
+    with pytest.raises(DataError, match="reward_curve.jsonl:1: unknown key\\(s\\) loss"):
+        write_reward_curve(path, [{"step": 1, "reward": 0.5, "loss": 0.1}])
+    path.write_text('{"step": 0, "reward": 0.5}\n')
+    with pytest.raises(DataError, match="reward_curve.jsonl:1: step 0 is not a positive whole number"):
+        read_reward_curve(path)
+    path.write_text('{"step": 1, "reward": NaN}\n')
+    with pytest.raises(DataError, match="reward_curve.jsonl:1: reward nan is not a number"):
+        read_reward_curve(path)

@@ -13,83 +13,11 @@ Three steps: the prompts (the training split's questions in the test format, ima
 from __future__ import annotations
 
 import argparse
-import subprocess
 from pathlib import Path
 from typing import Sequence
 
-# The recipe's keys this script reads besides handing the recipe to TRL.
-NEEDED_KEYS = ("model_name_or_path", "output_dir", "city", "streets")
-
-
-def read_recipe(path: Path) -> dict:
-    import yaml
-
-    try:
-        recipe = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not YAML ({' '.join(str(exc).split())})") from None
-    if not isinstance(recipe, dict):
-        raise ValueError(f"{path}: a recipe is a mapping of TRL's fields (recipes/stage3/)")
-    missing = [key for key in NEEDED_KEYS if key not in recipe]
-    if missing:
-        raise ValueError(f"{path}: no {', '.join(missing)}")
-    return recipe
-
-
-def prepare_prompts(recipe: dict) -> int:
-    """The training split's questions of the recipe's types and their images, padded as stage 2 trained, into
-    <output_dir>/prompts/; returns how many questions."""
-    from PIL import Image
-    from xtuner.dataset.utils import expand2square
-
-    from addressvlm.answering.reward import check_reward_mode
-    from addressvlm.core.records import write_questions
-    from addressvlm.data.vqa import train_split_questions
-    from addressvlm.runs.grpo import PROMPTS_FOLDER, QUESTION_TYPES, prompt_image_path
-    from addressvlm.training.image_prompts import export_pad_colour
-
-    check_reward_mode(recipe.get("reward_mode", "hierarchical_distance"))
-    types = recipe.get("question_types", list(QUESTION_TYPES))
-    unknown = sorted(set(types) - set(QUESTION_TYPES))
-    if unknown:
-        raise ValueError(f"question_types {unknown}: choose from {', '.join(QUESTION_TYPES)}")
-    city, model = Path(recipe["city"]), Path(recipe["model_name_or_path"])
-    if not (model / "config.json").is_file():
-        raise FileNotFoundError(f"model_name_or_path {model}: no config.json (export stage 2 with tools/export_hf.py)")
-    questions = [q for q in train_split_questions(city / "locations.csv", city / "vqa") if q["qtype"] in types]
-    if not questions:
-        raise ValueError(f"{city}: no training-split question of the types {', '.join(types)}")
-    prompts = Path(recipe["output_dir"]) / PROMPTS_FOLDER
-    colour = export_pad_colour(model)
-    for image in sorted({q["image"] for q in questions}):
-        picture = Image.open(city / image).convert("RGB")
-        target = prompt_image_path(prompts, image)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (expand2square(picture, colour) if colour else picture).save(target)
-    write_questions(prompts / "questions.jsonl", questions)
-    return len(questions)
-
-
-def launch(config: Path, num_processes: int, accelerate_config: str | None) -> int:
-    """``accelerate launch`` of the trainer from .venv-modern; its exit status."""
-    from addressvlm.checks.vllm_check import MODERN_PYTHON, modern_environment
-
-    if not MODERN_PYTHON.is_file():
-        raise FileNotFoundError(f"{MODERN_PYTHON} not found: build the modern environment first (make modern-env)")
-    machines = ["--config_file", accelerate_config] if accelerate_config else \
-        ["--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no"]
-    command = [str(MODERN_PYTHON), "-m", "accelerate.commands.launch", *machines,
-               "-m", "addressvlm.runs.grpo", "--config", str(config)]
-    return subprocess.run(command, env=modern_environment()).returncode
-
-
-def convert(recipe: dict) -> Path:
-    from addressvlm.answering.export import transformers4_folder
-    from addressvlm.runs.grpo import MERGED_FOLDER
-
-    out = Path(recipe["output_dir"])
-    return transformers4_folder(out / MERGED_FOLDER, recipe["model_name_or_path"], out / "hf", replace=True)
+from addressvlm.runs.grpo import REWARD_CURVE
+from addressvlm.runs.stage3 import convert, draw_reward_curve, launch, prepare_prompts, read_recipe
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -123,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             if status:
                 raise SystemExit(f"error: the GRPO trainer stopped (exit {status}); its output is above")
         print(f"stage 3 -> {convert(recipe)} (eval/infer.py --hf)")
+        curve = Path(recipe["output_dir"]) / REWARD_CURVE
+        if curve.is_file():  # written where this machine trained
+            print(f"reward curve -> {draw_reward_curve(curve, curve.with_suffix('.png'))}")
     except (DataError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
 

@@ -1006,3 +1006,34 @@ def read_rewards(path: str | os.PathLike) -> dict[str, float]:
 
 def write_rewards(path: str | os.PathLike, rewards: Iterable[dict]) -> None:
     _write_checked(path, rewards, "question_id", _check_reward)
+
+
+# --------------------------------------------------------------------------------------------- GRPO's reward curve
+# <output_dir>/reward_curve.jsonl of a stage-3 run (addressvlm/runs/grpo.py): per logged step, the mean reward of the
+# step's rollouts, their spread and the KL to the stage-2 model, as TRL logged them.
+REWARD_CURVE_KEYS = ("step", "reward")
+REWARD_CURVE_OPTIONAL = ("reward_std", "kl")
+
+
+def _check_reward_curve_row(rec: dict, path, line: int) -> None:
+    missing = [k for k in REWARD_CURVE_KEYS if k not in rec]
+    if missing:
+        raise DataError(path, line, f"missing key(s) {', '.join(missing)}")
+    unknown = sorted(set(rec) - set(REWARD_CURVE_KEYS) - set(REWARD_CURVE_OPTIONAL))
+    if unknown:
+        raise DataError(path, line, f"unknown key(s) {', '.join(unknown)}")
+    if isinstance(rec["step"], bool) or not isinstance(rec["step"], int) or rec["step"] < 1:
+        raise DataError(path, line, f"step {rec['step']!r} is not a positive whole number")
+    for key in ("reward", *REWARD_CURVE_OPTIONAL):
+        value = rec.get(key)
+        if key in rec and (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value):
+            raise DataError(path, line, f"{key} {value!r} is not a number")
+
+
+def read_reward_curve(path: str | os.PathLike) -> list[dict]:
+    """``reward_curve.jsonl``: one logged step per line, steps unique."""
+    return _read_unique(path, "step", _check_reward_curve_row)
+
+
+def write_reward_curve(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    _write_checked(path, rows, "step", _check_reward_curve_row)

@@ -20,7 +20,8 @@ from addressvlm.answering.scoring import paired_comparison, read_ranked_names, t
 from addressvlm.answering.street_distribution import (count_streets, draw_street_distribution, model_sampler,
                                                       pick_test_images, read_sampled_answers, sample_before_and_after)
 from addressvlm.answering.street_error import street_error_files
-from addressvlm.core.records import read_llava_json, read_locations, read_predictions, read_questions, write_atomic
+from addressvlm.core.records import (as_recorded, read_llava_json, read_locations, read_predictions, read_questions,
+                                     read_run_record, write_atomic, write_run_record)
 from addressvlm.data.gazetteer import build_gazetteer
 from addressvlm.data.graft import city_pairs, graft_batch, grafted_name, reserved_fraction
 from addressvlm.data.labels import make_labels
@@ -31,15 +32,18 @@ from addressvlm.demo.city import build_demo_city
 from addressvlm.demo.report import LABELS, answer_spread, learning_targets, render_report, targets_summary
 from addressvlm.geo.crop import crop_city
 from addressvlm.geo.streets import read_street_map
-from addressvlm.runs.engine import (DemoSettings, Paths, answer_and_score, drop_stale,
-                                    held_out_questions, load_model, train_recipe)
+from addressvlm.runs.engine import (STAGE3, DemoSettings, Paths, answer_and_score, drop_stale, held_out_questions,
+                                    load_model, stage3_folder, train_recipe)
+from addressvlm.runs.grpo import REWARD_CURVE
+from addressvlm.runs.stage3 import convert, draw_reward_curve, launch, prepare_prompts, read_recipe
 from addressvlm.standins.reading_warmup import ReadingWarmup, names_from_locations, read_warmup_result
 from addressvlm.standins.tiny import TinySize, add_tiny_vision, copy_llm, llm_differences, make_tiny_llm
 
 ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
-MODELS = ("zero_shot", "stage2_only", "stage1_stage2")
+MODELS = ("zero_shot", "stage2_only", "stage1_stage2", STAGE3)
 TUNED = MODELS[1:]
 TARGETS_FILE = "targets.json"
+PAIRED_STAGE3_FILE = "paired_stage3.json"  # the stage-3 model against AddressVLM, question by question
 # The demo's warmed-up tiny LLM and its tokenizer (tools/make_demo_llm.py made it; its README says how and where).
 PRETRAINED_LLM = Path(__file__).resolve().parent / "pretrained_llm"
 # The exit status of a demo that finished but missed a learning target: apart from 1, which a refusal (another
@@ -216,6 +220,44 @@ def train_side_by_side(paths: Paths, s: DemoSettings) -> dict[str, float]:
             "stage2_only": baseline_seconds}
 
 
+def train_stage3(paths: Paths, s: DemoSettings) -> float:
+    """Stage 3 from AddressVLM: its stage-2 run exported as a Hugging Face folder, ``s.stage3_steps`` steps of GRPO
+    with the street-level reward (recipes/stage3/helsinki.yaml: TRL in .venv-modern, rollouts by plain generation),
+    the result as a folder transformers 4.48 loads. A run recorded with the same settings and the same AddressVLM is
+    kept. Returns its seconds."""
+    from addressvlm.answering.export import export_hf
+    from addressvlm.training.checkpoints import weights_identity
+
+    run, export = paths.work / STAGE3, paths.work / "exports" / "stage1_stage2"
+    recipe_path = paths.recipes / "stage3" / "helsinki.yaml"
+    # The reward logged at 20 points of the run (the recipe's every 10 steps would leave a short run without one).
+    trained = {"max_steps": s.stage3_steps, "logging_steps": max(1, s.stage3_steps // 20), "seed": s.seed,
+               "lora_r": s.lora_rank, "lora_alpha": 2 * s.lora_rank}
+    settings = {"recipe": str(recipe_path), "overrides": trained,
+                "from": weights_identity(paths.work / "stage1_stage2")}
+    record = read_run_record(run) if run.is_dir() else None
+    if record and record["settings"] == as_recorded(settings) and (stage3_folder(paths) / "model.safetensors").is_file():
+        return record["seconds"]
+    shutil.rmtree(run, ignore_errors=True)
+    started = time.perf_counter()
+    export_hf(paths.recipes / "stage2_helsinki.py", paths.work / "stage1_stage2", export, dtype="float32",
+              model_root=paths.models, replace=True)
+    overrides = {"model_name_or_path": export, "city": paths.city, "streets": paths.city / "streets.geojson",
+                 "output_dir": run, **trained}
+    recipe = {**read_recipe(recipe_path), **overrides}
+    try:
+        prepare_prompts(recipe)
+        status = launch(recipe_path, overrides=overrides)
+    except FileNotFoundError as missing:  # the modern environment: `make demo` builds it
+        raise SystemExit(f"stage 3: {missing}") from None
+    if status:
+        raise SystemExit(f"{run}: the GRPO trainer stopped (exit {status}); its output is above")
+    convert(recipe)
+    seconds = time.perf_counter() - started
+    write_run_record(run, settings, seconds)
+    return seconds
+
+
 # --------------------------------------------------------------------------------------------- answers and scores
 def rank_and_measure(paths: Paths, s: DemoSettings, name: str) -> dict:
     """Beyond exact match, for one tuned model: every district, street and address of the city ranked by the model's
@@ -343,15 +385,20 @@ def write_report(paths: Paths, s: DemoSettings, metrics: dict[str, dict], spread
     questions = read_questions(held_out_questions(paths))
     reading = read_warmup_result(paths.models)
     majority = majority_shares(questions)
-    first, second = ({qid: text for qid, (_, text) in read_predictions(paths.out / "predictions" / f"{name}.jsonl")
-                      .items()} for name in ("stage1_stage2", "stage2_only"))
-    compared = paired_comparison(questions, first, second)
+    answers = {name: {qid: text for qid, (_, text) in read_predictions(paths.out / "predictions" / f"{name}.jsonl")
+                      .items()} for name in TUNED}
+    compared = paired_comparison(questions, answers["stage1_stage2"], answers["stage2_only"])
+    compared_stage3 = paired_comparison(questions, answers[STAGE3], answers["stage1_stage2"])
     targets = learning_targets(metrics, majority, reading)
     write_atomic(paths.out / "metrics" / "paired.json", json.dumps(compared, indent=2) + "\n")
+    write_atomic(paths.out / "metrics" / PAIRED_STAGE3_FILE, json.dumps(compared_stage3, indent=2) + "\n")
+    stage3 = {"compared": compared_stage3, "picture": draw_reward_curve(
+        paths.work / STAGE3 / REWARD_CURVE, paths.out / "pictures" / "stage3_reward.png").name, "steps": s.stage3_steps,
+              "seconds": read_run_record(paths.work / STAGE3)["seconds"]}
     write_atomic(paths.out / "metrics" / TARGETS_FILE, json.dumps(targets, indent=2, ensure_ascii=False) + "\n")
     text = render_report(metrics, steps.times, pictures, [p.name for p in distribution], asdict(s),
                          district_method, ATTRIBUTION, majority, spreads, reading, closed_set, retrieved, compared,
-                         targets)
+                         targets, stage3)
     report = paths.out / "report.md"
     write_atomic(report, text)
     return report, targets
@@ -387,7 +434,7 @@ def build_data(paths: Paths, s: DemoSettings, steps: Steps):
 
 
 def _run_steps(paths: Paths, settings: DemoSettings) -> Path:
-    steps = Steps(12 + len(TUNED))
+    steps = Steps(13 + len(TUNED))
     s = settings
     claim_folders(paths, s)
     summary = build_data(paths, s, steps)
@@ -395,6 +442,7 @@ def _run_steps(paths: Paths, settings: DemoSettings) -> Path:
     runs = steps.run("train stage 1, then stage 2 (AddressVLM) beside stage 2 only (Baseline)", train_side_by_side,
                      paths, s)
     steps.times.update({f"  of which {RUN_NAMES[name]}": seconds for name, seconds in runs.items()})
+    steps.run("stage 3: GRPO from AddressVLM with the street-level reward (TRL, .venv-modern)", train_stage3, paths, s)
     scored = {name: steps.run(f"answer and score: {name}", answer_and_score, paths, s, name) for name in MODELS}
     metrics = {name: result[0] for name, result in scored.items()}
     spreads = {name: answer_spread(result[1]) for name, result in scored.items()}

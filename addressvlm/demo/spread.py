@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from addressvlm.core.records import write_atomic
-from addressvlm.demo.pipeline import MISSED_TARGETS_EXIT, read_targets
+from addressvlm.demo.pipeline import MISSED_TARGETS_EXIT, PAIRED_STAGE3_FILE, read_targets
+from addressvlm.demo.report import LABELS
 from addressvlm.standins.reading_warmup import read_warmup_result
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ CODE_PATHS = {
 }
 # The CPU flag each code path needs.
 REQUIRED_FLAG = {"default": None, "avx2": "avx2", "avx512": "avx512f"}
-MODELS = ("stage2_only", "stage1_stage2")
+MODELS = ("stage2_only", "stage1_stage2", "stage3")
 FIGURES = ("A_d_G", "A_d_J", "A_d_M", "A_s_G", "A_s_J", "A_s_M", "A", "A_sd")
 SPREAD_FILE = "spread.json"
 PROBE = """
@@ -75,14 +76,18 @@ def collect(out: Path) -> dict:
     """The figures of one finished demo run in ``out``: each tuned model's metrics, the warm-up's steps and the
     retrievers' R@1 per kind of query, and whether every learning target was met."""
     figures: dict[str, float] = {}
+    # A run of the demo before it had stage 3 has neither its metrics nor its pairing: its cells stay empty.
     for model in MODELS:
-        metrics = json.loads((out / "metrics" / f"{model}.json").read_text(encoding="utf-8"))
-        figures.update({f"{model}/{key}": metrics[key] for key in FIGURES})
-    paired = json.loads((out / "metrics" / "paired.json").read_text(encoding="utf-8"))
-    for key, c in paired.items():
-        figures[f"AddressVLM - Baseline {key}"] = round(100 * (c["only_first"] - c["only_second"]) / c["questions"], 2)
-    figures["AddressVLM - Baseline differences significant (p < 0.01)"] = sum(
-        c["mcnemar_p"] < 0.01 for c in paired.values())
+        if (out / "metrics" / f"{model}.json").is_file():
+            metrics = json.loads((out / "metrics" / f"{model}.json").read_text(encoding="utf-8"))
+            figures.update({f"{model}/{key}": metrics[key] for key in FIGURES})
+    for file, pair in (("paired.json", "AddressVLM - Baseline"), (PAIRED_STAGE3_FILE, "stage 3 - AddressVLM")):
+        if not (out / "metrics" / file).is_file():
+            continue
+        paired = json.loads((out / "metrics" / file).read_text(encoding="utf-8"))
+        for key, c in paired.items():
+            figures[f"{pair} {key}"] = round(100 * (c["only_first"] - c["only_second"]) / c["questions"], 2)
+        figures[f"{pair} differences significant (p < 0.01)"] = sum(c["mcnemar_p"] < 0.01 for c in paired.values())
     retrieved = out / "metrics" / "stage1_stage2.closed_set_retrieved.json"
     if retrieved.is_file():
         ranked = json.loads(retrieved.read_text(encoding="utf-8"))
@@ -148,7 +153,6 @@ def read_spread(path: Path) -> dict:
 def spread_markdown(spread: dict) -> str:
     """The spread table (per model, each metric's mean / min / max) and one line per run."""
     runs, summary = spread["runs"], spread["summary"]
-    labels = {"stage2_only": "Baseline (stage 2 only)", "stage1_stage2": "AddressVLM (stage 1 + stage 2)"}
     lines = [f"{len(runs)} runs: seeds {sorted({r['seed'] for r in runs})} x code paths "
              f"{sorted({r['code_path'] for r in runs})}. Each cell: mean (min - max).", "",
              "| model | " + " | ".join(FIGURES) + " |", "|---|" + "---:|" * len(FIGURES)]
@@ -157,7 +161,7 @@ def spread_markdown(spread: dict) -> str:
         for key in FIGURES:
             s = summary.get(f"{model}/{key}")
             cells.append("-" if s is None else f"{s['mean']:.1f} ({s['min']:.1f} - {s['max']:.1f})")
-        lines.append(f"| {labels[model]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {LABELS[model]} | " + " | ".join(cells) + " |")
     others = [key for key in summary if "/" not in key or key.split("/")[0] not in MODELS]
     if others:
         lines += ["", "| figure | mean | min | max |", "|---|---:|---:|---:|"]

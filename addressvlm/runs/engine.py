@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from addressvlm.answering.answering import answer_questions
-from addressvlm.answering.loading import load_release_model, load_xtuner_model
+from addressvlm.answering.loading import load_hf_model, load_release_model, load_xtuner_model
 from addressvlm.answering.scoring import score, score_each
 from addressvlm.core.records import (
     file_identity, read_llava_json, read_predictions, read_questions, read_settings, write_atomic, write_questions,
@@ -80,6 +80,9 @@ class DemoSettings:
     reading_processes: int = 2
     stage1_epochs: int = 2
     stage2_epochs: int = 8
+    # Stage 3: GRPO steps from AddressVLM (recipes/stage3/helsinki.yaml: one question a step, eight rollouts); the
+    # demo's time budget allows this many, a small share of the training split's questions.
+    stage3_steps: int = 100
     # The paper's multi-turn conversations, in shuffled turn order. Single-turn records match the test format but,
     # in the minutes a CPU has, teach the tiny model less (docs/experiments.md, "Turn order").
     single_turn: bool = False
@@ -98,7 +101,7 @@ class DemoSettings:
     def quick(cls) -> "DemoSettings":
         """A few steps of everything: for the test that checks every artefact."""
         return cls(locations=24, views=2, image_size=56, hidden=64, layers=2, batch_size=8, stage1_batch_size=8,
-                   pretrained_llm=False, reading_max_steps=20, reading_processes=1, stage1_epochs=1, stage2_epochs=1, warmup_iters=2,
+                   pretrained_llm=False, reading_max_steps=20, reading_processes=1, stage3_steps=2, stage1_epochs=1, stage2_epochs=1, warmup_iters=2,
                    street_samples=6, street_images=1, retrieval=RetrievalSettings.quick())
 
 
@@ -207,9 +210,19 @@ def train_recipe(paths: Paths, s: DemoSettings, recipe: Path, name: str, data_fi
     return work_dir
 
 
+# The stage-3 run's name: GRPO's model, a Hugging Face folder in ``paths.work / STAGE3 / "hf"``.
+STAGE3 = "stage3"
+
+
+def stage3_folder(paths: Paths) -> Path:
+    return paths.work / STAGE3 / "hf"
+
+
 def load_model(paths: Paths, s: DemoSettings, name: str, recipe: Path | None = None):
-    """The model trained into ``paths.work / name`` (``zero_shot``: the untuned release), built by ``recipe``
-    (default: the demo's stage-2 recipe)."""
+    """The model trained into ``paths.work / name`` (``zero_shot``: the untuned release; ``STAGE3``: GRPO's
+    folder), built by ``recipe`` (default: the demo's stage-2 recipe)."""
+    if name == STAGE3:
+        return load_hf_model(stage3_folder(paths))
     recipe = str(recipe or paths.recipes / "stage2_helsinki.py")
     options = model_root_options(load_recipe(recipe), str(paths.models)) + [
         format_option(key, value) for key, value in lora_overrides(s, recipe).items()]
@@ -221,6 +234,8 @@ def load_model(paths: Paths, s: DemoSettings, name: str, recipe: Path | None = N
 def weights_settings(paths: Paths, name: str) -> dict:
     """Which weights answer as ``name``, as recorded beside its answers: the identity of its run's checkpoint
     (``infer.weights_identity``, as eval/infer.py records it); nothing for the untuned release."""
+    if name == STAGE3:
+        return {"weights": file_identity(stage3_folder(paths) / "model.safetensors")}
     return {} if name == "zero_shot" else {"weights": weights_identity(paths.work / name)}
 
 

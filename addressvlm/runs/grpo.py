@@ -8,7 +8,8 @@ A recipe (``recipes/stage3/*.yaml``) is one YAML file of TRL's own fields, read 
 ``ModelConfig`` (the model folder and the LoRA shape). ``tools/train_stage3.py`` writes the prompts into
 ``<output_dir>/prompts/`` first (``PROMPTS_FOLDER``): the training split's questions in the test questions' format,
 and their images padded to a square with CLIP's mean colour as training padded them (the processor centre-crops);
-the merged model goes to ``<output_dir>/merged/`` (``MERGED_FOLDER``), in transformers 5's layout.
+the merged model goes to ``<output_dir>/merged/`` (``MERGED_FOLDER``), in transformers 5's layout, and the reward
+of every logged step to ``<output_dir>/reward_curve.jsonl`` (``REWARD_CURVE``).
 
     .venv-modern/bin/accelerate launch -m addressvlm.runs.grpo --config recipes/stage3/pitts.yaml
 """
@@ -19,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from addressvlm.answering.reward import check_reward_mode, grpo_reward, reward_context
-from addressvlm.core.records import read_locations, read_questions
+from addressvlm.core.records import read_locations, read_questions, write_reward_curve
 from addressvlm.geo.streets import read_street_map
 
 PROMPTS_FOLDER = "prompts"  # questions.jsonl and images/ (each image padded, saved as <image>.png)
 MERGED_FOLDER = "merged"
+REWARD_CURVE = "reward_curve.jsonl"  # records.write_reward_curve
 QUESTION_TYPES = ("generation", "judgment", "multiple_choice")
 
 
@@ -60,6 +62,14 @@ def grpo_dataset(prompts: Path):
     }).cast_column("image", Image())
 
 
+def reward_curve(log_history: list[dict]) -> list[dict]:
+    """The logged steps of a trainer's ``state.log_history`` that carry a reward: step, mean reward, its spread
+    over the step's rollouts and the KL to the reference, where logged."""
+    return [{"step": entry["step"], "reward": entry["reward"],
+             **{key: entry[key] for key in ("reward_std", "kl") if key in entry}}
+            for entry in log_history if "reward" in entry]
+
+
 def train(stage3: Stage3Arguments, config, model_config) -> Path:
     """GRPO as the recipe says; returns the folder of the merged model (written by the main process)."""
     from trl import GRPOTrainer, get_peft_config
@@ -75,6 +85,7 @@ def train(stage3: Stage3Arguments, config, model_config) -> Path:
     trainer.save_model()  # the LoRA adapter alone, in output_dir
     merged = out / MERGED_FOLDER
     if trainer.accelerator.is_main_process:
+        write_reward_curve(out / REWARD_CURVE, reward_curve(trainer.state.log_history))
         trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(merged)
         trainer.processing_class.save_pretrained(merged)
     trainer.accelerator.wait_for_everyone()
