@@ -434,7 +434,9 @@ def build_data(paths: Paths, s: DemoSettings, steps: Steps):
 
 
 def _run_steps(paths: Paths, settings: DemoSettings) -> Path:
-    steps = Steps(13 + len(TUNED))
+    # The data (4), the model, training, stage 3, an answering step per model, a ranking step per tuned model,
+    # retrieval, the street distribution and the report.
+    steps = Steps(10 + len(MODELS) + len(TUNED))
     s = settings
     claim_folders(paths, s)
     summary = build_data(paths, s, steps)
