@@ -244,6 +244,9 @@ def test_making_the_demo_llm_leaves_the_old_one_unless_the_new_one_reached_its_t
     tool = [sys.executable, "tools/make_demo_llm.py", "--out", str(out), "--city", str(tmp_path / "city"), "--quick"]
     refused = subprocess.run(tool, capture_output=True, text=True)
     assert refused.returncode == 2 and f"--out {out}: not empty; pass --replace" in refused.stderr
+    over = subprocess.run([*tool[:3], str(tmp_path / "city" / "llm"), *tool[4:], "--replace"], capture_output=True,
+                          text=True)
+    assert over.returncode == 2 and "--out lies inside the --city input" in over.stderr
     short = subprocess.run([*tool, "--replace"], capture_output=True, text=True)
     # 20 steps do not teach the quick model to read: the new LLM stays beside the old one, which is kept
     assert short.returncode == 1 and "short of its target" in short.stderr and "llm is left as it was" in short.stderr

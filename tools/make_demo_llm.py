@@ -17,10 +17,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from addressvlm.demo.pipeline import Steps, build_data, city_corpus, claim_city, reading_warmup, tiny_size
-from addressvlm.runs.engine import DemoSettings, Paths
-from addressvlm.standins.reading_warmup import names_from_locations, read_warmup_result
-from addressvlm.standins.tiny import make_tiny_llm
+from addressvlm.core.records import DataError, refuse_output_over_inputs
 
 
 def main() -> None:
@@ -36,18 +33,38 @@ def main() -> None:
                         help="replace an existing --out once the new LLM is finished (until then it stays as it was)")
     args = parser.parse_args()
     out = Path(args.out)
+    city = Path(args.city or f"work_dirs/demo_llm/{'quick_' if args.quick else ''}city_seed{args.seed}")
+    try:
+        refuse_output_over_inputs(out, [("--city", city)], "--out")
+    except DataError as error:
+        parser.error(str(error))
     if out.exists() and any(out.iterdir()) and not args.replace:
         parser.error(f"--out {out}: not empty; pass --replace to replace it once the new LLM is finished")
+
+    # After the checks above: they answer at once, these imports take seconds.
+    from addressvlm.demo.pipeline import held_alone
+    from addressvlm.runs.engine import DemoSettings, Paths
+
     settings = replace(DemoSettings.quick() if args.quick else DemoSettings(), seed=args.seed, pretrained_llm=False)
-    city = Path(args.city or f"work_dirs/demo_llm/{'quick_' if args.quick else ''}city_seed{args.seed}")
     paths = Paths(out=city.parent, city=city, work=city.parent)  # the data steps use the city alone
+    with held_alone([city]):  # a second run on this city, or a demo in it, is refused
+        make(paths, settings, out, args.seed)
+
+
+def make(paths, settings, out: Path, seed: int) -> None:
+    """The city's data, then the warmed-up LLM in ``out``'s ``.partial`` sibling, which replaces ``out`` only once
+    its warm-up reached the target."""
+    from addressvlm.demo.pipeline import Steps, build_data, city_corpus, claim_city, reading_warmup, tiny_size
+    from addressvlm.standins.reading_warmup import names_from_locations, read_warmup_result
+    from addressvlm.standins.tiny import make_tiny_llm
+
     claim_city(paths, settings)
     steps = Steps(5)
     build_data(paths, settings, steps)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     steps.run("tiny LLM, warmed up on reading the city's names", make_tiny_llm, partial, tiny_size(settings),
-              city_corpus(paths), seed=args.seed, names=names_from_locations([city / "locations.csv"]),
+              city_corpus(paths), seed=seed, names=names_from_locations([paths.city / "locations.csv"]),
               warmup=reading_warmup(settings))
     result = read_warmup_result(partial)
     if not result["reached_target"]:

@@ -16,10 +16,12 @@ of every logged step to ``<output_dir>/reward_curve.jsonl`` (``REWARD_CURVE``).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from addressvlm.answering.reward import check_reward_mode, grpo_reward, reward_context
+from addressvlm.core.processes import die_with_parent
 from addressvlm.core.records import read_locations, read_questions, write_reward_curve
 from addressvlm.geo.streets import read_street_map
 
@@ -101,7 +103,7 @@ def parse_recipe(args: list[str] | None = None) -> tuple:
 
 
 def main() -> None:
-
+    die_with_parent(os.getppid())  # the launcher's end (a killed run) is this trainer's
     try:
         stage3, config, model_config = parse_recipe()
         check_reward_mode(stage3.reward_mode)

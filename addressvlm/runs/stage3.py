@@ -4,8 +4,11 @@
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
+
+from addressvlm.core.processes import die_with_parent
 
 # The recipe's keys this script reads besides handing the recipe to TRL.
 NEEDED_KEYS = ("model_name_or_path", "output_dir", "city", "streets")
@@ -74,7 +77,10 @@ def launch(config: Path, num_processes: int = 1, accelerate_config: str | None =
     command = [str(MODERN_PYTHON), "-m", "accelerate.commands.launch", *machines,
                "-m", "addressvlm.runs.grpo", "--config", str(config),
                *(part for name, value in (overrides or {}).items() for part in (f"--{name}", str(value)))]
-    return subprocess.run(command, env=modern_environment()).returncode
+    parent = os.getpid()
+    # The launcher dies with this process, and the trainer with the launcher (grpo.main): a killed demo leaves no
+    # trainer writing on into the run it would start again.
+    return subprocess.run(command, env=modern_environment(), preexec_fn=lambda: die_with_parent(parent)).returncode
 
 
 def convert(recipe: dict) -> Path:
