@@ -20,7 +20,7 @@ from addressvlm.answering.scoring import paired_comparison, read_ranked_names, t
 from addressvlm.answering.street_distribution import (count_streets, draw_street_distribution, model_sampler,
                                                       pick_test_images, read_sampled_answers, sample_before_and_after)
 from addressvlm.answering.street_error import street_error_files
-from addressvlm.core.records import (as_recorded, read_llava_json, read_locations, read_predictions, read_questions,
+from addressvlm.core.records import (as_recorded, file_digest, read_llava_json, read_locations, read_predictions, read_questions,
                                      read_run_record, write_atomic, write_run_record)
 from addressvlm.data.gazetteer import build_gazetteer
 from addressvlm.data.graft import city_pairs, graft_batch, grafted_name, reserved_fraction
@@ -233,7 +233,8 @@ def train_stage3(paths: Paths, s: DemoSettings) -> float:
     # The reward logged at 20 points of the run (the recipe's every 10 steps would leave a short run without one).
     trained = {"max_steps": s.stage3_steps, "logging_steps": max(1, s.stage3_steps // 20), "seed": s.seed,
                "lora_r": s.lora_rank, "lora_alpha": 2 * s.lora_rank}
-    settings = {"recipe": str(recipe_path), "overrides": trained,
+    # The recipe by content: an edited recipe trains again.
+    settings = {"recipe": file_digest(recipe_path), "overrides": trained,
                 "from": weights_identity(paths.work / "stage1_stage2")}
     record = read_run_record(run) if run.is_dir() else None
     if record and record["settings"] == as_recorded(settings) and (stage3_folder(paths) / "model.safetensors").is_file():
