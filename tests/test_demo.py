@@ -225,7 +225,8 @@ def test_the_demo_starts_from_the_shipped_llm_and_refuses_it_where_it_does_not_f
 
     for other, says in ((replace(settings, hidden=64), r"hidden_size 96 \(asked 64\)"),
                         (replace(settings, reading_max_steps=100), r"warm-up max_steps 3000 \(asked 100\)")):
-        with pytest.raises(SystemExit, match=f"{PRETRAINED_LLM}: the shipped LLM does not fit .*{says}.*--warm-up-here"):
+        refusal = f"{PRETRAINED_LLM}: the shipped LLM does not fit .*{says}.*--warm-up-here"
+        with pytest.raises(SystemExit, match=refusal):
             make_model(Paths(tmp_path / "other", quick_demo.city, tmp_path / "work"), other)
     assert not (tmp_path / "other" / "models" / "llava-phi-3-mini-xtuner" / "model.safetensors").exists()
     read = read_warmup_result(PRETRAINED_LLM)["names"]

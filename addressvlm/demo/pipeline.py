@@ -20,8 +20,8 @@ from addressvlm.answering.scoring import paired_comparison, read_ranked_names, t
 from addressvlm.answering.street_distribution import (count_streets, draw_street_distribution, model_sampler,
                                                       pick_test_images, read_sampled_answers, sample_before_and_after)
 from addressvlm.answering.street_error import street_error_files
-from addressvlm.core.records import (as_recorded, file_digest, read_llava_json, read_locations, read_predictions, read_questions,
-                                     read_run_record, write_atomic, write_run_record)
+from addressvlm.core.records import (as_recorded, file_digest, read_llava_json, read_locations, read_predictions,
+                                     read_questions, read_run_record, write_atomic, write_run_record)
 from addressvlm.data.gazetteer import build_gazetteer
 from addressvlm.data.graft import city_pairs, graft_batch, grafted_name, reserved_fraction
 from addressvlm.data.labels import make_labels
@@ -237,7 +237,8 @@ def train_stage3(paths: Paths, s: DemoSettings) -> float:
     settings = {"recipe": file_digest(recipe_path), "overrides": trained,
                 "from": weights_identity(paths.work / "stage1_stage2")}
     record = read_run_record(run) if run.is_dir() else None
-    if record and record["settings"] == as_recorded(settings) and (stage3_folder(paths) / "model.safetensors").is_file():
+    finished = (stage3_folder(paths) / "model.safetensors").is_file()
+    if record and record["settings"] == as_recorded(settings) and finished:
         return record["seconds"]
     shutil.rmtree(run, ignore_errors=True)
     started = time.perf_counter()
