@@ -62,7 +62,7 @@ test: install modern-env
 demo: install modern-env
 	$(PY) tools/run_demo.py --out demo_output
 
-# The demo over seeds 0-2 and the CPU code paths this machine has (15-26 minutes a run on 2 cores): each metric's mean, min
+# The demo over seeds 0-2 and the CPU code paths this machine has (about 10 minutes a run on 2 cores): each metric's mean, min
 # and max per model, in work_dirs/demo_spread/spread.md (docs/experiments.md, "Evidence that holds").
 spread: install modern-env
 	$(PY) tools/demo_spread.py --root work_dirs/demo_spread

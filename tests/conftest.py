@@ -34,18 +34,26 @@ def tiny_minicpmv(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def quick_demo(tmp_path_factory):
-    """A shortened `make demo` (DemoSettings.quick()), once per session: its city, tiny model and runs serve every
-    test that needs a whole city (the demo's own test, the paper tables)."""
+def quick_demo(tmp_path_factory, worker_id):
+    """A shortened `make demo` (DemoSettings.quick()), once per test run: its city, tiny model and runs serve every
+    test that needs a whole city (the demo's own test, the paper tables). Under pytest-xdist the first worker that
+    needs it builds it in the run's shared temporary folder while the others wait, then they read it: it took two
+    minutes a worker (tests read it; only tests/test_demo.py, one worker's file, runs demo steps on it)."""
+    import fcntl
     from types import SimpleNamespace
 
     from addressvlm.runs.engine import DemoSettings
     from addressvlm.demo.pipeline import run_demo
 
-    root = tmp_path_factory.mktemp("quick_demo")
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    root = shared / "quick_demo"
     out, city, work = root / "out", root / "city", root / "work"
-    report = run_demo(out, city, work, DemoSettings.quick())
-    return SimpleNamespace(out=out, city=city, work=work, report=report, settings=DemoSettings.quick(),
+    with open(shared / "quick_demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "built").is_file():
+            run_demo(out, city, work, DemoSettings.quick())
+            (root / "built").touch()
+    return SimpleNamespace(out=out, city=city, work=work, report=out / "report.md", settings=DemoSettings.quick(),
                            model=out / "models" / "llava-phi-3-mini-xtuner")
 
 

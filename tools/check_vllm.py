@@ -5,8 +5,9 @@
     python tools/check_vllm.py --demo          # what `make check-vllm` runs, after `make demo`
     python tools/check_vllm.py --hf exports/stage2_pitts --questions data/pitts/vqa/test_questions.jsonl \
         --predictions R/predictions.jsonl --out R/vllm.jsonl
---demo exports the demo's two trained models (stage1_stage2, stage2_only) into work_dirs/demo_helsinki/exports/,
-serves each in turn and asks it the demo's test questions. Exit 1 unless every answer is equal.
+--demo exports the demo's two stage-2 models (stage1_stage2, stage2_only) into work_dirs/demo_helsinki/exports/,
+then serves each in turn, and its stage-3 model (work_dirs/demo_helsinki/stage3/hf, a Hugging Face folder already),
+and asks it the demo's test questions. Exit 1 unless every answer is equal.
 """
 from __future__ import annotations
 
@@ -50,22 +51,23 @@ def check_folder(folder: Path, questions_path: Path, predictions: Path, out: Pat
 
 def check_demo(checkout: Path, limit: int | None) -> bool:
     from addressvlm.answering.export import export_hf
-    from addressvlm.runs.engine import checkout_paths
+    from addressvlm.runs.engine import STAGE3, checkout_paths, stage3_folder
 
     paths = checkout_paths(checkout)
     questions = paths.city / "vqa" / "test_questions.jsonl"
-    needed = [paths.models / "config.json", questions] \
-        + [paths.out / "predictions" / f"{run}.jsonl" for run in DEMO_RUNS] \
+    needed = [paths.models / "config.json", questions, stage3_folder(paths) / "model.safetensors"] \
+        + [paths.out / "predictions" / f"{run}.jsonl" for run in (*DEMO_RUNS, STAGE3)] \
         + [paths.work / run / "last_checkpoint" for run in DEMO_RUNS]
     for path in needed:
         if not path.is_file():
             raise SystemExit(f"error: {path} not found: run `make demo` in {checkout} first")
     if is_cpu_build(MODERN_PYTHON):
         refuse_unsupported_head_size(paths.models)  # before minutes of exporting
+    folders = {run: export_hf(paths.recipes / "stage2_helsinki.py", paths.work / run, paths.work / "exports" / run,
+                              dtype="float32", model_root=paths.models, replace=True) for run in DEMO_RUNS}
+    folders[STAGE3] = stage3_folder(paths)  # GRPO's model is a Hugging Face folder already
     every_equal = True
-    for run in DEMO_RUNS:
-        folder = export_hf(paths.recipes / "stage2_helsinki.py", paths.work / run, paths.work / "exports" / run,
-                           dtype="float32", model_root=paths.models, replace=True)
+    for run, folder in folders.items():
         every_equal &= check_folder(folder, questions, paths.out / "predictions" / f"{run}.jsonl",
                                     paths.out / "predictions" / f"{run}.vllm.jsonl", paths.city, limit)
     return every_equal
@@ -75,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Serve exported models with vLLM (the modern environment, .venv-modern) and compare its greedy "
                     "answers with eval/infer.py's; exit 1 unless all are equal (docs/serving.md).")
-    parser.add_argument("--demo", action="store_true", help="the two models `make demo` trained, on its test questions")
+    parser.add_argument("--demo", action="store_true", help="the three models `make demo` trained (stages 1-2 exported, stage 3 as trained), on its test questions")
     parser.add_argument("--demo-root", default=str(CHECKOUT),
                         help="the checkout `make demo` ran in (default: this one)")
     parser.add_argument("--hf", help="a folder tools/export_hf.py wrote")

@@ -5,7 +5,7 @@ Runs the whole demo (tools/run_demo.py) once per seed and code path, each in its
 city is shared by its code paths; finished runs are read back, not rerun), and writes spread.json and spread.md
 there. A code path sets ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS and ONEDNN_MAX_CPU_ISA together; each run
 records the ATen kernels its process loaded and a checksum of one transformer layer's gradients, so the table shows
-that the code paths computed differently. Each run takes as long as `make demo` (about 12 minutes on 2 cores).
+that the code paths computed differently. Each run takes as long as `make demo` (about 10 minutes on 2 cores).
 """
 import argparse
 from pathlib import Path

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from addressvlm.answering.error_figures import district_confusion, draw_district_confusion, draw_street_errors
+from addressvlm.answering.export import export_hf
 from addressvlm.answering.ranking import rank_questions
 from addressvlm.answering.scoring import paired_comparison, read_ranked_names, top_k_accuracy
 from addressvlm.answering.street_distribution import (count_streets, draw_street_distribution, model_sampler,
@@ -38,6 +39,7 @@ from addressvlm.runs.grpo import REWARD_CURVE
 from addressvlm.runs.stage3 import convert, draw_reward_curve, launch, prepare_prompts, read_recipe
 from addressvlm.standins.reading_warmup import ReadingWarmup, names_from_locations, read_warmup_result
 from addressvlm.standins.tiny import TinySize, add_tiny_vision, copy_llm, llm_differences, make_tiny_llm
+from addressvlm.training.checkpoints import weights_identity
 
 ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL"
 MODELS = ("zero_shot", "stage2_only", "stage1_stage2", STAGE3)
@@ -225,9 +227,6 @@ def train_stage3(paths: Paths, s: DemoSettings) -> float:
     with the street-level reward (recipes/stage3/helsinki.yaml: TRL in .venv-modern, rollouts by plain generation),
     the result as a folder transformers 4.48 loads. A run recorded with the same settings and the same AddressVLM is
     kept. Returns its seconds."""
-    from addressvlm.answering.export import export_hf
-    from addressvlm.training.checkpoints import weights_identity
-
     run, export = paths.work / STAGE3, paths.work / "exports" / "stage1_stage2"
     recipe_path = paths.recipes / "stage3" / "helsinki.yaml"
     # The reward logged at 20 points of the run (the recipe's every 10 steps would leave a short run without one).

@@ -8,7 +8,12 @@ import os
 import subprocess
 from pathlib import Path
 
+from addressvlm.answering.reward import check_reward_mode
+from addressvlm.checks.vllm_check import MODERN_PYTHON, modern_environment
 from addressvlm.core.processes import die_with_parent
+from addressvlm.core.records import read_reward_curve, write_questions
+from addressvlm.data.vqa import train_split_questions
+from addressvlm.runs.grpo import MERGED_FOLDER, PROMPTS_FOLDER, QUESTION_TYPES, prompt_image_path
 
 # The recipe's keys this script reads besides handing the recipe to TRL.
 NEEDED_KEYS = ("model_name_or_path", "output_dir", "city", "streets")
@@ -35,10 +40,7 @@ def prepare_prompts(recipe: dict) -> int:
     from PIL import Image
     from xtuner.dataset.utils import expand2square
 
-    from addressvlm.answering.reward import check_reward_mode
-    from addressvlm.core.records import write_questions
-    from addressvlm.data.vqa import train_split_questions
-    from addressvlm.runs.grpo import PROMPTS_FOLDER, QUESTION_TYPES, prompt_image_path
+    # lazy: it imports torch and XTuner (seconds): tools/train_stage3.py refuses a bad recipe before
     from addressvlm.training.image_prompts import export_pad_colour
 
     check_reward_mode(recipe.get("reward_mode", "hierarchical_distance"))
@@ -67,7 +69,6 @@ def launch(config: Path, num_processes: int = 1, accelerate_config: str | None =
            overrides: dict | None = None) -> int:
     """``accelerate launch`` of the trainer from .venv-modern, each of ``overrides`` given as ``--name value`` over
     the recipe's; its exit status."""
-    from addressvlm.checks.vllm_check import MODERN_PYTHON, modern_environment
 
     if not MODERN_PYTHON.is_file():
         raise FileNotFoundError(f"{MODERN_PYTHON} not found: build the modern environment first (make modern-env)")
@@ -84,8 +85,8 @@ def launch(config: Path, num_processes: int = 1, accelerate_config: str | None =
 
 
 def convert(recipe: dict) -> Path:
+    # lazy: it imports torch and XTuner (seconds): tools/train_stage3.py refuses a bad recipe before
     from addressvlm.answering.export import transformers4_folder
-    from addressvlm.runs.grpo import MERGED_FOLDER
 
     out = Path(recipe["output_dir"])
     return transformers4_folder(out / MERGED_FOLDER, recipe["model_name_or_path"], out / "hf", replace=True)
@@ -99,7 +100,6 @@ def draw_reward_curve(curve: Path, picture: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from addressvlm.core.records import read_reward_curve
 
     rows = read_reward_curve(curve)
     steps = [row["step"] for row in rows]
