@@ -12,7 +12,6 @@ Example (the shipped one; its README.md says on which machine and commit):
         python tools/make_demo_llm.py --out addressvlm/demo/pretrained_llm --replace
 """
 import argparse
-import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -42,39 +41,19 @@ def main() -> None:
         parser.error(f"--out {out}: not empty; pass --replace to replace it once the new LLM is finished")
 
     # After the checks above: they answer at once, these imports take seconds.
-    from addressvlm.demo.pipeline import held_alone
+    from addressvlm.demo.pipeline import held_alone, make_demo_llm
     from addressvlm.runs.engine import DemoSettings, Paths
 
     settings = replace(DemoSettings.quick() if args.quick else DemoSettings(), seed=args.seed, pretrained_llm=False)
     paths = Paths(out=city.parent, city=city, work=city.parent)  # the data steps use the city alone
     with held_alone([city]):  # a second run on this city, or a demo in it, is refused
-        make(paths, settings, out, args.seed)
-
-
-def make(paths, settings, out: Path, seed: int) -> None:
-    """The city's data, then the warmed-up LLM in ``out``'s ``.partial`` sibling, which replaces ``out`` only once
-    its warm-up reached the target."""
-    from addressvlm.demo.pipeline import Steps, build_data, city_corpus, claim_city, reading_warmup, tiny_size
-    from addressvlm.standins.reading_warmup import names_from_locations, read_warmup_result
-    from addressvlm.standins.tiny import make_tiny_llm
-
-    claim_city(paths, settings)
-    steps = Steps(5)
-    build_data(paths, settings, steps)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    steps.run("tiny LLM, warmed up on reading the city's names", make_tiny_llm, partial, tiny_size(settings),
-              city_corpus(paths), seed=seed, names=names_from_locations([paths.city / "locations.csv"]),
-              warmup=reading_warmup(settings))
-    result = read_warmup_result(partial)
+        result = make_demo_llm(paths, settings, out)
     if not result["reached_target"]:
-        sys.exit(f"{partial}: the warm-up stopped after {result['steps']} steps short of its target "
-                 f"({result['accuracy']}); {out} is left as it was")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+        sys.exit(f"{out.with_name(out.name + '.partial')}: the warm-up stopped after {result['steps']} steps short "
+                 f"of its target ({result['accuracy']}); {out} is left as it was")
     print(f"{out}: the warm-up reached its target after {result['steps']} steps; held-out accuracy per kind "
           f"{result['accuracy']}")
+
 
 if __name__ == "__main__":
     main()

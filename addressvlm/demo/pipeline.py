@@ -174,6 +174,26 @@ def make_model(paths: Paths, s: DemoSettings):
     return add_tiny_vision(paths.models, size, seed=s.seed)
 
 
+def make_demo_llm(paths: Paths, s: DemoSettings, out: Path) -> dict:
+    """What ``addressvlm/demo/pretrained_llm`` holds, made anew (``tools/make_demo_llm.py``): the city's data, then
+    the tiny LLM warmed up on reading its names, in ``out``'s ``.partial`` sibling, which replaces ``out`` only once
+    its warm-up reached the target. Returns the warm-up's result."""
+    claim_city(paths, s)
+    steps = Steps(5)
+    build_data(paths, s, steps)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    steps.run("tiny LLM, warmed up on reading the city's names", make_tiny_llm, partial, tiny_size(s),
+              city_corpus(paths), seed=s.seed, names=names_from_locations([paths.city / "locations.csv"]),
+              warmup=reading_warmup(s))
+    result = read_warmup_result(partial)
+    if result["reached_target"]:
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+    return result
+
+
 def reading_warmup(s: DemoSettings) -> ReadingWarmup:
     # The passage stands where the image's tokens go, as many as the tiny CLIP's patches.
     return ReadingWarmup(max_steps=s.reading_max_steps, passage_tokens=(s.image_size // tiny_size(s).patch_size) ** 2,
