@@ -77,7 +77,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Serve exported models with vLLM (the modern environment, .venv-modern) and compare its greedy "
                     "answers with eval/infer.py's; exit 1 unless all are equal (docs/serving.md).")
-    parser.add_argument("--demo", action="store_true", help="the three models `make demo` trained (stages 1-2 exported, stage 3 as trained), on its test questions")
+    parser.add_argument("--demo", action="store_true",
+                        help="the three models `make demo` trained (stage 2's exported, stage 3's as trained), on its "
+                             "test questions")
     parser.add_argument("--demo-root", default=str(CHECKOUT),
                         help="the checkout `make demo` ran in (default: this one)")
     parser.add_argument("--hf", help="a folder tools/export_hf.py wrote")
