@@ -252,10 +252,11 @@ def test_making_the_demo_llm_leaves_the_old_one_unless_the_new_one_reached_its_t
     over = subprocess.run([*tool[:3], str(tmp_path / "city" / "llm"), *tool[4:], "--replace"], capture_output=True,
                           text=True)
     assert over.returncode == 2 and "--out lies inside the --city input" in over.stderr
-    # What the tool runs, on a copy of the quick demo's city: 20 steps do not teach the quick model to read, so the
-    # new LLM stays beside the old one, which is kept
+    # What the tool runs, on a copy of the quick demo's city (its stage-1 crops made again: they record their
+    # inputs' paths): 20 steps do not teach the quick model to read, so the new LLM stays beside the old one, which
+    # is kept
     city = tmp_path / "city"
-    shutil.copytree(quick_demo.city, city, ignore=shutil.ignore_patterns(".demo.lock"))
+    shutil.copytree(quick_demo.city, city, ignore=shutil.ignore_patterns(".demo.lock", "stage1"))
     settings = replace(DemoSettings.quick(), pretrained_llm=False)
     result = make_demo_llm(Paths(tmp_path, city, tmp_path), settings, out)
     assert not result["reached_target"] and result["steps"] == settings.reading_max_steps
