@@ -69,7 +69,6 @@ def launch(config: Path, num_processes: int = 1, accelerate_config: str | None =
            overrides: dict | None = None) -> int:
     """``accelerate launch`` of the trainer from .venv-modern, each of ``overrides`` given as ``--name value`` over
     the recipe's; its exit status."""
-
     if not MODERN_PYTHON.is_file():
         raise FileNotFoundError(f"{MODERN_PYTHON} not found: build the modern environment first (make modern-env)")
     machines = ["--config_file", accelerate_config] if accelerate_config else \
@@ -99,7 +98,6 @@ def draw_reward_curve(curve: Path, picture: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     rows = read_reward_curve(curve)
     steps = [row["step"] for row in rows]
