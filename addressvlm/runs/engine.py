@@ -78,7 +78,10 @@ class DemoSettings:
     reading_max_steps: int = 3000
     # Its data-parallel workers, one thread each (ReadingWarmup.processes).
     reading_processes: int = 2
-    stage1_epochs: int = 2
+    # One stage-1 epoch, not two: the tiny model cannot read the map's names (its reasons' loss stays near 4), and a
+    # second epoch only pulled its adapters further from answering, so that AddressVLM's stage 2 fitted less than the
+    # Baseline's and one run's street judgment fell to guessing (docs/experiments.md, "One stage-1 epoch").
+    stage1_epochs: int = 1
     stage2_epochs: int = 8
     # Stage 3: GRPO steps from AddressVLM (recipes/stage3/helsinki.yaml: one question a step, eight rollouts); the
     # demo's time budget allows this many, a small share of the training split's questions.
