@@ -1,15 +1,25 @@
 """A shortened `make demo` (a few steps of everything): every artefact exists and parses."""
 import json
 import re
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
 
 import pytest
 from PIL import Image
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from addressvlm.checks.vllm_check import CPU_HEAD_SIZES, head_size
-from addressvlm.demo.pipeline import (MODELS, RUN_NAMES, read_targets, run_demo, tiny_size, train_side_by_side,
+from addressvlm.demo.pipeline import (MODELS, PRETRAINED_LLM, RUN_NAMES, held_alone, make_demo_llm, make_model,
+                                      read_targets, reading_warmup, run_demo, tiny_size, train_side_by_side,
                                       train_stage3)
+from addressvlm.demo.report import learning_targets, targets_summary
+from addressvlm.demo.spread import run_folder, run_one
 from addressvlm.runs.engine import STAGE3, DemoSettings, Paths, answer_and_score
-from addressvlm.standins.reading_warmup import read_warmup_result
+from addressvlm.standins.reading_warmup import (CityNames, ReadingExamples, held_out, reading_accuracy,
+                                                read_warmup_result)
+from addressvlm.standins.tiny import llm_differences
 from addressvlm.data.graft import reserved_fraction
 from addressvlm.core.records import read_locations, read_predictions, read_questions, read_reward_curve
 from addressvlm.answering.scoring import METRICS
@@ -118,8 +128,6 @@ def test_quick_demo_writes_every_artefact(quick_demo):
 
 
 def test_a_demo_with_other_settings_is_refused_in_the_first_ones_folders(quick_demo):
-    from dataclasses import replace
-
     stamp = (quick_demo.work / "stage1_stage2" / "last_checkpoint").stat().st_mtime
     with pytest.raises(SystemExit, match=r"city.json: the city was built with \{'seed': 0.*seed 1"):
         run_demo(quick_demo.out, quick_demo.city, quick_demo.work, replace(DemoSettings.quick(), seed=1))
@@ -129,8 +137,6 @@ def test_a_demo_with_other_settings_is_refused_in_the_first_ones_folders(quick_d
 
 
 def test_a_second_demo_into_the_same_folders_is_refused_while_the_first_runs(tmp_path):
-    from addressvlm.demo.pipeline import held_alone
-
     with held_alone([tmp_path / "out", tmp_path / "city"]):
         with pytest.raises(SystemExit, match=f"{tmp_path / 'city'}: another demo is running"):
             with held_alone([tmp_path / "city"]):
@@ -140,8 +146,6 @@ def test_a_second_demo_into_the_same_folders_is_refused_while_the_first_runs(tmp
 
 
 def test_missed_learning_targets_end_the_demo_loudly():
-    from addressvlm.demo.report import learning_targets, targets_summary
-
     counts = {"A_d_G": (90, 96), "A_d_J": (150, 192), "A_d_M": (28, 96), "A_s_G": (70, 96), "A_s_J": (130, 192),
               "A_s_M": (50, 96)}
     model = {"counts": {k: {"correct": c, "total": n} for k, (c, n) in counts.items()},
@@ -166,9 +170,6 @@ def test_folders_of_an_older_demo_without_settings_are_refused(tmp_path):
 
 
 def test_a_spread_run_refused_by_a_demo_holding_its_folders_fails_naming_its_log(tmp_path):
-    from addressvlm.demo.pipeline import held_alone
-    from addressvlm.demo.spread import run_folder, run_one
-
     city = tmp_path / "city_seed0"
     with held_alone([city]):
         with pytest.raises(SystemExit, match=r"seed0_avx2/demo.log: the demo under seed 0, code path avx2 failed \(exit 1\)"):
@@ -187,12 +188,6 @@ def test_the_quick_demo_model_is_one_vllm_serves(quick_demo):
 
 
 def test_the_shipped_llm_fits_the_demo_and_reads_every_question_kind():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from addressvlm.demo.pipeline import PRETRAINED_LLM, reading_warmup
-    from addressvlm.standins.reading_warmup import CityNames, ReadingExamples, held_out, reading_accuracy
-    from addressvlm.standins.tiny import llm_differences
-
     result = read_warmup_result(PRETRAINED_LLM)
     names = CityNames(tuple(result["names"]["streets"]), tuple(result["names"]["districts"]))
     settings = DemoSettings()
@@ -208,14 +203,6 @@ def test_the_shipped_llm_fits_the_demo_and_reads_every_question_kind():
 
 
 def test_the_demo_starts_from_the_shipped_llm_and_refuses_it_where_it_does_not_fit(quick_demo, tmp_path):
-    from dataclasses import replace
-
-    from transformers import AutoConfig
-
-    from addressvlm.demo.pipeline import PRETRAINED_LLM, make_model, reading_warmup
-    from addressvlm.standins.reading_warmup import CityNames
-    from addressvlm.standins.tiny import llm_differences
-
     settings = DemoSettings()
     paths = Paths(tmp_path / "out", quick_demo.city, tmp_path / "work")
     make_model(paths, settings)
@@ -236,13 +223,6 @@ def test_the_demo_starts_from_the_shipped_llm_and_refuses_it_where_it_does_not_f
 
 
 def test_making_the_demo_llm_leaves_the_old_one_unless_the_new_one_reached_its_target(quick_demo, tmp_path):
-    import shutil
-    import subprocess
-    import sys
-    from dataclasses import replace
-
-    from addressvlm.demo.pipeline import make_demo_llm
-
     out = tmp_path / "llm"
     out.mkdir()
     (out / "config.json").write_text("{}")
