@@ -101,7 +101,7 @@ def test_a_rerun_reuses_every_run_and_another_scale_is_refused_before_any_work(t
     full = table4["root"] / "full"
     runner = DemoScale(table4["city"], full, table4["work"], DemoSettings(), table4["model_root"])
     with pytest.raises(DataError, match=r"table4_AB_stage1: a finished run trained with other settings \(.*"
-                                        r"overrides\.train_cfg\.max_epochs: 1 then, 2 now"):
+                                        r"overrides\.train_dataloader\.batch_size: 8 then, 16 now"):
         fill_table(TABLES["4"], table4["city"], full, runner)
     assert not full.exists()
 
