@@ -53,10 +53,11 @@ modern-env: $(MODERN_STAMP)
 
 # pytest exits 5 when it collects no test; make treats that as a failure, as it should. The modern environment is
 # built first so that the vLLM check runs (tests/test_vllm.py). Two workers (TEST_WORKERS), each given whole files so
-# that a file's module fixtures are built once.
+# that a file's module fixtures are built once, longest files first (tests/conftest.py, LONGEST_FILES) rather than
+# pytest-xdist's order by test count.
 TEST_WORKERS ?= 2
 test: install modern-env
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # The modern environment too: the demo's stage 3 trains with TRL there.
 demo: install modern-env
