@@ -41,7 +41,7 @@ def main() -> None:
         parser.error(f"--out {out}: not empty; pass --replace to replace it once the new LLM is finished")
 
     # After the checks above: they answer at once, these imports take seconds.
-    from addressvlm.demo.pipeline import held_alone, make_demo_llm
+    from addressvlm.demo.pipeline import held_alone, make_demo_llm, staging_folder
     from addressvlm.runs.engine import DemoSettings, Paths
 
     settings = replace(DemoSettings.quick() if args.quick else DemoSettings(), seed=args.seed, pretrained_llm=False)
@@ -49,7 +49,7 @@ def main() -> None:
     with held_alone([city]):  # a second run on this city, or a demo in it, is refused
         result = make_demo_llm(paths, settings, out)
     if not result["reached_target"]:
-        sys.exit(f"{out.with_name(out.name + '.partial')}: the warm-up stopped after {result['steps']} steps short "
+        sys.exit(f"{staging_folder(out)}: the warm-up stopped after {result['steps']} steps short "
                  f"of its target ({result['accuracy']}); {out} is left as it was")
     print(f"{out}: the warm-up reached its target after {result['steps']} steps; held-out accuracy per kind "
           f"{result['accuracy']}")

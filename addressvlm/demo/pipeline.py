@@ -174,14 +174,19 @@ def make_model(paths: Paths, s: DemoSettings):
     return add_tiny_vision(paths.models, size, seed=s.seed)
 
 
+def staging_folder(out: Path) -> Path:
+    """Where ``make_demo_llm`` builds the LLM that replaces ``out``: its ``.partial`` sibling."""
+    return out.with_name(out.name + ".partial")
+
+
 def make_demo_llm(paths: Paths, s: DemoSettings, out: Path) -> dict:
     """What ``addressvlm/demo/pretrained_llm`` holds, made anew (``tools/make_demo_llm.py``): the city's data, then
-    the tiny LLM warmed up on reading its names, in ``out``'s ``.partial`` sibling, which replaces ``out`` only once
+    the tiny LLM warmed up on reading its names, in ``staging_folder(out)``, which replaces ``out`` only once
     its warm-up reached the target. Returns the warm-up's result."""
     claim_city(paths, s)
     steps = Steps(5)
     build_data(paths, s, steps)
-    partial = out.with_name(out.name + ".partial")
+    partial = staging_folder(out)
     shutil.rmtree(partial, ignore_errors=True)
     steps.run("tiny LLM, warmed up on reading the city's names", make_tiny_llm, partial, tiny_size(s),
               city_corpus(paths), seed=s.seed, names=names_from_locations([paths.city / "locations.csv"]),
